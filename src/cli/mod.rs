@@ -1,0 +1,151 @@
+//! The `jobgate` command line. Arguments live here; each subcommand has its
+//! own module. Every failure prints one line and exits with `EXIT_ERROR`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::error::{Error, Result};
+use crate::store::{DynStore, FileStore, LedgerUrl, S3Options, S3Store};
+
+mod doctor;
+mod run;
+mod status;
+
+/// The wait for a slot timed out (`--wait`), as with timeout(1).
+pub const EXIT_WAIT_TIMEOUT: u8 = 124;
+/// jobgate itself failed (bad input, store unreachable, ...).
+pub const EXIT_ERROR: u8 = 125;
+/// The command could not be executed.
+pub const EXIT_NOT_EXECUTABLE: u8 = 126;
+/// The command was not found.
+pub const EXIT_NOT_FOUND: u8 = 127;
+/// The lease could not be renewed, so the command was stopped.
+pub const EXIT_LEASE_LOST: u8 = 123;
+
+#[derive(Debug, Parser)]
+#[command(name = "jobgate", version, about = "At most N jobs at once, anywhere: a semaphore on one S3 object")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// More logging (-v: info, -vv: debug). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Wait for a slot, run a command in it, release the slot when it exits.
+    Run(run::RunArgs),
+    /// Show the limit, the holders and the agents of a ledger.
+    Status(status::StatusArgs),
+    /// Release a holder's slot by hand (e.g. after a crash, before the lease ends).
+    Release(status::ReleaseArgs),
+    /// Check that a bucket really enforces conditional writes, atomically.
+    Doctor(doctor::DoctorArgs),
+}
+
+/// Where the ledger is and how to reach it. The usual AWS environment
+/// (AWS_REGION, AWS_ENDPOINT_URL, AWS_PROFILE, AWS_ACCESS_KEY_ID, ...) applies.
+#[derive(Debug, Args, Clone)]
+pub struct StoreArgs {
+    /// s3://BUCKET/KEY or file:///PATH
+    #[arg(long, env = "JOBGATE_LEDGER", default_value_t = default_ledger())]
+    ledger: String,
+    /// S3 endpoint for S3-compatible stores (default: AWS, or AWS_ENDPOINT_URL).
+    #[arg(long = "endpoint-url", value_name = "URL")]
+    endpoint: Option<String>,
+    /// AWS region (default: AWS_REGION / profile, else us-east-1).
+    #[arg(long)]
+    region: Option<String>,
+    /// Path-style S3 addressing (default: on when an endpoint is set).
+    #[arg(long, value_name = "BOOL", env = "JOBGATE_S3_PATH_STYLE")]
+    path_style: Option<bool>,
+}
+
+/// The embedded default: a ledger in the user's cache directory.
+fn default_ledger() -> String {
+    let base = std::env::var("XDG_CACHE_HOME")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOME").ok().map(|h| format!("{h}/.cache")))
+        .unwrap_or_else(|| "/tmp".into());
+    format!("file://{base}/jobgate/default.json")
+}
+
+impl StoreArgs {
+    pub async fn open(&self) -> Result<(DynStore, LedgerUrl)> {
+        let url = LedgerUrl::parse(&self.ledger)?;
+        let store: DynStore = match &url {
+            LedgerUrl::S3 { bucket, .. } => {
+                let opts = S3Options {
+                    endpoint: self.endpoint.clone(),
+                    region: self.region.clone(),
+                    force_path_style: self.path_style,
+                    ..Default::default()
+                };
+                Arc::new(S3Store::connect(bucket, &opts).await)
+            }
+            LedgerUrl::File { dir, .. } => {
+                if self.ledger == default_ledger() {
+                    std::fs::create_dir_all(dir).map_err(|e| Error::InvalidUrl {
+                        url: self.ledger.clone(),
+                        why: format!("cannot create {}: {e}", dir.display()),
+                    })?;
+                }
+                Arc::new(FileStore::new(dir.clone()))
+            }
+        };
+        Ok((store, url))
+    }
+}
+
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 5m, 1h30m)"))
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info,jobgate=info",
+        _ => "debug,jobgate=debug,aws=info,hyper=info",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("jobgate: error: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => run::run(args).await,
+            Command::Status(args) => status::status(args).await,
+            Command::Release(args) => status::release(args).await,
+            Command::Doctor(args) => doctor::doctor(args).await,
+        }
+    });
+    // Do not wait for lingering background tasks (e.g. a slow S3 request).
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("jobgate: error: {e}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}

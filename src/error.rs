@@ -1,0 +1,46 @@
+//! The library's error type. Every variant renders as one readable line.
+
+use crate::store::StoreError;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+
+    #[error("ledger {key}: {source}")]
+    Ledger {
+        key: String,
+        #[source]
+        source: crate::ledger::LedgerError,
+    },
+
+    #[error("ledger {0} does not exist (pass --limit to create it)")]
+    LedgerMissing(String),
+
+    #[error("invalid limit {0}: the limit must be at least 1")]
+    InvalidLimit(u64),
+
+    #[error("invalid ledger URL {url:?}: {why}")]
+    InvalidUrl { url: String, why: String },
+
+    #[error(
+        "holder {holder:?} is already held by agent {agent:?}; holder ids must be unique"
+    )]
+    HolderTaken { holder: String, agent: String },
+
+    #[error("holder {0:?} is not in the ledger")]
+    HolderNotFound(String),
+
+    #[error(
+        "the store does not enforce conditional writes ({0}); refusing to use it because the limit could not be guaranteed"
+    )]
+    ConditionalWritesUnsupported(String),
+
+    #[error("gave up after {attempts} attempts: {last}")]
+    Exhausted { attempts: u32, last: String },
+
+    #[error("the semaphore client has shut down")]
+    Closed,
+}

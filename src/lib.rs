@@ -1,0 +1,20 @@
+//! jobgate: at most N jobs at once, anywhere. A distributed counting
+//! semaphore whose only coordinator is one JSON object in an S3 bucket,
+//! changed only by compare-and-swap.
+
+pub mod agent;
+pub mod baseline;
+pub mod checker;
+pub mod cli;
+pub mod decide;
+pub mod doctor;
+pub mod error;
+pub mod lease;
+pub mod ledger;
+pub mod semaphore;
+pub mod store;
+pub mod testbed;
+
+pub use error::{Error, Result};
+pub use ledger::Ledger;
+pub use semaphore::{Config, Permit, Semaphore};

@@ -1,0 +1,633 @@
+//! The semaphore client. One background task per client owns the cached
+//! ledger and turns every request that arrives while a write is in flight into
+//! the next single conditional write (group commit).
+//!
+//! Failure handling, in one place: a lost race (412/409, or 404 on If-Match)
+//! and an unknown outcome (timeout, 5xx, dropped connection) are both handled
+//! by re-reading the ledger and re-applying the pending batch. Applying is
+//! idempotent (see `decide::apply`), so a write that did land is recognised by
+//! finding its effects, never guessed from an error code.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep, sleep_until};
+use tracing::{debug, info, warn};
+
+use crate::decide::{self, Batch, Outcome};
+use crate::error::{Error, Result};
+use crate::lease::{Observations, self_fence_after};
+use crate::ledger::Ledger;
+use crate::store::{Condition, DynStore, ETag, Fetched, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This process's agent id; unique among everyone sharing the ledger.
+    pub agent: String,
+    /// Shown in `jobgate status` (host, pid, ...).
+    pub description: Option<String>,
+    /// How long others wait after our last observed renewal before evicting us.
+    pub lease: Duration,
+    /// The limit used when the ledger does not exist yet. `None`: never create.
+    pub limit: Option<u32>,
+    /// How often waiters re-read the ledger to notice slots freed elsewhere.
+    pub poll: Duration,
+    /// Batch concurrent requests into one write. Off only for comparison.
+    pub group_commit: bool,
+    /// Consecutive store errors (not lost races) before pending requests fail.
+    pub max_errors: u32,
+}
+
+impl Config {
+    pub fn new(agent: impl Into<String>) -> Self {
+        Config {
+            agent: agent.into(),
+            description: None,
+            lease: Duration::from_secs(30),
+            limit: None,
+            poll: Duration::from_secs(1),
+            group_commit: true,
+            max_errors: 8,
+        }
+    }
+}
+
+/// Counters of what the client did; read by benchmarks and metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub commits: AtomicU64,
+    pub conflicts: AtomicU64,
+    pub ambiguous: AtomicU64,
+    pub grants: AtomicU64,
+    pub evictions: AtomicU64,
+}
+
+impl Stats {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// A granted slot. Watch `lost()` to learn that it can no longer be trusted
+/// (renewals failed for too long, or the holder vanished from the ledger).
+#[derive(Debug)]
+pub struct Permit {
+    pub holder: String,
+    pub token: u64,
+    lost: watch::Receiver<bool>,
+}
+
+impl Permit {
+    pub fn is_lost(&self) -> bool {
+        *self.lost.borrow()
+    }
+
+    /// Resolves once the slot is lost; never resolves while it is held.
+    pub async fn lost(&mut self) {
+        if self.lost.wait_for(|lost| *lost).await.is_err() {
+            // The client shut down: nobody renews the lease any more.
+        }
+    }
+}
+
+enum Request {
+    Acquire {
+        holder: String,
+        wait: bool,
+        reply: oneshot::Sender<Result<Option<Permit>>>,
+    },
+    Release {
+        holder: String,
+        reply: Option<oneshot::Sender<Result<()>>>,
+    },
+    Snapshot {
+        reply: oneshot::Sender<Result<Ledger>>,
+    },
+}
+
+pub struct Semaphore {
+    tx: mpsc::UnboundedSender<Request>,
+    task: JoinHandle<()>,
+    stats: Arc<Stats>,
+}
+
+impl Semaphore {
+    pub fn new(store: DynStore, key: impl Into<String>, config: Config) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(Stats::default());
+        let committer = Committer {
+            store,
+            key: key.into(),
+            cfg: config,
+            rx,
+            cache: None,
+            obs: Observations::default(),
+            waiting: VecDeque::new(),
+            releasing: Vec::new(),
+            snapshots: Vec::new(),
+            held: BTreeMap::new(),
+            last_renewal_sent: None,
+            last_refresh: None,
+            warned_limit: false,
+            stats: stats.clone(),
+        };
+        let task = tokio::spawn(committer.run());
+        Semaphore { tx, task, stats }
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// Waits for a slot for `holder`. Idempotent: asking again for a holder
+    /// this agent already holds returns the same token. Cancel by dropping
+    /// the future (e.g. with `tokio::time::timeout`).
+    pub async fn acquire(&self, holder: &str) -> Result<Permit> {
+        self.acquire_inner(holder, true).await?.ok_or(Error::Closed)
+    }
+
+    /// Takes a slot if one is free now; `None` if not.
+    pub async fn try_acquire(&self, holder: &str) -> Result<Option<Permit>> {
+        self.acquire_inner(holder, false).await
+    }
+
+    async fn acquire_inner(&self, holder: &str, wait: bool) -> Result<Option<Permit>> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Acquire {
+            holder: holder.to_string(),
+            wait,
+            reply,
+        })?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    pub async fn release(&self, holder: &str) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Release {
+            holder: holder.to_string(),
+            reply: Some(reply),
+        })?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// The ledger as of a fresh read.
+    pub async fn snapshot(&self) -> Result<Ledger> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Snapshot { reply })?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    fn send(&self, req: Request) -> Result<()> {
+        self.tx.send(req).map_err(|_| Error::Closed)
+    }
+
+    /// Stops the background task. Holders are not released: their lease
+    /// runs out at the others unless released first.
+    pub async fn shutdown(self) {
+        drop(self.tx);
+        let _ = self.task.await;
+    }
+}
+
+struct Waiter {
+    holder: String,
+    wait: bool,
+    reply: oneshot::Sender<Result<Option<Permit>>>,
+}
+
+struct Committer {
+    store: DynStore,
+    key: String,
+    cfg: Config,
+    rx: mpsc::UnboundedReceiver<Request>,
+    cache: Option<(Ledger, ETag)>,
+    obs: Observations,
+    waiting: VecDeque<Waiter>,
+    releasing: Vec<(String, Option<oneshot::Sender<Result<()>>>)>,
+    snapshots: Vec<oneshot::Sender<Result<Ledger>>>,
+    held: BTreeMap<String, watch::Sender<bool>>,
+    /// Send time of our last successful write while holding slots.
+    last_renewal_sent: Option<Instant>,
+    last_refresh: Option<Instant>,
+    warned_limit: bool,
+    stats: Arc<Stats>,
+}
+
+/// What a failed attempt means for the pending requests.
+enum Failure {
+    /// Re-read and try again.
+    Retry { error: bool },
+    /// Give up on pending requests with this error.
+    Fatal(Error),
+}
+
+impl Committer {
+    async fn run(mut self) {
+        loop {
+            let wake = self.next_wake();
+            tokio::select! {
+                req = self.rx.recv() => match req {
+                    Some(req) => self.take(req),
+                    None => break,
+                },
+                _ = sleep_until(wake) => {}
+            }
+            if self.cfg.group_commit {
+                while let Ok(req) = self.rx.try_recv() {
+                    self.take(req);
+                }
+            }
+            self.step().await;
+        }
+        for (_, lost) in std::mem::take(&mut self.held) {
+            let _ = lost.send(true);
+        }
+    }
+
+    fn take(&mut self, req: Request) {
+        match req {
+            Request::Acquire { holder, wait, reply } => {
+                self.waiting.push_back(Waiter { holder, wait, reply })
+            }
+            Request::Release { holder, reply } => self.releasing.push((holder, reply)),
+            Request::Snapshot { reply } => self.snapshots.push(reply),
+        }
+    }
+
+    fn renew_interval(&self) -> Duration {
+        self.cfg.lease / 3
+    }
+
+    fn next_wake(&self) -> Instant {
+        let now = Instant::now();
+        let mut wake = now + Duration::from_secs(3600);
+        if !self.waiting.is_empty() {
+            let jitter = self.cfg.poll.mul_f64(rand::random::<f64>() * 0.2);
+            let due = self.last_refresh.unwrap_or(now) + self.cfg.poll + jitter;
+            wake = wake.min(due);
+            if let Some((ledger, _)) = &self.cache {
+                if let Some(d) = self.obs.next_expiry(ledger, &self.cfg.agent, now) {
+                    wake = wake.min(now + d);
+                }
+            }
+        }
+        if !self.held.is_empty() {
+            let base = self.last_renewal_sent.unwrap_or(now);
+            wake = wake.min(base + self.renew_interval());
+            wake = wake.min(base + self_fence_after(self.cfg.lease));
+        }
+        wake
+    }
+
+    fn has_work(&self) -> bool {
+        !self.waiting.is_empty() || !self.releasing.is_empty() || !self.snapshots.is_empty()
+    }
+
+    fn renew_due(&self, now: Instant) -> bool {
+        !self.held.is_empty()
+            && self
+                .last_renewal_sent
+                .is_none_or(|t| now >= t + self.renew_interval())
+    }
+
+    fn check_fence(&mut self, now: Instant) {
+        let Some(sent) = self.last_renewal_sent else { return };
+        if now.duration_since(sent) >= self_fence_after(self.cfg.lease) {
+            for (holder, lost) in &self.held {
+                if !*lost.borrow() {
+                    warn!(holder, "lease could not be renewed in time; the slot is no longer safe");
+                    let _ = lost.send(true);
+                }
+            }
+        }
+    }
+
+    /// Processes everything pending with as few writes as possible.
+    async fn step(&mut self) {
+        let now = Instant::now();
+        self.check_fence(now);
+        self.waiting.retain(|w| !w.reply.is_closed());
+        let poll_due = !self.waiting.is_empty()
+            && self.last_refresh.is_none_or(|t| now >= t + self.cfg.poll);
+        if !self.has_work() && !self.renew_due(now) {
+            return;
+        }
+        if poll_due || !self.snapshots.is_empty() {
+            self.cache_refresh_needed();
+        }
+        let mut errors = 0u32;
+        let mut conflicts = 0u32;
+        loop {
+            match self.attempt().await {
+                Ok(()) => return,
+                Err(Failure::Fatal(e)) => {
+                    self.fail_pending(&e);
+                    return;
+                }
+                Err(Failure::Retry { error }) => {
+                    self.cache_refresh_needed();
+                    if error {
+                        errors += 1;
+                        self.check_fence(Instant::now());
+                        if errors >= self.cfg.max_errors && self.has_work() {
+                            let e = Error::Exhausted {
+                                attempts: errors,
+                                last: "the store kept failing".into(),
+                            };
+                            self.fail_pending(&e);
+                            return;
+                        }
+                        sleep(backoff(errors, Duration::from_millis(50), Duration::from_secs(2)))
+                            .await;
+                    } else {
+                        conflicts += 1;
+                        sleep(backoff(conflicts, Duration::from_millis(2), Duration::from_millis(200)))
+                            .await;
+                    }
+                    // Requests that arrived meanwhile join this batch.
+                    if self.cfg.group_commit {
+                        while let Ok(req) = self.rx.try_recv() {
+                            self.take(req);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn cache_refresh_needed(&mut self) {
+        // Keep the ETag for a cheap conditional GET; mark the entry stale.
+        self.last_refresh = None;
+    }
+
+    async fn refresh(&mut self) -> std::result::Result<(), Failure> {
+        let known = self.cache.as_ref().map(|(_, etag)| etag.clone());
+        let fetched = self.store.get(&self.key, known.as_ref()).await;
+        let now = Instant::now();
+        match fetched {
+            Ok(Fetched::NotModified) => {}
+            Ok(Fetched::Found(v)) => {
+                let ledger = Ledger::parse(&v.body).map_err(|source| {
+                    Failure::Fatal(Error::Ledger {
+                        key: self.key.clone(),
+                        source,
+                    })
+                })?;
+                self.cache = Some((ledger, v.etag));
+            }
+            Ok(Fetched::Missing) => self.cache = None,
+            Err(e) => return Err(store_failure(e)),
+        }
+        self.last_refresh = Some(now);
+        if let Some((ledger, _)) = &self.cache {
+            self.obs.observe(ledger, now);
+        }
+        Ok(())
+    }
+
+    async fn attempt(&mut self) -> std::result::Result<(), Failure> {
+        if self.last_refresh.is_none() {
+            self.refresh().await?;
+        }
+        let (ledger, condition) = match &self.cache {
+            Some((ledger, etag)) => (ledger.clone(), Condition::Match(etag.clone())),
+            None => match self.cfg.limit {
+                Some(0) => return Err(Failure::Fatal(Error::InvalidLimit(0))),
+                Some(limit) => (Ledger::new(limit), Condition::Create),
+                None => return Err(Failure::Fatal(Error::LedgerMissing(self.key.clone()))),
+            },
+        };
+        if let Some(limit) = self.cfg.limit {
+            if limit != ledger.limit && !self.warned_limit {
+                warn!(
+                    ledger_limit = ledger.limit,
+                    requested = limit,
+                    "the ledger's limit differs from the requested one; the ledger's limit applies"
+                );
+                self.warned_limit = true;
+            }
+        }
+        for reply in self.snapshots.drain(..) {
+            let _ = reply.send(Ok(ledger.clone()));
+        }
+        let now = Instant::now();
+        let batch = self.batch(&ledger, now);
+        let outcome = decide::apply(&ledger, &batch);
+        let Some(next) = outcome.next.clone() else {
+            self.resolve(outcome, false);
+            return Ok(());
+        };
+        let body = Bytes::from(next.to_bytes());
+        let sent = Instant::now();
+        match self.store.put(&self.key, body, condition).await {
+            Ok(etag) => {
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                let holds = next.agents.contains_key(&self.cfg.agent);
+                self.cache = Some((next, etag));
+                self.resolve(outcome, holds);
+                if holds {
+                    self.last_renewal_sent = Some(sent);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                debug!(error = %e, "ledger write failed; re-reading");
+                match &e {
+                    StoreError::Conflict(_) | StoreError::Missing => {
+                        self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                    }
+                    StoreError::Ambiguous(_) => {
+                        self.stats.ambiguous.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
+                Err(store_failure(e))
+            }
+        }
+    }
+
+    fn batch(&self, ledger: &Ledger, now: Instant) -> Batch {
+        let mut acquires: Vec<String> = self.waiting.iter().map(|w| w.holder.clone()).collect();
+        let mut releases: Vec<String> = self.releasing.iter().map(|(h, _)| h.clone()).collect();
+        if !self.cfg.group_commit {
+            // One request per write, for comparison with group commit.
+            if !releases.is_empty() {
+                releases.truncate(1);
+                acquires.clear();
+            } else {
+                acquires.truncate(1);
+            }
+        }
+        Batch {
+            agent: self.cfg.agent.clone(),
+            agent_description: self.cfg.description.clone(),
+            lease: self.cfg.lease,
+            acquires,
+            releases,
+            held: self.held.keys().cloned().collect(),
+            evict: self.obs.expired(ledger, &self.cfg.agent, now),
+            renew: self.renew_due(now),
+            wall_now: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        }
+    }
+
+    /// Answers the requests the outcome settled. `committed` says the
+    /// outcome's ledger was written (or nothing needed writing).
+    fn resolve(&mut self, out: Outcome, _committed: bool) {
+        if !out.evicted_agents.is_empty() {
+            info!(agents = ?out.evicted_agents, "evicted agents whose lease ran out");
+            self.stats
+                .evictions
+                .fetch_add(out.evicted_agents.len() as u64, Ordering::Relaxed);
+        }
+        for holder in &out.lost {
+            if let Some(lost) = self.held.remove(holder) {
+                warn!(holder, "slot lost: the holder is no longer in the ledger");
+                let _ = lost.send(true);
+            }
+        }
+        let released: Vec<String> = out.released.clone();
+        let mut still = Vec::new();
+        for (holder, reply) in self.releasing.drain(..) {
+            if released.contains(&holder) {
+                self.held.remove(&holder);
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(()));
+                }
+            } else {
+                still.push((holder, reply));
+            }
+        }
+        self.releasing = still;
+
+        let mut remaining = VecDeque::new();
+        for waiter in self.waiting.drain(..) {
+            if let Some((_, token)) = out.granted.iter().find(|(h, _)| h == &waiter.holder) {
+                let lost_rx = match self.held.get(&waiter.holder) {
+                    Some(tx) => tx.subscribe(),
+                    None => {
+                        self.stats.grants.fetch_add(1, Ordering::Relaxed);
+                        let (tx, rx) = watch::channel(false);
+                        self.held.insert(waiter.holder.clone(), tx);
+                        rx
+                    }
+                };
+                let permit = Permit {
+                    holder: waiter.holder.clone(),
+                    token: *token,
+                    lost: lost_rx,
+                };
+                if waiter.reply.send(Ok(Some(permit))).is_err() {
+                    // The caller gave up while the grant was being written.
+                    self.releasing.push((waiter.holder, None));
+                }
+            } else if let Some((_, agent)) = out.taken.iter().find(|(h, _)| h == &waiter.holder) {
+                let _ = waiter.reply.send(Err(Error::HolderTaken {
+                    holder: waiter.holder.clone(),
+                    agent: agent.clone(),
+                }));
+            } else if out.waiting.contains(&waiter.holder) && !waiter.wait {
+                let _ = waiter.reply.send(Ok(None));
+            } else {
+                remaining.push_back(waiter);
+            }
+        }
+        self.waiting = remaining;
+    }
+
+    fn fail_pending(&mut self, e: &Error) {
+        warn!(error = %e, "ledger request failed");
+        let msg = e.to_string();
+        let again = || Error::Exhausted {
+            attempts: 0,
+            last: msg.clone(),
+        };
+        let mut first = Some(clone_error(e));
+        let mut next_err = || first.take().unwrap_or_else(again);
+        for w in self.waiting.drain(..) {
+            let _ = w.reply.send(Err(next_err()));
+        }
+        for (_, reply) in self.releasing.drain(..) {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(next_err()));
+            }
+        }
+        for reply in self.snapshots.drain(..) {
+            let _ = reply.send(Err(next_err()));
+        }
+    }
+}
+
+/// Errors are not `Clone` (they may wrap sources); rebuild the common ones.
+fn clone_error(e: &Error) -> Error {
+    match e {
+        Error::Store(s) => Error::Store(s.clone()),
+        Error::Ledger { key, source } => Error::Ledger {
+            key: key.clone(),
+            source: source.clone(),
+        },
+        Error::LedgerMissing(k) => Error::LedgerMissing(k.clone()),
+        Error::InvalidLimit(n) => Error::InvalidLimit(*n),
+        other => Error::Exhausted {
+            attempts: 0,
+            last: other.to_string(),
+        },
+    }
+}
+
+fn store_failure(e: StoreError) -> Failure {
+    match e {
+        StoreError::Conflict(_) | StoreError::Missing => Failure::Retry { error: false },
+        StoreError::Ambiguous(_) | StoreError::Unavailable(_) => Failure::Retry { error: true },
+        other => Failure::Fatal(Error::Store(other)),
+    }
+}
+
+/// Full-jitter exponential backoff.
+pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.min(16));
+    exp.min(cap).mul_f64(rand::random::<f64>())
+}
+
+/// Reads and parses the ledger once.
+pub async fn read_ledger(store: &DynStore, key: &str) -> Result<Option<(Ledger, ETag)>> {
+    match store.get(key, None).await? {
+        Fetched::Found(v) => {
+            let ledger = Ledger::parse(&v.body).map_err(|source| Error::Ledger {
+                key: key.to_string(),
+                source,
+            })?;
+            Ok(Some((ledger, v.etag)))
+        }
+        Fetched::Missing | Fetched::NotModified => Ok(None),
+    }
+}
+
+/// An operator's manual release of one holder, whoever holds it.
+/// Returns whether the holder was present.
+pub async fn release_by_hand(store: &DynStore, key: &str, holder: &str) -> Result<bool> {
+    let who = format!("manual-release@{}", crate::agent::hostname());
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let (ledger, etag) = read_ledger(store, key)
+            .await?
+            .ok_or_else(|| Error::LedgerMissing(key.to_string()))?;
+        let wall = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let Some(next) = decide::release_by_hand(&ledger, holder, &who, &wall) else {
+            return Ok(attempt > 1);
+        };
+        match store.put(key, Bytes::from(next.to_bytes()), Condition::Match(etag)).await {
+            Ok(_) => return Ok(true),
+            Err(e) if e.is_transient() && attempt < 10 => {
+                sleep(backoff(attempt, Duration::from_millis(20), Duration::from_secs(1))).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
