@@ -12,5 +12,10 @@ pub fn hostname() -> String {
 /// A fresh agent id for this process: host, pid and a random part, so a
 /// restarted process never inherits a dead one's lease.
 pub fn new_agent_id() -> String {
-    format!("{}-{}-{:08x}", hostname(), std::process::id(), rand::random::<u32>())
+    format!(
+        "{}-{}-{:08x}",
+        hostname(),
+        std::process::id(),
+        rand::random::<u32>()
+    )
 }

@@ -57,7 +57,8 @@ impl NaiveCounter {
     }
 
     async fn write(&self, count: i64) -> Result<(), StoreError> {
-        let body = serde_json::to_vec(&Count { count }).map_err(|e| StoreError::Other(e.to_string()))?;
+        let body =
+            serde_json::to_vec(&Count { count }).map_err(|e| StoreError::Other(e.to_string()))?;
         self.store
             .client()
             .put_object()

@@ -28,7 +28,10 @@ impl Recorder {
     }
 
     pub fn intervals(&self) -> Vec<Interval> {
-        self.intervals.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.intervals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -68,7 +71,13 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(max_overlap(&[]), 0);
         assert_eq!(max_overlap(&[iv(t0, 0, 10), iv(t0, 10, 20)]), 1);
-        assert_eq!(max_overlap(&[iv(t0, 0, 10), iv(t0, 5, 20), iv(t0, 6, 7)]), 3);
-        assert_eq!(max_overlap(&[iv(t0, 0, 10), iv(t0, 5, 20), iv(t0, 11, 12)]), 2);
+        assert_eq!(
+            max_overlap(&[iv(t0, 0, 10), iv(t0, 5, 20), iv(t0, 6, 7)]),
+            3
+        );
+        assert_eq!(
+            max_overlap(&[iv(t0, 0, 10), iv(t0, 5, 20), iv(t0, 11, 12)]),
+            2
+        );
     }
 }

@@ -139,7 +139,12 @@ pub fn apply(current: &Ledger, batch: &Batch) -> Outcome {
 
 /// An operator's release of one holder, whoever holds it. Leaves the owning
 /// agent's entry in place (it drops itself when it next commits).
-pub fn release_by_hand(current: &Ledger, holder: &str, who: &str, wall_now: &str) -> Option<Ledger> {
+pub fn release_by_hand(
+    current: &Ledger,
+    holder: &str,
+    who: &str,
+    wall_now: &str,
+) -> Option<Ledger> {
     let mut next = current.clone();
     next.holders.remove(holder)?;
     next.seq = current.seq + 1;
@@ -184,7 +189,10 @@ mod tests {
         let l = acquire(&Ledger::new(2), "a", &["h1"]).next.unwrap();
         let again = acquire(&l, "a", &["h1"]);
         assert_eq!(again.granted, vec![("h1".into(), 1)]);
-        assert_eq!(again.next, None, "re-applying a landed acquire must not write");
+        assert_eq!(
+            again.next, None,
+            "re-applying a landed acquire must not write"
+        );
     }
 
     #[test]
@@ -266,7 +274,9 @@ mod tests {
 
     #[test]
     fn lowered_limit_admits_nobody_until_holders_drop_below_it() {
-        let mut l = acquire(&Ledger::new(3), "a", &["h1", "h2", "h3"]).next.unwrap();
+        let mut l = acquire(&Ledger::new(3), "a", &["h1", "h2", "h3"])
+            .next
+            .unwrap();
         l.limit = 2;
         let out = acquire(&l, "b", &["h4"]);
         assert_eq!(out.waiting, vec!["h4".to_string()]);

@@ -39,7 +39,13 @@ pub async fn run(store: &DynStore, key: &str) -> Vec<Probe> {
         Ok(Some((l, _))) => probes.push(probe(
             "read ledger",
             true,
-            format!("limit {}, {} holder(s), {} agent(s), commit {}", l.limit, l.holders.len(), l.agents.len(), l.seq),
+            format!(
+                "limit {}, {} holder(s), {} agent(s), commit {}",
+                l.limit,
+                l.holders.len(),
+                l.agents.len(),
+                l.seq
+            ),
         )),
         Ok(None) => probes.push(probe("read ledger", true, "not created yet")),
         Err(Error::Ledger { source, .. }) => {
@@ -67,32 +73,55 @@ pub async fn run(store: &DynStore, key: &str) -> Vec<Probe> {
                 false,
                 "second create overwrote the object: If-None-Match is ignored",
             )),
-            Err(e) => probes.push(probe("create-only (If-None-Match: *)", false, e.to_string())),
+            Err(e) => probes.push(probe(
+                "create-only (If-None-Match: *)",
+                false,
+                e.to_string(),
+            )),
         },
         Err(e) => {
-            probes.push(probe("create-only (If-None-Match: *)", false, e.to_string()));
+            probes.push(probe(
+                "create-only (If-None-Match: *)",
+                false,
+                e.to_string(),
+            ));
             return probes;
         }
     }
 
     let wrong = ETag("\"00000000000000000000000000000000\"".into());
-    probes.push(match store.put(&single, body("3"), Condition::Match(wrong.clone())).await {
-        Err(StoreError::Conflict(_)) => probe("If-Match with a wrong ETag", true, "refused"),
-        Ok(_) => probe("If-Match with a wrong ETag", false, "accepted: If-Match is ignored"),
-        Err(e) => probe("If-Match with a wrong ETag", false, e.to_string()),
-    });
+    probes.push(
+        match store
+            .put(&single, body("3"), Condition::Match(wrong.clone()))
+            .await
+        {
+            Err(StoreError::Conflict(_)) => probe("If-Match with a wrong ETag", true, "refused"),
+            Ok(_) => probe(
+                "If-Match with a wrong ETag",
+                false,
+                "accepted: If-Match is ignored",
+            ),
+            Err(e) => probe("If-Match with a wrong ETag", false, e.to_string()),
+        },
+    );
 
     let absent = format!("{base}-absent");
-    probes.push(match store.put(&absent, body("4"), Condition::Match(wrong)).await {
-        Err(StoreError::Missing) | Err(StoreError::Conflict(_)) => {
-            probe("If-Match on a missing object", true, "refused")
-        }
-        Ok(_) => {
-            cleanup.push(absent.clone());
-            probe("If-Match on a missing object", false, "accepted: If-Match is ignored")
-        }
-        Err(e) => probe("If-Match on a missing object", false, e.to_string()),
-    });
+    probes.push(
+        match store.put(&absent, body("4"), Condition::Match(wrong)).await {
+            Err(StoreError::Missing) | Err(StoreError::Conflict(_)) => {
+                probe("If-Match on a missing object", true, "refused")
+            }
+            Ok(_) => {
+                cleanup.push(absent.clone());
+                probe(
+                    "If-Match on a missing object",
+                    false,
+                    "accepted: If-Match is ignored",
+                )
+            }
+            Err(e) => probe("If-Match on a missing object", false, e.to_string()),
+        },
+    );
 
     let racing_create = format!("{base}-race-create");
     cleanup.push(racing_create.clone());
@@ -106,7 +135,11 @@ pub async fn run(store: &DynStore, key: &str) -> Vec<Probe> {
             let wins = race(store, &racing, Some(etag)).await;
             probes.push(verdict("concurrent If-Match writes of one ETag", wins));
         }
-        Err(e) => probes.push(probe("concurrent If-Match writes of one ETag", false, e.to_string())),
+        Err(e) => probes.push(probe(
+            "concurrent If-Match writes of one ETag",
+            false,
+            e.to_string(),
+        )),
     }
 
     for key in cleanup {
@@ -131,7 +164,9 @@ async fn race(store: &DynStore, key: &str, etag: Option<ETag>) -> (usize, usize,
         };
         tasks.push(tokio::spawn(async move {
             start.wait().await;
-            store.put(&key, body(&format!("racer-{i}")), condition).await
+            store
+                .put(&key, body(&format!("racer-{i}")), condition)
+                .await
         }));
     }
     let (mut ok, mut lost, mut errors) = (0, 0, Vec::new());
@@ -147,7 +182,10 @@ async fn race(store: &DynStore, key: &str, etag: Option<ETag>) -> (usize, usize,
 }
 
 fn verdict(name: &'static str, (ok, lost, errors): (usize, usize, Vec<String>)) -> Probe {
-    let detail = format!("{RACERS} writers: {ok} won, {lost} refused, {} error(s)", errors.len());
+    let detail = format!(
+        "{RACERS} writers: {ok} won, {lost} refused, {} error(s)",
+        errors.len()
+    );
     if !errors.is_empty() {
         return probe(name, false, format!("{detail}; first error: {}", errors[0]));
     }
@@ -160,7 +198,10 @@ fn verdict(name: &'static str, (ok, lost, errors): (usize, usize, Vec<String>)) 
 pub async fn ensure_conditional_writes(store: &DynStore, key: &str) -> Result<()> {
     let absent = format!("{key}.probe-{}", unique_suffix());
     let bogus = ETag("\"00000000000000000000000000000000\"".into());
-    match store.put(&absent, body("probe"), Condition::Match(bogus)).await {
+    match store
+        .put(&absent, body("probe"), Condition::Match(bogus))
+        .await
+    {
         Err(StoreError::Missing) | Err(StoreError::Conflict(_)) => Ok(()),
         Ok(etag) => {
             let _ = store.delete(&absent, &etag).await;

@@ -25,9 +25,7 @@ pub enum Error {
     #[error("invalid ledger URL {url:?}: {why}")]
     InvalidUrl { url: String, why: String },
 
-    #[error(
-        "holder {holder:?} is already held by agent {agent:?}; holder ids must be unique"
-    )]
+    #[error("holder {holder:?} is already held by agent {agent:?}; holder ids must be unique")]
     HolderTaken { holder: String, agent: String },
 
     #[error("holder {0:?} is not in the ledger")]

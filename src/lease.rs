@@ -25,7 +25,8 @@ impl Observations {
     /// Records what a read at `now` showed. Call with the instant the read
     /// *returned*: a later instant only makes expiry more conservative.
     pub fn observe(&mut self, ledger: &Ledger, now: Instant) {
-        self.seen.retain(|agent, _| ledger.agents.contains_key(agent));
+        self.seen
+            .retain(|agent, _| ledger.agents.contains_key(agent));
         for (agent, entry) in &ledger.agents {
             match self.seen.get_mut(agent) {
                 Some(s) if s.renewals == entry.renewals => {}
@@ -98,7 +99,9 @@ mod tests {
             acquires: vec![format!("{agent}-h")],
             ..Default::default()
         };
-        let mut l = apply(&Ledger::new(5), &b).next.unwrap_or_else(|| Ledger::new(5));
+        let mut l = apply(&Ledger::new(5), &b)
+            .next
+            .unwrap_or_else(|| Ledger::new(5));
         b.acquires.clear();
         b.renew = true;
         while l.agents[agent].renewals < renewals {
@@ -113,8 +116,14 @@ mod tests {
         let l = ledger_with("a", 1, 1000);
         let mut obs = Observations::default();
         obs.observe(&l, t0);
-        assert!(obs.expired(&l, "me", t0 + Duration::from_millis(999)).is_empty());
-        assert_eq!(obs.expired(&l, "me", t0 + Duration::from_millis(1000)), vec!["a".to_string()]);
+        assert!(
+            obs.expired(&l, "me", t0 + Duration::from_millis(999))
+                .is_empty()
+        );
+        assert_eq!(
+            obs.expired(&l, "me", t0 + Duration::from_millis(1000)),
+            vec!["a".to_string()]
+        );
     }
 
     #[test]
@@ -124,15 +133,25 @@ mod tests {
         obs.observe(&ledger_with("a", 1, 1000), t0);
         let renewed = ledger_with("a", 2, 1000);
         obs.observe(&renewed, t0 + Duration::from_millis(900));
-        assert!(obs.expired(&renewed, "me", t0 + Duration::from_millis(1500)).is_empty());
-        assert_eq!(obs.expired(&renewed, "me", t0 + Duration::from_millis(1900)).len(), 1);
+        assert!(
+            obs.expired(&renewed, "me", t0 + Duration::from_millis(1500))
+                .is_empty()
+        );
+        assert_eq!(
+            obs.expired(&renewed, "me", t0 + Duration::from_millis(1900))
+                .len(),
+            1
+        );
     }
 
     #[test]
     fn an_agent_never_seen_before_is_not_expired() {
         let l = ledger_with("a", 7, 10);
         let obs = Observations::default();
-        assert!(obs.expired(&l, "me", Instant::now() + Duration::from_secs(3600)).is_empty());
+        assert!(
+            obs.expired(&l, "me", Instant::now() + Duration::from_secs(3600))
+                .is_empty()
+        );
     }
 
     #[test]
@@ -141,7 +160,10 @@ mod tests {
         let l = ledger_with("me", 1, 10);
         let mut obs = Observations::default();
         obs.observe(&l, t0);
-        assert!(obs.expired(&l, "me", t0 + Duration::from_secs(60)).is_empty());
+        assert!(
+            obs.expired(&l, "me", t0 + Duration::from_secs(60))
+                .is_empty()
+        );
     }
 
     #[test]

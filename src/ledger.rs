@@ -167,20 +167,31 @@ mod tests {
 
     #[test]
     fn rejects_garbage_and_foreign_schemas() {
-        assert!(matches!(Ledger::parse(b"{\"count\": 3"), Err(LedgerError::NotJson(_))));
+        assert!(matches!(
+            Ledger::parse(b"{\"count\": 3"),
+            Err(LedgerError::NotJson(_))
+        ));
         assert_eq!(Ledger::parse(b"{\"count\": 3}"), Err(LedgerError::NoSchema));
         assert_eq!(
             Ledger::parse(b"{\"schema\": \"jobgate.dev/ledger/v9\"}"),
-            Err(LedgerError::UnsupportedSchema("jobgate.dev/ledger/v9".into()))
+            Err(LedgerError::UnsupportedSchema(
+                "jobgate.dev/ledger/v9".into()
+            ))
         );
         let zero = br#"{"schema":"jobgate.dev/ledger/v1","seq":1,"limit":0,"next_token":1}"#;
-        assert!(matches!(Ledger::parse(zero), Err(LedgerError::Malformed(_))));
+        assert!(matches!(
+            Ledger::parse(zero),
+            Err(LedgerError::Malformed(_))
+        ));
     }
 
     #[test]
     fn rejects_holder_of_unknown_agent() {
         let text = br#"{"schema":"jobgate.dev/ledger/v1","seq":1,"limit":2,"next_token":5,
             "holders":{"h":{"agent":"ghost","token":1,"granted_seq":1,"granted_at":""}}}"#;
-        assert!(matches!(Ledger::parse(text), Err(LedgerError::Malformed(_))));
+        assert!(matches!(
+            Ledger::parse(text),
+            Err(LedgerError::Malformed(_))
+        ));
     }
 }

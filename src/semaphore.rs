@@ -220,8 +220,8 @@ struct Committer {
 
 /// What a failed attempt means for the pending requests.
 enum Failure {
-    /// Re-read and try again.
-    Retry { error: bool },
+    /// Re-read and try again; `error` is `None` for a lost race.
+    Retry { error: Option<String> },
     /// Give up on pending requests with this error.
     Fatal(Error),
 }
@@ -251,9 +251,15 @@ impl Committer {
 
     fn take(&mut self, req: Request) {
         match req {
-            Request::Acquire { holder, wait, reply } => {
-                self.waiting.push_back(Waiter { holder, wait, reply })
-            }
+            Request::Acquire {
+                holder,
+                wait,
+                reply,
+            } => self.waiting.push_back(Waiter {
+                holder,
+                wait,
+                reply,
+            }),
             Request::Release { holder, reply } => self.releasing.push((holder, reply)),
             Request::Snapshot { reply } => self.snapshots.push(reply),
         }
@@ -270,10 +276,10 @@ impl Committer {
             let jitter = self.cfg.poll.mul_f64(rand::random::<f64>() * 0.2);
             let due = self.last_refresh.unwrap_or(now) + self.cfg.poll + jitter;
             wake = wake.min(due);
-            if let Some((ledger, _)) = &self.cache {
-                if let Some(d) = self.obs.next_expiry(ledger, &self.cfg.agent, now) {
-                    wake = wake.min(now + d);
-                }
+            if let Some((ledger, _)) = &self.cache
+                && let Some(d) = self.obs.next_expiry(ledger, &self.cfg.agent, now)
+            {
+                wake = wake.min(now + d);
             }
         }
         if !self.held.is_empty() {
@@ -296,11 +302,16 @@ impl Committer {
     }
 
     fn check_fence(&mut self, now: Instant) {
-        let Some(sent) = self.last_renewal_sent else { return };
+        let Some(sent) = self.last_renewal_sent else {
+            return;
+        };
         if now.duration_since(sent) >= self_fence_after(self.cfg.lease) {
             for (holder, lost) in &self.held {
                 if !*lost.borrow() {
-                    warn!(holder, "lease could not be renewed in time; the slot is no longer safe");
+                    warn!(
+                        holder,
+                        "lease could not be renewed in time; the slot is no longer safe"
+                    );
                     let _ = lost.send(true);
                 }
             }
@@ -312,8 +323,8 @@ impl Committer {
         let now = Instant::now();
         self.check_fence(now);
         self.waiting.retain(|w| !w.reply.is_closed());
-        let poll_due = !self.waiting.is_empty()
-            && self.last_refresh.is_none_or(|t| now >= t + self.cfg.poll);
+        let poll_due =
+            !self.waiting.is_empty() && self.last_refresh.is_none_or(|t| now >= t + self.cfg.poll);
         if !self.has_work() && !self.renew_due(now) {
             return;
         }
@@ -331,23 +342,33 @@ impl Committer {
                 }
                 Err(Failure::Retry { error }) => {
                     self.cache_refresh_needed();
-                    if error {
+                    if let Some(detail) = error {
                         errors += 1;
                         self.check_fence(Instant::now());
-                        if errors >= self.cfg.max_errors && self.has_work() {
+                        if errors >= self.cfg.max_errors {
+                            // Pending requests fail; a renewal is tried again
+                            // at the next wake-up.
                             let e = Error::Exhausted {
                                 attempts: errors,
-                                last: "the store kept failing".into(),
+                                last: detail,
                             };
                             self.fail_pending(&e);
                             return;
                         }
-                        sleep(backoff(errors, Duration::from_millis(50), Duration::from_secs(2)))
-                            .await;
+                        sleep(backoff(
+                            errors,
+                            Duration::from_millis(50),
+                            Duration::from_secs(2),
+                        ))
+                        .await;
                     } else {
                         conflicts += 1;
-                        sleep(backoff(conflicts, Duration::from_millis(2), Duration::from_millis(200)))
-                            .await;
+                        sleep(backoff(
+                            conflicts,
+                            Duration::from_millis(2),
+                            Duration::from_millis(200),
+                        ))
+                        .await;
                     }
                     // Requests that arrived meanwhile join this batch.
                     if self.cfg.group_commit {
@@ -402,15 +423,16 @@ impl Committer {
                 None => return Err(Failure::Fatal(Error::LedgerMissing(self.key.clone()))),
             },
         };
-        if let Some(limit) = self.cfg.limit {
-            if limit != ledger.limit && !self.warned_limit {
-                warn!(
-                    ledger_limit = ledger.limit,
-                    requested = limit,
-                    "the ledger's limit differs from the requested one; the ledger's limit applies"
-                );
-                self.warned_limit = true;
-            }
+        if let Some(limit) = self.cfg.limit
+            && limit != ledger.limit
+            && !self.warned_limit
+        {
+            warn!(
+                ledger_limit = ledger.limit,
+                requested = limit,
+                "the ledger's limit differs from the requested one; the ledger's limit applies"
+            );
+            self.warned_limit = true;
         }
         for reply in self.snapshots.drain(..) {
             let _ = reply.send(Ok(ledger.clone()));
@@ -541,7 +563,7 @@ impl Committer {
     }
 
     fn fail_pending(&mut self, e: &Error) {
-        warn!(error = %e, "ledger request failed");
+        debug!(error = %e, "ledger request failed");
         let msg = e.to_string();
         let again = || Error::Exhausted {
             attempts: 0,
@@ -582,8 +604,10 @@ fn clone_error(e: &Error) -> Error {
 
 fn store_failure(e: StoreError) -> Failure {
     match e {
-        StoreError::Conflict(_) | StoreError::Missing => Failure::Retry { error: false },
-        StoreError::Ambiguous(_) | StoreError::Unavailable(_) => Failure::Retry { error: true },
+        StoreError::Conflict(_) | StoreError::Missing => Failure::Retry { error: None },
+        StoreError::Ambiguous(_) | StoreError::Unavailable(_) => Failure::Retry {
+            error: Some(e.to_string()),
+        },
         other => Failure::Fatal(Error::Store(other)),
     }
 }
@@ -622,10 +646,18 @@ pub async fn release_by_hand(store: &DynStore, key: &str, holder: &str) -> Resul
         let Some(next) = decide::release_by_hand(&ledger, holder, &who, &wall) else {
             return Ok(attempt > 1);
         };
-        match store.put(key, Bytes::from(next.to_bytes()), Condition::Match(etag)).await {
+        match store
+            .put(key, Bytes::from(next.to_bytes()), Condition::Match(etag))
+            .await
+        {
             Ok(_) => return Ok(true),
             Err(e) if e.is_transient() && attempt < 10 => {
-                sleep(backoff(attempt, Duration::from_millis(20), Duration::from_secs(1))).await;
+                sleep(backoff(
+                    attempt,
+                    Duration::from_millis(20),
+                    Duration::from_secs(1),
+                ))
+                .await;
             }
             Err(e) => return Err(e.into()),
         }

@@ -16,7 +16,9 @@ pub fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("JOBGATE_TESTBED_DIR") {
         return PathBuf::from(dir);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/tmp".into());
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/tmp".into());
     home.join(".cache/jobgate/testbed")
 }
 
@@ -91,9 +93,13 @@ impl SeaweedFs {
         }
         let log = std::fs::File::create(dir.join("weed.log")).map_err(|e| e.to_string())?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
-        cmd.stdout(Stdio::from(log)).stderr(Stdio::from(log2)).stdin(Stdio::null());
+        cmd.stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            .stdin(Stdio::null());
         die_with_parent(&mut cmd);
-        let child = cmd.spawn().map_err(|e| format!("starting {}: {e}", weed.display()))?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", weed.display()))?;
         let server = SeaweedFs {
             child,
             dir,
@@ -168,8 +174,19 @@ impl SeaweedFs {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         let log = std::fs::read_to_string(self.dir.join("weed.log")).unwrap_or_default();
-        let tail: String = log.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-        Err(format!("SeaweedFS did not become ready at {}: {last}\n{tail}", self.endpoint))
+        let tail: String = log
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
+        Err(format!(
+            "SeaweedFS did not become ready at {}: {last}\n{tail}",
+            self.endpoint
+        ))
     }
 
     async fn create_bucket_once(&self, store: &S3Store, bucket: &str) -> Result<(), String> {
@@ -177,7 +194,8 @@ impl SeaweedFs {
             Ok(_) => Ok(()),
             Err(e) => {
                 let text = aws_sdk_s3::error::DisplayErrorContext(&e).to_string();
-                if text.contains("BucketAlreadyOwnedByYou") || text.contains("BucketAlreadyExists") {
+                if text.contains("BucketAlreadyOwnedByYou") || text.contains("BucketAlreadyExists")
+                {
                     Ok(())
                 } else {
                     Err(text)

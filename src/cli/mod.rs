@@ -26,7 +26,11 @@ pub const EXIT_NOT_FOUND: u8 = 127;
 pub const EXIT_LEASE_LOST: u8 = 123;
 
 #[derive(Debug, Parser)]
-#[command(name = "jobgate", version, about = "At most N jobs at once, anywhere: a semaphore on one S3 object")]
+#[command(
+    name = "jobgate",
+    version,
+    about = "At most N jobs at once, anywhere: a semaphore on one S3 object"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -124,7 +128,10 @@ fn init_logging(verbose: u8) {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("jobgate: error: cannot start the runtime: {e}");

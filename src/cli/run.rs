@@ -12,8 +12,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
 use super::{
-    EXIT_ERROR, EXIT_LEASE_LOST, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_WAIT_TIMEOUT,
-    StoreArgs, parse_duration,
+    EXIT_ERROR, EXIT_LEASE_LOST, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_WAIT_TIMEOUT, StoreArgs,
+    parse_duration,
 };
 use crate::agent::{hostname, new_agent_id};
 use crate::doctor::ensure_conditional_writes;
@@ -79,7 +79,11 @@ pub async fn run(args: RunArgs) -> Result<u8> {
     let agent = new_agent_id();
     let holder = args.holder.clone().unwrap_or_else(|| agent.clone());
     let mut config = Config::new(agent);
-    config.description = Some(format!("jobgate run on {} (pid {})", hostname(), std::process::id()));
+    config.description = Some(format!(
+        "jobgate run on {} (pid {})",
+        hostname(),
+        std::process::id()
+    ));
     config.lease = args.lease;
     config.limit = limit;
     config.poll = args.poll;
@@ -206,7 +210,10 @@ fn exit_code(status: std::process::ExitStatus) -> u8 {
     if let Some(code) = status.code() {
         return code as u8;
     }
-    status.signal().map(|s| 128u8.wrapping_add(s as u8)).unwrap_or(EXIT_ERROR)
+    status
+        .signal()
+        .map(|s| 128u8.wrapping_add(s as u8))
+        .unwrap_or(EXIT_ERROR)
 }
 
 fn io_error(e: std::io::Error) -> Error {

@@ -60,7 +60,12 @@ fn age(label: &str, now: SystemTime) -> String {
     humantime::parse_rfc3339_weak(label)
         .ok()
         .and_then(|t| now.duration_since(t).ok())
-        .map(|d| format!("{} ago", humantime::format_duration(std::time::Duration::from_secs(d.as_secs()))))
+        .map(|d| {
+            format!(
+                "{} ago",
+                humantime::format_duration(std::time::Duration::from_secs(d.as_secs()))
+            )
+        })
         .unwrap_or_else(|| "?".to_string())
 }
 
@@ -93,9 +98,19 @@ pub fn render(url: &str, l: &Ledger, now: SystemTime) -> String {
     if l.holders.is_empty() {
         out.push_str("no holders\n");
     } else {
-        let mut rows = vec![vec!["HOLDER".into(), "TOKEN".into(), "AGENT".into(), "GRANTED".into()]];
+        let mut rows = vec![vec![
+            "HOLDER".into(),
+            "TOKEN".into(),
+            "AGENT".into(),
+            "GRANTED".into(),
+        ]];
         for (id, h) in &l.holders {
-            rows.push(vec![id.clone(), h.token.to_string(), h.agent.clone(), age(&h.granted_at, now)]);
+            rows.push(vec![
+                id.clone(),
+                h.token.to_string(),
+                h.agent.clone(),
+                age(&h.granted_at, now),
+            ]);
         }
         out.push_str(&table(rows));
     }
@@ -114,7 +129,8 @@ pub fn render(url: &str, l: &Ledger, now: SystemTime) -> String {
                 id.clone(),
                 l.holders_of(id).count().to_string(),
                 a.renewals.to_string(),
-                humantime::format_duration(std::time::Duration::from_millis(a.lease_ms)).to_string(),
+                humantime::format_duration(std::time::Duration::from_millis(a.lease_ms))
+                    .to_string(),
                 age(&a.renewed_at, now),
                 a.description.clone().unwrap_or_default(),
             ]);

@@ -33,7 +33,9 @@ impl FileStore {
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> StoreError {
     match e.kind() {
-        ErrorKind::PermissionDenied => StoreError::AccessDenied(format!("{what} {}: {e}", path.display())),
+        ErrorKind::PermissionDenied => {
+            StoreError::AccessDenied(format!("{what} {}: {e}", path.display()))
+        }
         _ => StoreError::Other(format!("{what} {}: {e}", path.display())),
     }
 }

@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
-use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
@@ -67,7 +67,10 @@ impl S3Store {
         if shared.region().is_none() {
             config = config.region(Region::new("us-east-1"));
         }
-        let endpoint = opts.endpoint.clone().or_else(|| shared.endpoint_url().map(String::from));
+        let endpoint = opts
+            .endpoint
+            .clone()
+            .or_else(|| shared.endpoint_url().map(String::from));
         if let Some(endpoint) = &opts.endpoint {
             config = config.endpoint_url(endpoint);
         }
@@ -103,9 +106,16 @@ impl S3Store {
         match &err {
             SdkError::ServiceError(service) => {
                 let status = service.raw().status().as_u16();
-                classify_service(&self.bucket, status, service.err().code(), service.err().message())
+                classify_service(
+                    &self.bucket,
+                    status,
+                    service.err().code(),
+                    service.err().message(),
+                )
             }
-            SdkError::TimeoutError(_) => StoreError::Ambiguous(format!("timed out: {}", context(&err))),
+            SdkError::TimeoutError(_) => {
+                StoreError::Ambiguous(format!("timed out: {}", context(&err)))
+            }
             SdkError::DispatchFailure(_) if credentials_problem(&context(&err)) => {
                 StoreError::AccessDenied(context(&err))
             }
@@ -137,7 +147,12 @@ fn credentials_problem(text: &str) -> bool {
 
 /// Classifies by the S3 error code first and the status second: a
 /// precondition failure has been seen arriving with an unexpected status.
-fn classify_service(bucket: &str, status: u16, code: Option<&str>, message: Option<&str>) -> StoreError {
+fn classify_service(
+    bucket: &str,
+    status: u16,
+    code: Option<&str>,
+    message: Option<&str>,
+) -> StoreError {
     let detail = format!(
         "HTTP {status} {}{}",
         code.unwrap_or("(no code)"),
@@ -149,8 +164,13 @@ fn classify_service(bucket: &str, status: u16, code: Option<&str>, message: Opti
         }
         Some("NoSuchKey") => return StoreError::Missing,
         Some("NoSuchBucket") => return StoreError::NoSuchBucket(bucket.to_string()),
-        Some("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken"
-            | "InvalidToken") => return StoreError::AccessDenied(detail),
+        Some(
+            "AccessDenied"
+            | "InvalidAccessKeyId"
+            | "SignatureDoesNotMatch"
+            | "ExpiredToken"
+            | "InvalidToken",
+        ) => return StoreError::AccessDenied(detail),
         Some("NotImplemented") => return StoreError::Unsupported(detail),
         Some("SlowDown" | "InternalError" | "ServiceUnavailable" | "RequestTimeout") => {
             return StoreError::Ambiguous(detail);
@@ -258,17 +278,29 @@ mod tests {
             classify_service("b", 409, Some("ConditionalRequestConflict"), None),
             StoreError::Conflict(_)
         ));
-        assert_eq!(classify_service("b", 404, Some("NoSuchKey"), None), StoreError::Missing);
+        assert_eq!(
+            classify_service("b", 404, Some("NoSuchKey"), None),
+            StoreError::Missing
+        );
         assert_eq!(
             classify_service("b", 404, Some("NoSuchBucket"), None),
             StoreError::NoSuchBucket("b".into())
         );
-        assert!(matches!(classify_service("b", 503, Some("SlowDown"), None), StoreError::Ambiguous(_)));
-        assert!(matches!(classify_service("b", 500, None, None), StoreError::Ambiguous(_)));
+        assert!(matches!(
+            classify_service("b", 503, Some("SlowDown"), None),
+            StoreError::Ambiguous(_)
+        ));
+        assert!(matches!(
+            classify_service("b", 500, None, None),
+            StoreError::Ambiguous(_)
+        ));
         assert!(matches!(
             classify_service("b", 403, Some("InvalidAccessKeyId"), None),
             StoreError::AccessDenied(_)
         ));
-        assert!(matches!(classify_service("b", 501, None, None), StoreError::Unsupported(_)));
+        assert!(matches!(
+            classify_service("b", 501, None, None),
+            StoreError::Unsupported(_)
+        ));
     }
 }

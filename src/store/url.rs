@@ -21,7 +21,9 @@ impl LedgerUrl {
                 .split_once('/')
                 .ok_or_else(|| bad("expected s3://BUCKET/KEY"))?;
             if bucket.is_empty() || key.is_empty() || key.ends_with('/') {
-                return Err(bad("expected s3://BUCKET/KEY with a non-empty bucket and key"));
+                return Err(bad(
+                    "expected s3://BUCKET/KEY with a non-empty bucket and key",
+                ));
             }
             return Ok(LedgerUrl::S3 {
                 bucket: bucket.to_string(),
@@ -38,7 +40,10 @@ impl LedgerUrl {
                 .and_then(|k| k.to_str())
                 .ok_or_else(|| bad("expected a file name after the directory"))?
                 .to_string();
-            let dir = path.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
+            let dir = path
+                .parent()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/"));
             return Ok(LedgerUrl::File { dir, key });
         }
         Err(bad("expected s3://BUCKET/KEY or file:///PATH"))
@@ -84,7 +89,13 @@ mod tests {
 
     #[test]
     fn rejects_the_rest() {
-        for bad in ["s3://bucket", "s3:///key", "file://relative/x", "http://x/y", "s3://b/dir/"] {
+        for bad in [
+            "s3://bucket",
+            "s3:///key",
+            "file://relative/x",
+            "http://x/y",
+            "s3://b/dir/",
+        ] {
             assert!(LedgerUrl::parse(bad).is_err(), "{bad}");
         }
     }

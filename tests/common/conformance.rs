@@ -32,30 +32,68 @@ pub async fn run_all(store: DynStore) {
 async fn create_only(store: &DynStore) {
     let k = key("create");
     assert_eq!(store.get(&k, None).await, Ok(Fetched::Missing));
-    let etag = store.put(&k, Bytes::from_static(b"one"), Condition::Create).await.unwrap();
+    let etag = store
+        .put(&k, Bytes::from_static(b"one"), Condition::Create)
+        .await
+        .unwrap();
     let (body, got) = found(store, &k).await;
     assert_eq!(body, Bytes::from_static(b"one"));
     assert_eq!(got, etag, "get must return the ETag the put returned");
-    let again = store.put(&k, Bytes::from_static(b"two"), Condition::Create).await;
-    assert!(matches!(again, Err(StoreError::Conflict(_))), "second create: {again:?}");
-    assert_eq!(found(store, &k).await.0, Bytes::from_static(b"one"), "a refused create must not write");
+    let again = store
+        .put(&k, Bytes::from_static(b"two"), Condition::Create)
+        .await;
+    assert!(
+        matches!(again, Err(StoreError::Conflict(_))),
+        "second create: {again:?}"
+    );
+    assert_eq!(
+        found(store, &k).await.0,
+        Bytes::from_static(b"one"),
+        "a refused create must not write"
+    );
 }
 
 async fn compare_and_swap(store: &DynStore) {
     let k = key("cas");
-    let e1 = store.put(&k, Bytes::from_static(b"v1"), Condition::Create).await.unwrap();
-    let wrong = store.put(&k, Bytes::from_static(b"x"), Condition::Match(ETag("\"bogus\"".into()))).await;
-    assert!(matches!(wrong, Err(StoreError::Conflict(_))), "wrong etag: {wrong:?}");
-    let e2 = store.put(&k, Bytes::from_static(b"v2"), Condition::Match(e1.clone())).await.unwrap();
+    let e1 = store
+        .put(&k, Bytes::from_static(b"v1"), Condition::Create)
+        .await
+        .unwrap();
+    let wrong = store
+        .put(
+            &k,
+            Bytes::from_static(b"x"),
+            Condition::Match(ETag("\"bogus\"".into())),
+        )
+        .await;
+    assert!(
+        matches!(wrong, Err(StoreError::Conflict(_))),
+        "wrong etag: {wrong:?}"
+    );
+    let e2 = store
+        .put(&k, Bytes::from_static(b"v2"), Condition::Match(e1.clone()))
+        .await
+        .unwrap();
     assert_ne!(e1, e2, "different bodies must have different ETags");
-    let stale = store.put(&k, Bytes::from_static(b"v3"), Condition::Match(e1)).await;
-    assert!(matches!(stale, Err(StoreError::Conflict(_))), "stale etag: {stale:?}");
+    let stale = store
+        .put(&k, Bytes::from_static(b"v3"), Condition::Match(e1))
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::Conflict(_))),
+        "stale etag: {stale:?}"
+    );
     assert_eq!(found(store, &k).await, (Bytes::from_static(b"v2"), e2));
 }
 
 async fn if_match_on_missing(store: &DynStore) {
     let k = key("missing");
-    let r = store.put(&k, Bytes::from_static(b"x"), Condition::Match(ETag("\"abc\"".into()))).await;
+    let r = store
+        .put(
+            &k,
+            Bytes::from_static(b"x"),
+            Condition::Match(ETag("\"abc\"".into())),
+        )
+        .await;
     assert!(
         matches!(r, Err(StoreError::Missing) | Err(StoreError::Conflict(_))),
         "If-Match on a missing key must fail: {r:?}"
@@ -65,9 +103,15 @@ async fn if_match_on_missing(store: &DynStore) {
 
 async fn conditional_get(store: &DynStore) {
     let k = key("get");
-    let e1 = store.put(&k, Bytes::from_static(b"a"), Condition::Create).await.unwrap();
+    let e1 = store
+        .put(&k, Bytes::from_static(b"a"), Condition::Create)
+        .await
+        .unwrap();
     assert_eq!(store.get(&k, Some(&e1)).await, Ok(Fetched::NotModified));
-    let e2 = store.put(&k, Bytes::from_static(b"b"), Condition::Match(e1.clone())).await.unwrap();
+    let e2 = store
+        .put(&k, Bytes::from_static(b"b"), Condition::Match(e1.clone()))
+        .await
+        .unwrap();
     match store.get(&k, Some(&e1)).await {
         Ok(Fetched::Found(v)) => assert_eq!(v.etag, e2),
         other => panic!("changed object must be returned: {other:?}"),
@@ -76,9 +120,15 @@ async fn conditional_get(store: &DynStore) {
 
 async fn conditional_delete(store: &DynStore) {
     let k = key("delete");
-    let e = store.put(&k, Bytes::from_static(b"a"), Condition::Create).await.unwrap();
+    let e = store
+        .put(&k, Bytes::from_static(b"a"), Condition::Create)
+        .await
+        .unwrap();
     let wrong = store.delete(&k, &ETag("\"bogus\"".into())).await;
-    assert!(matches!(wrong, Err(StoreError::Conflict(_))), "delete with wrong etag: {wrong:?}");
+    assert!(
+        matches!(wrong, Err(StoreError::Conflict(_))),
+        "delete with wrong etag: {wrong:?}"
+    );
     store.delete(&k, &e).await.unwrap();
     assert_eq!(store.get(&k, None).await, Ok(Fetched::Missing));
 }
@@ -88,7 +138,12 @@ async fn race(store: &DynStore, k: &str, condition: Condition) -> usize {
     let barrier = Arc::new(tokio::sync::Barrier::new(n));
     let tasks: Vec<_> = (0..n)
         .map(|i| {
-            let (store, k, c, b) = (store.clone(), k.to_string(), condition.clone(), barrier.clone());
+            let (store, k, c, b) = (
+                store.clone(),
+                k.to_string(),
+                condition.clone(),
+                barrier.clone(),
+            );
             tokio::spawn(async move {
                 b.wait().await;
                 store.put(&k, Bytes::from(format!("racer {i}")), c).await
@@ -108,13 +163,24 @@ async fn race(store: &DynStore, k: &str, condition: Condition) -> usize {
 
 async fn concurrent_creates_have_one_winner(store: &DynStore) {
     let k = key("race-create");
-    assert_eq!(race(store, &k, Condition::Create).await, 1, "exactly one create may win");
+    assert_eq!(
+        race(store, &k, Condition::Create).await,
+        1,
+        "exactly one create may win"
+    );
 }
 
 async fn concurrent_swaps_have_one_winner(store: &DynStore) {
     let k = key("race-cas");
-    let e = store.put(&k, Bytes::from_static(b"start"), Condition::Create).await.unwrap();
-    assert_eq!(race(store, &k, Condition::Match(e)).await, 1, "exactly one swap may win");
+    let e = store
+        .put(&k, Bytes::from_static(b"start"), Condition::Create)
+        .await
+        .unwrap();
+    assert_eq!(
+        race(store, &k, Condition::Match(e)).await,
+        1,
+        "exactly one swap may win"
+    );
 }
 
 async fn semaphore_basics(store: &DynStore) {
@@ -126,15 +192,25 @@ async fn semaphore_basics(store: &DynStore) {
     let p1 = a.acquire("h1").await.unwrap();
     let p2 = a.acquire("h2").await.unwrap();
     assert!(p2.token > p1.token, "fencing tokens increase");
-    assert!(a.try_acquire("h3").await.unwrap().is_none(), "limit 2 must refuse a third");
+    assert!(
+        a.try_acquire("h3").await.unwrap().is_none(),
+        "limit 2 must refuse a third"
+    );
     let again = a.acquire("h1").await.unwrap();
     assert_eq!(again.token, p1.token, "acquire is idempotent");
     a.release("h1").await.unwrap();
-    let p3 = a.try_acquire("h3").await.unwrap().expect("a slot was freed");
+    let p3 = a
+        .try_acquire("h3")
+        .await
+        .unwrap()
+        .expect("a slot was freed");
     assert!(p3.token > p2.token);
     a.release("h2").await.unwrap();
     a.release("h3").await.unwrap();
     let ledger = a.snapshot().await.unwrap();
-    assert!(ledger.holders.is_empty() && ledger.agents.is_empty(), "{ledger:?}");
+    assert!(
+        ledger.holders.is_empty() && ledger.agents.is_empty(),
+        "{ledger:?}"
+    );
     a.shutdown().await;
 }

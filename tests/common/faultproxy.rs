@@ -78,8 +78,10 @@ fn s3_error(status: StatusCode, code: &str) -> Response<Full<Bytes>> {
     );
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert("content-type", hyper::header::HeaderValue::from_static("application/xml"));
+    resp.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/xml"),
+    );
     resp
 }
 
@@ -98,8 +100,14 @@ async fn forward(
     parts: hyper::http::request::Parts,
     body: Bytes,
 ) -> Option<Response<Full<Bytes>>> {
-    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let mut req = Request::builder().method(parts.method.clone()).uri(format!("{upstream}{path}"));
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let mut req = Request::builder()
+        .method(parts.method.clone())
+        .uri(format!("{upstream}{path}"));
     for (name, value) in &parts.headers {
         req = req.header(name, value);
     }
@@ -164,11 +172,20 @@ impl FaultProxy {
         let task_counts = counts.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let (client, upstream, counts) = (client.clone(), upstream.clone(), task_counts.clone());
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (client, upstream, counts) =
+                    (client.clone(), upstream.clone(), task_counts.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
-                        handle(req, client.clone(), upstream.clone(), faults, counts.clone())
+                        handle(
+                            req,
+                            client.clone(),
+                            upstream.clone(),
+                            faults,
+                            counts.clone(),
+                        )
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)

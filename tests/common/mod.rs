@@ -16,7 +16,10 @@ pub async fn seaweed() -> SeaweedFs {
 /// A fresh bucket on `server`.
 pub async fn bucket(server: &SeaweedFs) -> String {
     let name = format!("jg-{:08x}", rand::random::<u32>());
-    server.create_bucket(&name).await.unwrap_or_else(|e| panic!("{e}"));
+    server
+        .create_bucket(&name)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     name
 }
 

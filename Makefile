@@ -1,0 +1,25 @@
+# The front door. `make test` is what CI runs.
+.PHONY: test testbed unit lint demo bench
+
+# Build the pinned test-bed binaries (cached; skipped when present), then run
+# every test: unit, property, conformance, stress, lease, CLI end to end.
+test: testbed
+	cargo test --all-targets
+
+testbed:
+	scripts/testbed.sh
+
+unit:
+	cargo test --lib
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+# Five commands through a limit of 2 on the local file ledger.
+demo:
+	scripts/demo.sh
+
+# Throughput and request counts against SeaweedFS; see docs/benchmarks.md.
+bench: testbed
+	cargo bench --bench ledger

@@ -1,0 +1,304 @@
+//! The `jobgate` binary end to end: concurrency of real processes, exit
+//! codes, and one-line errors that leave the ledger untouched.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+const LIMIT: usize = 3;
+const PROCESSES: usize = 8;
+
+/// Each child marks itself present in `slots/`, counts who is present, and
+/// leaves. The largest count any child saw is the true peak concurrency.
+const CHILD: &str = r#"mkdir "$SLOTS/$JOBGATE_HOLDER" && ls "$SLOTS" | wc -l >> "$COUNTS/$JOBGATE_HOLDER" && sleep 0.4 && ls "$SLOTS" | wc -l >> "$COUNTS/$JOBGATE_HOLDER" && rmdir "$SLOTS/$JOBGATE_HOLDER""#;
+
+fn run_many(ledger: &str, env: &[(&'static str, String)], work: &Path) -> usize {
+    let slots = work.join("slots");
+    let counts = work.join("counts");
+    std::fs::create_dir_all(&slots).unwrap();
+    std::fs::create_dir_all(&counts).unwrap();
+    let children: Vec<_> = (0..PROCESSES)
+        .map(|i| {
+            Command::new(common::jobgate_bin())
+                .args([
+                    "run",
+                    "--ledger",
+                    ledger,
+                    "--limit",
+                    &LIMIT.to_string(),
+                    "--poll",
+                    "50ms",
+                ])
+                .args(["--holder", &format!("job-{i}"), "--", "sh", "-c", CHILD])
+                .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+                .env("SLOTS", &slots)
+                .env("COUNTS", &counts)
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        let status = c.wait().unwrap();
+        assert!(status.success(), "a jobgate run failed: {status}");
+    }
+    let mut peak = 0;
+    let mut ran = 0;
+    for entry in std::fs::read_dir(&counts).unwrap() {
+        ran += 1;
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for line in text.lines() {
+            peak = peak.max(line.trim().parse::<usize>().unwrap());
+        }
+    }
+    assert_eq!(ran, PROCESSES, "every command must have run");
+    peak
+}
+
+#[test]
+fn concurrent_runs_on_a_file_ledger_respect_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = format!("file://{}/ledger.json", dir.path().display());
+    let peak = run_many(&ledger, &[], dir.path());
+    assert!(
+        peak <= LIMIT,
+        "{peak} commands ran at once with limit {LIMIT}"
+    );
+    assert_eq!(
+        peak, LIMIT,
+        "the limit was never reached, so the test proves little"
+    );
+    let status = jobgate(&["status", "--ledger", &ledger, "-o", "json"], &[]);
+    let ledger: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(ledger["holders"], serde_json::json!({}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_runs_on_seaweedfs_respect_the_limit() {
+    let server = common::seaweed().await;
+    let bucket = common::bucket(&server).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = format!("s3://{bucket}/cli.json");
+    let env = server.env();
+    let peak = tokio::task::block_in_place(|| run_many(&ledger, &env, dir.path()));
+    assert!(
+        peak <= LIMIT,
+        "{peak} commands ran at once with limit {LIMIT}"
+    );
+    assert_eq!(
+        peak, LIMIT,
+        "the limit was never reached, so the test proves little"
+    );
+    let out = jobgate(&["status", "--ledger", &ledger], &env);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("in use  0"), "{text}");
+    let doctor = jobgate(&["doctor", "--ledger", &ledger], &env);
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        doctor.status.success(),
+        "doctor failed on SeaweedFS:\n{text}"
+    );
+    assert!(text.contains("verdict: OK"), "{text}");
+}
+
+fn jobgate(args: &[&str], env: &[(&'static str, String)]) -> Output {
+    Command::new(common::jobgate_bin())
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn one_line_error(out: &Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_eq!(out.status.code(), Some(125), "stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "expected one line, got:\n{err}");
+    assert!(err.starts_with("jobgate: error: "), "{err}");
+    err
+}
+
+#[test]
+fn exit_codes_pass_through_and_waits_time_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = format!("file://{}/codes.json", dir.path().display());
+    let out = jobgate(
+        &[
+            "run", "--ledger", &ledger, "--limit", "1", "--", "sh", "-c", "exit 7",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(7));
+    let out = jobgate(
+        &[
+            "run",
+            "--ledger",
+            &ledger,
+            "--limit",
+            "1",
+            "--",
+            "no-such-command-jobgate",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(127));
+
+    let mut holder = Command::new(common::jobgate_bin())
+        .args([
+            "run", "--ledger", &ledger, "--limit", "1", "--", "sleep", "30",
+        ])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let s = jobgate(&["status", "--ledger", &ledger, "-o", "json"], &[]);
+        let v: serde_json::Value = serde_json::from_slice(&s.stdout).unwrap_or_default();
+        if v["holders"].as_object().is_some_and(|h| !h.is_empty()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "first run never got its slot"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = jobgate(
+        &["run", "--ledger", &ledger, "--wait", "1s", "--", "true"],
+        &[],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(124),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // SIGTERM is forwarded; the slot is released on the way out.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(holder.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = holder.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + 15));
+    let s = jobgate(&["status", "--ledger", &ledger, "-o", "json"], &[]);
+    let v: serde_json::Value = serde_json::from_slice(&s.stdout).unwrap();
+    assert_eq!(
+        v["holders"],
+        serde_json::json!({}),
+        "slot not released after SIGTERM"
+    );
+}
+
+#[test]
+fn a_corrupt_ledger_is_reported_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.json");
+    std::fs::write(&path, "{\"count\": 2}").unwrap();
+    let ledger = format!("file://{}", path.display());
+    for args in [
+        vec!["run", "--ledger", &ledger, "--limit", "2", "--", "true"],
+        vec!["status", "--ledger", &ledger],
+        vec!["release", "--ledger", &ledger, "someone"],
+    ] {
+        let err = one_line_error(&jobgate(&args, &[]));
+        assert!(err.contains("not a jobgate ledger"), "{err}");
+    }
+    std::fs::write(&path, "{\"count\": ").unwrap();
+    let err = one_line_error(&jobgate(
+        &["run", "--ledger", &ledger, "--limit", "2", "--", "true"],
+        &[],
+    ));
+    assert!(err.contains("not valid JSON"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "{\"count\": ",
+        "the ledger was touched"
+    );
+}
+
+#[test]
+fn bad_input_gets_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = format!("file://{}/x.json", dir.path().display());
+    let err = one_line_error(&jobgate(
+        &["run", "--ledger", &ledger, "--limit", "0", "--", "true"],
+        &[],
+    ));
+    assert!(err.contains("limit"), "{err}");
+    let err = one_line_error(&jobgate(
+        &["run", "--ledger", "ftp://x/y", "--limit", "1", "--", "true"],
+        &[],
+    ));
+    assert!(err.contains("s3://BUCKET/KEY"), "{err}");
+    let err = one_line_error(&jobgate(&["status", "--ledger", &ledger], &[]));
+    assert!(err.contains("does not exist"), "{err}");
+    let unreachable = [
+        (
+            "AWS_ENDPOINT_URL",
+            format!("http://127.0.0.1:{}", jobgate::testbed::free_port()),
+        ),
+        ("AWS_ACCESS_KEY_ID", "x".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "y".to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+    ];
+    let err = one_line_error(&jobgate(
+        &[
+            "run",
+            "--ledger",
+            "s3://b/k.json",
+            "--limit",
+            "1",
+            "--",
+            "true",
+        ],
+        &unreachable,
+    ));
+    assert!(
+        err.contains("connect") || err.contains("unavailable"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_errors_get_one_line() {
+    let server = common::seaweed().await;
+    let bucket = common::bucket(&server).await;
+    let env = server.env();
+    let err = one_line_error(&jobgate(
+        &[
+            "run",
+            "--ledger",
+            "s3://no-such-bucket-jg/k.json",
+            "--limit",
+            "1",
+            "--",
+            "true",
+        ],
+        &env,
+    ));
+    assert!(
+        err.contains("no-such-bucket-jg") && err.contains("does not exist"),
+        "{err}"
+    );
+    let mut wrong = env.clone();
+    for (k, v) in wrong.iter_mut() {
+        if *k == "AWS_SECRET_ACCESS_KEY" {
+            *v = "wrong-secret".into();
+        }
+    }
+    let err = one_line_error(&jobgate(
+        &[
+            "run",
+            "--ledger",
+            &format!("s3://{bucket}/k.json"),
+            "--limit",
+            "1",
+            "--",
+            "true",
+        ],
+        &wrong,
+    ));
+    assert!(err.contains("access denied"), "{err}");
+}

@@ -1,0 +1,134 @@
+//! Leases: a killed agent's slots come back after its lease; a live agent's
+//! slots never do.
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use jobgate::semaphore::read_ledger;
+use jobgate::{Config, Semaphore};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_agents_slots_return_after_its_lease() {
+    let server = common::seaweed().await;
+    let bucket = common::bucket(&server).await;
+    let store = server.dyn_store(&bucket).await;
+    let url = format!("s3://{bucket}/lease.json");
+    let lease = Duration::from_secs(3);
+
+    // A real `jobgate run` process holds both slots' worth: limit 1.
+    let mut victim = Command::new(common::jobgate_bin())
+        .args([
+            "run", "--ledger", &url, "--limit", "1", "--lease", "3s", "--holder", "victim", "--",
+            "sleep", "600",
+        ])
+        .envs(server.env())
+        .stdin(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    loop {
+        if let Some((l, _)) = read_ledger(&store, "lease.json").await.unwrap()
+            && l.holders.contains_key("victim")
+        {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "victim never got its slot"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // SIGKILL the whole process group: no release, no goodbye.
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(victim.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let _ = victim.wait();
+
+    let mut cfg = Config::new("survivor");
+    cfg.poll = Duration::from_millis(100);
+    let sem = Semaphore::new(store.clone(), "lease.json", cfg);
+    let started = Instant::now();
+    let permit = tokio::time::timeout(Duration::from_secs(30), sem.acquire("next"))
+        .await
+        .expect("the dead agent's slot was never reclaimed")
+        .unwrap();
+    let waited = started.elapsed();
+    eprintln!("reclaimed after {waited:?} (lease {lease:?})");
+    assert!(
+        waited >= lease,
+        "evicted before a full lease of silence: {waited:?}"
+    );
+    assert!(waited < lease * 3, "took too long: {waited:?}");
+    let (l, _) = read_ledger(&store, "lease.json").await.unwrap().unwrap();
+    assert!(!l.holders.contains_key("victim"));
+    assert!(l.holders.contains_key("next"));
+    assert!(permit.token > 1);
+    sem.release("next").await.unwrap();
+    sem.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_live_agents_slots_are_never_evicted() {
+    let server = common::seaweed().await;
+    let bucket = common::bucket(&server).await;
+    let store = server.dyn_store(&bucket).await;
+    let lease = Duration::from_secs(1);
+
+    let mut live_cfg = Config::new("live");
+    live_cfg.limit = Some(1);
+    live_cfg.lease = lease;
+    let live = Semaphore::new(store.clone(), "live.json", live_cfg);
+    let permit = live.acquire("held").await.unwrap();
+
+    let mut waiter_cfg = Config::new("waiter");
+    waiter_cfg.poll = Duration::from_millis(50);
+    let waiter = Semaphore::new(store.clone(), "live.json", waiter_cfg);
+    let waited = tokio::time::timeout(lease * 5, waiter.acquire("want")).await;
+    assert!(waited.is_err(), "a live agent's slot was taken: {waited:?}");
+    assert!(!permit.is_lost(), "the live holder lost its slot");
+    let (l, _) = read_ledger(&store, "live.json").await.unwrap().unwrap();
+    assert!(l.holders.contains_key("held"));
+    assert!(
+        l.agents["live"].renewals >= 4,
+        "renewed only {} times in 5 leases",
+        l.agents["live"].renewals
+    );
+
+    live.release("held").await.unwrap();
+    let p = tokio::time::timeout(Duration::from_secs(5), waiter.acquire("want"))
+        .await
+        .expect("freed slot not taken")
+        .unwrap();
+    assert!(p.token > permit.token);
+    waiter.release("want").await.unwrap();
+    live.shutdown().await;
+    waiter.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_holder_that_cannot_renew_is_told_before_its_lease_runs_out() {
+    let server = common::seaweed().await;
+    let bucket = common::bucket(&server).await;
+    let store = server.dyn_store(&bucket).await;
+    let lease = Duration::from_secs(2);
+    let mut cfg = Config::new("fragile");
+    cfg.limit = Some(1);
+    cfg.lease = lease;
+    let sem = Semaphore::new(store.clone(), "fence.json", cfg);
+    let mut permit = sem.acquire("h").await.unwrap();
+    let granted = Instant::now();
+    drop(server); // the store goes away: renewals fail from now on
+    tokio::time::timeout(lease, permit.lost())
+        .await
+        .expect("not told within the lease");
+    let told = granted.elapsed();
+    eprintln!("told after {told:?}");
+    assert!(told < lease, "told too late: {told:?}");
+    sem.shutdown().await;
+}
