@@ -4,7 +4,7 @@
 # Build the pinned test-bed binaries (cached; skipped when present), then run
 # every test: unit, property, conformance, stress, lease, CLI end to end.
 test: testbed
-	cargo test --all-targets
+	cargo test
 
 testbed:
 	scripts/testbed.sh

@@ -4,10 +4,13 @@
 //! same count both get in, and a crashed worker's slot is never returned.
 //! Never use this for anything but comparison.
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
 use aws_sdk_s3::primitives::ByteStream;
 use serde::{Deserialize, Serialize};
 
-use crate::store::{S3Store, StoreError};
+use crate::store::{RequestCounts, S3Store, StoreError};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Count {
@@ -19,6 +22,7 @@ pub struct NaiveCounter {
     store: S3Store,
     key: String,
     limit: i64,
+    counts: Arc<RequestCounts>,
 }
 
 impl NaiveCounter {
@@ -27,10 +31,18 @@ impl NaiveCounter {
             store,
             key: key.into(),
             limit,
+            counts: Arc::default(),
         }
     }
 
+    /// Counts this counter's GETs and PUTs into `counts`.
+    pub fn with_counts(mut self, counts: Arc<RequestCounts>) -> Self {
+        self.counts = counts;
+        self
+    }
+
     async fn read(&self) -> Result<i64, StoreError> {
+        self.counts.gets.fetch_add(1, Ordering::Relaxed);
         let out = self
             .store
             .client()
@@ -57,6 +69,7 @@ impl NaiveCounter {
     }
 
     async fn write(&self, count: i64) -> Result<(), StoreError> {
+        self.counts.puts.fetch_add(1, Ordering::Relaxed);
         let body =
             serde_json::to_vec(&Count { count }).map_err(|e| StoreError::Other(e.to_string()))?;
         self.store

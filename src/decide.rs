@@ -281,4 +281,59 @@ mod tests {
         let out = acquire(&l, "b", &["h4"]);
         assert_eq!(out.waiting, vec!["h4".to_string()]);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Step {
+            Acquire(usize, Vec<u8>),
+            Release(usize, Vec<u8>),
+            Evict(usize, usize),
+        }
+
+        fn step() -> impl Strategy<Value = Step> {
+            let holders = prop::collection::vec(0u8..12, 0..5);
+            prop_oneof![
+                (0usize..3, holders.clone()).prop_map(|(a, h)| Step::Acquire(a, h)),
+                (0usize..3, holders).prop_map(|(a, h)| Step::Release(a, h)),
+                (0usize..3, 0usize..3).prop_map(|(a, b)| Step::Evict(a, b)),
+            ]
+        }
+
+        proptest! {
+            /// Whatever the interleaving of agents' batches: never more holders
+            /// than the limit, tokens unique and below `next_token`, `seq` +1
+            /// per write, and re-applying a batch writes nothing new.
+            #[test]
+            fn invariants_hold(limit in 1u32..5, steps in prop::collection::vec(step(), 1..40)) {
+                let mut l = Ledger::new(limit);
+                for s in steps {
+                    let mut b = batch("");
+                    match s {
+                        Step::Acquire(a, hs) => { b.agent = format!("a{a}"); b.acquires = hs.iter().map(|h| format!("h{h}")).collect(); }
+                        Step::Release(a, hs) => { b.agent = format!("a{a}"); b.releases = hs.iter().map(|h| format!("h{h}")).collect(); }
+                        Step::Evict(a, v) => { b.agent = format!("a{a}"); b.evict = vec![format!("a{v}")]; }
+                    }
+                    let out = apply(&l, &b);
+                    if let Some(next) = out.next.clone() {
+                        prop_assert_eq!(next.seq, l.seq + 1);
+                        prop_assert!(next.next_token >= l.next_token);
+                        prop_assert!(next.holders.len() <= limit as usize);
+                        let mut tokens: Vec<u64> = next.holders.values().map(|h| h.token).collect();
+                        tokens.sort();
+                        tokens.dedup();
+                        prop_assert_eq!(tokens.len(), next.holders.len());
+                        prop_assert!(next.holders.values().all(|h| h.token < next.next_token && next.agents.contains_key(&h.agent)));
+                        prop_assert!(Ledger::parse(&next.to_bytes()).is_ok());
+                        let again = apply(&next, &b);
+                        prop_assert_eq!(again.next, None, "re-applying a landed batch must not write");
+                        prop_assert_eq!(again.granted, out.granted.clone());
+                        l = next;
+                    }
+                }
+            }
+        }
+    }
 }
