@@ -244,6 +244,11 @@ impl Committer {
             }
             self.step().await;
         }
+        // Slots granted to callers that gave up are still ours to free.
+        if !self.releasing.is_empty() {
+            self.waiting.clear();
+            self.step().await;
+        }
         for (_, lost) in std::mem::take(&mut self.held) {
             let _ = lost.send(true);
         }
@@ -338,6 +343,9 @@ impl Committer {
                 Ok(()) => return,
                 Err(Failure::Fatal(e)) => {
                     self.fail_pending(&e);
+                    // Renewals come back here at once; do not spin on a
+                    // ledger that cannot be used.
+                    sleep(Duration::from_millis(500)).await;
                     return;
                 }
                 Err(Failure::Retry { error }) => {
@@ -441,7 +449,7 @@ impl Committer {
         let batch = self.batch(&ledger, now);
         let outcome = decide::apply(&ledger, &batch);
         let Some(next) = outcome.next.clone() else {
-            self.resolve(outcome, false);
+            self.resolve(outcome);
             return Ok(());
         };
         let body = Bytes::from(next.to_bytes());
@@ -451,7 +459,7 @@ impl Committer {
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
                 let holds = next.agents.contains_key(&self.cfg.agent);
                 self.cache = Some((next, etag));
-                self.resolve(outcome, holds);
+                self.resolve(outcome);
                 if holds {
                     self.last_renewal_sent = Some(sent);
                 }
@@ -498,9 +506,9 @@ impl Committer {
         }
     }
 
-    /// Answers the requests the outcome settled. `committed` says the
-    /// outcome's ledger was written (or nothing needed writing).
-    fn resolve(&mut self, out: Outcome, _committed: bool) {
+    /// Answers the requests the outcome settled; called once its ledger is
+    /// written, or when nothing needed writing.
+    fn resolve(&mut self, out: Outcome) {
         if !out.evicted_agents.is_empty() {
             info!(agents = ?out.evicted_agents, "evicted agents whose lease ran out");
             self.stats
