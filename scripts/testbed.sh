@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
 # Builds the pinned test-bed binaries into a cache directory, once.
-# Usage: scripts/testbed.sh [seaweedfs|all]   (default: all)
+# Usage: scripts/testbed.sh [seaweedfs|kubernetes|etcd|kwok|k8s|all]   (default: seaweedfs)
+#   seaweedfs   the S3 server (weed) the tests use
+#   k8s         kubernetes + etcd + kwok: the control plane for operator tests
 # Cache: $JOBGATE_TESTBED_DIR, default ~/.cache/jobgate/testbed
 set -euo pipefail
 
 SEAWEEDFS_VERSION="v0.0.0-20261109003541-7506e5f91cd6"
+KUBERNETES_VERSION="v1.35.4"
+KUBERNETES_STAGING_VERSION="v0.35.4"
+ETCD_VERSION="v3.6.16"
+KWOK_VERSION="v0.8.0"
+# Parallel Go compile jobs; the machine has two cores.
+GO_JOBS="${JOBGATE_GO_JOBS:-2}"
 
 CACHE="${JOBGATE_TESTBED_DIR:-$HOME/.cache/jobgate/testbed}"
 BIN="$CACHE/bin"
@@ -31,10 +39,72 @@ build_seaweedfs() {
   log "built $BIN/weed"
 }
 
-what="${1:-all}"
+STAGING="api apiextensions-apiserver apimachinery apiserver cli-runtime client-go cloud-provider
+cluster-bootstrap code-generator component-base component-helpers controller-manager cri-api
+cri-client csi-translation-lib dynamic-resource-allocation endpointslice externaljwt kms
+kube-aggregator kube-controller-manager kube-proxy kube-scheduler kubectl kubelet metrics
+mount-utils pod-security-admission sample-apiserver sample-cli-plugin sample-controller"
+
+build_kubernetes() {
+  local names="kube-apiserver kube-controller-manager kube-scheduler kubectl" n all=1
+  for n in $names; do built "$n" "$KUBERNETES_VERSION" || all=0; done
+  if [ "$all" = 1 ]; then log "kubernetes $KUBERNETES_VERSION already built"; return; fi
+  log "building $names $KUBERNETES_VERSION (cold: about 20 minutes on 2 cores) ..."
+  local w="$CACHE/src/kubernetes"
+  rm -rf "$w"; mkdir -p "$w"; cd "$w"
+  go mod init jobgate.testbed/kubernetes >/dev/null 2>&1
+  go mod edit -require="k8s.io/kubernetes@$KUBERNETES_VERSION"
+  for m in $STAGING; do
+    go mod edit -replace="k8s.io/$m=k8s.io/$m@$KUBERNETES_STAGING_VERSION"
+  done
+  go mod edit -godebug=default=go1.24
+  local minor="${KUBERNETES_VERSION#v1.}"; minor="${minor%%.*}"
+  local ld="-s -w"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld="$ld -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
+  done
+  for n in $names; do
+    go build -p "$GO_JOBS" -trimpath -tags selinux,notest,grpcnotrace -ldflags "$ld" \
+      -o "$BIN/$n" "k8s.io/kubernetes/cmd/$n"
+    mark "$n" "$KUBERNETES_VERSION"
+    log "built $BIN/$n"
+  done
+}
+
+build_etcd() {
+  if built etcd "$ETCD_VERSION"; then log "etcd $ETCD_VERSION already built"; return; fi
+  log "building etcd $ETCD_VERSION ..."
+  local w="$CACHE/src/etcd"
+  rm -rf "$w"; mkdir -p "$w"; cd "$w"
+  go mod init jobgate.testbed/etcd >/dev/null 2>&1
+  go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+  go build -p "$GO_JOBS" -trimpath -ldflags "-s -w" -o "$BIN/etcd" go.etcd.io/etcd/server/v3
+  mark etcd "$ETCD_VERSION"
+  log "built $BIN/etcd"
+}
+
+build_kwok() {
+  if built kwok "$KWOK_VERSION"; then log "kwok $KWOK_VERSION already built"; return; fi
+  log "building kwok $KWOK_VERSION ..."
+  GOBIN="$BIN" go install -p "$GO_JOBS" -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  # kwok needs its stage definitions (which pods run, complete, ...).
+  local stages
+  stages="$(go env GOMODCACHE)/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage"
+  rm -rf "$CACHE/kwok-stages"; mkdir -p "$CACHE/kwok-stages"
+  cp -r "$stages/." "$CACHE/kwok-stages/"
+  chmod -R u+w "$CACHE/kwok-stages"
+  mark kwok "$KWOK_VERSION"
+  log "built $BIN/kwok (stages in $CACHE/kwok-stages)"
+}
+
+what="${1:-seaweedfs}"
 case "$what" in
   seaweedfs) build_seaweedfs ;;
-  all) build_seaweedfs ;;
-  *) echo "usage: $0 [seaweedfs|all]" >&2; exit 2 ;;
+  kubernetes) build_kubernetes ;;
+  etcd) build_etcd ;;
+  kwok) build_kwok ;;
+  k8s) build_etcd; build_kwok; build_kubernetes ;;
+  all) build_seaweedfs; build_etcd; build_kwok; build_kubernetes ;;
+  *) echo "usage: $0 [seaweedfs|kubernetes|etcd|kwok|k8s|all]" >&2; exit 2 ;;
 esac
 log "done; binaries in $BIN"

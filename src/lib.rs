@@ -10,6 +10,7 @@ pub mod decide;
 pub mod doctor;
 pub mod error;
 pub mod lease;
+pub mod operator;
 pub mod ledger;
 pub mod semaphore;
 pub mod store;

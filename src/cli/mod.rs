@@ -49,6 +49,8 @@ enum Command {
     Release(status::ReleaseArgs),
     /// Check that a bucket really enforces conditional writes, atomically.
     Doctor(doctor::DoctorArgs),
+    /// Print the ConcurrencyGroup CustomResourceDefinition (YAML).
+    Crd,
 }
 
 /// Where the ledger is and how to reach it. The usual AWS environment
@@ -106,6 +108,15 @@ impl StoreArgs {
     }
 }
 
+fn print_crd() -> Result<u8> {
+    let yaml = crate::operator::crd::crd_yaml().map_err(|e| Error::Exhausted {
+        attempts: 1,
+        last: format!("rendering the CRD: {e}"),
+    })?;
+    print!("{yaml}");
+    Ok(0)
+}
+
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 5m, 1h30m)"))
 }
@@ -144,6 +155,7 @@ pub fn main() -> ExitCode {
             Command::Status(args) => status::status(args).await,
             Command::Release(args) => status::release(args).await,
             Command::Doctor(args) => doctor::doctor(args).await,
+            Command::Crd => print_crd(),
         }
     });
     // Do not wait for lingering background tasks (e.g. a slow S3 request).

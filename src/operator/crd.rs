@@ -1,0 +1,194 @@
+//! The `ConcurrencyGroup` custom resource (`jobgate.dev/v1alpha1`). The CRD
+//! YAML in `crds/` is generated from these types by `jobgate crd`.
+
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// At most `limit` Jobs labelled `jobgate.dev/group: <name>` run at once, in
+/// every cluster that shares the ledger.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "jobgate.dev",
+    version = "v1alpha1",
+    kind = "ConcurrencyGroup",
+    plural = "concurrencygroups",
+    shortname = "cg",
+    namespaced,
+    status = "ConcurrencyGroupStatus",
+    printcolumn = r#"{"name":"LIMIT","type":"integer","jsonPath":".spec.limit"}"#,
+    printcolumn = r#"{"name":"IN-USE","type":"integer","jsonPath":".status.inUse","description":"Slots in use in all clusters"}"#,
+    printcolumn = r#"{"name":"HERE","type":"integer","jsonPath":".status.admittedHere","description":"Jobs admitted in this cluster"}"#,
+    printcolumn = r#"{"name":"WAITING","type":"integer","jsonPath":".status.waitingHere","description":"Jobs waiting in this cluster"}"#,
+    printcolumn = r#"{"name":"READY","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"AGE","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"BUCKET","type":"string","jsonPath":".spec.ledger.bucket","priority":1}"#,
+    printcolumn = r#"{"name":"KEY","type":"string","jsonPath":".status.ledgerKey","priority":1}"#,
+    printcolumn = r#"{"name":"REASON","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason","priority":1}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ConcurrencyGroupSpec {
+    /// The most Jobs of this group that may run at once, in all clusters together.
+    #[schemars(range(min = 1, max = 100000))]
+    pub limit: u32,
+    /// Where the shared ledger object lives.
+    pub ledger: LedgerSpec,
+    /// How long a cluster that stops renewing keeps its slots.
+    #[serde(default = "default_lease_seconds")]
+    #[schemars(range(min = 10, max = 3600))]
+    pub lease_seconds: u32,
+    /// What to do with this cluster's admitted Jobs when the lease cannot be
+    /// renewed: Suspend them before it could run out (keeps the limit), or Keep them running.
+    #[serde(default)]
+    pub on_lease_loss: LeaseLossPolicy,
+}
+
+fn default_lease_seconds() -> u32 {
+    60
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum LeaseLossPolicy {
+    #[default]
+    Suspend,
+    Keep,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.endpoint) || self.endpoint.startsWith('http://') || self.endpoint.startsWith('https://')").message("endpoint must be an http:// or https:// URL"))]
+pub struct LedgerSpec {
+    /// The S3 bucket.
+    #[schemars(length(min = 3, max = 63), regex(pattern = r"^[a-z0-9][a-z0-9.\-]*[a-z0-9]$"))]
+    pub bucket: String,
+    /// The object key. Default: `jobgate/<namespace>/<name>.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Endpoint of an S3-compatible store, e.g. `https://s3.example.com`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_path_style: Option<bool>,
+    /// A Secret in the same namespace with `AWS_ACCESS_KEY_ID` and
+    /// `AWS_SECRET_ACCESS_KEY`. Default: the controller's own AWS credentials
+    /// (IRSA, EKS Pod Identity, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretRef>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+pub struct SecretRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConcurrencyGroupStatus {
+    /// The limit in force: the ledger's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// Slots in use in all clusters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_use: Option<u32>,
+    /// Jobs of this group admitted in this cluster and not finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admitted_here: Option<u32>,
+    /// Jobs of this group waiting for a slot in this cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_here: Option<u32>,
+    /// The ledger object in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<GroupCondition>,
+}
+
+/// A status condition, shaped like `metav1.Condition`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupCondition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// True, False or Unknown.
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    pub last_transition_time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// The label that puts a Job in a group.
+pub const GROUP_LABEL: &str = "jobgate.dev/group";
+/// Optional integer annotation; higher is admitted first.
+pub const PRIORITY_ANNOTATION: &str = "jobgate.dev/priority";
+pub const ADMITTED_AT_ANNOTATION: &str = "jobgate.dev/admitted-at";
+pub const TOKEN_ANNOTATION: &str = "jobgate.dev/fencing-token";
+
+impl ConcurrencyGroup {
+    /// The ledger key: `spec.ledger.key`, else `jobgate/<namespace>/<name>.json`.
+    pub fn ledger_key(&self) -> String {
+        if let Some(key) = &self.spec.ledger.key {
+            return key.clone();
+        }
+        let ns = self.metadata.namespace.as_deref().unwrap_or("default");
+        let name = self.metadata.name.as_deref().unwrap_or("unnamed");
+        format!("jobgate/{ns}/{name}.json")
+    }
+}
+
+/// The CRD as YAML, as checked in under `crds/`.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    serde_yaml::to_string(&ConcurrencyGroup::crd())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checked_in_crd_is_current() {
+        let generated = crd_yaml().unwrap();
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/concurrencygroup.yaml");
+        let checked_in = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            generated == checked_in,
+            "crds/concurrencygroup.yaml is out of date: run `cargo run -- crd > crds/concurrencygroup.yaml`"
+        );
+    }
+
+    #[test]
+    fn schema_has_the_validations() {
+        let yaml = crd_yaml().unwrap();
+        assert!(yaml.contains("minimum: 1"), "{yaml}");
+        assert!(yaml.contains("x-kubernetes-validations"), "{yaml}");
+        assert!(yaml.contains("- cg"), "{yaml}");
+        for required in ["- limit", "- ledger", "- bucket"] {
+            assert!(yaml.contains(required), "missing {required}");
+        }
+    }
+
+    #[test]
+    fn default_key_is_derived_from_namespace_and_name() {
+        let mut g = ConcurrencyGroup::new(
+            "etl",
+            ConcurrencyGroupSpec {
+                limit: 3,
+                ledger: LedgerSpec {
+                    bucket: "b".into(),
+                    ..Default::default()
+                },
+                lease_seconds: 60,
+                on_lease_loss: LeaseLossPolicy::Suspend,
+            },
+        );
+        g.metadata.namespace = Some("batch".into());
+        assert_eq!(g.ledger_key(), "jobgate/batch/etl.json");
+    }
+}
