@@ -71,7 +71,14 @@ pub fn apply(current: &Ledger, batch: &Batch) -> Outcome {
     }
 
     for holder in &batch.releases {
-        if next.holders.remove(holder).is_some() {
+        // Only our own: after an eviction the same holder id may have been
+        // granted to another agent, whose slot is not ours to free.
+        if next
+            .holders
+            .get(holder)
+            .is_some_and(|h| h.agent == batch.agent)
+        {
+            next.holders.remove(holder);
             changed = true;
         }
         out.released.push(holder.clone());
@@ -118,7 +125,9 @@ pub fn apply(current: &Ledger, batch: &Batch) -> Outcome {
                 renewed_at: String::new(),
                 description: None,
             });
-            entry.renewals += 1;
+            // The commit number never repeats, so an observer can never see
+            // an old value come back after this agent left and rejoined.
+            entry.renewals = current.seq + 1;
             entry.lease_ms = batch.lease.as_millis() as u64;
             entry.renewed_at = batch.wall_now.clone();
             entry.description = batch.agent_description.clone();
@@ -182,6 +191,27 @@ mod tests {
         assert_eq!(next.seq, 1);
         assert_eq!(next.next_token, 3);
         assert_eq!(next.agents["a"].renewals, 1);
+    }
+
+    #[test]
+    fn releases_only_free_our_own_holders() {
+        let l = acquire(&Ledger::new(2), "b", &["h1"]).next.unwrap();
+        let mut a = batch("a");
+        a.releases = vec!["h1".into()];
+        let out = apply(&l, &a);
+        assert_eq!(out.next, None, "agent a must not free agent b's slot");
+        assert_eq!(out.released, vec!["h1".to_string()]);
+    }
+
+    #[test]
+    fn renewal_counters_never_repeat_across_leave_and_rejoin() {
+        let l = acquire(&Ledger::new(2), "a", &["h1"]).next.unwrap();
+        let first = l.agents["a"].renewals;
+        let mut rel = batch("a");
+        rel.releases = vec!["h1".into()];
+        let l = apply(&l, &rel).next.unwrap();
+        let l = acquire(&l, "a", &["h2"]).next.unwrap();
+        assert!(l.agents["a"].renewals > first);
     }
 
     #[test]
@@ -254,7 +284,8 @@ mod tests {
         b.renew = true;
         let out = apply(&l, &b);
         assert_eq!(out.lost, vec!["h1".to_string()]);
-        assert_eq!(out.next.unwrap().agents["a"].renewals, 2);
+        let next = out.next.unwrap();
+        assert_eq!(next.agents["a"].renewals, next.seq);
     }
 
     #[test]

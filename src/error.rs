@@ -4,7 +4,7 @@ use crate::store::StoreError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error("{0}")]
     Store(#[from] StoreError),
@@ -36,9 +36,18 @@ pub enum Error {
     )]
     ConditionalWritesUnsupported(String),
 
-    #[error("gave up after {attempts} attempts: {last}")]
+    #[error("gave up after {attempts} attempt(s): {last}")]
     Exhausted { attempts: u32, last: String },
 
     #[error("the semaphore client has shut down")]
     Closed,
+
+    #[error("{0}")]
+    InvalidArgument(String),
+
+    #[error("{0}")]
+    Io(String),
+
+    #[error("the ledger kept changing under us ({0} lost races in a row)")]
+    TooManyConflicts(u32),
 }

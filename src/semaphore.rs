@@ -41,6 +41,10 @@ pub struct Config {
     pub group_commit: bool,
     /// Consecutive store errors (not lost races) before pending requests fail.
     pub max_errors: u32,
+    /// Free holders of this agent that nobody here holds or waits for (left
+    /// by a grant whose caller had already been told it failed). Off for
+    /// agents that keep holders across restarts, such as the controller.
+    pub release_orphans: bool,
 }
 
 impl Config {
@@ -53,6 +57,7 @@ impl Config {
             poll: Duration::from_secs(1),
             group_commit: true,
             max_errors: 8,
+            release_orphans: true,
         }
     }
 }
@@ -65,12 +70,6 @@ pub struct Stats {
     pub ambiguous: AtomicU64,
     pub grants: AtomicU64,
     pub evictions: AtomicU64,
-}
-
-impl Stats {
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
-    }
 }
 
 /// A granted slot. Watch `lost()` to learn that it can no longer be trusted
@@ -132,6 +131,7 @@ impl Semaphore {
             snapshots: Vec::new(),
             held: BTreeMap::new(),
             last_renewal_sent: None,
+            inflight: None,
             last_refresh: None,
             warned_limit: false,
             stats: stats.clone(),
@@ -211,8 +211,11 @@ struct Committer {
     releasing: Vec<(String, Option<oneshot::Sender<Result<()>>>)>,
     snapshots: Vec<oneshot::Sender<Result<Ledger>>>,
     held: BTreeMap<String, watch::Sender<bool>>,
-    /// Send time of our last successful write while holding slots.
+    /// Send time of our last write known to have landed while holding slots.
     last_renewal_sent: Option<Instant>,
+    /// The renewal value and send time of our last write that carried our
+    /// agent entry, until a read or a response settles whether it landed.
+    inflight: Option<(u64, Instant)>,
     last_refresh: Option<Instant>,
     warned_limit: bool,
     stats: Arc<Stats>,
@@ -287,6 +290,9 @@ impl Committer {
                 wake = wake.min(now + d);
             }
         }
+        if !self.releasing.is_empty() {
+            wake = now;
+        }
         if !self.held.is_empty() {
             let base = self.last_renewal_sent.unwrap_or(now);
             wake = wake.min(base + self.renew_interval());
@@ -306,11 +312,38 @@ impl Committer {
                 .is_none_or(|t| now >= t + self.renew_interval())
     }
 
+    /// When our slots stop being safe unless a renewal lands first.
+    fn fence_deadline(&self) -> Option<Instant> {
+        if self.held.is_empty() {
+            return None;
+        }
+        self.last_renewal_sent
+            .map(|sent| sent + self_fence_after(self.cfg.lease))
+    }
+
+    /// Bounds a store call so that it cannot run past the fence deadline;
+    /// past the deadline (slots already lost) the store's own timeouts apply.
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = std::result::Result<T, StoreError>>,
+    ) -> std::result::Result<T, StoreError> {
+        match self.fence_deadline().filter(|d| *d > Instant::now()) {
+            Some(deadline) => tokio::time::timeout_at(deadline, call)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(StoreError::Ambiguous(
+                        "no answer before the lease's safety deadline".into(),
+                    ))
+                }),
+            None => call.await,
+        }
+    }
+
     fn check_fence(&mut self, now: Instant) {
-        let Some(sent) = self.last_renewal_sent else {
+        let Some(deadline) = self.fence_deadline() else {
             return;
         };
-        if now.duration_since(sent) >= self_fence_after(self.cfg.lease) {
+        if now >= deadline {
             for (holder, lost) in &self.held {
                 if !*lost.borrow() {
                     warn!(
@@ -342,7 +375,7 @@ impl Committer {
             match self.attempt().await {
                 Ok(()) => return,
                 Err(Failure::Fatal(e)) => {
-                    self.fail_pending(&e);
+                    self.fail_pending(e);
                     // Renewals come back here at once; do not spin on a
                     // ledger that cannot be used.
                     sleep(Duration::from_millis(500)).await;
@@ -350,34 +383,39 @@ impl Committer {
                 }
                 Err(Failure::Retry { error }) => {
                     self.cache_refresh_needed();
-                    if let Some(detail) = error {
+                    self.check_fence(Instant::now());
+                    let pause = if let Some(detail) = error {
                         errors += 1;
-                        self.check_fence(Instant::now());
                         if errors >= self.cfg.max_errors {
                             // Pending requests fail; a renewal is tried again
                             // at the next wake-up.
-                            let e = Error::Exhausted {
+                            self.fail_pending(Error::Exhausted {
                                 attempts: errors,
                                 last: detail,
-                            };
-                            self.fail_pending(&e);
+                            });
                             return;
                         }
-                        sleep(backoff(
-                            errors,
-                            Duration::from_millis(50),
-                            Duration::from_secs(2),
-                        ))
-                        .await;
+                        backoff(errors, Duration::from_millis(50), Duration::from_secs(2))
                     } else {
                         conflicts += 1;
-                        sleep(backoff(
+                        if conflicts >= MAX_CONFLICTS {
+                            self.fail_pending(Error::TooManyConflicts(conflicts));
+                            return;
+                        }
+                        backoff(
                             conflicts,
                             Duration::from_millis(2),
                             Duration::from_millis(200),
-                        ))
-                        .await;
-                    }
+                        )
+                    };
+                    // Never sleep through the moment our slots stop being safe.
+                    let until = Instant::now() + pause;
+                    sleep_until(
+                        self.fence_deadline()
+                            .map_or(until, |f| until.min(f.max(Instant::now()))),
+                    )
+                    .await;
+                    self.check_fence(Instant::now());
                     // Requests that arrived meanwhile join this batch.
                     if self.cfg.group_commit {
                         while let Ok(req) = self.rx.try_recv() {
@@ -396,7 +434,9 @@ impl Committer {
 
     async fn refresh(&mut self) -> std::result::Result<(), Failure> {
         let known = self.cache.as_ref().map(|(_, etag)| etag.clone());
-        let fetched = self.store.get(&self.key, known.as_ref()).await;
+        let fetched = self
+            .bounded(self.store.get(&self.key, known.as_ref()))
+            .await;
         let now = Instant::now();
         match fetched {
             Ok(Fetched::NotModified) => {}
@@ -415,6 +455,17 @@ impl Committer {
         self.last_refresh = Some(now);
         if let Some((ledger, _)) = &self.cache {
             self.obs.observe(ledger, now);
+            // A write whose answer we never got may have landed: if the
+            // ledger shows its renewal, it did, and it was sent at that time.
+            if let Some((renewals, sent)) = self.inflight
+                && ledger
+                    .agents
+                    .get(&self.cfg.agent)
+                    .is_some_and(|a| a.renewals >= renewals)
+            {
+                self.last_renewal_sent = Some(self.last_renewal_sent.map_or(sent, |t| t.max(sent)));
+                self.inflight = None;
+            }
         }
         Ok(())
     }
@@ -454,15 +505,20 @@ impl Committer {
         };
         let body = Bytes::from(next.to_bytes());
         let sent = Instant::now();
-        match self.store.put(&self.key, body, condition).await {
+        let ours = next.agents.get(&self.cfg.agent).map(|a| a.renewals);
+        if let Some(renewals) = ours {
+            self.inflight = Some((renewals, sent));
+        }
+        match self
+            .bounded(self.store.put(&self.key, body, condition))
+            .await
+        {
             Ok(etag) => {
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
-                let holds = next.agents.contains_key(&self.cfg.agent);
+                self.inflight = None;
                 self.cache = Some((next, etag));
                 self.resolve(outcome);
-                if holds {
-                    self.last_renewal_sent = Some(sent);
-                }
+                self.last_renewal_sent = ours.map(|_| sent);
                 Ok(())
             }
             Err(e) => {
@@ -484,6 +540,16 @@ impl Committer {
     fn batch(&self, ledger: &Ledger, now: Instant) -> Batch {
         let mut acquires: Vec<String> = self.waiting.iter().map(|w| w.holder.clone()).collect();
         let mut releases: Vec<String> = self.releasing.iter().map(|(h, _)| h.clone()).collect();
+        if self.cfg.release_orphans {
+            let orphans: Vec<String> = ledger
+                .holders_of(&self.cfg.agent)
+                .filter(|h| {
+                    !self.held.contains_key(*h) && !acquires.contains(h) && !releases.contains(h)
+                })
+                .cloned()
+                .collect();
+            releases.extend(orphans);
+        }
         if !self.cfg.group_commit {
             // One request per write, for comparison with group commit.
             if !releases.is_empty() {
@@ -570,43 +636,19 @@ impl Committer {
         self.waiting = remaining;
     }
 
-    fn fail_pending(&mut self, e: &Error) {
+    fn fail_pending(&mut self, e: Error) {
         debug!(error = %e, "ledger request failed");
-        let msg = e.to_string();
-        let again = || Error::Exhausted {
-            attempts: 0,
-            last: msg.clone(),
-        };
-        let mut first = Some(clone_error(e));
-        let mut next_err = || first.take().unwrap_or_else(again);
         for w in self.waiting.drain(..) {
-            let _ = w.reply.send(Err(next_err()));
+            let _ = w.reply.send(Err(e.clone()));
         }
         for (_, reply) in self.releasing.drain(..) {
             if let Some(reply) = reply {
-                let _ = reply.send(Err(next_err()));
+                let _ = reply.send(Err(e.clone()));
             }
         }
         for reply in self.snapshots.drain(..) {
-            let _ = reply.send(Err(next_err()));
+            let _ = reply.send(Err(e.clone()));
         }
-    }
-}
-
-/// Errors are not `Clone` (they may wrap sources); rebuild the common ones.
-fn clone_error(e: &Error) -> Error {
-    match e {
-        Error::Store(s) => Error::Store(s.clone()),
-        Error::Ledger { key, source } => Error::Ledger {
-            key: key.clone(),
-            source: source.clone(),
-        },
-        Error::LedgerMissing(k) => Error::LedgerMissing(k.clone()),
-        Error::InvalidLimit(n) => Error::InvalidLimit(*n),
-        other => Error::Exhausted {
-            attempts: 0,
-            last: other.to_string(),
-        },
     }
 }
 
@@ -619,6 +661,9 @@ fn store_failure(e: StoreError) -> Failure {
         other => Failure::Fatal(Error::Store(other)),
     }
 }
+
+/// Lost races in a row before pending requests fail.
+const MAX_CONFLICTS: u32 = 1000;
 
 /// Full-jitter exponential backoff.
 pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {

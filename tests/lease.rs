@@ -16,12 +16,12 @@ async fn a_killed_agents_slots_return_after_its_lease() {
     let bucket = common::bucket(&server).await;
     let store = server.dyn_store(&bucket).await;
     let url = format!("s3://{bucket}/lease.json");
-    let lease = Duration::from_secs(3);
+    let lease = Duration::from_secs(5);
 
-    // A real `jobgate run` process holds both slots' worth: limit 1.
+    // A real `jobgate run` process holds the only slot.
     let mut victim = Command::new(common::jobgate_bin())
         .args([
-            "run", "--ledger", &url, "--limit", "1", "--lease", "3s", "--holder", "victim", "--",
+            "run", "--ledger", &url, "--limit", "1", "--lease", "5s", "--holder", "victim", "--",
             "sleep", "600",
         ])
         .envs(server.env())

@@ -109,10 +109,8 @@ impl StoreArgs {
 }
 
 fn print_crd() -> Result<u8> {
-    let yaml = crate::operator::crd::crd_yaml().map_err(|e| Error::Exhausted {
-        attempts: 1,
-        last: format!("rendering the CRD: {e}"),
-    })?;
+    let yaml = crate::operator::crd::crd_yaml()
+        .map_err(|e| Error::Io(format!("rendering the CRD: {e}")))?;
     print!("{yaml}");
     Ok(0)
 }

@@ -1,11 +1,11 @@
 //! `jobgate run`: the reference design's worker, done right.
 
-use std::io::ErrorKind;
+use std::io::{ErrorKind, IsTerminal};
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{SignalKind, signal};
@@ -55,9 +55,9 @@ pub struct RunArgs {
     command: Vec<String>,
 }
 
-enum Interrupt {
-    Signal(Signal),
-}
+/// Leases shorter than this leave too little time between the safety
+/// deadline (60% of the lease) and the store's request timeouts.
+const MIN_LEASE: Duration = Duration::from_secs(5);
 
 pub async fn run(args: RunArgs) -> Result<u8> {
     if args.limit == Some(0) {
@@ -67,11 +67,17 @@ pub async fn run(args: RunArgs) -> Result<u8> {
         Some(n) => Some(u32::try_from(n).map_err(|_| Error::InvalidLimit(n))?),
         None => None,
     };
-    if args.lease < Duration::from_secs(1) {
-        return Err(Error::InvalidUrl {
-            url: format!("{:?}", args.lease),
-            why: "the lease must be at least 1s".into(),
-        });
+    if args.lease < MIN_LEASE {
+        return Err(Error::InvalidArgument(format!(
+            "--lease {} is too short: at least {} (renewals must fit well inside it)",
+            humantime::format_duration(args.lease),
+            humantime::format_duration(MIN_LEASE)
+        )));
+    }
+    if args.poll < Duration::from_millis(10) {
+        return Err(Error::InvalidArgument(
+            "--poll must be at least 10ms".into(),
+        ));
     }
     let (store, url) = args.store.open().await?;
     ensure_conditional_writes(&store, url.key()).await?;
@@ -89,8 +95,7 @@ pub async fn run(args: RunArgs) -> Result<u8> {
     config.poll = args.poll;
     let sem = Semaphore::new(store, url.key(), config);
 
-    let mut sigint = signal(SignalKind::interrupt()).map_err(io_error)?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(io_error)?;
+    let mut signals = Signals::new()?;
 
     info!(holder, ledger = %url, "waiting for a slot");
     let acquire = sem.acquire(&holder);
@@ -113,12 +118,11 @@ pub async fn run(args: RunArgs) -> Result<u8> {
             }
             Some(Ok(p)) => p,
         },
-        _ = sigint.recv() => { sem.shutdown().await; return Ok(128 + Signal::SIGINT as u8) }
-        _ = sigterm.recv() => { sem.shutdown().await; return Ok(128 + Signal::SIGTERM as u8) }
+        sig = signals.recv() => { sem.shutdown().await; return Ok(128 + sig as u8) }
     };
     info!(holder, token = permit.token, "slot granted");
 
-    let code = supervise(&args, &url.to_string(), permit, &mut sigint, &mut sigterm).await;
+    let code = supervise(&args, &url.to_string(), permit, &mut signals).await;
     let mut released = sem.release(&holder).await;
     for attempt in 1..3 {
         if released.is_ok() {
@@ -135,18 +139,81 @@ pub async fn run(args: RunArgs) -> Result<u8> {
     code
 }
 
+/// The signals `jobgate run` passes on to its command.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self> {
+        let on = |kind| signal(kind).map_err(io_error);
+        Ok(Signals {
+            int: on(SignalKind::interrupt())?,
+            term: on(SignalKind::terminate())?,
+            hup: on(SignalKind::hangup())?,
+            quit: on(SignalKind::quit())?,
+        })
+    }
+
+    async fn recv(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.int.recv() => Signal::SIGINT,
+            _ = self.term.recv() => Signal::SIGTERM,
+            _ = self.hup.recv() => Signal::SIGHUP,
+            _ = self.quit.recv() => Signal::SIGQUIT,
+        }
+    }
+}
+
+/// How signals reach the command. Non-interactive commands run in a process
+/// group of their own so that stopping them on lease loss also stops their
+/// children; interactive ones stay in the terminal's group so they can read
+/// from it, and get Ctrl-C from the terminal itself.
+struct Target {
+    pid: i32,
+    group: bool,
+}
+
+impl Target {
+    fn send(&self, sig: Signal) {
+        let pid = Pid::from_raw(self.pid);
+        let _ = if self.group {
+            killpg(pid, sig)
+        } else {
+            kill(pid, sig)
+        };
+    }
+
+    fn forward(&self, sig: Signal) {
+        // The terminal already sent Ctrl-C to an interactive command.
+        if !self.group && sig == Signal::SIGINT {
+            return;
+        }
+        self.send(sig);
+    }
+}
+
 async fn supervise(
     args: &RunArgs,
     ledger: &str,
     mut permit: Permit,
-    sigint: &mut tokio::signal::unix::Signal,
-    sigterm: &mut tokio::signal::unix::Signal,
+    signals: &mut Signals,
 ) -> Result<u8> {
+    let interactive = std::io::stdin().is_terminal();
     let mut cmd = Command::new(&args.command[0]);
     cmd.args(&args.command[1..])
         .env("JOBGATE_HOLDER", &permit.holder)
         .env("JOBGATE_FENCING_TOKEN", permit.token.to_string())
         .env("JOBGATE_LEDGER", ledger);
+    if !interactive {
+        cmd.process_group(0);
+    }
+    // If jobgate itself dies nobody renews the lease, so the command must
+    // not outlive it.
+    crate::testbed::die_with_parent(cmd.as_std_mut());
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) if e.kind() == ErrorKind::NotFound => {
@@ -158,50 +225,44 @@ async fn supervise(
             return Ok(EXIT_NOT_EXECUTABLE);
         }
     };
+    let target = Target {
+        pid: child.id().map(|p| p as i32).unwrap_or(0),
+        group: !interactive,
+    };
     let mut lease_lost = false;
     loop {
-        let interrupt = tokio::select! {
+        tokio::select! {
             status = child.wait() => {
                 let status = status.map_err(io_error)?;
-                if lease_lost {
+                if lease_lost && args.on_lease_loss == OnLeaseLoss::Stop {
                     return Ok(EXIT_LEASE_LOST);
                 }
                 return Ok(exit_code(status));
             }
-            _ = sigint.recv() => Interrupt::Signal(Signal::SIGINT),
-            _ = sigterm.recv() => Interrupt::Signal(Signal::SIGTERM),
+            sig = signals.recv() => target.forward(sig),
             _ = permit.lost(), if !lease_lost => {
                 lease_lost = true;
                 match args.on_lease_loss {
                     OnLeaseLoss::Keep => {
                         eprintln!("jobgate: warning: lease lost; the command keeps running (--on-lease-loss=keep) and the limit may be exceeded");
-                        continue;
                     }
                     OnLeaseLoss::Stop => {
                         eprintln!("jobgate: lease could not be renewed; stopping the command so the limit holds");
-                        stop(&mut child, args.lease).await;
-                        continue;
+                        stop(&mut child, &target, args.lease).await;
                     }
                 }
             }
-        };
-        let Interrupt::Signal(sig) = interrupt;
-        forward(&child, sig);
-    }
-}
-
-fn forward(child: &Child, sig: Signal) {
-    if let Some(pid) = child.id() {
-        let _ = kill(Pid::from_raw(pid as i32), sig);
+        }
     }
 }
 
 /// SIGTERM, then SIGKILL if the command has not exited well before the
 /// lease could run out at the other agents.
-async fn stop(child: &mut Child, lease: Duration) {
-    forward(child, Signal::SIGTERM);
+async fn stop(child: &mut Child, target: &Target, lease: Duration) {
+    target.send(Signal::SIGTERM);
     let grace = lease.mul_f64(0.2);
     if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        target.send(Signal::SIGKILL);
         let _ = child.start_kill();
     }
 }
@@ -217,8 +278,5 @@ fn exit_code(status: std::process::ExitStatus) -> u8 {
 }
 
 fn io_error(e: std::io::Error) -> Error {
-    Error::Exhausted {
-        attempts: 1,
-        last: e.to_string(),
-    }
+    Error::Io(e.to_string())
 }

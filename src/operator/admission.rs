@@ -45,7 +45,9 @@ pub fn plan(jobs: &[JobView], held_here: &BTreeSet<String>) -> Plan {
         match jobs.iter().find(|j| &j.uid == holder) {
             None => out.release.push(holder.clone()),
             Some(j) if j.finished => out.release.push(holder.clone()),
-            Some(j) if j.suspended && j.admitted && !j.active_pods => out.release.push(holder.clone()),
+            Some(j) if j.suspended && j.admitted && !j.active_pods => {
+                out.release.push(holder.clone())
+            }
             Some(j) if j.suspended && !j.admitted => out.unsuspend.push(holder.clone()),
             Some(_) => {}
         }
@@ -96,7 +98,11 @@ mod tests {
     fn waiting_jobs_go_by_priority_then_age() {
         let mut urgent = job("c", "2026-01-03T00:00:00Z");
         urgent.priority = 10;
-        let jobs = [job("b", "2026-01-02T00:00:00Z"), job("a", "2026-01-01T00:00:00Z"), urgent];
+        let jobs = [
+            job("b", "2026-01-02T00:00:00Z"),
+            job("a", "2026-01-01T00:00:00Z"),
+            urgent,
+        ];
         assert_eq!(plan(&jobs, &held(&[])).acquire, vec!["c", "a", "b"]);
     }
 

@@ -59,7 +59,10 @@ pub enum LeaseLossPolicy {
 #[x_kube(validation = Rule::new("!has(self.endpoint) || self.endpoint.startsWith('http://') || self.endpoint.startsWith('https://')").message("endpoint must be an http:// or https:// URL"))]
 pub struct LedgerSpec {
     /// The S3 bucket.
-    #[schemars(length(min = 3, max = 63), regex(pattern = r"^[a-z0-9][a-z0-9.\-]*[a-z0-9]$"))]
+    #[schemars(
+        length(min = 3, max = 63),
+        regex(pattern = r"^[a-z0-9][a-z0-9.\-]*[a-z0-9]$")
+    )]
     pub bucket: String,
     /// The object key. Default: `jobgate/<namespace>/<name>.json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
