@@ -6,8 +6,11 @@
 test: testbed
 	cargo test
 
+# SeaweedFS, etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+# kubectl and kwok, pinned, into ~/.cache/jobgate/testbed (cold: about 40
+# minutes on 2 cores; then seconds).
 testbed:
-	scripts/testbed.sh
+	scripts/testbed.sh all
 
 unit:
 	cargo test --lib
@@ -21,5 +24,6 @@ demo:
 	scripts/demo.sh
 
 # Throughput and request counts against SeaweedFS; see docs/benchmarks.md.
-bench: testbed
+bench:
+	scripts/testbed.sh seaweedfs
 	cargo bench --bench ledger

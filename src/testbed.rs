@@ -26,13 +26,13 @@ pub fn cache_dir() -> PathBuf {
 pub fn binary(name: &str) -> Result<PathBuf, String> {
     let path = cache_dir().join("bin").join(name);
     if path.is_file() {
-        Ok(path)
-    } else {
-        Err(format!(
-            "test-bed binary {name:?} not found at {}: build it with `{BUILD_COMMAND}` (or `make testbed`)",
-            path.display()
-        ))
+        return Ok(path);
     }
+    let target = if name == "weed" { "seaweedfs" } else { "k8s" };
+    Err(format!(
+        "test-bed binary {name:?} not found at {}: build it with `{BUILD_COMMAND} {target}` (or `make testbed`)",
+        path.display()
+    ))
 }
 
 /// A free TCP port on 127.0.0.1 (free when asked; good enough for tests).

@@ -2,6 +2,7 @@
 
 pub mod conformance;
 pub mod faultproxy;
+pub mod k8s;
 
 use jobgate::testbed::SeaweedFs;
 

@@ -1,0 +1,103 @@
+//! The ConcurrencyGroup CRD against a real kube-apiserver: it installs, its
+//! printer columns show, and the API server rejects invalid groups.
+
+mod common;
+
+use common::k8s;
+use std::time::Duration;
+
+fn group(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: jobgate.dev/v1alpha1\nkind: ConcurrencyGroup\nmetadata:\n  name: {name}\nspec:\n{spec}"
+    )
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn crd_installs_and_the_api_server_validates_groups() {
+    let cp = k8s::ControlPlane::start();
+    let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
+    let out = cp.kubectl(&["apply", "-f", crds]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = cp.kubectl(&[
+        "wait",
+        "--for=condition=established",
+        "--timeout=60s",
+        "crd/concurrencygroups.jobgate.dev",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let ok = group("nightly", "  limit: 3\n  ledger:\n    bucket: my-bucket\n");
+    let mut applied = cp.kubectl_stdin(&["apply", "-f", "-"], &ok);
+    for _ in 0..20 {
+        if applied.status.success() {
+            break;
+        }
+        // Discovery of a just-established CRD can lag a moment.
+        std::thread::sleep(Duration::from_millis(500));
+        applied = cp.kubectl_stdin(&["apply", "-f", "-"], &ok);
+    }
+    assert!(applied.status.success(), "{}", text(&applied));
+
+    let out = cp.kubectl(&["get", "cg"]);
+    let table = text(&out);
+    assert!(out.status.success(), "{table}");
+    let header = table.lines().next().unwrap_or_default();
+    for column in ["NAME", "LIMIT", "IN-USE", "HERE", "WAITING", "READY", "AGE"] {
+        assert!(header.contains(column), "missing column {column}: {table}");
+    }
+    assert!(table.contains("nightly") && table.contains('3'), "{table}");
+    let wide = text(&cp.kubectl(&["get", "cg", "-o", "wide"]));
+    assert!(
+        wide.contains("BUCKET") && wide.contains("my-bucket"),
+        "{wide}"
+    );
+
+    let out = cp.kubectl(&[
+        "get",
+        "concurrencygroup",
+        "nightly",
+        "-o",
+        "jsonpath={.spec.leaseSeconds}/{.spec.onLeaseLoss}",
+    ]);
+    assert_eq!(
+        text(&out),
+        "60/Suspend",
+        "defaults are applied by the API server"
+    );
+
+    for (name, spec, expect) in [
+        (
+            "zero",
+            "  limit: 0\n  ledger:\n    bucket: my-bucket\n",
+            "spec.limit",
+        ),
+        ("nobucket", "  limit: 2\n  ledger: {}\n", "bucket"),
+        ("noledger", "  limit: 2\n", "ledger"),
+        (
+            "badendpoint",
+            "  limit: 2\n  ledger:\n    bucket: my-bucket\n    endpoint: s3.example.com\n",
+            "endpoint must be an http",
+        ),
+        (
+            "shortlease",
+            "  limit: 2\n  leaseSeconds: 1\n  ledger:\n    bucket: my-bucket\n",
+            "leaseSeconds",
+        ),
+    ] {
+        let out = cp.kubectl_stdin(&["apply", "-f", "-"], &group(name, spec));
+        let msg = text(&out);
+        assert!(!out.status.success(), "{name} was accepted: {msg}");
+        assert!(
+            msg.contains(expect),
+            "{name}: expected {expect:?} in: {msg}"
+        );
+    }
+}
