@@ -27,13 +27,19 @@ log() { printf 'testbed: %s\n' "$*" >&2; }
 built() { [ -x "$BIN/$1" ] && [ "$(cat "$BIN/$1.version" 2>/dev/null)" = "$2" ]; }
 mark() { printf '%s\n' "$2" > "$BIN/$1.version"; }
 
+# wrapper NAME MODULE@VERSION: a fresh throwaway module that requires MODULE,
+# so the dependency's own replace directives (which break `go install`) are ignored.
+wrapper() {
+  local w="$CACHE/src/$1"
+  rm -rf "$w"; mkdir -p "$w"; cd "$w"
+  go mod init "jobgate.testbed/$1" >/dev/null 2>&1
+  go get "$2"
+}
+
 build_seaweedfs() {
   if built weed "$SEAWEEDFS_VERSION"; then log "weed $SEAWEEDFS_VERSION already built"; return; fi
   log "building weed (SeaweedFS) $SEAWEEDFS_VERSION ..."
-  local w="$CACHE/src/seaweedfs"
-  rm -rf "$w"; mkdir -p "$w"; cd "$w"
-  go mod init jobgate.testbed/seaweedfs >/dev/null 2>&1
-  go get "github.com/seaweedfs/seaweedfs@$SEAWEEDFS_VERSION"
+  wrapper seaweedfs "github.com/seaweedfs/seaweedfs@$SEAWEEDFS_VERSION"
   go build -trimpath -ldflags "-s -w" -o "$BIN/weed" github.com/seaweedfs/seaweedfs/weed
   mark weed "$SEAWEEDFS_VERSION"
   log "built $BIN/weed"
@@ -74,10 +80,7 @@ build_kubernetes() {
 build_etcd() {
   if built etcd "$ETCD_VERSION"; then log "etcd $ETCD_VERSION already built"; return; fi
   log "building etcd $ETCD_VERSION ..."
-  local w="$CACHE/src/etcd"
-  rm -rf "$w"; mkdir -p "$w"; cd "$w"
-  go mod init jobgate.testbed/etcd >/dev/null 2>&1
-  go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+  wrapper etcd "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
   go build -p "$GO_JOBS" -trimpath -ldflags "-s -w" -o "$BIN/etcd" go.etcd.io/etcd/server/v3
   mark etcd "$ETCD_VERSION"
   log "built $BIN/etcd"

@@ -690,6 +690,9 @@ pub async fn read_ledger(store: &DynStore, key: &str) -> Result<Option<(Ledger, 
 pub async fn release_by_hand(store: &DynStore, key: &str, holder: &str) -> Result<bool> {
     let who = format!("manual-release@{}", crate::agent::hostname());
     let mut attempt = 0u32;
+    // Only a write whose answer was lost may have been the one that freed it;
+    // after a plain lost race, someone else did.
+    let mut maybe_ours = false;
     loop {
         attempt += 1;
         let (ledger, etag) = read_ledger(store, key)
@@ -697,7 +700,7 @@ pub async fn release_by_hand(store: &DynStore, key: &str, holder: &str) -> Resul
             .ok_or_else(|| Error::LedgerMissing(key.to_string()))?;
         let wall = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         let Some(next) = decide::release_by_hand(&ledger, holder, &who, &wall) else {
-            return Ok(attempt > 1);
+            return Ok(maybe_ours);
         };
         match store
             .put(key, Bytes::from(next.to_bytes()), Condition::Match(etag))
@@ -705,6 +708,7 @@ pub async fn release_by_hand(store: &DynStore, key: &str, holder: &str) -> Resul
         {
             Ok(_) => return Ok(true),
             Err(e) if e.is_transient() && attempt < 10 => {
+                maybe_ours |= matches!(e, StoreError::Ambiguous(_));
                 sleep(backoff(
                     attempt,
                     Duration::from_millis(20),
