@@ -7,8 +7,8 @@ test: testbed
 	cargo test
 
 # SeaweedFS, etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl and kwok, pinned, into ~/.cache/jobgate/testbed (cold: about 40
-# minutes on 2 cores; then seconds).
+# kubectl, kwok and helm, pinned, into ~/.cache/jobgate/testbed (cold: about
+# 25 minutes on 2 cores; then seconds).
 testbed:
 	scripts/testbed.sh all
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the pinned test-bed binaries into a cache directory, once.
-# Usage: scripts/testbed.sh [seaweedfs|kubernetes|etcd|kwok|k8s|all]   (default: seaweedfs)
+# Usage: scripts/testbed.sh [seaweedfs|kubernetes|etcd|kwok|k8s|helm|all]   (default: seaweedfs)
 #   seaweedfs   the S3 server (weed) the tests use
 #   k8s         kubernetes + etcd + kwok: the control plane for operator tests
+#   helm        helm: lints and renders the chart in deploy/helm/jobgate
 # Cache: $JOBGATE_TESTBED_DIR, default ~/.cache/jobgate/testbed
 set -euo pipefail
 
@@ -11,6 +12,7 @@ KUBERNETES_VERSION="v1.35.4"
 KUBERNETES_STAGING_VERSION="v0.35.4"
 ETCD_VERSION="v3.6.16"
 KWOK_VERSION="v0.8.0"
+HELM_VERSION="v3.22.0"
 # Parallel Go compile jobs; the machine has two cores.
 GO_JOBS="${JOBGATE_GO_JOBS:-2}"
 
@@ -100,6 +102,27 @@ build_kwok() {
   log "built $BIN/kwok (stages in $CACHE/kwok-stages)"
 }
 
+build_helm() {
+  if built helm "$HELM_VERSION"; then log "helm $HELM_VERSION already built"; return; fi
+  log "building helm $HELM_VERSION ..."
+  go mod download "helm.sh/helm/v3@$HELM_VERSION"
+  # Helm's Makefile stamps the Kubernetes version of its client-go into the
+  # default capabilities; without it `helm template`/`helm lint` assume
+  # v1.20.0 and reject charts that declare a newer kubeVersion.
+  local gomod kminor
+  gomod="$(go env GOMODCACHE)/helm.sh/helm/v3@$HELM_VERSION/go.mod"
+  kminor="$(awk '$1 == "k8s.io/client-go" { split($2, v, "."); print v[2]; exit }' "$gomod")"
+  [ -n "$kminor" ] || { log "no k8s.io/client-go version in $gomod"; exit 1; }
+  local ld="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  local pkg
+  for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+    ld="$ld -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$kminor"
+  done
+  GOBIN="$BIN" go install -p "$GO_JOBS" -trimpath -ldflags "$ld" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  mark helm "$HELM_VERSION"
+  log "built $BIN/helm (default Kubernetes version v1.$kminor.0)"
+}
+
 what="${1:-seaweedfs}"
 case "$what" in
   seaweedfs) build_seaweedfs ;;
@@ -107,7 +130,8 @@ case "$what" in
   etcd) build_etcd ;;
   kwok) build_kwok ;;
   k8s) build_etcd; build_kwok; build_kubernetes ;;
-  all) build_seaweedfs; build_etcd; build_kwok; build_kubernetes ;;
-  *) echo "usage: $0 [seaweedfs|kubernetes|etcd|kwok|k8s|all]" >&2; exit 2 ;;
+  helm) build_helm ;;
+  all) build_seaweedfs; build_etcd; build_kwok; build_kubernetes; build_helm ;;
+  *) echo "usage: $0 [seaweedfs|kubernetes|etcd|kwok|k8s|helm|all]" >&2; exit 2 ;;
 esac
 log "done; binaries in $BIN"

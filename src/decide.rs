@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use crate::ledger::{Agent, Holder, Ledger};
+use crate::ledger::{Holder, Ledger};
 
 /// Everything one commit of one agent may do at once (group commit).
 #[derive(Debug, Clone, Default)]
@@ -25,6 +25,10 @@ pub struct Batch {
     pub renew: bool,
     /// Wall-clock label for humans.
     pub wall_now: String,
+    /// Record that nothing of this agent waits any more, even though this
+    /// batch has no acquires. (A batch without acquires otherwise leaves the
+    /// recorded wait as it is: callers that only poll keep their place.)
+    pub withdraw_wait: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -84,6 +88,26 @@ pub fn apply(current: &Ledger, batch: &Batch) -> Outcome {
         out.released.push(holder.clone());
     }
 
+    // Fairness between agents: while other agents wait, a free slot goes to
+    // the waiting agent that holds the fewest slots, the longest waiting
+    // first. Without this, an agent that frees a slot and asks again in the
+    // same write would keep it for ever and starve the others.
+    let held_by =
+        |ledger: &Ledger, agent: &str| ledger.holders.values().filter(|h| h.agent == agent).count();
+    let rivals: Vec<(usize, u64, String)> = next
+        .agents
+        .iter()
+        .filter(|(id, a)| *id != &batch.agent && a.waiting > 0)
+        .map(|(id, a)| (held_by(&next, id), a.waiting_since, id.clone()))
+        .collect();
+    let mine = next.agents.get(&batch.agent).cloned();
+    let mut my_held = held_by(&next, &batch.agent);
+    let mut my_since = mine
+        .as_ref()
+        .filter(|a| a.waiting > 0)
+        .map_or(current.seq + 1, |a| a.waiting_since);
+    let mut new_grant = false;
+
     let mut seen = BTreeSet::new();
     for holder in &batch.acquires {
         if !seen.insert(holder) {
@@ -97,10 +121,16 @@ pub fn apply(current: &Ledger, batch: &Batch) -> Outcome {
             }
             continue;
         }
-        if next.holders.len() >= next.limit as usize {
+        let others_first = rivals.iter().any(|(held, since, id)| {
+            (*held, *since, id.as_str()) < (my_held, my_since, batch.agent.as_str())
+        });
+        if next.holders.len() >= next.limit as usize || others_first {
             out.waiting.push(holder.clone());
             continue;
         }
+        my_held += 1;
+        my_since = current.seq + 1;
+        new_grant = true;
         let token = next.next_token;
         next.next_token += 1;
         next.holders.insert(
@@ -117,14 +147,26 @@ pub fn apply(current: &Ledger, batch: &Batch) -> Outcome {
     }
 
     let holds_any = next.holders.values().any(|h| h.agent == batch.agent);
-    if holds_any {
-        if changed || batch.renew || !next.agents.contains_key(&batch.agent) {
-            let entry = next.agents.entry(batch.agent.clone()).or_insert(Agent {
-                renewals: 0,
-                lease_ms: 0,
-                renewed_at: String::new(),
-                description: None,
-            });
+    let wants = if batch.acquires.is_empty() && !batch.withdraw_wait {
+        mine.as_ref().map_or(0, |a| a.waiting)
+    } else {
+        out.waiting.len() as u32
+    };
+    let was_waiting = mine.as_ref().is_some_and(|a| a.waiting > 0);
+    let since = match (wants, new_grant || !was_waiting) {
+        (0, _) => 0,
+        (_, true) => current.seq + 1,
+        (_, false) => mine.as_ref().map_or(0, |a| a.waiting_since),
+    };
+    if holds_any || wants > 0 {
+        // The waiting count is rewritten only along with other changes or
+        // when waiting starts or ends, so that waiting costs no extra writes.
+        let waiting_changed =
+            was_waiting != (wants > 0) || mine.as_ref().is_some_and(|a| a.waiting_since != since);
+        if changed || batch.renew || mine.is_none() || waiting_changed {
+            let entry = next.agents.entry(batch.agent.clone()).or_default();
+            entry.waiting = wants;
+            entry.waiting_since = since;
             // The commit number never repeats, so an observer can never see
             // an old value come back after this agent left and rejoined.
             entry.renewals = current.seq + 1;
@@ -311,6 +353,81 @@ mod tests {
         l.limit = 2;
         let out = acquire(&l, "b", &["h4"]);
         assert_eq!(out.waiting, vec!["h4".to_string()]);
+    }
+
+    fn swap(l: &Ledger, agent: &str, release: &str, want: &[&str]) -> Outcome {
+        let mut b = batch(agent);
+        b.releases = vec![release.into()];
+        b.acquires = want.iter().map(|s| s.to_string()).collect();
+        apply(l, &b)
+    }
+
+    #[test]
+    fn waiting_registers_the_agent_once() {
+        let full = acquire(&Ledger::new(1), "a", &["a1"]).next.unwrap();
+        let out = acquire(&full, "b", &["b1"]);
+        let waiting = out.next.expect("starting to wait is recorded");
+        assert_eq!(waiting.agents["b"].waiting, 1);
+        assert_eq!(waiting.agents["b"].waiting_since, waiting.seq);
+        // Asking again while nothing changed writes nothing.
+        assert_eq!(acquire(&waiting, "b", &["b1"]).next, None);
+    }
+
+    #[test]
+    fn polling_keeps_the_recorded_wait_and_withdrawing_clears_it() {
+        let full = acquire(&Ledger::new(1), "a", &["a1"]).next.unwrap();
+        let waiting = acquire(&full, "b", &["b1"]).next.unwrap();
+        let mut poll = batch("b");
+        poll.renew = true;
+        let renewed = apply(&waiting, &poll).next.unwrap();
+        assert_eq!(renewed.agents["b"].waiting, 1);
+        let mut withdraw = batch("b");
+        withdraw.withdraw_wait = true;
+        let gone = apply(&renewed, &withdraw).next.unwrap();
+        assert!(!gone.agents.contains_key("b"), "{gone:?}");
+    }
+
+    #[test]
+    fn a_freed_slot_goes_to_the_waiting_agent_holding_fewer() {
+        let l = acquire(&Ledger::new(2), "a", &["a1", "a2", "a3"])
+            .next
+            .unwrap();
+        let l = acquire(&l, "b", &["b1"]).next.unwrap();
+        // a frees a slot and asks for its next holder in the same write:
+        // b holds none, so a must not take it back.
+        let out = swap(&l, "a", "a1", &["a3"]);
+        assert!(out.granted.is_empty(), "{out:?}");
+        let l = out.next.unwrap();
+        let out = acquire(&l, "b", &["b1"]);
+        assert_eq!(out.granted.len(), 1);
+    }
+
+    #[test]
+    fn with_one_slot_two_waiting_agents_take_turns() {
+        let l = acquire(&Ledger::new(1), "a", &["a1", "a2", "a3"])
+            .next
+            .unwrap();
+        let l = acquire(&l, "b", &["b1", "b2"]).next.unwrap();
+        // a's turn began at its grant, before b started waiting: a goes first.
+        let out = swap(&l, "a", "a1", &["a2", "a3"]);
+        assert_eq!(out.granted, vec![("a2".to_string(), 2)]);
+        // Its new grant puts a behind b.
+        let out = swap(&out.next.unwrap(), "a", "a2", &["a3"]);
+        assert!(out.granted.is_empty(), "a must yield to b: {out:?}");
+        let out = acquire(&out.next.unwrap(), "b", &["b1", "b2"]);
+        assert_eq!(out.granted, vec![("b1".to_string(), 3)]);
+        let out = swap(&out.next.unwrap(), "b", "b1", &["b2"]);
+        assert!(out.granted.is_empty(), "b must yield to a: {out:?}");
+        let out = acquire(&out.next.unwrap(), "a", &["a3"]);
+        assert_eq!(out.granted, vec![("a3".to_string(), 4)]);
+    }
+
+    #[test]
+    fn a_lone_agent_gets_every_free_slot_in_one_write() {
+        let l = acquire(&Ledger::new(4), "a", &["a1"]).next.unwrap();
+        let out = acquire(&l, "a", &["a2", "a3", "a4", "a5"]);
+        assert_eq!(out.granted.len(), 3);
+        assert_eq!(out.waiting, vec!["a5".to_string()]);
     }
 
     mod properties {

@@ -40,7 +40,7 @@ pub struct Holder {
     pub granted_at: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Agent {
     /// Bumped by every commit of this agent. Others expire the agent only after
     /// watching this counter stand still for `lease_ms` on their own clock.
@@ -50,6 +50,22 @@ pub struct Agent {
     pub renewed_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// How many of this agent's holders wait for a slot (as of its last
+    /// write). While another agent waits, free slots are shared fairly.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub waiting: u32,
+    /// The commit since which this agent has waited without a new grant;
+    /// among agents holding equally few slots, the longest waiting goes first.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub waiting_since: u64,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -149,7 +165,7 @@ mod tests {
                 renewals: 1,
                 lease_ms: 1000,
                 renewed_at: "t".into(),
-                description: None,
+                ..Default::default()
             },
         );
         l.holders.insert(

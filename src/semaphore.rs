@@ -74,7 +74,8 @@ pub struct Stats {
 
 /// A granted slot. Watch `lost()` to learn that it can no longer be trusted
 /// (renewals failed for too long, or the holder vanished from the ledger).
-#[derive(Debug)]
+/// Clones watch the same slot; dropping a permit does not release it.
+#[derive(Debug, Clone)]
 pub struct Permit {
     pub holder: String,
     pub token: u64,
@@ -107,6 +108,10 @@ enum Request {
     Snapshot {
         reply: oneshot::Sender<Result<Ledger>>,
     },
+    /// Requests that must join the same batch, in this order.
+    Many(Vec<Request>),
+    /// Nothing of ours waits any more: clear our recorded wait.
+    WithdrawWait,
 }
 
 pub struct Semaphore {
@@ -134,6 +139,7 @@ impl Semaphore {
             inflight: None,
             last_refresh: None,
             warned_limit: false,
+            withdraw: false,
             stats: stats.clone(),
         };
         let task = tokio::spawn(committer.run());
@@ -164,6 +170,52 @@ impl Semaphore {
             reply,
         })?;
         rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Frees `releases` and takes slots for `acquires` (first come, first
+    /// served, without waiting) in one batch, so in one ledger write when
+    /// anything changes. One answer per acquire, in order.
+    pub async fn release_and_try_acquire(
+        &self,
+        releases: &[String],
+        acquires: &[String],
+    ) -> Result<Vec<Result<Option<Permit>>>> {
+        let mut requests = Vec::new();
+        let mut released = Vec::new();
+        for holder in releases {
+            let (reply, rx) = oneshot::channel();
+            requests.push(Request::Release {
+                holder: holder.clone(),
+                reply: Some(reply),
+            });
+            released.push(rx);
+        }
+        let mut granted = Vec::new();
+        for holder in acquires {
+            let (reply, rx) = oneshot::channel();
+            requests.push(Request::Acquire {
+                holder: holder.clone(),
+                wait: false,
+                reply,
+            });
+            granted.push(rx);
+        }
+        self.send(Request::Many(requests))?;
+        for rx in released {
+            rx.await.map_err(|_| Error::Closed)??;
+        }
+        let mut out = Vec::with_capacity(granted.len());
+        for rx in granted {
+            out.push(rx.await.map_err(|_| Error::Closed)?);
+        }
+        Ok(out)
+    }
+
+    /// Says that none of this agent's holders waits any more (for callers
+    /// of `release_and_try_acquire`, whose wait is otherwise kept recorded
+    /// between calls so that other agents keep deferring to it).
+    pub fn withdraw_wait(&self) -> Result<()> {
+        self.send(Request::WithdrawWait)
     }
 
     pub async fn release(&self, holder: &str) -> Result<()> {
@@ -218,6 +270,8 @@ struct Committer {
     inflight: Option<(u64, Instant)>,
     last_refresh: Option<Instant>,
     warned_limit: bool,
+    /// Clear our recorded wait in the next write.
+    withdraw: bool,
     stats: Arc<Stats>,
 }
 
@@ -247,9 +301,18 @@ impl Committer {
             }
             self.step().await;
         }
-        // Slots granted to callers that gave up are still ours to free.
-        if !self.releasing.is_empty() {
+        // Slots granted to callers that gave up are still ours to free, and
+        // a recorded wait must be withdrawn, or other agents would keep
+        // deferring to us until our lease ran out.
+        let recorded_wait = self.cache.as_ref().is_some_and(|(ledger, _)| {
+            ledger
+                .agents
+                .get(&self.cfg.agent)
+                .is_some_and(|a| a.waiting > 0)
+        });
+        if !self.releasing.is_empty() || recorded_wait {
             self.waiting.clear();
+            self.withdraw = recorded_wait;
             self.step().await;
         }
         for (_, lost) in std::mem::take(&mut self.held) {
@@ -270,6 +333,12 @@ impl Committer {
             }),
             Request::Release { holder, reply } => self.releasing.push((holder, reply)),
             Request::Snapshot { reply } => self.snapshots.push(reply),
+            Request::Many(requests) => {
+                for req in requests {
+                    self.take(req);
+                }
+            }
+            Request::WithdrawWait => self.withdraw = true,
         }
     }
 
@@ -302,11 +371,16 @@ impl Committer {
     }
 
     fn has_work(&self) -> bool {
-        !self.waiting.is_empty() || !self.releasing.is_empty() || !self.snapshots.is_empty()
+        !self.waiting.is_empty()
+            || !self.releasing.is_empty()
+            || !self.snapshots.is_empty()
+            || self.withdraw
     }
 
     fn renew_due(&self, now: Instant) -> bool {
-        !self.held.is_empty()
+        // Waiters renew too: an agent whose entry goes stale is evicted, and
+        // with it its claim to a fair share.
+        (!self.held.is_empty() || !self.waiting.is_empty())
             && self
                 .last_renewal_sent
                 .is_none_or(|t| now >= t + self.renew_interval())
@@ -569,12 +643,16 @@ impl Committer {
             evict: self.obs.expired(ledger, &self.cfg.agent, now),
             renew: self.renew_due(now),
             wall_now: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            // Waiters that gave up are gone from `waiting`: without this, a
+            // batch with no acquires would keep their wait recorded.
+            withdraw_wait: self.withdraw,
         }
     }
 
     /// Answers the requests the outcome settled; called once its ledger is
     /// written, or when nothing needed writing.
     fn resolve(&mut self, out: Outcome) {
+        self.withdraw = false;
         if !out.evicted_agents.is_empty() {
             info!(agents = ?out.evicted_agents, "evicted agents whose lease ran out");
             self.stats
@@ -718,5 +796,54 @@ pub async fn release_by_hand(store: &DynStore, key: &str, holder: &str) -> Resul
             }
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn client(store: &DynStore, agent: &str) -> Semaphore {
+        let mut cfg = Config::new(agent);
+        cfg.limit = Some(2);
+        cfg.release_orphans = false;
+        Semaphore::new(store.clone(), "k", cfg)
+    }
+
+    fn ids(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn an_agent_that_frees_a_slot_yields_it_to_a_waiting_agent() {
+        let store: DynStore = Arc::new(MemoryStore::new());
+        let a = client(&store, "a");
+        let b = client(&store, "b");
+        let got = a
+            .release_and_try_acquire(&[], &ids(&["a1", "a2", "a3"]))
+            .await
+            .unwrap();
+        assert_eq!(got.iter().filter(|g| matches!(g, Ok(Some(_)))).count(), 2);
+        let got = b.release_and_try_acquire(&[], &ids(&["b1"])).await.unwrap();
+        assert!(matches!(got[0], Ok(None)));
+        // Polling (a snapshot) keeps b's place.
+        let ledger = b.snapshot().await.unwrap();
+        assert_eq!(ledger.agents["b"].waiting, 1, "{ledger:?}");
+        let ledger = b.snapshot().await.unwrap();
+        assert_eq!(ledger.agents["b"].waiting, 1, "{ledger:?}");
+        let got = a
+            .release_and_try_acquire(&ids(&["a1"]), &ids(&["a3"]))
+            .await
+            .unwrap();
+        let l = a.snapshot().await.unwrap();
+        assert!(
+            matches!(got[0], Ok(None)),
+            "a took back the slot b waits for: {l:?}"
+        );
+        // A try reads the cache; b's next poll (a fresh read) sees the slot.
+        b.snapshot().await.unwrap();
+        let got = b.release_and_try_acquire(&[], &ids(&["b1"])).await.unwrap();
+        assert!(matches!(got[0], Ok(Some(_))));
     }
 }

@@ -28,7 +28,11 @@ pub fn binary(name: &str) -> Result<PathBuf, String> {
     if path.is_file() {
         return Ok(path);
     }
-    let target = if name == "weed" { "seaweedfs" } else { "k8s" };
+    let target = match name {
+        "weed" => "seaweedfs",
+        "helm" => "helm",
+        _ => "k8s",
+    };
     Err(format!(
         "test-bed binary {name:?} not found at {}: build it with `{BUILD_COMMAND} {target}` (or `make testbed`)",
         path.display()

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::error::{Error, Result};
 use crate::store::{DynStore, FileStore, LedgerUrl, S3Options, S3Store};
 
+mod controller;
 mod doctor;
 mod run;
 mod status;
@@ -37,6 +38,15 @@ pub struct Cli {
     /// More logging (-v: info, -vv: debug). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Log lines as text or as JSON objects (for log collectors).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "JOBGATE_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -51,6 +61,8 @@ enum Command {
     Doctor(doctor::DoctorArgs),
     /// Print the ConcurrencyGroup CustomResourceDefinition (YAML).
     Crd,
+    /// Run the Kubernetes operator: admit suspended Jobs of ConcurrencyGroups.
+    Controller(controller::ControllerArgs),
 }
 
 /// Where the ledger is and how to reach it. The usual AWS environment
@@ -119,24 +131,30 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 5m, 1h30m)"))
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, format: LogFormat, service: bool) {
     let default = match verbose {
+        // A long-running service reports what it does; a command stays quiet.
+        0 if service => "info",
         0 => "warn",
         1 => "info,jobgate=info",
         _ => "debug,jobgate=debug,aws=info,hyper=info",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    let service = matches!(cli.command, Command::Controller(_));
+    init_logging(cli.verbose, cli.log_format, service);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -154,6 +172,7 @@ pub fn main() -> ExitCode {
             Command::Release(args) => status::release(args).await,
             Command::Doctor(args) => doctor::doctor(args).await,
             Command::Crd => print_crd(),
+            Command::Controller(args) => controller::controller(args).await,
         }
     });
     // Do not wait for lingering background tasks (e.g. a slow S3 request).

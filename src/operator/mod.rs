@@ -1,5 +1,15 @@
-//! The Kubernetes side: the `ConcurrencyGroup` API and the pure admission
-//! decision. (The controller that drives them is being built.)
+//! The Kubernetes side: the `ConcurrencyGroup` API, the pure admission
+//! decision, and the controller that drives them.
 
 pub mod admission;
+pub mod controller;
 pub mod crd;
+pub mod error;
+pub mod http;
+pub mod leader;
+pub mod ledgers;
+pub mod metrics;
+pub mod reconcile;
+pub mod status;
+
+pub use error::{Error, Result};

@@ -1,36 +1,71 @@
 //! A real Kubernetes control plane for tests: etcd and kube-apiserver from
 //! the test bed on free loopback ports, with an admin token and a kubeconfig.
-//! Everything is killed and removed on drop.
+//! `start_full` adds kube-controller-manager, kube-scheduler and kwok with
+//! fake Nodes, so ordinary Jobs get pods that are scheduled, "run" and
+//! succeed. Everything is killed and removed on drop.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use jobgate::testbed::{binary, die_with_parent, free_port};
+use jobgate::testbed::{binary, cache_dir, die_with_parent, free_port};
+
+/// kwok manages only nodes carrying this annotation (value `fake`), so a
+/// test can still add nodes that nothing pretends to run.
+pub const FAKE_NODE_ANNOTATION: &str = "kwok.x-k8s.io/node";
+
+/// The kwok Stages that make fake nodes Ready (and keep their leases fresh)
+/// and take pods straight from Pending to Running and, for pods owned by a
+/// Job, on to Succeeded. The "fast" set: no artificial delays.
+const KWOK_STAGES: &[&str] = &[
+    "node/fast/node-initialize.yaml",
+    "node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
+    "pod/fast/pod-ready.yaml",
+    "pod/fast/pod-complete.yaml",
+    "pod/fast/pod-delete.yaml",
+];
+
+/// The controllers the fake cluster needs: Jobs, deletion by owner and of
+/// namespaces, and node-lifecycle, which removes the `not-ready` taint that
+/// the apiserver's TaintNodesByCondition admission puts on every new node
+/// (without it nothing ever schedules). The rest of the default set would
+/// cost CPU on a 2-core CI runner for nothing a test here looks at.
+const KCM_CONTROLLERS: &str =
+    "job-controller,garbage-collector-controller,namespace-controller,node-lifecycle-controller";
+
+struct Component {
+    name: &'static str,
+    child: Child,
+}
 
 pub struct ControlPlane {
-    children: Vec<Child>,
+    // A Mutex rather than a plain Vec so waits through `&self` can notice a
+    // component that died and report it at once instead of timing out.
+    components: Mutex<Vec<Component>>,
     pub dir: tempfile::TempDir,
     pub kubeconfig: PathBuf,
 }
 
-fn spawn(name: &str, args: &[String], log: &Path) -> Child {
-    let bin = binary(name).unwrap_or_else(|e| panic!("{e}"));
-    let out = std::fs::File::create(log).unwrap();
-    let err = out.try_clone().unwrap();
-    let mut cmd = Command::new(bin);
-    cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
-    die_with_parent(&mut cmd);
-    cmd.spawn()
-        .unwrap_or_else(|e| panic!("starting {name}: {e}"))
+fn tail(text: &str, lines: usize) -> String {
+    let mut last: Vec<&str> = text.lines().rev().take(lines).collect();
+    last.reverse();
+    last.join("\n")
 }
 
 impl ControlPlane {
+    /// etcd and kube-apiserver only: enough for CRDs and API objects, but
+    /// nothing reconciles them.
     pub fn start() -> ControlPlane {
         let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
+        let d = dir.path().to_path_buf();
+        let cp = ControlPlane {
+            components: Mutex::new(Vec::new()),
+            kubeconfig: d.join("kubeconfig"),
+            dir,
+        };
         let (client, peer, secure) = (free_port(), free_port(), free_port());
-        let etcd = spawn(
+        cp.spawn(
             "etcd",
             &[
                 "--name=default".into(),
@@ -42,7 +77,6 @@ impl ControlPlane {
                 format!("--initial-cluster=default=http://127.0.0.1:{peer}"),
                 "--unsafe-no-fsync".into(),
             ],
-            &d.join("etcd.log"),
         );
         let key = rcgen::KeyPair::generate().unwrap();
         std::fs::write(d.join("sa.key"), key.serialize_pem()).unwrap();
@@ -54,7 +88,7 @@ impl ControlPlane {
         )
         .unwrap();
         std::fs::create_dir_all(d.join("certs")).unwrap();
-        let apiserver = spawn(
+        cp.spawn(
             "kube-apiserver",
             &[
                 format!("--etcd-servers=http://127.0.0.1:{client}"),
@@ -73,43 +107,217 @@ impl ControlPlane {
                 ),
                 "--disable-admission-plugins=ServiceAccount".into(),
             ],
-            &d.join("kube-apiserver.log"),
         );
-        let kubeconfig = d.join("kubeconfig");
         std::fs::write(
-            &kubeconfig,
+            &cp.kubeconfig,
             format!(
                 "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: https://127.0.0.1:{secure}\n    insecure-skip-tls-verify: true\nusers:\n- name: admin\n  user:\n    token: {token}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: admin\n    namespace: default\ncurrent-context: test\n"
             ),
         )
         .unwrap();
-        let cp = ControlPlane {
-            children: vec![etcd, apiserver],
-            dir,
-            kubeconfig,
-        };
-        cp.wait_ready();
+        cp.wait_for("kube-apiserver /readyz", Duration::from_secs(120), |cp| {
+            cp.kubectl(&["get", "--raw", "/readyz"]).status.success()
+        });
         cp
     }
 
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(120);
+    /// A cluster that runs Jobs: the apiserver of [`start`](Self::start)
+    /// plus kube-controller-manager, kube-scheduler and kwok, with one fake
+    /// node `kwok-node-0` that is Ready and schedulable on return.
+    pub fn start_full() -> ControlPlane {
+        Self::start_full_with_nodes(1)
+    }
+
+    /// [`start_full`](Self::start_full) with `nodes` fake nodes
+    /// `kwok-node-0`, `kwok-node-1`, ...
+    pub fn start_full_with_nodes(nodes: usize) -> ControlPlane {
+        assert!(nodes >= 1, "a full cluster needs a node to run pods on");
+        // Fail before starting anything when a piece of the test bed is
+        // missing, so the message is about the build, not a timeout.
+        for name in ["kube-controller-manager", "kube-scheduler", "kwok"] {
+            binary(name).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let stages = kwok_stages();
+        let cp = Self::start();
+        let kubeconfig = format!("--kubeconfig={}", cp.kubeconfig.display());
+        // Secure ports are 0 (no serving at all): nothing binds a port that
+        // a parallel test could want, and without serving neither component
+        // waits for the apiserver's authentication config on startup.
+        cp.spawn(
+            "kube-controller-manager",
+            &[
+                kubeconfig.clone(),
+                "--leader-elect=false".into(),
+                "--secure-port=0".into(),
+                format!("--controllers={KCM_CONTROLLERS}"),
+                // The not-ready taint goes a tick after the node turns Ready.
+                "--node-monitor-period=1s".into(),
+            ],
+        );
+        cp.spawn(
+            "kube-scheduler",
+            &[
+                kubeconfig.clone(),
+                "--leader-elect=false".into(),
+                "--secure-port=0".into(),
+            ],
+        );
+        // No --server-address: kwok's kubelet-like server only serves logs
+        // and exec for fake pods, and without it kwok binds no port.
+        let mut kwok = vec![
+            kubeconfig,
+            "--manage-all-nodes=false".into(),
+            // Without it kwok keeps no node leases, and node-lifecycle would
+            // in time mark the nodes unreachable and taint them.
+            "--node-lease-duration-seconds=40".into(),
+            format!("--manage-nodes-with-annotation-selector={FAKE_NODE_ANNOTATION}=fake"),
+        ];
+        kwok.extend(stages.iter().map(|s| format!("--config={}", s.display())));
+        cp.spawn("kwok", &kwok);
+
+        let names: Vec<String> = (0..nodes).map(|i| format!("kwok-node-{i}")).collect();
+        for name in &names {
+            cp.add_fake_node(name);
+        }
+        for name in &names {
+            cp.wait_node_ready(name);
+        }
+        cp
+    }
+
+    /// Creates a Node that kwok manages: 32 CPUs, 256Gi and 110 pods, so
+    /// resource requests in tests never decide where (or whether) a pod
+    /// goes. Needs the full mode to become Ready.
+    pub fn add_fake_node(&self, name: &str) {
+        let node = format!(
+            "apiVersion: v1
+kind: Node
+metadata:
+  name: {name}
+  annotations:
+    {FAKE_NODE_ANNOTATION}: fake
+    node.alpha.kubernetes.io/ttl: \"0\"
+  labels:
+    kubernetes.io/hostname: {name}
+    kubernetes.io/os: linux
+    kubernetes.io/arch: amd64
+    type: kwok
+status:
+  allocatable: {{cpu: \"32\", memory: 256Gi, pods: \"110\"}}
+  capacity: {{cpu: \"32\", memory: 256Gi, pods: \"110\"}}
+"
+        );
+        let out = self.kubectl_stdin(&["apply", "-f", "-"], &node);
+        assert!(
+            out.status.success(),
+            "creating node {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Waits until node `name` is Ready, not cordoned and has no taint that
+    /// keeps ordinary pods off it.
+    pub fn wait_node_ready(&self, name: &str) {
+        self.wait_for(
+            &format!("node {name} Ready and schedulable"),
+            Duration::from_secs(60),
+            |cp| {
+                let out = cp.kubectl(&["get", "node", name, "-o", "json"]);
+                let Ok(node) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+                    return false;
+                };
+                let ready = node["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True");
+                let tainted = node["spec"]["taints"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|t| t["effect"] == "NoSchedule" || t["effect"] == "NoExecute");
+                ready && !tainted && node["spec"]["unschedulable"] != true
+            },
+        );
+    }
+
+    /// Polls `check` every 200 ms until it holds. Panics at once if a
+    /// component has exited, and after `timeout` with the cluster's nodes,
+    /// jobs and pods and the tails of the component logs.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut check: impl FnMut(&Self) -> bool) {
+        let deadline = Instant::now() + timeout;
         loop {
-            let out = self.kubectl(&["get", "--raw", "/readyz"]);
-            if out.status.success() {
+            if check(self) {
                 return;
             }
+            self.assert_alive();
             if Instant::now() > deadline {
-                let log = std::fs::read_to_string(self.dir.path().join("kube-apiserver.log"))
-                    .unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(30).collect();
                 panic!(
-                    "kube-apiserver not ready after 120s:\n{}",
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    "timed out after {timeout:?} waiting for {what}\n{}",
+                    self.diagnostics()
                 );
             }
-            std::thread::sleep(Duration::from_millis(300));
+            std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Panics with its log if a component has exited.
+    pub fn assert_alive(&self) {
+        let mut dead = None;
+        {
+            let mut components = self.components.lock().unwrap_or_else(|e| e.into_inner());
+            for c in components.iter_mut() {
+                if let Ok(Some(status)) = c.child.try_wait() {
+                    dead = Some((c.name, status));
+                    break;
+                }
+            }
+        }
+        // Outside the lock: a panic while holding it would poison it for
+        // Drop.
+        if let Some((name, status)) = dead {
+            panic!("{name} exited ({status}):\n{}", self.log_tail(name, 40));
+        }
+    }
+
+    /// The last `lines` lines of a component's log (`"kwok"`,
+    /// `"kube-scheduler"`, ...).
+    pub fn log_tail(&self, component: &str, lines: usize) -> String {
+        let path = self.dir.path().join(format!("{component}.log"));
+        tail(&std::fs::read_to_string(path).unwrap_or_default(), lines)
+    }
+
+    fn diagnostics(&self) -> String {
+        let mut report = String::new();
+        let state = self.kubectl(&["get", "nodes,jobs,pods", "-A", "-o", "wide"]);
+        if state.status.success() {
+            report += &format!("{}\n", String::from_utf8_lossy(&state.stdout));
+        }
+        let names: Vec<&'static str> = {
+            let components = self.components.lock().unwrap_or_else(|e| e.into_inner());
+            components.iter().map(|c| c.name).collect()
+        };
+        for name in names.into_iter().filter(|n| *n != "etcd") {
+            report += &format!("--- {name} log ---\n{}\n", self.log_tail(name, 20));
+        }
+        report
+    }
+
+    fn spawn(&self, name: &'static str, args: &[String]) {
+        let bin = binary(name).unwrap_or_else(|e| panic!("{e}"));
+        let log = self.dir.path().join(format!("{name}.log"));
+        let out = std::fs::File::create(log).unwrap();
+        let err = out.try_clone().unwrap();
+        let mut cmd = Command::new(bin);
+        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+        die_with_parent(&mut cmd);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        self.components
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Component { name, child });
     }
 
     pub fn kubectl(&self, args: &[&str]) -> Output {
@@ -144,11 +352,32 @@ impl ControlPlane {
     }
 }
 
+/// The kwok Stage files copied into the test-bed cache by
+/// `scripts/testbed.sh kwok`.
+fn kwok_stages() -> Vec<PathBuf> {
+    let root = cache_dir().join("kwok-stages");
+    KWOK_STAGES
+        .iter()
+        .map(|stage| {
+            let path = root.join(stage);
+            assert!(
+                path.is_file(),
+                "kwok stage {} not found: build the test bed with `scripts/testbed.sh kwok` (or `make testbed`)",
+                path.display()
+            );
+            path
+        })
+        .collect()
+}
+
 impl Drop for ControlPlane {
     fn drop(&mut self) {
-        for c in self.children.iter_mut().rev() {
-            let _ = c.kill();
-            let _ = c.wait();
+        let components = self.components.get_mut().unwrap_or_else(|e| e.into_inner());
+        // Newest first: controllers go before the apiserver they talk to,
+        // the apiserver before etcd.
+        for c in components.iter_mut().rev() {
+            let _ = c.child.kill();
+            let _ = c.child.wait();
         }
     }
 }

@@ -3,6 +3,7 @@
 pub mod conformance;
 pub mod faultproxy;
 pub mod k8s;
+pub mod operator;
 
 use jobgate::testbed::SeaweedFs;
 

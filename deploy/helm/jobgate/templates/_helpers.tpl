@@ -1,0 +1,52 @@
+{{/* Chart name, shortened to the 63 characters a label value may have. */}}
+{{- define "jobgate.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The release's name for its objects: the release name alone when it
+already contains the chart name ("jobgate"), else "<release>-jobgate". */}}
+{{- define "jobgate.fullname" -}}
+{{- if contains .Chart.Name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{- define "jobgate.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "jobgate.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "jobgate.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "jobgate.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: controller
+{{- end }}
+
+{{- define "jobgate.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "jobgate.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create=false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "jobgate.leaseNamespace" -}}
+{{- default .Release.Namespace .Values.leaderElection.namespace }}
+{{- end }}
+
+{{- define "jobgate.leaseName" -}}
+{{- default (printf "%s-controller" (include "jobgate.fullname" .)) .Values.leaderElection.leaseName }}
+{{- end }}
+
+{{/* Without leader election a second replica would act too: run one. */}}
+{{- define "jobgate.replicas" -}}
+{{- if .Values.leaderElection.enabled }}
+{{- .Values.replicaCount }}
+{{- else }}
+{{- 1 }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,96 @@
+//! `jobgate controller`: the Kubernetes operator.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::error::{Error, Result};
+use crate::operator::controller::{self, LeaderSettings, Settings, Stopped};
+
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    /// Path to a kubeconfig (default: KUBECONFIG, ~/.kube/config, or the
+    /// in-cluster service account).
+    #[arg(long, value_name = "PATH")]
+    kubeconfig: Option<std::path::PathBuf>,
+    /// This cluster's name in the ledgers; clusters sharing a bucket need
+    /// different names. Default: the UID of the kube-system namespace.
+    #[arg(long, env = "JOBGATE_CLUSTER_NAME")]
+    cluster_name: Option<String>,
+    /// Watch ConcurrencyGroups and Jobs in this namespace only (default: all).
+    #[arg(long, env = "JOBGATE_NAMESPACE")]
+    namespace: Option<String>,
+    /// How often to look for free slots while Jobs wait.
+    #[arg(long, default_value = "2s", value_parser = super::parse_duration)]
+    poll_waiting: Duration,
+    /// How often to refresh a group when nothing waits.
+    #[arg(long, default_value = "60s", value_parser = super::parse_duration)]
+    poll_idle: Duration,
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Run only while holding a coordination.k8s.io Lease, so that several
+    /// replicas are safe.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    leader_elect: bool,
+    /// Namespace of the leader-election Lease (in a pod: its own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    leader_election_namespace: String,
+    /// Name of the leader-election Lease; replicas of one deployment share it.
+    #[arg(long, default_value = "jobgate-controller")]
+    leader_election_name: String,
+    /// How long a silent leader keeps the Lease.
+    #[arg(long, default_value = "15s", value_parser = super::parse_duration)]
+    leader_election_lease: Duration,
+    /// This replica's name in the Lease and in Events (default: host name and pid).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+}
+
+pub async fn controller(args: ControllerArgs) -> Result<u8> {
+    let client = client(args.kubeconfig.as_deref()).await?;
+    let identity = args
+        .identity
+        .unwrap_or_else(|| format!("{}-{}", crate::agent::hostname(), std::process::id()));
+    let settings = Settings {
+        cluster_name: args.cluster_name.filter(|s| !s.is_empty()),
+        namespace: args.namespace.filter(|s| !s.is_empty()),
+        poll_waiting: args.poll_waiting,
+        poll_idle: args.poll_idle,
+        listen: args.listen,
+        leader_election: args.leader_elect.then_some(LeaderSettings {
+            namespace: args.leader_election_namespace,
+            name: args.leader_election_name,
+            lease: args.leader_election_lease,
+        }),
+        identity,
+    };
+    match controller::run(client, settings).await {
+        Ok(Stopped::Signal) => Ok(0),
+        Ok(Stopped::LeadershipLost) => Err(Error::InvalidArgument(
+            "lost leadership; exiting so that a restart waits for it again".into(),
+        )),
+        Err(e) => Err(Error::InvalidArgument(e.to_string())),
+    }
+}
+
+async fn client(path: Option<&std::path::Path>) -> Result<kube::Client> {
+    let config = match path {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| {
+                Error::InvalidArgument(format!("reading kubeconfig {}: {e}", path.display()))
+            })?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .map_err(|e| {
+                    Error::InvalidArgument(format!("kubeconfig {}: {e}", path.display()))
+                })?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| Error::InvalidArgument(format!("no Kubernetes configuration: {e}")))?,
+    };
+    kube::Client::try_from(config)
+        .map_err(|e| Error::InvalidArgument(format!("Kubernetes client: {e}")))
+}

@@ -1,0 +1,58 @@
+//! Errors of the controller: one variant per pipeline step, so logs and the
+//! `reconcile_errors` metric say which step failed.
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("listing the group's Jobs: {0}")]
+    GatherJobs(#[source] kube::Error),
+
+    #[error("reading credentials Secret {name:?}: {source}")]
+    Credentials {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("credentials Secret {name:?} lacks key {key}")]
+    CredentialsIncomplete { name: String, key: &'static str },
+
+    #[error("ledger: {0}")]
+    Ledger(#[source] crate::Error),
+
+    #[error("patching Job {name}: {source}")]
+    PatchJob {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("updating the group's status: {0}")]
+    UpdateStatus(#[source] kube::Error),
+
+    #[error("the object has no {0}")]
+    MissingField(&'static str),
+
+    #[error("leader election: {0}")]
+    Leader(#[from] super::leader::LeaderError),
+
+    #[error("{0}")]
+    Startup(String),
+}
+
+impl Error {
+    /// A stable label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::GatherJobs(_) => "gather_jobs",
+            Error::Credentials { .. } | Error::CredentialsIncomplete { .. } => "credentials",
+            Error::Ledger(_) => "ledger",
+            Error::PatchJob { .. } => "patch_job",
+            Error::UpdateStatus(_) => "update_status",
+            Error::MissingField(_) => "invalid_object",
+            Error::Leader(_) => "leader_election",
+            Error::Startup(_) => "startup",
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! One semaphore client per ConcurrencyGroup, built from the group's ledger
+//! spec (and credentials Secret) and rebuilt when those change.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tracing::info;
+
+use crate::semaphore::{Config, Permit, Semaphore};
+use crate::store::{Condition, DynStore, ETag, Fetched, S3Options, S3Store, Store, StoreError};
+
+use super::crd::ConcurrencyGroup;
+use super::metrics::Metrics;
+
+/// Static credentials read from the group's Secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// The Secret's resourceVersion: a new one rebuilds the client.
+    pub version: String,
+}
+
+/// The semaphore client of one group, with what the controller remembers
+/// about it between reconciliations.
+pub struct GroupLedger {
+    pub sem: Semaphore,
+    pub key: String,
+    /// This cluster's agent id for this group in the ledger.
+    pub agent: String,
+    fingerprint: String,
+    /// Slots this process holds, by Job UID; watched for loss.
+    pub permits: Mutex<BTreeMap<String, Permit>>,
+    /// Jobs already told (by an Event) that they wait.
+    pub announced_waiting: Mutex<BTreeSet<String>>,
+    /// Semaphore counters already exported to metrics.
+    pub exported: Mutex<(u64, u64)>,
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it: the
+/// maps here stay consistent between statements.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[derive(Default)]
+pub struct Ledgers {
+    groups: tokio::sync::Mutex<HashMap<(String, String), Arc<GroupLedger>>>,
+}
+
+pub struct LedgerSettings {
+    pub cluster: String,
+    pub poll: Duration,
+}
+
+impl Ledgers {
+    /// The client for `group`, built on first use and whenever its ledger
+    /// settings or credentials change.
+    pub async fn get(
+        &self,
+        group: &ConcurrencyGroup,
+        creds: Option<Credentials>,
+        settings: &LedgerSettings,
+        metrics: &Arc<Metrics>,
+    ) -> crate::Result<Arc<GroupLedger>> {
+        let ns = group.metadata.namespace.clone().unwrap_or_default();
+        let name = group.metadata.name.clone().unwrap_or_default();
+        let key = group.ledger_key();
+        let spec = &group.spec;
+        let fingerprint = format!(
+            "{}|{key}|{:?}|{:?}|{:?}|{}|{:?}",
+            spec.ledger.bucket,
+            spec.ledger.region,
+            spec.ledger.endpoint,
+            spec.ledger.force_path_style,
+            spec.lease_seconds,
+            creds.as_ref().map(|c| &c.version),
+        );
+        let mut groups = self.groups.lock().await;
+        if let Some(existing) = groups.get(&(ns.clone(), name.clone()))
+            && existing.fingerprint == fingerprint
+        {
+            return Ok(existing.clone());
+        }
+        let opts = S3Options {
+            endpoint: spec.ledger.endpoint.clone(),
+            region: spec.ledger.region.clone(),
+            force_path_style: spec.ledger.force_path_style,
+            access_key_id: creds.as_ref().map(|c| c.access_key_id.clone()),
+            secret_access_key: creds.as_ref().map(|c| c.secret_access_key.clone()),
+            ..Default::default()
+        };
+        let s3 = S3Store::connect(&spec.ledger.bucket, &opts).await;
+        let store: DynStore = Arc::new(TimedStore {
+            inner: s3,
+            metrics: metrics.clone(),
+        });
+        // Refuse a store that would not enforce the limit, before any write.
+        crate::doctor::ensure_conditional_writes(&store, &key).await?;
+        let agent = format!("{}/{ns}/{name}", settings.cluster);
+        let mut cfg = Config::new(agent.clone());
+        cfg.description = Some(format!(
+            "jobgate controller, cluster {}, group {ns}/{name}",
+            settings.cluster
+        ));
+        cfg.lease = Duration::from_secs(u64::from(spec.lease_seconds));
+        cfg.limit = Some(spec.limit);
+        cfg.poll = settings.poll;
+        // Slots outlive this process: a restarted controller takes them up
+        // again, so holders it does not know yet are not orphans.
+        cfg.release_orphans = false;
+        info!(group = %format!("{ns}/{name}"), %key, %agent, "opened ledger");
+        let ledger = Arc::new(GroupLedger {
+            sem: Semaphore::new(store, key.clone(), cfg),
+            key,
+            agent,
+            fingerprint,
+            permits: Mutex::new(BTreeMap::new()),
+            announced_waiting: Mutex::new(BTreeSet::new()),
+            exported: Mutex::new((0, 0)),
+        });
+        // A replaced client stops once the last reconciliation using it ends.
+        groups.insert((ns, name), ledger.clone());
+        Ok(ledger)
+    }
+
+    /// Forgets every group not in `existing` (deleted while nobody
+    /// reconciled it); see `forget`.
+    pub async fn retain(&self, existing: &std::collections::HashSet<(String, String)>) {
+        self.groups
+            .lock()
+            .await
+            .retain(|group, _| existing.contains(group));
+    }
+
+    /// Forgets a deleted group. Its slots are not released here: Jobs of a
+    /// deleted group may still run, and its lease runs out at the others.
+    pub async fn forget(&self, ns: &str, name: &str) {
+        self.groups
+            .lock()
+            .await
+            .remove(&(ns.to_string(), name.to_string()));
+    }
+
+    /// Stops every client without releasing: running Jobs keep their slots
+    /// for the successor (same agent id) to take up.
+    pub async fn shutdown(&self) {
+        let all: Vec<_> = self.groups.lock().await.drain().collect();
+        for (_, ledger) in all {
+            if let Ok(ledger) = Arc::try_unwrap(ledger) {
+                ledger.sem.shutdown().await;
+            }
+        }
+    }
+}
+
+/// Times every store request for the `s3_request_duration_seconds` histogram.
+struct TimedStore<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for TimedStore<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+#[async_trait]
+impl<S: Store> Store for TimedStore<S> {
+    async fn get(&self, key: &str, if_none_match: Option<&ETag>) -> Result<Fetched, StoreError> {
+        let start = Instant::now();
+        let out = self.inner.get(key, if_none_match).await;
+        self.metrics.observe_s3("get", start.elapsed());
+        out
+    }
+
+    async fn put(&self, key: &str, body: Bytes, condition: Condition) -> Result<ETag, StoreError> {
+        let start = Instant::now();
+        let out = self.inner.put(key, body, condition).await;
+        self.metrics.observe_s3("put", start.elapsed());
+        out
+    }
+
+    async fn delete(&self, key: &str, etag: &ETag) -> Result<(), StoreError> {
+        let start = Instant::now();
+        let out = self.inner.delete(key, etag).await;
+        self.metrics.observe_s3("delete", start.elapsed());
+        out
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}

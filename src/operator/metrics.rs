@@ -1,0 +1,196 @@
+//! Prometheus metrics of the controller, served on `/metrics`.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabels {
+    pub namespace: String,
+    pub group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReleaseLabels {
+    pub namespace: String,
+    pub group: String,
+    /// finished, deleted, suspended, lease_lost
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub op: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// The pipeline step that failed (see `operator::Error::kind`).
+    pub kind: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 1 ms .. about 33 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+fn wait_histogram() -> Histogram {
+    // 100 ms .. about 1.8 days: batch Jobs can wait long.
+    Histogram::new(exponential_buckets(0.1, 3.0, 15))
+}
+
+pub struct Metrics {
+    pub admissions: Family<GroupLabels, Counter>,
+    pub releases: Family<ReleaseLabels, Counter>,
+    pub waiting: Family<GroupLabels, Gauge>,
+    pub in_use: Family<GroupLabels, Gauge>,
+    pub admitted_here: Family<GroupLabels, Gauge>,
+    pub limit: Family<GroupLabels, Gauge>,
+    pub ledger_conflicts: Family<GroupLabels, Counter>,
+    pub ledger_writes: Family<GroupLabels, Counter>,
+    pub s3_latency: HistogramFamily<OpLabels>,
+    pub api_latency: HistogramFamily<OpLabels>,
+    pub admission_wait: HistogramFamily<GroupLabels>,
+    pub reconciles: Counter,
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
+    pub leader: Gauge,
+}
+
+impl Metrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Metrics {
+            admissions: Family::default(),
+            releases: Family::default(),
+            waiting: Family::default(),
+            in_use: Family::default(),
+            admitted_here: Family::default(),
+            limit: Family::default(),
+            ledger_conflicts: Family::default(),
+            ledger_writes: Family::default(),
+            s3_latency: Family::new_with_constructor(latency_histogram),
+            api_latency: Family::new_with_constructor(latency_histogram),
+            admission_wait: Family::new_with_constructor(wait_histogram),
+            reconciles: Counter::default(),
+            reconcile_errors: Family::default(),
+            leader: Gauge::default(),
+        };
+        let r = registry.sub_registry_with_prefix("jobgate");
+        r.register(
+            "admissions",
+            "Jobs admitted (given a slot and unsuspended)",
+            m.admissions.clone(),
+        );
+        r.register("releases", "Slots freed, by reason", m.releases.clone());
+        r.register(
+            "waiting_jobs",
+            "Jobs waiting for a slot in this cluster",
+            m.waiting.clone(),
+        );
+        r.register(
+            "slots_in_use",
+            "Slots in use in all clusters, as of the last ledger read",
+            m.in_use.clone(),
+        );
+        r.register(
+            "slots_held_here",
+            "Slots held by this cluster",
+            m.admitted_here.clone(),
+        );
+        r.register(
+            "limit",
+            "The limit in force (the ledger's)",
+            m.limit.clone(),
+        );
+        r.register(
+            "ledger_write_conflicts",
+            "Ledger writes that lost a compare-and-swap race",
+            m.ledger_conflicts.clone(),
+        );
+        r.register(
+            "ledger_writes",
+            "Ledger writes that landed",
+            m.ledger_writes.clone(),
+        );
+        r.register(
+            "s3_request_duration_seconds",
+            "S3 request latency by operation",
+            m.s3_latency.clone(),
+        );
+        r.register(
+            "kube_request_duration_seconds",
+            "Kubernetes API request latency by operation",
+            m.api_latency.clone(),
+        );
+        r.register(
+            "admission_wait_seconds",
+            "Time from Job creation to admission",
+            m.admission_wait.clone(),
+        );
+        r.register("reconciles", "Group reconciliations", m.reconciles.clone());
+        r.register(
+            "reconcile_errors",
+            "Failed reconciliations by failing step",
+            m.reconcile_errors.clone(),
+        );
+        r.register(
+            "leader",
+            "1 while this replica is the leader",
+            m.leader.clone(),
+        );
+        m
+    }
+
+    pub fn observe_s3(&self, op: &str, took: Duration) {
+        self.s3_latency
+            .get_or_create(&OpLabels { op: op.into() })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn observe_api(&self, op: &str, took: Duration) {
+        self.api_latency
+            .get_or_create(&OpLabels { op: op.into() })
+            .observe(took.as_secs_f64());
+    }
+}
+
+/// The registry in Prometheus text format.
+pub fn render(registry: &Registry) -> String {
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, registry).is_err() {
+        out.clear();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_families_with_labels() {
+        let mut registry = Registry::default();
+        let m = Metrics::new(&mut registry);
+        let g = GroupLabels {
+            namespace: "batch".into(),
+            group: "etl".into(),
+        };
+        m.admissions.get_or_create(&g).inc();
+        m.observe_s3("put", Duration::from_millis(3));
+        let text = render(&registry);
+        assert!(
+            text.contains(r#"jobgate_admissions_total{namespace="batch",group="etl"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"jobgate_s3_request_duration_seconds_count{op="put"} 1"#),
+            "{text}"
+        );
+    }
+}

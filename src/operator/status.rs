@@ -1,0 +1,212 @@
+//! The group's status and conditions, computed purely from what one
+//! reconciliation observed, so that they can be unit tested.
+
+use crate::error::Error as CoreError;
+use crate::store::StoreError;
+
+use super::crd::{ConcurrencyGroupStatus, GroupCondition};
+
+pub const READY: &str = "Ready";
+pub const LIMIT_AGREED: &str = "LimitAgreed";
+
+/// Why the ledger cannot be used, as a condition reason and a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        Problem {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// Maps a ledger error to the condition a user can act on.
+    pub fn from_ledger(e: &CoreError) -> Problem {
+        let reason = match e {
+            CoreError::Store(StoreError::AccessDenied(_)) => "CredentialsRejected",
+            CoreError::Store(StoreError::NoSuchBucket(_)) => "BucketNotFound",
+            CoreError::Store(StoreError::Unsupported(_))
+            | CoreError::ConditionalWritesUnsupported(_) => "ConditionalWritesUnsupported",
+            CoreError::Ledger { .. } => "LedgerInvalid",
+            CoreError::Store(StoreError::Unavailable(_) | StoreError::Ambiguous(_))
+            | CoreError::Exhausted { .. }
+            | CoreError::TooManyConflicts(_) => "LedgerUnreachable",
+            _ => "LedgerError",
+        };
+        Problem::new(reason, e.to_string())
+    }
+}
+
+/// What one reconciliation saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    pub generation: Option<i64>,
+    pub ledger_key: String,
+    pub spec_limit: u32,
+    /// `None` when the ledger could not be read.
+    pub ledger_limit: Option<u32>,
+    pub in_use: Option<u32>,
+    pub admitted_here: Option<u32>,
+    pub waiting_here: Option<u32>,
+    pub problem: Option<Problem>,
+}
+
+pub fn build(
+    prev: Option<&ConcurrencyGroupStatus>,
+    obs: &Observed,
+    now: &str,
+) -> ConcurrencyGroupStatus {
+    let old = |t: &str| prev.and_then(|s| s.conditions.iter().find(|c| c.type_ == t));
+    let condition = |t: &str, ok: bool, reason: &str, message: String| {
+        let status = if ok { "True" } else { "False" };
+        let since = old(t)
+            .filter(|c| c.status == status)
+            .map_or_else(|| now.to_string(), |c| c.last_transition_time.clone());
+        GroupCondition {
+            type_: t.to_string(),
+            status: status.to_string(),
+            reason: reason.to_string(),
+            message,
+            last_transition_time: since,
+            observed_generation: obs.generation,
+        }
+    };
+    let mut conditions = Vec::new();
+    conditions.push(match &obs.problem {
+        Some(p) => condition(READY, false, p.reason, p.message.clone()),
+        None => condition(
+            READY,
+            true,
+            "LedgerReachable",
+            format!("admitting through ledger {}", obs.ledger_key),
+        ),
+    });
+    if let Some(ledger_limit) = obs.ledger_limit {
+        conditions.push(if ledger_limit == obs.spec_limit {
+            condition(
+                LIMIT_AGREED,
+                true,
+                "LimitMatchesLedger",
+                format!("the ledger's limit is {ledger_limit}"),
+            )
+        } else {
+            condition(
+                LIMIT_AGREED,
+                false,
+                "LimitMismatch",
+                format!(
+                    "spec.limit is {} but the shared ledger's limit is {ledger_limit}, set by the cluster that created it; the ledger's limit applies",
+                    obs.spec_limit
+                ),
+            )
+        });
+    } else if let Some(c) = old(LIMIT_AGREED) {
+        // Unknown while the ledger is unreadable: keep the last verdict.
+        conditions.push(c.clone());
+    }
+    let keep = |now: Option<u32>, before: Option<u32>| now.or(before);
+    ConcurrencyGroupStatus {
+        limit: keep(obs.ledger_limit, prev.and_then(|s| s.limit)),
+        in_use: keep(obs.in_use, prev.and_then(|s| s.in_use)),
+        admitted_here: keep(obs.admitted_here, prev.and_then(|s| s.admitted_here)),
+        waiting_here: keep(obs.waiting_here, prev.and_then(|s| s.waiting_here)),
+        ledger_key: Some(obs.ledger_key.clone()),
+        observed_generation: obs.generation,
+        conditions,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn healthy() -> Observed {
+        Observed {
+            generation: Some(2),
+            ledger_key: "jobgate/ns/g.json".into(),
+            spec_limit: 3,
+            ledger_limit: Some(3),
+            in_use: Some(2),
+            admitted_here: Some(1),
+            waiting_here: Some(4),
+            problem: None,
+        }
+    }
+
+    fn cond<'a>(s: &'a ConcurrencyGroupStatus, t: &str) -> &'a GroupCondition {
+        s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn healthy_group_is_ready_and_agrees() {
+        let s = build(None, &healthy(), "t1");
+        assert_eq!(cond(&s, READY).status, "True");
+        assert_eq!(cond(&s, LIMIT_AGREED).status, "True");
+        assert_eq!(
+            (s.limit, s.in_use, s.waiting_here),
+            (Some(3), Some(2), Some(4))
+        );
+        assert_eq!(s.observed_generation, Some(2));
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_the_status_changes() {
+        let first = build(None, &healthy(), "t1");
+        let same = build(Some(&first), &healthy(), "t2");
+        assert_eq!(cond(&same, READY).last_transition_time, "t1");
+        let mut broken = healthy();
+        broken.problem = Some(Problem::new("LedgerUnreachable", "timeout"));
+        let down = build(Some(&same), &broken, "t3");
+        assert_eq!(cond(&down, READY).status, "False");
+        assert_eq!(cond(&down, READY).reason, "LedgerUnreachable");
+        assert_eq!(cond(&down, READY).last_transition_time, "t3");
+    }
+
+    #[test]
+    fn a_disagreeing_limit_is_reported_and_the_ledger_wins() {
+        let mut obs = healthy();
+        obs.spec_limit = 5;
+        let s = build(None, &obs, "t1");
+        let c = cond(&s, LIMIT_AGREED);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "LimitMismatch")
+        );
+        assert_eq!(s.limit, Some(3));
+    }
+
+    #[test]
+    fn unreadable_ledger_keeps_the_last_counts() {
+        let first = build(None, &healthy(), "t1");
+        let obs = Observed {
+            problem: Some(Problem::new("CredentialsRejected", "403")),
+            ..Observed {
+                generation: Some(2),
+                ledger_key: "k".into(),
+                spec_limit: 3,
+                ..Default::default()
+            }
+        };
+        let s = build(Some(&first), &obs, "t2");
+        assert_eq!(s.in_use, Some(2));
+        assert_eq!(cond(&s, LIMIT_AGREED).status, "True");
+        assert_eq!(cond(&s, READY).reason, "CredentialsRejected");
+    }
+
+    #[test]
+    fn ledger_errors_map_to_actionable_reasons() {
+        let denied = CoreError::Store(StoreError::AccessDenied("403".into()));
+        assert_eq!(Problem::from_ledger(&denied).reason, "CredentialsRejected");
+        let nobucket = CoreError::Store(StoreError::NoSuchBucket("b".into()));
+        assert_eq!(Problem::from_ledger(&nobucket).reason, "BucketNotFound");
+        let cw = CoreError::ConditionalWritesUnsupported("x".into());
+        assert_eq!(
+            Problem::from_ledger(&cw).reason,
+            "ConditionalWritesUnsupported"
+        );
+    }
+}

@@ -1,0 +1,452 @@
+//! Helpers for operator end-to-end tests: the `jobgate controller` process,
+//! ConcurrencyGroups and Jobs, a stand-in for the Job controller (for
+//! control planes without kube-controller-manager), and a checker that
+//! watches Jobs in one or more clusters and records every admission.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+use jobgate::testbed::{SeaweedFs, die_with_parent, free_port};
+
+use super::k8s::ControlPlane;
+
+pub async fn client(cp: &ControlPlane) -> Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(&cp.kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    Client::try_from(config).unwrap()
+}
+
+/// Installs the CRD and creates `ns`.
+pub async fn prepare(cp: &ControlPlane, client: &Client, ns: &str) {
+    let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/");
+    let out = cp.kubectl(&["apply", "-f", crds]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cp.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/concurrencygroups.jobgate.dev",
+        "--timeout=60s",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let api: Api<Namespace> = Api::all(client.clone());
+    let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
+    api.create(&PostParams::default(), &namespace)
+        .await
+        .unwrap();
+}
+
+pub struct GroupSpec<'a> {
+    pub name: &'a str,
+    pub ns: &'a str,
+    pub limit: u32,
+    pub bucket: &'a str,
+    pub endpoint: &'a str,
+    pub key: Option<&'a str>,
+    pub secret: Option<&'a str>,
+}
+
+pub fn apply_group(cp: &ControlPlane, g: &GroupSpec) {
+    let mut ledger = json!({
+        "bucket": g.bucket,
+        "endpoint": g.endpoint,
+        "region": "us-east-1",
+        "forcePathStyle": true,
+    });
+    if let Some(key) = g.key {
+        ledger["key"] = json!(key);
+    }
+    if let Some(secret) = g.secret {
+        ledger["credentialsSecretRef"] = json!({"name": secret});
+    }
+    let group = json!({
+        "apiVersion": "jobgate.dev/v1alpha1",
+        "kind": "ConcurrencyGroup",
+        "metadata": {"name": g.name, "namespace": g.ns},
+        "spec": {"limit": g.limit, "leaseSeconds": 10, "ledger": ledger},
+    });
+    let out = cp.kubectl_stdin(&["apply", "-f", "-"], &group.to_string());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A Secret with the SeaweedFS test credentials.
+pub fn apply_credentials(cp: &ControlPlane, ns: &str, name: &str, s3: &SeaweedFs) {
+    let env: BTreeMap<_, _> = s3.env().into_iter().collect();
+    let secret = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": ns},
+        "stringData": {
+            "AWS_ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"],
+            "AWS_SECRET_ACCESS_KEY": env["AWS_SECRET_ACCESS_KEY"],
+        },
+    });
+    let out = cp.kubectl_stdin(&["apply", "-f", "-"], &secret.to_string());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub async fn create_job(client: &Client, ns: &str, name: &str, group: &str, suspend: bool) -> Job {
+    let job: Job = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"jobgate.dev/group": group}},
+        "spec": {
+            "suspend": suspend,
+            "template": {"spec": {
+                "restartPolicy": "Never",
+                "containers": [{"name": "work", "image": "busybox", "command": ["true"]}],
+            }},
+        },
+    }))
+    .unwrap();
+    Api::<Job>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &job)
+        .await
+        .unwrap()
+}
+
+/// A `jobgate controller` process; killed on drop.
+pub struct ControllerProcess {
+    child: Option<Child>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    pub log: PathBuf,
+    pub metrics_port: u16,
+    starts: u32,
+}
+
+impl ControllerProcess {
+    /// `s3_env`: put the S3 credentials in the environment (else the group
+    /// must name a Secret).
+    pub fn start(cp: &ControlPlane, s3: &SeaweedFs, cluster: &str, ns: &str, s3_env: bool) -> Self {
+        Self::start_with(cp, s3, cluster, ns, s3_env, &["--leader-elect=false"], "")
+    }
+
+    /// With extra flags; `replica` tells the log files of replicas apart.
+    pub fn start_with(
+        cp: &ControlPlane,
+        s3: &SeaweedFs,
+        cluster: &str,
+        ns: &str,
+        s3_env: bool,
+        extra: &[&str],
+        replica: &str,
+    ) -> Self {
+        let metrics_port = free_port();
+        let mut args = vec![
+            "controller".to_string(),
+            format!("--kubeconfig={}", cp.kubeconfig.display()),
+            format!("--cluster-name={cluster}"),
+            format!("--namespace={ns}"),
+            format!("--listen=127.0.0.1:{metrics_port}"),
+            "--poll-waiting=300ms".into(),
+            "--poll-idle=5s".into(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let mut env: Vec<(String, String)> = vec![
+            ("RUST_LOG".into(), "info,jobgate=debug".into()),
+            ("AWS_REGION".into(), "us-east-1".into()),
+            // Never look for credentials on a cloud metadata endpoint.
+            ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+        ];
+        if s3_env {
+            env.extend(s3.env().into_iter().map(|(k, v)| (k.to_string(), v)));
+        }
+        let log = cp
+            .dir
+            .path()
+            .join(format!("controller-{cluster}{replica}.log"));
+        let mut me = ControllerProcess {
+            child: None,
+            args,
+            env,
+            log,
+            metrics_port,
+            starts: 0,
+        };
+        me.spawn();
+        me
+    }
+
+    fn spawn(&mut self) {
+        self.starts += 1;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let err = out.try_clone().unwrap();
+        let mut cmd = Command::new(super::jobgate_bin());
+        cmd.args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        die_with_parent(&mut cmd);
+        self.child = Some(cmd.spawn().unwrap());
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// SIGTERM and wait for the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        c.wait().ok().and_then(|s| s.code())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)) else {
+            return String::new();
+        };
+        let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub type Key = (String, String);
+
+/// Everything the checker saw, across clusters.
+#[derive(Default, Debug)]
+pub struct Seen {
+    /// Admitted and not finished, by (cluster, job).
+    pub running: BTreeSet<Key>,
+    pub max_running: usize,
+    /// How often each Job went from suspended to running.
+    pub admissions: BTreeMap<Key, u32>,
+    /// First admissions in the order seen.
+    pub order: Vec<Key>,
+    pub finished: BTreeSet<Key>,
+    suspended: BTreeMap<Key, bool>,
+}
+
+/// Watches Jobs and checks the limit. A Job counts from the moment it is
+/// seen unsuspended until it is seen finished, deleted, or suspended again,
+/// or until the stand-in Job controller decides to finish it (before it
+/// writes the status, so that a slow watch never makes a correct run look
+/// wrong).
+#[derive(Default, Clone)]
+pub struct Checker {
+    pub seen: Arc<Mutex<Seen>>,
+}
+
+fn is_finished(job: &Job) -> bool {
+    job.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+        })
+}
+
+impl Checker {
+    pub fn observe(&self, cluster: &str, job: &Job) {
+        let key = (cluster.to_string(), job.name_any());
+        let suspended = job.spec.as_ref().and_then(|s| s.suspend) == Some(true);
+        let mut s = self.seen.lock().unwrap();
+        let was_suspended = s.suspended.insert(key.clone(), suspended).unwrap_or(true);
+        if is_finished(job) {
+            s.running.remove(&key);
+            s.finished.insert(key.clone());
+        } else if suspended {
+            s.running.remove(&key);
+        } else if was_suspended {
+            *s.admissions.entry(key.clone()).or_default() += 1;
+            s.order.push(key.clone());
+            if !s.finished.contains(&key) {
+                s.running.insert(key);
+            }
+        }
+        s.max_running = s.max_running.max(s.running.len());
+    }
+
+    pub fn gone(&self, cluster: &str, name: &str) {
+        let key = (cluster.to_string(), name.to_string());
+        let mut s = self.seen.lock().unwrap();
+        s.running.remove(&key);
+    }
+
+    pub fn finishing(&self, cluster: &str, name: &str) {
+        let key = (cluster.to_string(), name.to_string());
+        let mut s = self.seen.lock().unwrap();
+        s.running.remove(&key);
+        s.finished.insert(key);
+    }
+
+    pub fn snapshot<T>(&self, f: impl FnOnce(&Seen) -> T) -> T {
+        f(&self.seen.lock().unwrap())
+    }
+}
+
+/// Stands in for the Job controller: completes every running Job after a
+/// random hold, unless paused.
+#[derive(Clone)]
+pub struct Sim {
+    pub paused: Arc<AtomicBool>,
+    pub hold: (u64, u64),
+}
+
+impl Sim {
+    pub fn new(hold_ms: (u64, u64)) -> Self {
+        Sim {
+            paused: Arc::new(AtomicBool::new(false)),
+            hold: hold_ms,
+        }
+    }
+
+    pub fn pause(&self, paused: bool) {
+        self.paused.store(paused, Ordering::SeqCst);
+    }
+}
+
+/// Watches the Jobs of `ns` in one cluster for the checker and, with a
+/// `Sim`, completes them.
+pub fn observe(client: Client, cluster: &str, ns: &str, checker: Checker, sim: Option<Sim>) {
+    let api: Api<Job> = Api::namespaced(client, ns);
+    let cluster = cluster.to_string();
+    tokio::spawn(async move {
+        let mut scheduled = BTreeSet::new();
+        // With backoff, so that a watch of a stopped API server yields
+        // instead of spinning (and blocking the test runtime's shutdown).
+        let mut events = watcher(api.clone(), watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        while let Some(event) = events.next().await {
+            let Ok(event) = event else { continue };
+            match event {
+                watcher::Event::Apply(job) | watcher::Event::InitApply(job) => {
+                    checker.observe(&cluster, &job);
+                    let running = job.spec.as_ref().and_then(|s| s.suspend) != Some(true)
+                        && !is_finished(&job);
+                    if let Some(sim) = &sim
+                        && running
+                        && scheduled.insert(job.name_any())
+                    {
+                        tokio::spawn(complete_later(
+                            api.clone(),
+                            cluster.clone(),
+                            job.name_any(),
+                            checker.clone(),
+                            sim.clone(),
+                        ));
+                    }
+                }
+                watcher::Event::Delete(job) => checker.gone(&cluster, &job.name_any()),
+                _ => {}
+            }
+        }
+    });
+}
+
+async fn complete_later(api: Api<Job>, cluster: String, name: String, checker: Checker, sim: Sim) {
+    let hold = sim.hold.0 + rand::random::<u64>() % (sim.hold.1 - sim.hold.0 + 1);
+    tokio::time::sleep(Duration::from_millis(hold)).await;
+    while sim.paused.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    checker.finishing(&cluster, &name);
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let patch = json!({"status": {
+        "startTime": now, "completionTime": now, "succeeded": 1,
+        "conditions": [
+            {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": now, "lastProbeTime": now},
+            {"type": "Complete", "status": "True", "lastTransitionTime": now, "lastProbeTime": now},
+        ],
+    }});
+    for _ in 0..20 {
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => return,
+            Err(kube::Error::Api(e)) if e.code == 404 => return,
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub async fn ledger_holders(
+    s3: &SeaweedFs,
+    bucket: &str,
+    key: &str,
+) -> Option<BTreeMap<String, String>> {
+    let store = s3.dyn_store(bucket).await;
+    let (ledger, _) = jobgate::semaphore::read_ledger(&store, key).await.ok()??;
+    Some(
+        ledger
+            .holders
+            .into_iter()
+            .map(|(id, h)| (id, h.agent))
+            .collect(),
+    )
+}

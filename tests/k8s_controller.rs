@@ -1,0 +1,522 @@
+//! The controller end to end: a real kube-apiserver (and etcd), SeaweedFS as
+//! the S3 ledger store, and the `jobgate controller` binary. Jobs are
+//! completed by a stand-in for the Job controller (see `common::operator`);
+//! `k8s_full.rs` runs the same flow through kube-controller-manager and kwok.
+
+mod common;
+
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams};
+
+use common::k8s::ControlPlane;
+use common::operator::{
+    Checker, ControllerProcess, GroupSpec, Sim, apply_credentials, apply_group, client, create_job,
+    eventually, ledger_holders, observe, prepare,
+};
+
+const NS: &str = "batch";
+
+fn names(order: &[(String, String)]) -> Vec<String> {
+    order.iter().map(|(_, j)| j.clone()).collect()
+}
+
+fn job_names(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("job-{i:02}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_three_admits_ten_jobs_oldest_first_and_frees_every_slot() {
+    let s3 = common::seaweed().await;
+    let bucket = common::bucket(&s3).await;
+    let cp = ControlPlane::start();
+    let kube = client(&cp).await;
+    prepare(&cp, &kube, NS).await;
+    // Credentials come from a Secret named by the group, not the environment.
+    apply_credentials(&cp, NS, "s3-creds", &s3);
+    apply_group(
+        &cp,
+        &GroupSpec {
+            name: "etl",
+            ns: NS,
+            limit: 3,
+            bucket: &bucket,
+            endpoint: &s3.endpoint,
+            key: None,
+            secret: Some("s3-creds"),
+        },
+    );
+    for name in job_names(10) {
+        create_job(&kube, NS, &name, "etl", true).await;
+    }
+    let checker = Checker::default();
+    let sim = Sim::new((200, 600));
+    sim.pause(true);
+    observe(kube.clone(), "one", NS, checker.clone(), Some(sim.clone()));
+    let controller = ControllerProcess::start(&cp, &s3, "one", NS, false);
+
+    eventually(Duration::from_secs(60), "three admissions", || async {
+        (checker.snapshot(|s| s.order.len()) >= 3).then_some(())
+    })
+    .await;
+    // Nothing finishes while paused, so nothing more may be admitted.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let first = checker.snapshot(|s| names(&s.order));
+    assert_eq!(first, job_names(3), "{}", controller.log_text());
+    let status = eventually(Duration::from_secs(20), "group status", || async {
+        let out = cp.kubectl(&["get", "cg", "etl", "-n", NS, "--no-headers"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let cols: Vec<&str> = text.split_whitespace().collect();
+        (cols.get(1..6) == Some(&["3", "3", "3", "7", "True"][..])).then_some(text)
+    })
+    .await;
+    assert!(status.starts_with("etl"), "{status}");
+    let events = cp.kubectl(&[
+        "get",
+        "events",
+        "-n",
+        NS,
+        "--field-selector",
+        "involvedObject.name=job-05",
+    ]);
+    let events = String::from_utf8_lossy(&events.stdout);
+    assert!(
+        events.contains("Waiting") && events.contains("3/3 in use"),
+        "{events}"
+    );
+
+    sim.pause(false);
+    eventually(Duration::from_secs(90), "all ten Jobs finished", || async {
+        (checker.snapshot(|s| s.finished.len()) == 10).then_some(())
+    })
+    .await;
+    let key = "jobgate/batch/etl.json";
+    eventually(Duration::from_secs(20), "an empty ledger", || async {
+        ledger_holders(&s3, &bucket, key)
+            .await
+            .filter(|h| h.is_empty())
+    })
+    .await;
+    checker.snapshot(|s| {
+        assert!(s.max_running <= 3, "{} Jobs ran at once", s.max_running);
+        assert_eq!(s.max_running, 3, "the limit was never used fully");
+        assert_eq!(names(&s.order), job_names(10), "admission order");
+        assert!(s.admissions.values().all(|n| *n == 1), "{:?}", s.admissions);
+    });
+    let metrics = controller.metrics();
+    assert!(
+        metrics.contains(r#"jobgate_admissions_total{namespace="batch",group="etl"} 10"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("jobgate_s3_request_duration_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"jobgate_releases_total{namespace="batch",group="etl",reason="finished"} 10"#
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_an_admitted_job_frees_its_slot_and_a_job_created_running_is_handled() {
+    let s3 = common::seaweed().await;
+    let bucket = common::bucket(&s3).await;
+    let cp = ControlPlane::start();
+    let kube = client(&cp).await;
+    prepare(&cp, &kube, NS).await;
+    apply_group(
+        &cp,
+        &GroupSpec {
+            name: "solo",
+            ns: NS,
+            limit: 1,
+            bucket: &bucket,
+            endpoint: &s3.endpoint,
+            key: Some("groups/solo.json"),
+            secret: None,
+        },
+    );
+    let jobs: Api<Job> = Api::namespaced(kube.clone(), NS);
+    let checker = Checker::default();
+    // Nothing completes in this test: slots are freed by deletion only.
+    observe(kube.clone(), "one", NS, checker.clone(), None);
+    let first = create_job(&kube, NS, "first", "solo", true).await;
+    let second = create_job(&kube, NS, "second", "solo", true).await;
+    let controller = ControllerProcess::start(&cp, &s3, "one", NS, true);
+    let holder_is = |uid: String| {
+        let s3 = &s3;
+        let bucket = &bucket;
+        move || {
+            let uid = uid.clone();
+            async move {
+                ledger_holders(s3, bucket, "groups/solo.json")
+                    .await
+                    .filter(|h| h.len() == 1 && h.contains_key(&uid))
+            }
+        }
+    };
+    eventually(
+        Duration::from_secs(30),
+        "first admitted",
+        holder_is(first.uid().unwrap()),
+    )
+    .await;
+    let admitted = jobs.get("first").await.unwrap();
+    assert_eq!(admitted.spec.unwrap().suspend, Some(false));
+    let annotations = admitted.metadata.annotations.unwrap_or_default();
+    assert!(
+        annotations.contains_key("jobgate.dev/admitted-at"),
+        "{annotations:?}"
+    );
+    assert!(
+        annotations.contains_key("jobgate.dev/fencing-token"),
+        "{annotations:?}"
+    );
+
+    // 3. Deleting the admitted Job frees its slot for the next one.
+    jobs.delete("first", &DeleteParams::background())
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "second admitted",
+        holder_is(second.uid().unwrap()),
+    )
+    .await;
+
+    // 6. A labelled Job created running while no slot is free is suspended
+    // again, with a Warning that says how to create it.
+    create_job(&kube, NS, "rogue", "solo", false).await;
+    eventually(Duration::from_secs(30), "rogue suspended", || async {
+        let j = jobs.get("rogue").await.ok()?;
+        (j.spec?.suspend == Some(true)).then_some(())
+    })
+    .await;
+    let events = cp.kubectl(&[
+        "get",
+        "events",
+        "-n",
+        NS,
+        "--field-selector",
+        "involvedObject.name=rogue",
+    ]);
+    let events = String::from_utf8_lossy(&events.stdout);
+    assert!(
+        events.contains("SuspendedNoSlot") && events.contains("spec.suspend: true"),
+        "{events}"
+    );
+    // It then waits like any other Job.
+    jobs.delete("second", &DeleteParams::background())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "rogue admitted", || async {
+        let j = jobs.get("rogue").await.ok()?;
+        let admitted = j.annotations().contains_key("jobgate.dev/admitted-at");
+        (j.spec?.suspend == Some(false) && admitted).then_some(())
+    })
+    .await;
+
+    // With a slot free, a Job created running keeps running and gets it.
+    jobs.delete("rogue", &DeleteParams::background())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "an empty ledger", || async {
+        ledger_holders(&s3, &bucket, "groups/solo.json")
+            .await
+            .filter(|h| h.is_empty())
+    })
+    .await;
+    let lucky = create_job(&kube, NS, "lucky", "solo", false).await;
+    eventually(
+        Duration::from_secs(30),
+        "lucky adopted",
+        holder_is(lucky.uid().unwrap()),
+    )
+    .await;
+    let j = jobs.get("lucky").await.unwrap();
+    assert_eq!(j.spec.as_ref().unwrap().suspend, Some(false));
+    let events = cp.kubectl(&[
+        "get",
+        "events",
+        "-n",
+        NS,
+        "--field-selector",
+        "involvedObject.name=lucky",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&events.stdout).contains("RunningWithoutSlot"),
+        "{}",
+        controller.log_text()
+    );
+    checker.snapshot(|s| {
+        assert!(s.admissions.values().all(|n| *n <= 2), "{:?}", s.admissions);
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_killed_during_admission_leaks_nothing_and_admits_once() {
+    let s3 = common::seaweed().await;
+    let bucket = common::bucket(&s3).await;
+    let cp = ControlPlane::start();
+    let kube = client(&cp).await;
+    prepare(&cp, &kube, NS).await;
+    apply_group(
+        &cp,
+        &GroupSpec {
+            name: "crashy",
+            ns: NS,
+            limit: 3,
+            bucket: &bucket,
+            endpoint: &s3.endpoint,
+            key: None,
+            secret: None,
+        },
+    );
+    let checker = Checker::default();
+    observe(
+        kube.clone(),
+        "one",
+        NS,
+        checker.clone(),
+        Some(Sim::new((100, 500))),
+    );
+    for name in job_names(30) {
+        create_job(&kube, NS, &name, "crashy", true).await;
+    }
+    let mut controller = ControllerProcess::start(&cp, &s3, "one", NS, true);
+    let mut kills = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    while checker.snapshot(|s| s.finished.len()) < 30 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not finished after {kills} kills: {:?}\n{}",
+            checker.snapshot(|s| s.finished.len()),
+            controller.log_text()
+        );
+        if kills < 10 {
+            let pause = 150 + rand::random::<u64>() % 900;
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            controller.kill9();
+            kills += 1;
+            tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 300)).await;
+            controller.restart();
+        } else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    eventually(Duration::from_secs(20), "an empty ledger", || async {
+        ledger_holders(&s3, &bucket, "jobgate/batch/crashy.json")
+            .await
+            .filter(|h| h.is_empty())
+    })
+    .await;
+    checker.snapshot(|s| {
+        assert!(s.max_running <= 3, "{} Jobs ran at once", s.max_running);
+        assert_eq!(s.admissions.len(), 30);
+        assert!(s.admissions.values().all(|n| *n == 1), "{:?}", s.admissions);
+    });
+    assert!(kills >= 5, "only {kills} kills before the Jobs finished");
+    eprintln!(
+        "kill test: {kills} SIGKILLs, max {} at once",
+        checker.snapshot(|s| s.max_running)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clusters_sharing_a_ledger_share_the_limit_fairly() {
+    let s3 = common::seaweed().await;
+    let bucket = common::bucket(&s3).await;
+    let east = ControlPlane::start();
+    let west = ControlPlane::start();
+    let checker = Checker::default();
+    let mut controllers = Vec::new();
+    for (name, cp) in [("east", &east), ("west", &west)] {
+        let kube = client(cp).await;
+        prepare(cp, &kube, NS).await;
+        apply_group(
+            cp,
+            &GroupSpec {
+                name: "shared",
+                ns: NS,
+                limit: 4,
+                bucket: &bucket,
+                endpoint: &s3.endpoint,
+                key: None,
+                secret: None,
+            },
+        );
+        for job in job_names(20) {
+            create_job(&kube, NS, &job, "shared", true).await;
+        }
+        observe(kube, name, NS, checker.clone(), Some(Sim::new((200, 700))));
+    }
+    // Both start together, once both clusters are ready.
+    for (name, cp) in [("east", &east), ("west", &west)] {
+        controllers.push(ControllerProcess::start(cp, &s3, name, NS, true));
+    }
+    eventually(
+        Duration::from_secs(240),
+        "all forty Jobs finished",
+        || async { (checker.snapshot(|s| s.finished.len()) == 40).then_some(()) },
+    )
+    .await;
+    eventually(Duration::from_secs(20), "an empty ledger", || async {
+        ledger_holders(&s3, &bucket, "jobgate/batch/shared.json")
+            .await
+            .filter(|h| h.is_empty())
+    })
+    .await;
+    checker.snapshot(|s| {
+        assert!(s.max_running <= 4, "{} Jobs ran at once", s.max_running);
+        assert!(s.admissions.values().all(|n| *n == 1), "{:?}", s.admissions);
+        // Neither cluster waits for the other to run out of Jobs.
+        let first_half = &s.order[..20];
+        let east = first_half.iter().filter(|(c, _)| c == "east").count();
+        eprintln!(
+            "two clusters: max {} at once; first 20 admissions: east {east}, west {}",
+            s.max_running,
+            20 - east
+        );
+        for cluster in ["east", "west"] {
+            let n = first_half.iter().filter(|(c, _)| c == cluster).count();
+            let logs: Vec<String> = controllers.iter().map(|c| c.log_text()).collect();
+            assert!(
+                n >= 6,
+                "{cluster} got {n} of the first 20 admissions: {first_half:?}\n{}",
+                logs.join("\n----\n")
+            );
+        }
+    });
+}
+
+/// The same admission flow with the real Job controller: kube-controller-manager
+/// creates pods for admitted Jobs, kube-scheduler binds them to a kwok node,
+/// kwok runs them to success, and the Job controller marks the Jobs Complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_control_plane_runs_ten_jobs_through_a_limit_of_three() {
+    let s3 = common::seaweed().await;
+    let bucket = common::bucket(&s3).await;
+    let cp = ControlPlane::start_full();
+    let kube = client(&cp).await;
+    prepare(&cp, &kube, NS).await;
+    apply_group(
+        &cp,
+        &GroupSpec {
+            name: "etl",
+            ns: NS,
+            limit: 3,
+            bucket: &bucket,
+            endpoint: &s3.endpoint,
+            key: None,
+            secret: None,
+        },
+    );
+    for name in job_names(10) {
+        create_job(&kube, NS, &name, "etl", true).await;
+    }
+    let checker = Checker::default();
+    // No stand-in: kube-controller-manager and kwok finish the Jobs.
+    observe(kube.clone(), "full", NS, checker.clone(), None);
+    let controller = ControllerProcess::start(&cp, &s3, "full", NS, true);
+    eventually(
+        Duration::from_secs(120),
+        "all ten Jobs complete",
+        || async { (checker.snapshot(|s| s.finished.len()) == 10).then_some(()) },
+    )
+    .await;
+    eventually(Duration::from_secs(20), "an empty ledger", || async {
+        ledger_holders(&s3, &bucket, "jobgate/batch/etl.json")
+            .await
+            .filter(|h| h.is_empty())
+    })
+    .await;
+    checker.snapshot(|s| {
+        assert!(s.max_running <= 3, "{} Jobs ran at once", s.max_running);
+        assert_eq!(names(&s.order), job_names(10), "admission order");
+        assert!(s.admissions.values().all(|n| *n == 1), "{:?}", s.admissions);
+    });
+    // The pods really ran: the Job controller counted a success for each.
+    let jobs: Api<Job> = Api::namespaced(kube.clone(), NS);
+    for name in job_names(10) {
+        let j = jobs.get(&name).await.unwrap();
+        let succeeded = j.status.and_then(|s| s.succeeded).unwrap_or(0);
+        assert_eq!(succeeded, 1, "{name}: {}", controller.log_text());
+    }
+}
+
+/// Two replicas with leader election: only the leader admits; when it is
+/// killed, the other takes over after the Lease runs out and takes up the
+/// same slots (same cluster name, same ledger agent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_replica_takes_over_when_the_leader_dies() {
+    let s3 = common::seaweed().await;
+    let bucket = common::bucket(&s3).await;
+    let cp = ControlPlane::start();
+    let kube = client(&cp).await;
+    prepare(&cp, &kube, NS).await;
+    apply_group(
+        &cp,
+        &GroupSpec {
+            name: "ha",
+            ns: NS,
+            limit: 2,
+            bucket: &bucket,
+            endpoint: &s3.endpoint,
+            key: None,
+            secret: None,
+        },
+    );
+    let checker = Checker::default();
+    let sim = Sim::new((300, 600));
+    sim.pause(true);
+    observe(kube.clone(), "one", NS, checker.clone(), Some(sim.clone()));
+    for name in job_names(8) {
+        create_job(&kube, NS, &name, "ha", true).await;
+    }
+    let flags = [
+        "--leader-elect=true",
+        "--leader-election-namespace=batch",
+        "--leader-election-lease=3s",
+    ];
+    let mut first = ControllerProcess::start_with(&cp, &s3, "one", NS, true, &flags, "-a");
+    eventually(Duration::from_secs(30), "two admissions", || async {
+        (checker.snapshot(|s| s.order.len()) == 2).then_some(())
+    })
+    .await;
+    let second = ControllerProcess::start_with(&cp, &s3, "one", NS, true, &flags, "-b");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !second.log_text().contains("became the leader"),
+        "{}",
+        second.log_text()
+    );
+    first.kill9();
+    let killed = std::time::Instant::now();
+    sim.pause(false);
+    eventually(
+        Duration::from_secs(60),
+        "all eight Jobs finished",
+        || async { (checker.snapshot(|s| s.finished.len()) == 8).then_some(()) },
+    )
+    .await;
+    assert!(second.log_text().contains("became the leader"));
+    eprintln!(
+        "standby finished the work {:?} after the leader died",
+        killed.elapsed()
+    );
+    checker.snapshot(|s| {
+        assert!(s.max_running <= 2, "{} Jobs ran at once", s.max_running);
+        assert!(s.admissions.values().all(|n| *n == 1), "{:?}", s.admissions);
+    });
+    eventually(Duration::from_secs(20), "an empty ledger", || async {
+        ledger_holders(&s3, &bucket, "jobgate/batch/ha.json")
+            .await
+            .filter(|h| h.is_empty())
+    })
+    .await;
+}
