@@ -94,11 +94,14 @@ pub fn apply(current: &Ledger, batch: &Batch) -> Outcome {
     // same write would keep it for ever and starve the others.
     let held_by =
         |ledger: &Ledger, agent: &str| ledger.holders.values().filter(|h| h.agent == agent).count();
-    let rivals: Vec<(usize, u64, String)> = next
+    let rivals: Vec<(usize, u64, String, usize)> = next
         .agents
         .iter()
         .filter(|(id, a)| *id != &batch.agent && a.waiting > 0)
-        .map(|(id, a)| (held_by(&next, id), a.waiting_since, id.clone()))
+        .map(|(id, a)| {
+            let rank = (held_by(&next, id), a.waiting_since, id.clone());
+            (rank.0, rank.1, rank.2, a.waiting as usize)
+        })
         .collect();
     let mine = next.agents.get(&batch.agent).cloned();
     let mut my_held = held_by(&next, &batch.agent);
@@ -121,10 +124,17 @@ pub fn apply(current: &Ledger, batch: &Batch) -> Outcome {
             }
             continue;
         }
-        let others_first = rivals.iter().any(|(held, since, id)| {
-            (*held, *since, id.as_str()) < (my_held, my_since, batch.agent.as_str())
-        });
-        if next.holders.len() >= next.limit as usize || others_first {
+        // Defer only as far as the agents ahead could use the free slots: a
+        // stale wait must not keep more slots idle than it asked for.
+        let ahead: usize = rivals
+            .iter()
+            .filter(|(held, since, id, _)| {
+                (*held, *since, id.as_str()) < (my_held, my_since, batch.agent.as_str())
+            })
+            .map(|r| r.3)
+            .sum();
+        let free = (next.limit as usize).saturating_sub(next.holders.len());
+        if free == 0 || free <= ahead {
             out.waiting.push(holder.clone());
             continue;
         }
@@ -420,6 +430,22 @@ mod tests {
         assert!(out.granted.is_empty(), "b must yield to a: {out:?}");
         let out = acquire(&out.next.unwrap(), "a", &["a3"]);
         assert_eq!(out.granted, vec![("a3".to_string(), 4)]);
+    }
+
+    #[test]
+    fn a_waiting_agent_holds_back_only_as_many_slots_as_it_waits_for() {
+        let l = acquire(&Ledger::new(4), "b", &["b1"]).next.unwrap();
+        let l = acquire(&l, "b", &["b2", "b3", "b4", "b5"]).next.unwrap();
+        assert_eq!(l.agents["b"].waiting, 1);
+        // b holds 4 and waits for 1; it frees 3.
+        let mut b = batch("b");
+        b.releases = vec!["b1".into(), "b2".into(), "b3".into()];
+        let l = apply(&l, &b).next.unwrap();
+        // b now holds 1 and waits for 1. Of the 3 free slots a takes 2,
+        // leaves the 1 b waits for, and both end up with 2.
+        let out = acquire(&l, "a", &["a1", "a2", "a3"]);
+        assert_eq!(out.granted.len(), 2, "{out:?}");
+        assert_eq!(out.waiting, vec!["a3".to_string()]);
     }
 
     #[test]

@@ -434,7 +434,12 @@ impl Committer {
     async fn step(&mut self) {
         let now = Instant::now();
         self.check_fence(now);
+        let before = self.waiting.len();
         self.waiting.retain(|w| !w.reply.is_closed());
+        if self.waiting.is_empty() && before > 0 {
+            // Every waiter gave up: others must stop deferring to us.
+            self.withdraw = true;
+        }
         let poll_due =
             !self.waiting.is_empty() && self.last_refresh.is_none_or(|t| now >= t + self.cfg.poll);
         if !self.has_work() && !self.renew_due(now) {

@@ -79,6 +79,16 @@ async fn limit_three_admits_ten_jobs_oldest_first_and_frees_every_slot() {
         "-n",
         NS,
         "--field-selector",
+        "involvedObject.kind=ConcurrencyGroup,involvedObject.name=etl",
+    ]);
+    let events = String::from_utf8_lossy(&events.stdout);
+    assert!(events.contains("LedgerReachable"), "{events}");
+    let events = cp.kubectl(&[
+        "get",
+        "events",
+        "-n",
+        NS,
+        "--field-selector",
         "involvedObject.name=job-05",
     ]);
     let events = String::from_utf8_lossy(&events.stdout);

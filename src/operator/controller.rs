@@ -159,7 +159,14 @@ pub async fn run(client: Client, settings: Settings) -> Result<Stopped> {
         let why = match leadership.as_mut() {
             Some(l) => tokio::select! {
                 _ = stop.wait_for(|s| s.is_some()) => Stopped::Signal,
-                _ = l.lost() => Stopped::LeadershipLost,
+                _ = l.lost() => {
+                    // Another replica may already be admitting for this
+                    // cluster: stop every reconciliation now, mid-flight
+                    // (each step is idempotent), instead of letting them
+                    // finish. The restart waits for leadership again.
+                    error!("lost leadership; exiting at once");
+                    std::process::exit(1);
+                }
             },
             None => {
                 let _ = stop.wait_for(|s| s.is_some()).await;

@@ -79,12 +79,14 @@ impl Ledgers {
             spec.lease_seconds,
             creds.as_ref().map(|c| &c.version),
         );
-        let mut groups = self.groups.lock().await;
-        if let Some(existing) = groups.get(&(ns.clone(), name.clone()))
+        let id = (ns.clone(), name.clone());
+        if let Some(existing) = self.groups.lock().await.get(&id)
             && existing.fingerprint == fingerprint
         {
             return Ok(existing.clone());
         }
+        // Built without holding the lock: connecting and probing a store
+        // that does not answer must not hold up the other groups.
         let opts = S3Options {
             endpoint: spec.ledger.endpoint.clone(),
             region: spec.ledger.region.clone(),
@@ -122,8 +124,10 @@ impl Ledgers {
             announced_waiting: Mutex::new(BTreeSet::new()),
             exported: Mutex::new((0, 0)),
         });
-        // A replaced client stops once the last reconciliation using it ends.
-        groups.insert((ns, name), ledger.clone());
+        // Reconciliations of one group never overlap, so nobody else built
+        // a client for it meanwhile. A replaced client stops once the last
+        // reconciliation using it ends.
+        self.groups.lock().await.insert(id, ledger.clone());
         Ok(ledger)
     }
 

@@ -142,6 +142,9 @@ async fn admit(
         .get(group, creds, &ctx.settings, &ctx.metrics)
         .await
         .map_err(Error::Ledger)?;
+    // The ledger first, then the Jobs: every slot held in this snapshot was
+    // granted before the list, so the list shows its Job unless it is gone.
+    let ledger = gl.sem.snapshot().await.map_err(Error::Ledger)?;
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
     let selector = ListParams::default().labels(&format!("{GROUP_LABEL}={name}"));
     let started = std::time::Instant::now();
@@ -153,7 +156,6 @@ async fn admit(
         .into_iter()
         .filter_map(|j| j.uid().map(|uid| (uid, j)))
         .collect();
-    let ledger = gl.sem.snapshot().await.map_err(Error::Ledger)?;
     let held_here: BTreeSet<String> = ledger.holders_of(&gl.agent).cloned().collect();
 
     // Decide.
@@ -162,7 +164,20 @@ async fn admit(
     let lost = lost_slots(&gl, group, &jobs);
     plan.unsuspend.retain(|uid| !lost.contains(uid));
     let mut releases = plan.release.clone();
-    releases.extend(lost.iter().cloned());
+    // A lost slot is given up only once its Job's pods are gone, as when a
+    // user suspends a Job: until then its pods still count.
+    let lost_released: Vec<String> = lost
+        .iter()
+        .filter(|uid| {
+            jobs.get(*uid).is_none_or(|j| {
+                j.spec.as_ref().and_then(|s| s.suspend) == Some(true)
+                    && job_view(j).is_some_and(|v| !v.active_pods)
+            })
+        })
+        .filter(|uid| !releases.contains(uid))
+        .cloned()
+        .collect();
+    releases.extend(lost_released.iter().cloned());
     // Slots held here that this process has no permit for (it restarted, or
     // the client was rebuilt): ask again, which returns the same token and
     // resumes renewing them.
@@ -238,7 +253,7 @@ async fn admit(
     // Patch Jobs.
     lock(&gl.announced_waiting).retain(|uid| jobs.contains_key(uid));
     let mut waiting_here = 0u32;
-    report_releases(ctx, group, &jobs, &plan, &lost, labels).await;
+    report_releases(ctx, group, &jobs, &plan, &lost_released, labels).await;
     // The ledger as it is now (a conditional GET; usually unchanged).
     let after = gl.sem.snapshot().await.map_err(Error::Ledger)?;
     let in_use = after.holders.len();
@@ -329,7 +344,7 @@ fn lost_slots(
 /// Remembers a permit and asks for a reconciliation when it is lost.
 fn track(gl: &GroupLedger, ctx: &Context, group: &ConcurrencyGroup, permit: Permit) {
     let mut permits = lock(&gl.permits);
-    if permits.contains_key(&permit.holder) {
+    if permits.get(&permit.holder).is_some_and(|p| !p.is_lost()) {
         return;
     }
     let mut watch = permit.clone();
@@ -428,9 +443,12 @@ async fn patch_job(
     ctx: &Context,
     api: &Api<Job>,
     job: &Job,
-    patch: serde_json::Value,
+    mut patch: serde_json::Value,
 ) -> Result<()> {
     let name = job.name_any();
+    // The UID makes the API server refuse the patch if the Job was deleted
+    // and re-created under the same name since it was listed.
+    patch["metadata"]["uid"] = json!(job.uid());
     let started = std::time::Instant::now();
     let result = api
         .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -438,8 +456,8 @@ async fn patch_job(
     ctx.metrics.observe_api("patch_job", started.elapsed());
     match result {
         Ok(_) => Ok(()),
-        // Deleted meanwhile: the next pass frees its slot.
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        // Deleted (or re-created) meanwhile: the next pass frees its slot.
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
         Err(source) => Err(Error::PatchJob { name, source }),
     }
 }
@@ -572,6 +590,19 @@ async fn report_releases(
                     "suspended"
                 };
                 count(reason);
+                if reason == "suspended" {
+                    // Suspended by a user: no longer admitted, so that it
+                    // waits for a slot again if it is resumed.
+                    let api: Api<Job> =
+                        Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+                    let patch = json!({"metadata": {"annotations": {
+                        ADMITTED_AT_ANNOTATION: null,
+                        TOKEN_ANNOTATION: null,
+                    }}});
+                    if let Err(e) = patch_job(ctx, &api, job, patch).await {
+                        warn!(error = %e, "could not mark a suspended Job as no longer admitted");
+                    }
+                }
                 publish(
                     ctx,
                     job,
@@ -597,6 +628,17 @@ async fn publish(
     action: &str,
     note: String,
 ) {
+    publish_on(ctx, job.object_ref(&()), type_, reason, action, note).await;
+}
+
+async fn publish_on(
+    ctx: &Context,
+    target: k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
     let event = Event {
         type_,
         reason: reason.to_string(),
@@ -605,7 +647,7 @@ async fn publish(
         secondary: None,
     };
     let started = std::time::Instant::now();
-    let result = ctx.recorder.publish(&event, &job.object_ref(&())).await;
+    let result = ctx.recorder.publish(&event, &target).await;
     ctx.metrics.observe_api("publish_event", started.elapsed());
     if let Err(e) = result {
         // Events are for humans; never fail a reconciliation over one.
@@ -623,6 +665,30 @@ async fn update_status(
     let status = status::build(group.status.as_ref(), observed, &now_rfc3339());
     if group.status.as_ref() == Some(&status) {
         return Ok(());
+    }
+    // Tell the group's users when it becomes usable or stops being so.
+    let ready = |s: Option<&super::crd::ConcurrencyGroupStatus>| {
+        s.and_then(|s| s.conditions.iter().find(|c| c.type_ == status::READY))
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    };
+    if let Some((now, reason, message)) = ready(Some(&status))
+        && ready(group.status.as_ref()).map(|(s, r, _)| (s, r))
+            != Some((now.clone(), reason.clone()))
+    {
+        let type_ = if now == "True" {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
+        publish_on(
+            ctx,
+            group.object_ref(&()),
+            type_,
+            &reason,
+            "Reconcile",
+            message,
+        )
+        .await;
     }
     let api: Api<ConcurrencyGroup> = Api::namespaced(ctx.client.clone(), ns);
     let patch = json!({
