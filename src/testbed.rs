@@ -40,7 +40,22 @@ pub fn binary(name: &str) -> Result<PathBuf, String> {
 }
 
 /// A free TCP port on 127.0.0.1 (free when asked; good enough for tests).
+/// Taken below the kernel's ephemeral range: a port the kernel hands out
+/// (what binding port 0 returns) can be reused at once as the local port of
+/// some outgoing connection, and then the server that was meant to get it
+/// fails with "address already in use".
 pub fn free_port() -> u16 {
+    let lowest_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10000u16, lowest_ephemeral.max(10001));
+    for _ in 0..200 {
+        let port = low + rand::random::<u16>() % (high - low);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -92,6 +107,9 @@ impl SeaweedFs {
             ("filer.port.grpc", free_port()),
             ("s3.port", s3_port),
             ("s3.port.grpc", free_port()),
+            // Fixed by default (8181, 9101): parallel servers would collide.
+            ("s3.port.iceberg", 0),
+            ("s3.port.lance", 0),
         ] {
             cmd.arg(format!("-{flag}={port}"));
         }

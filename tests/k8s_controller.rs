@@ -11,10 +11,9 @@ use k8s_openapi::api::batch::v1::Job;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams};
 
-use common::k8s::ControlPlane;
 use common::operator::{
-    Checker, ControllerProcess, GroupSpec, Sim, apply_credentials, apply_group, client, create_job,
-    eventually, ledger_holders, observe, prepare,
+    Bed, Checker, ControllerProcess, Sim, apply_credentials, cluster, create_job, create_jobs,
+    eventually, ledger_holders, observe,
 };
 
 const NS: &str = "batch";
@@ -29,33 +28,17 @@ fn job_names(n: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limit_three_admits_ten_jobs_oldest_first_and_frees_every_slot() {
-    let s3 = common::seaweed().await;
-    let bucket = common::bucket(&s3).await;
-    let cp = ControlPlane::start();
-    let kube = client(&cp).await;
-    prepare(&cp, &kube, NS).await;
+    let bed = Bed::start(NS, false).await;
+    let (s3, cp, kube) = (&bed.s3, &bed.cp, &bed.kube);
     // Credentials come from a Secret named by the group, not the environment.
-    apply_credentials(&cp, NS, "s3-creds", &s3);
-    apply_group(
-        &cp,
-        &GroupSpec {
-            name: "etl",
-            ns: NS,
-            limit: 3,
-            bucket: &bucket,
-            endpoint: &s3.endpoint,
-            key: None,
-            secret: Some("s3-creds"),
-        },
-    );
-    for name in job_names(10) {
-        create_job(&kube, NS, &name, "etl", true).await;
-    }
+    apply_credentials(cp, NS, "s3-creds", s3);
+    bed.group_in(cp, "etl", NS, 3, None, Some("s3-creds"));
+    bed.jobs(NS, "etl", &job_names(10)).await;
     let checker = Checker::default();
     let sim = Sim::new((200, 600));
     sim.pause(true);
     observe(kube.clone(), "one", NS, checker.clone(), Some(sim.clone()));
-    let controller = ControllerProcess::start(&cp, &s3, "one", NS, false);
+    let controller = ControllerProcess::start(cp, s3, "one", NS, false);
 
     eventually(Duration::from_secs(60), "three admissions", || async {
         (checker.snapshot(|s| s.order.len()) >= 3).then_some(())
@@ -102,13 +85,7 @@ async fn limit_three_admits_ten_jobs_oldest_first_and_frees_every_slot() {
         (checker.snapshot(|s| s.finished.len()) == 10).then_some(())
     })
     .await;
-    let key = "jobgate/batch/etl.json";
-    eventually(Duration::from_secs(20), "an empty ledger", || async {
-        ledger_holders(&s3, &bucket, key)
-            .await
-            .filter(|h| h.is_empty())
-    })
-    .await;
+    bed.ledger_drains("jobgate/batch/etl.json").await;
     checker.snapshot(|s| {
         assert!(s.max_running <= 3, "{} Jobs ran at once", s.max_running);
         assert_eq!(s.max_running, 3, "the limit was never used fully");
@@ -134,30 +111,16 @@ async fn limit_three_admits_ten_jobs_oldest_first_and_frees_every_slot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_an_admitted_job_frees_its_slot_and_a_job_created_running_is_handled() {
-    let s3 = common::seaweed().await;
-    let bucket = common::bucket(&s3).await;
-    let cp = ControlPlane::start();
-    let kube = client(&cp).await;
-    prepare(&cp, &kube, NS).await;
-    apply_group(
-        &cp,
-        &GroupSpec {
-            name: "solo",
-            ns: NS,
-            limit: 1,
-            bucket: &bucket,
-            endpoint: &s3.endpoint,
-            key: Some("groups/solo.json"),
-            secret: None,
-        },
-    );
+    let bed = Bed::start(NS, false).await;
+    let (s3, bucket, cp, kube) = (&bed.s3, &bed.bucket, &bed.cp, &bed.kube);
+    bed.group_in(cp, "solo", NS, 1, Some("groups/solo.json"), None);
     let jobs: Api<Job> = Api::namespaced(kube.clone(), NS);
     let checker = Checker::default();
     // Nothing completes in this test: slots are freed by deletion only.
     observe(kube.clone(), "one", NS, checker.clone(), None);
-    let first = create_job(&kube, NS, "first", "solo", true).await;
-    let second = create_job(&kube, NS, "second", "solo", true).await;
-    let controller = ControllerProcess::start(&cp, &s3, "one", NS, true);
+    let first = create_job(kube, NS, "first", "solo", true).await;
+    let second = create_job(kube, NS, "second", "solo", true).await;
+    let controller = ControllerProcess::start(cp, s3, "one", NS, true);
     let holder_is = |uid: String| {
         let s3 = &s3;
         let bucket = &bucket;
@@ -201,7 +164,7 @@ async fn deleting_an_admitted_job_frees_its_slot_and_a_job_created_running_is_ha
 
     // 6. A labelled Job created running while no slot is free is suspended
     // again, with a Warning that says how to create it.
-    create_job(&kube, NS, "rogue", "solo", false).await;
+    create_job(kube, NS, "rogue", "solo", false).await;
     eventually(Duration::from_secs(30), "rogue suspended", || async {
         let j = jobs.get("rogue").await.ok()?;
         (j.spec?.suspend == Some(true)).then_some(())
@@ -236,12 +199,12 @@ async fn deleting_an_admitted_job_frees_its_slot_and_a_job_created_running_is_ha
         .await
         .unwrap();
     eventually(Duration::from_secs(30), "an empty ledger", || async {
-        ledger_holders(&s3, &bucket, "groups/solo.json")
+        ledger_holders(s3, bucket, "groups/solo.json")
             .await
             .filter(|h| h.is_empty())
     })
     .await;
-    let lucky = create_job(&kube, NS, "lucky", "solo", false).await;
+    let lucky = create_job(kube, NS, "lucky", "solo", false).await;
     eventually(
         Duration::from_secs(30),
         "lucky adopted",
@@ -270,23 +233,9 @@ async fn deleting_an_admitted_job_frees_its_slot_and_a_job_created_running_is_ha
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_killed_during_admission_leaks_nothing_and_admits_once() {
-    let s3 = common::seaweed().await;
-    let bucket = common::bucket(&s3).await;
-    let cp = ControlPlane::start();
-    let kube = client(&cp).await;
-    prepare(&cp, &kube, NS).await;
-    apply_group(
-        &cp,
-        &GroupSpec {
-            name: "crashy",
-            ns: NS,
-            limit: 3,
-            bucket: &bucket,
-            endpoint: &s3.endpoint,
-            key: None,
-            secret: None,
-        },
-    );
+    let bed = Bed::start(NS, false).await;
+    let (s3, cp, kube) = (&bed.s3, &bed.cp, &bed.kube);
+    bed.group_in(cp, "crashy", NS, 3, None, None);
     let checker = Checker::default();
     observe(
         kube.clone(),
@@ -295,10 +244,8 @@ async fn controller_killed_during_admission_leaks_nothing_and_admits_once() {
         checker.clone(),
         Some(Sim::new((100, 500))),
     );
-    for name in job_names(30) {
-        create_job(&kube, NS, &name, "crashy", true).await;
-    }
-    let mut controller = ControllerProcess::start(&cp, &s3, "one", NS, true);
+    bed.jobs(NS, "crashy", &job_names(30)).await;
+    let mut controller = ControllerProcess::start(cp, s3, "one", NS, true);
     let mut kills = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
     while checker.snapshot(|s| s.finished.len()) < 30 {
@@ -319,12 +266,7 @@ async fn controller_killed_during_admission_leaks_nothing_and_admits_once() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    eventually(Duration::from_secs(20), "an empty ledger", || async {
-        ledger_holders(&s3, &bucket, "jobgate/batch/crashy.json")
-            .await
-            .filter(|h| h.is_empty())
-    })
-    .await;
+    bed.ledger_drains("jobgate/batch/crashy.json").await;
     checker.snapshot(|s| {
         assert!(s.max_running <= 3, "{} Jobs ran at once", s.max_running);
         assert_eq!(s.admissions.len(), 30);
@@ -339,35 +281,26 @@ async fn controller_killed_during_admission_leaks_nothing_and_admits_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clusters_sharing_a_ledger_share_the_limit_fairly() {
-    let s3 = common::seaweed().await;
-    let bucket = common::bucket(&s3).await;
-    let east = ControlPlane::start();
-    let west = ControlPlane::start();
+    let bed = Bed::start(NS, false).await;
+    let (west, west_kube) = cluster(NS, false).await;
+    let (east, east_kube) = (&bed.cp, &bed.kube);
+    let s3 = &bed.s3;
     let checker = Checker::default();
     let mut controllers = Vec::new();
-    for (name, cp) in [("east", &east), ("west", &west)] {
-        let kube = client(cp).await;
-        prepare(cp, &kube, NS).await;
-        apply_group(
-            cp,
-            &GroupSpec {
-                name: "shared",
-                ns: NS,
-                limit: 4,
-                bucket: &bucket,
-                endpoint: &s3.endpoint,
-                key: None,
-                secret: None,
-            },
+    for (name, cp, kube) in [("east", east, east_kube), ("west", &west, &west_kube)] {
+        bed.group_in(cp, "shared", NS, 4, None, None);
+        create_jobs(kube, NS, "shared", &job_names(20)).await;
+        observe(
+            kube.clone(),
+            name,
+            NS,
+            checker.clone(),
+            Some(Sim::new((200, 700))),
         );
-        for job in job_names(20) {
-            create_job(&kube, NS, &job, "shared", true).await;
-        }
-        observe(kube, name, NS, checker.clone(), Some(Sim::new((200, 700))));
     }
     // Both start together, once both clusters are ready.
-    for (name, cp) in [("east", &east), ("west", &west)] {
-        controllers.push(ControllerProcess::start(cp, &s3, name, NS, true));
+    for (name, cp) in [("east", east), ("west", &west)] {
+        controllers.push(ControllerProcess::start(cp, s3, name, NS, true));
     }
     eventually(
         Duration::from_secs(240),
@@ -375,12 +308,7 @@ async fn two_clusters_sharing_a_ledger_share_the_limit_fairly() {
         || async { (checker.snapshot(|s| s.finished.len()) == 40).then_some(()) },
     )
     .await;
-    eventually(Duration::from_secs(20), "an empty ledger", || async {
-        ledger_holders(&s3, &bucket, "jobgate/batch/shared.json")
-            .await
-            .filter(|h| h.is_empty())
-    })
-    .await;
+    bed.ledger_drains("jobgate/batch/shared.json").await;
     checker.snapshot(|s| {
         assert!(s.max_running <= 4, "{} Jobs ran at once", s.max_running);
         assert!(s.admissions.values().all(|n| *n == 1), "{:?}", s.admissions);
@@ -409,42 +337,21 @@ async fn two_clusters_sharing_a_ledger_share_the_limit_fairly() {
 /// kwok runs them to success, and the Job controller marks the Jobs Complete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_control_plane_runs_ten_jobs_through_a_limit_of_three() {
-    let s3 = common::seaweed().await;
-    let bucket = common::bucket(&s3).await;
-    let cp = ControlPlane::start_full();
-    let kube = client(&cp).await;
-    prepare(&cp, &kube, NS).await;
-    apply_group(
-        &cp,
-        &GroupSpec {
-            name: "etl",
-            ns: NS,
-            limit: 3,
-            bucket: &bucket,
-            endpoint: &s3.endpoint,
-            key: None,
-            secret: None,
-        },
-    );
-    for name in job_names(10) {
-        create_job(&kube, NS, &name, "etl", true).await;
-    }
+    let bed = Bed::start(NS, true).await;
+    let (s3, cp, kube) = (&bed.s3, &bed.cp, &bed.kube);
+    bed.group_in(cp, "etl", NS, 3, None, None);
+    bed.jobs(NS, "etl", &job_names(10)).await;
     let checker = Checker::default();
     // No stand-in: kube-controller-manager and kwok finish the Jobs.
     observe(kube.clone(), "full", NS, checker.clone(), None);
-    let controller = ControllerProcess::start(&cp, &s3, "full", NS, true);
+    let controller = ControllerProcess::start(cp, s3, "full", NS, true);
     eventually(
         Duration::from_secs(120),
         "all ten Jobs complete",
         || async { (checker.snapshot(|s| s.finished.len()) == 10).then_some(()) },
     )
     .await;
-    eventually(Duration::from_secs(20), "an empty ledger", || async {
-        ledger_holders(&s3, &bucket, "jobgate/batch/etl.json")
-            .await
-            .filter(|h| h.is_empty())
-    })
-    .await;
+    bed.ledger_drains("jobgate/batch/etl.json").await;
     checker.snapshot(|s| {
         assert!(s.max_running <= 3, "{} Jobs ran at once", s.max_running);
         assert_eq!(names(&s.order), job_names(10), "admission order");
@@ -464,41 +371,25 @@ async fn full_control_plane_runs_ten_jobs_through_a_limit_of_three() {
 /// same slots (same cluster name, same ledger agent).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_replica_takes_over_when_the_leader_dies() {
-    let s3 = common::seaweed().await;
-    let bucket = common::bucket(&s3).await;
-    let cp = ControlPlane::start();
-    let kube = client(&cp).await;
-    prepare(&cp, &kube, NS).await;
-    apply_group(
-        &cp,
-        &GroupSpec {
-            name: "ha",
-            ns: NS,
-            limit: 2,
-            bucket: &bucket,
-            endpoint: &s3.endpoint,
-            key: None,
-            secret: None,
-        },
-    );
+    let bed = Bed::start(NS, false).await;
+    let (s3, cp, kube) = (&bed.s3, &bed.cp, &bed.kube);
+    bed.group_in(cp, "ha", NS, 2, None, None);
     let checker = Checker::default();
     let sim = Sim::new((300, 600));
     sim.pause(true);
     observe(kube.clone(), "one", NS, checker.clone(), Some(sim.clone()));
-    for name in job_names(8) {
-        create_job(&kube, NS, &name, "ha", true).await;
-    }
+    bed.jobs(NS, "ha", &job_names(8)).await;
     let flags = [
         "--leader-elect=true",
         "--leader-election-namespace=batch",
         "--leader-election-lease=3s",
     ];
-    let mut first = ControllerProcess::start_with(&cp, &s3, "one", NS, true, &flags, "-a");
+    let mut first = ControllerProcess::start_with(cp, s3, "one", NS, true, &flags, "-a");
     eventually(Duration::from_secs(30), "two admissions", || async {
         (checker.snapshot(|s| s.order.len()) == 2).then_some(())
     })
     .await;
-    let second = ControllerProcess::start_with(&cp, &s3, "one", NS, true, &flags, "-b");
+    let second = ControllerProcess::start_with(cp, s3, "one", NS, true, &flags, "-b");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
         !second.log_text().contains("became the leader"),
@@ -523,10 +414,5 @@ async fn a_standby_replica_takes_over_when_the_leader_dies() {
         assert!(s.max_running <= 2, "{} Jobs ran at once", s.max_running);
         assert!(s.admissions.values().all(|n| *n == 1), "{:?}", s.admissions);
     });
-    eventually(Duration::from_secs(20), "an empty ledger", || async {
-        ledger_holders(&s3, &bucket, "jobgate/batch/ha.json")
-            .await
-            .filter(|h| h.is_empty())
-    })
-    .await;
+    bed.ledger_drains("jobgate/batch/ha.json").await;
 }

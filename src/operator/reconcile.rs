@@ -435,6 +435,19 @@ pub fn job_view(job: &Job) -> Option<JobView> {
     })
 }
 
+/// The annotations that mark a Job as admitted with `token`.
+fn admitted(token: u64) -> serde_json::Value {
+    json!({
+        ADMITTED_AT_ANNOTATION: now_rfc3339(),
+        TOKEN_ANNOTATION: token.to_string(),
+    })
+}
+
+/// A merge patch's value that removes the admission annotations.
+fn not_admitted() -> serde_json::Value {
+    json!({ADMITTED_AT_ANNOTATION: null, TOKEN_ANNOTATION: null})
+}
+
 fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
@@ -470,10 +483,7 @@ async fn unsuspend(
     labels: &GroupLabels,
 ) -> Result<()> {
     let patch = json!({
-        "metadata": {"annotations": {
-            ADMITTED_AT_ANNOTATION: now_rfc3339(),
-            TOKEN_ANNOTATION: token.to_string(),
-        }},
+        "metadata": {"annotations": admitted(token)},
         "spec": {"suspend": false},
     });
     patch_job(ctx, api, job, patch).await?;
@@ -511,10 +521,7 @@ async fn adopt(
 ) -> Result<()> {
     let was_admitted = is_admitted(job);
     let patch = json!({
-        "metadata": {"annotations": {
-            ADMITTED_AT_ANNOTATION: now_rfc3339(),
-            TOKEN_ANNOTATION: token.to_string(),
-        }},
+        "metadata": {"annotations": admitted(token)},
     });
     patch_job(ctx, api, job, patch).await?;
     ctx.metrics.admissions.get_or_create(labels).inc();
@@ -547,10 +554,7 @@ async fn suspend(
     note: String,
 ) -> Result<()> {
     let patch = json!({
-        "metadata": {"annotations": {
-            ADMITTED_AT_ANNOTATION: null,
-            TOKEN_ANNOTATION: null,
-        }},
+        "metadata": {"annotations": not_admitted()},
         "spec": {"suspend": true},
     });
     patch_job(ctx, api, job, patch).await?;
@@ -595,10 +599,7 @@ async fn report_releases(
                     // waits for a slot again if it is resumed.
                     let api: Api<Job> =
                         Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
-                    let patch = json!({"metadata": {"annotations": {
-                        ADMITTED_AT_ANNOTATION: null,
-                        TOKEN_ANNOTATION: null,
-                    }}});
+                    let patch = json!({"metadata": {"annotations": not_admitted()}});
                     if let Err(e) = patch_job(ctx, &api, job, patch).await {
                         warn!(error = %e, "could not mark a suspended Job as no longer admitted");
                     }

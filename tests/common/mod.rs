@@ -9,10 +9,17 @@ use jobgate::testbed::SeaweedFs;
 
 /// Starts SeaweedFS; fails (never skips) when the binary is missing.
 pub async fn seaweed() -> SeaweedFs {
-    match SeaweedFs::start().await {
-        Ok(s) => s,
-        Err(e) => panic!("{e}"),
+    // A port picked as free can still be taken by someone else before the
+    // server binds it; a second try gets other ports.
+    let mut last = String::new();
+    for _ in 0..3 {
+        match SeaweedFs::start().await {
+            Ok(s) => return s,
+            Err(e) if e.contains("not found") => panic!("{e}"),
+            Err(e) => last = e,
+        }
     }
+    panic!("{last}")
 }
 
 /// A fresh bucket on `server`.

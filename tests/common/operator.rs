@@ -450,3 +450,89 @@ pub async fn ledger_holders(
             .collect(),
     )
 }
+
+/// One test's world: SeaweedFS with a fresh bucket, a control plane with the
+/// CRD installed and the test namespace, and a client.
+pub struct Bed {
+    pub s3: SeaweedFs,
+    pub bucket: String,
+    pub cp: ControlPlane,
+    pub kube: Client,
+}
+
+impl Bed {
+    /// `full`: with kube-controller-manager, kube-scheduler and kwok.
+    pub async fn start(ns: &str, full: bool) -> Bed {
+        let s3 = super::seaweed().await;
+        let bucket = super::bucket(&s3).await;
+        let (cp, kube) = cluster(ns, full).await;
+        Bed {
+            s3,
+            bucket,
+            cp,
+            kube,
+        }
+    }
+
+    /// A group on this bed's bucket, in this bed's cluster.
+    pub fn group(&self, name: &str, ns: &str, limit: u32) {
+        self.group_in(&self.cp, name, ns, limit, None, None);
+    }
+
+    /// A group on this bed's bucket, in any cluster.
+    pub fn group_in(
+        &self,
+        cp: &ControlPlane,
+        name: &str,
+        ns: &str,
+        limit: u32,
+        key: Option<&str>,
+        secret: Option<&str>,
+    ) {
+        apply_group(
+            cp,
+            &GroupSpec {
+                name,
+                ns,
+                limit,
+                bucket: &self.bucket,
+                endpoint: &self.s3.endpoint,
+                key,
+                secret,
+            },
+        );
+    }
+
+    pub async fn jobs(&self, ns: &str, group: &str, names: &[String]) {
+        create_jobs(&self.kube, ns, group, names).await;
+    }
+
+    /// Waits until the ledger at `key` has no holders left.
+    pub async fn ledger_drains(&self, key: &str) {
+        eventually(Duration::from_secs(20), "an empty ledger", || async {
+            ledger_holders(&self.s3, &self.bucket, key)
+                .await
+                .filter(|h| h.is_empty())
+        })
+        .await;
+    }
+}
+
+/// A control plane with the CRD installed and `ns` created.
+pub async fn cluster(ns: &str, full: bool) -> (ControlPlane, Client) {
+    let cp = if full {
+        ControlPlane::start_full()
+    } else {
+        ControlPlane::start()
+    };
+    let kube = client(&cp).await;
+    prepare(&cp, &kube, ns).await;
+    (cp, kube)
+}
+
+/// Suspended Jobs of `group`, created in this order.
+pub async fn create_jobs(kube: &Client, ns: &str, group: &str, names: &[String]) {
+    for name in names {
+        create_job(kube, ns, name, group, true).await;
+    }
+}
