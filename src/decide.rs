@@ -29,6 +29,9 @@ pub struct Batch {
     /// batch has no acquires. (A batch without acquires otherwise leaves the
     /// recorded wait as it is: callers that only poll keep their place.)
     pub withdraw_wait: bool,
+    /// Record in the ledger how many of this agent's acquires wait, so that
+    /// agents holding more slots leave free ones to it (see below).
+    pub record_wait: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -88,28 +91,22 @@ pub fn apply(current: &Ledger, batch: &Batch) -> Outcome {
         out.released.push(holder.clone());
     }
 
-    // Fairness between agents: while other agents wait, a free slot goes to
-    // the waiting agent that holds the fewest slots, the longest waiting
-    // first. Without this, an agent that frees a slot and asks again in the
-    // same write would keep it for ever and starve the others.
+    // Fairness between agents: an agent that frees a slot and asks for its
+    // next holder in the same write would otherwise keep the slot for ever.
+    // So an agent ranks by the slots it held before this write's releases
+    // (plus what it gains in it), and a free slot goes first to waiting
+    // agents that hold fewer. Equal holdings race as usual (first write
+    // wins), so agents that each want one slot never wait for each other.
     let held_by =
         |ledger: &Ledger, agent: &str| ledger.holders.values().filter(|h| h.agent == agent).count();
-    let rivals: Vec<(usize, u64, String, usize)> = next
+    let rivals: Vec<(usize, usize)> = next
         .agents
         .iter()
         .filter(|(id, a)| *id != &batch.agent && a.waiting > 0)
-        .map(|(id, a)| {
-            let rank = (held_by(&next, id), a.waiting_since, id.clone());
-            (rank.0, rank.1, rank.2, a.waiting as usize)
-        })
+        .map(|(id, a)| (held_by(&next, id), a.waiting as usize))
         .collect();
     let mine = next.agents.get(&batch.agent).cloned();
-    let mut my_held = held_by(&next, &batch.agent);
-    let mut my_since = mine
-        .as_ref()
-        .filter(|a| a.waiting > 0)
-        .map_or(current.seq + 1, |a| a.waiting_since);
-    let mut new_grant = false;
+    let mut my_rank = held_by(current, &batch.agent);
 
     let mut seen = BTreeSet::new();
     for holder in &batch.acquires {
@@ -128,19 +125,15 @@ pub fn apply(current: &Ledger, batch: &Batch) -> Outcome {
         // stale wait must not keep more slots idle than it asked for.
         let ahead: usize = rivals
             .iter()
-            .filter(|(held, since, id, _)| {
-                (*held, *since, id.as_str()) < (my_held, my_since, batch.agent.as_str())
-            })
-            .map(|r| r.3)
+            .filter(|(held, _)| *held < my_rank)
+            .map(|(_, waiting)| waiting)
             .sum();
         let free = (next.limit as usize).saturating_sub(next.holders.len());
         if free == 0 || free <= ahead {
             out.waiting.push(holder.clone());
             continue;
         }
-        my_held += 1;
-        my_since = current.seq + 1;
-        new_grant = true;
+        my_rank += 1;
         let token = next.next_token;
         next.next_token += 1;
         next.holders.insert(
@@ -157,26 +150,21 @@ pub fn apply(current: &Ledger, batch: &Batch) -> Outcome {
     }
 
     let holds_any = next.holders.values().any(|h| h.agent == batch.agent);
-    let wants = if batch.acquires.is_empty() && !batch.withdraw_wait {
+    let wants = if !batch.record_wait {
+        0
+    } else if batch.acquires.is_empty() && !batch.withdraw_wait {
         mine.as_ref().map_or(0, |a| a.waiting)
     } else {
         out.waiting.len() as u32
     };
     let was_waiting = mine.as_ref().is_some_and(|a| a.waiting > 0);
-    let since = match (wants, new_grant || !was_waiting) {
-        (0, _) => 0,
-        (_, true) => current.seq + 1,
-        (_, false) => mine.as_ref().map_or(0, |a| a.waiting_since),
-    };
     if holds_any || wants > 0 {
         // The waiting count is rewritten only along with other changes or
         // when waiting starts or ends, so that waiting costs no extra writes.
-        let waiting_changed =
-            was_waiting != (wants > 0) || mine.as_ref().is_some_and(|a| a.waiting_since != since);
+        let waiting_changed = was_waiting != (wants > 0);
         if changed || batch.renew || mine.is_none() || waiting_changed {
             let entry = next.agents.entry(batch.agent.clone()).or_default();
             entry.waiting = wants;
-            entry.waiting_since = since;
             // The commit number never repeats, so an observer can never see
             // an old value come back after this agent left and rejoined.
             entry.renewals = current.seq + 1;
@@ -223,6 +211,7 @@ mod tests {
             agent: agent.into(),
             lease: Duration::from_secs(30),
             wall_now: "now".into(),
+            record_wait: true,
             ..Default::default()
         }
     }
@@ -378,9 +367,19 @@ mod tests {
         let out = acquire(&full, "b", &["b1"]);
         let waiting = out.next.expect("starting to wait is recorded");
         assert_eq!(waiting.agents["b"].waiting, 1);
-        assert_eq!(waiting.agents["b"].waiting_since, waiting.seq);
         // Asking again while nothing changed writes nothing.
         assert_eq!(acquire(&waiting, "b", &["b1"]).next, None);
+    }
+
+    #[test]
+    fn an_agent_that_does_not_record_waits_writes_nothing_while_waiting() {
+        let full = acquire(&Ledger::new(1), "a", &["a1"]).next.unwrap();
+        let mut b = batch("b");
+        b.record_wait = false;
+        b.acquires = vec!["b1".into()];
+        let out = apply(&full, &b);
+        assert_eq!(out.waiting, vec!["b1".to_string()]);
+        assert_eq!(out.next, None);
     }
 
     #[test]
@@ -418,18 +417,28 @@ mod tests {
             .next
             .unwrap();
         let l = acquire(&l, "b", &["b1", "b2"]).next.unwrap();
-        // a's turn began at its grant, before b started waiting: a goes first.
+        // a frees its slot: b holds fewer than a did, so b goes first.
         let out = swap(&l, "a", "a1", &["a2", "a3"]);
-        assert_eq!(out.granted, vec![("a2".to_string(), 2)]);
-        // Its new grant puts a behind b.
-        let out = swap(&out.next.unwrap(), "a", "a2", &["a3"]);
         assert!(out.granted.is_empty(), "a must yield to b: {out:?}");
         let out = acquire(&out.next.unwrap(), "b", &["b1", "b2"]);
-        assert_eq!(out.granted, vec![("b1".to_string(), 3)]);
+        assert_eq!(out.granted, vec![("b1".to_string(), 2)]);
         let out = swap(&out.next.unwrap(), "b", "b1", &["b2"]);
         assert!(out.granted.is_empty(), "b must yield to a: {out:?}");
-        let out = acquire(&out.next.unwrap(), "a", &["a3"]);
-        assert_eq!(out.granted, vec![("a3".to_string(), 4)]);
+        let out = acquire(&out.next.unwrap(), "a", &["a2", "a3"]);
+        assert_eq!(out.granted, vec![("a2".to_string(), 3)]);
+    }
+
+    #[test]
+    fn agents_that_each_want_one_slot_never_defer_to_each_other() {
+        let l = acquire(&Ledger::new(1), "a", &["a1"]).next.unwrap();
+        let l = acquire(&l, "b", &["b1"]).next.unwrap();
+        let mut release = batch("a");
+        release.releases = vec!["a1".into()];
+        let l = apply(&l, &release).next.unwrap();
+        // c asks first after the release; b holds no fewer than c, so the
+        // first writer wins, as without fairness.
+        let out = acquire(&l, "c", &["c1"]);
+        assert_eq!(out.granted.len(), 1, "{out:?}");
     }
 
     #[test]

@@ -51,20 +51,12 @@ pub struct Agent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     /// How many of this agent's holders wait for a slot (as of its last
-    /// write). While another agent waits, free slots are shared fairly.
+    /// write). Agents holding more defer to it (see `decide::apply`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub waiting: u32,
-    /// The commit since which this agent has waited without a new grant;
-    /// among agents holding equally few slots, the longest waiting goes first.
-    #[serde(default, skip_serializing_if = "is_zero_u64")]
-    pub waiting_since: u64,
 }
 
 fn is_zero(n: &u32) -> bool {
-    *n == 0
-}
-
-fn is_zero_u64(n: &u64) -> bool {
     *n == 0
 }
 

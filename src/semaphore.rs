@@ -45,6 +45,12 @@ pub struct Config {
     /// by a grant whose caller had already been told it failed). Off for
     /// agents that keep holders across restarts, such as the controller.
     pub release_orphans: bool,
+    /// Record this agent's waiting holders in the ledger, so that agents
+    /// holding more slots leave free ones to it. Costs a write when waiting
+    /// starts and renewals while it lasts. For agents that hold many slots
+    /// at once and compete with others like them (the operator); agents that
+    /// hold one slot each (`jobgate run`) cannot monopolise and leave it off.
+    pub record_wait: bool,
 }
 
 impl Config {
@@ -58,6 +64,7 @@ impl Config {
             group_commit: true,
             max_errors: 8,
             release_orphans: true,
+            record_wait: false,
         }
     }
 }
@@ -380,7 +387,7 @@ impl Committer {
     fn renew_due(&self, now: Instant) -> bool {
         // Waiters renew too: an agent whose entry goes stale is evicted, and
         // with it its claim to a fair share.
-        (!self.held.is_empty() || !self.waiting.is_empty())
+        (!self.held.is_empty() || (self.cfg.record_wait && !self.waiting.is_empty()))
             && self
                 .last_renewal_sent
                 .is_none_or(|t| now >= t + self.renew_interval())
@@ -651,6 +658,7 @@ impl Committer {
             // Waiters that gave up are gone from `waiting`: without this, a
             // batch with no acquires would keep their wait recorded.
             withdraw_wait: self.withdraw,
+            record_wait: self.cfg.record_wait,
         }
     }
 
@@ -813,6 +821,7 @@ mod tests {
         let mut cfg = Config::new(agent);
         cfg.limit = Some(2);
         cfg.release_orphans = false;
+        cfg.record_wait = true;
         Semaphore::new(store.clone(), "k", cfg)
     }
 

@@ -114,6 +114,9 @@ impl Ledgers {
         // Slots outlive this process: a restarted controller takes them up
         // again, so holders it does not know yet are not orphans.
         cfg.release_orphans = false;
+        // A cluster holds many slots; without recorded waits one cluster
+        // could keep every slot while another's Jobs wait.
+        cfg.record_wait = true;
         info!(group = %format!("{ns}/{name}"), %key, %agent, "opened ledger");
         let ledger = Arc::new(GroupLedger {
             sem: Semaphore::new(store, key.clone(), cfg),
