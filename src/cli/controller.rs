@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::error::{Error, Result};
-use crate::operator::controller::{self, LeaderSettings, Settings, Stopped};
+use crate::operator::controller::{self, LeaderSettings, Settings};
 
 #[derive(Debug, Args)]
 pub struct ControllerArgs {
@@ -66,13 +66,10 @@ pub async fn controller(args: ControllerArgs) -> Result<u8> {
         }),
         identity,
     };
-    match controller::run(client, settings).await {
-        Ok(Stopped::Signal) => Ok(0),
-        Ok(Stopped::LeadershipLost) => Err(Error::InvalidArgument(
-            "lost leadership; exiting so that a restart waits for it again".into(),
-        )),
-        Err(e) => Err(Error::InvalidArgument(e.to_string())),
-    }
+    controller::run(client, settings)
+        .await
+        .map(|()| 0)
+        .map_err(|e| Error::InvalidArgument(e.to_string()))
 }
 
 async fn client(path: Option<&std::path::Path>) -> Result<kube::Client> {

@@ -48,14 +48,9 @@ pub struct LeaderSettings {
     pub lease: Duration,
 }
 
-/// Why the controller stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stopped {
-    Signal,
-    LeadershipLost,
-}
-
-pub async fn run(client: Client, settings: Settings) -> Result<Stopped> {
+/// Runs until SIGTERM or SIGINT. Losing leadership ends the process at once
+/// (see below), so it never returns for that.
+pub async fn run(client: Client, settings: Settings) -> Result<()> {
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
     let health = Arc::new(Health::default());
@@ -84,10 +79,10 @@ pub async fn run(client: Client, settings: Settings) -> Result<Stopped> {
     // A standby replica is ready: it serves and waits for leadership.
     health.set_ready(true);
 
-    let (stop_tx, stop_rx) = watch::channel(None::<Stopped>);
+    let (stop_tx, stop_rx) = watch::channel(false);
     let signals = tokio::spawn(async move {
         shutdown_signal().await;
-        let _ = stop_tx.send(Some(Stopped::Signal));
+        let _ = stop_tx.send(true);
     });
     let mut leadership = None;
     if let Some(le) = &settings.leader_election {
@@ -102,7 +97,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<Stopped> {
         let mut stop = stop_rx.clone();
         tokio::select! {
             acquired = leader::acquire(client.clone(), cfg) => leadership = Some(acquired?),
-            _ = stop.wait_for(|s| s.is_some()) => return Ok(Stopped::Signal),
+            _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
         }
         info!("became the leader");
         metrics.leader.set(1);
@@ -153,12 +148,11 @@ pub async fn run(client: Client, settings: Settings) -> Result<Stopped> {
 
     // Stop on a signal, or at once when leadership is lost: another replica
     // may already act for this cluster.
-    let (done_tx, mut done_rx) = watch::channel(None::<Stopped>);
     let mut stop = stop_rx.clone();
     let guard = tokio::spawn(async move {
-        let why = match leadership.as_mut() {
+        match leadership.as_mut() {
             Some(l) => tokio::select! {
-                _ = stop.wait_for(|s| s.is_some()) => Stopped::Signal,
+                _ = stop.wait_for(|stopped| *stopped) => {}
                 _ = l.lost() => {
                     // Another replica may already be admitting for this
                     // cluster: stop every reconciliation now, mid-flight
@@ -169,14 +163,12 @@ pub async fn run(client: Client, settings: Settings) -> Result<Stopped> {
                 }
             },
             None => {
-                let _ = stop.wait_for(|s| s.is_some()).await;
-                Stopped::Signal
+                let _ = stop.wait_for(|stopped| *stopped).await;
             }
-        };
-        let _ = done_tx.send(Some(why));
+        }
         leadership
     });
-    let mut shutdown = done_rx.clone();
+    let mut shutdown = stop_rx.clone();
     Controller::new(groups, watcher::Config::default())
         .watches(
             jobs,
@@ -189,7 +181,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<Stopped> {
         )
         .reconcile_on(UnboundedReceiverStream::new(triggers))
         .graceful_shutdown_on(async move {
-            let _ = shutdown.wait_for(|s| s.is_some()).await;
+            let _ = shutdown.wait_for(|stopped| *stopped).await;
         })
         .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
         .for_each(|result| async move {
@@ -201,21 +193,20 @@ pub async fn run(client: Client, settings: Settings) -> Result<Stopped> {
             }
         })
         .await;
-    let why = done_rx.borrow_and_update().unwrap_or(Stopped::Signal);
     sweeper.abort();
     ctx.ledgers.shutdown().await;
     signals.abort();
     metrics.leader.set(0);
     match guard.await {
-        Ok(Some(leadership)) if why == Stopped::Signal => {
+        Ok(Some(leadership)) => {
             // Let a successor take over now rather than after the lease.
             leadership.release().await;
         }
         Ok(_) => {}
         Err(e) => error!(error = %e, "leadership task failed"),
     }
-    info!(?why, "controller stopped");
-    Ok(why)
+    info!("controller stopped");
+    Ok(())
 }
 
 async fn kube_system_uid(client: &Client) -> Result<String> {
