@@ -8,7 +8,7 @@ test: testbed
 
 # SeaweedFS, etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
 # kubectl, kwok and helm, pinned, into ~/.cache/jobgate/testbed (cold: about
-# 25 minutes on 2 cores; then seconds).
+# 15 minutes on 2 cores; then seconds).
 testbed:
 	scripts/testbed.sh all
 
