@@ -11,6 +11,7 @@ use k8s_openapi::api::batch::v1::Job;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams};
 
+use common::k8s::ControlPlane;
 use common::operator::{
     Bed, Checker, ControllerProcess, Sim, apply_credentials, cluster, create_job, create_jobs,
     eventually, ledger_holders, observe,
@@ -20,6 +21,12 @@ const NS: &str = "batch";
 
 fn names(order: &[(String, String)]) -> Vec<String> {
     order.iter().map(|(_, j)| j.clone()).collect()
+}
+
+/// `kubectl get events` for the objects that `selector` picks.
+fn events_of(cp: &ControlPlane, selector: &str) -> String {
+    let out = cp.kubectl(&["get", "events", "-n", NS, "--field-selector", selector]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn job_names(n: usize) -> Vec<String> {
@@ -56,25 +63,12 @@ async fn limit_three_admits_ten_jobs_oldest_first_and_frees_every_slot() {
     })
     .await;
     assert!(status.starts_with("etl"), "{status}");
-    let events = cp.kubectl(&[
-        "get",
-        "events",
-        "-n",
-        NS,
-        "--field-selector",
+    let events = events_of(
+        cp,
         "involvedObject.kind=ConcurrencyGroup,involvedObject.name=etl",
-    ]);
-    let events = String::from_utf8_lossy(&events.stdout);
+    );
     assert!(events.contains("LedgerReachable"), "{events}");
-    let events = cp.kubectl(&[
-        "get",
-        "events",
-        "-n",
-        NS,
-        "--field-selector",
-        "involvedObject.name=job-05",
-    ]);
-    let events = String::from_utf8_lossy(&events.stdout);
+    let events = events_of(cp, "involvedObject.name=job-05");
     assert!(
         events.contains("Waiting") && events.contains("3/3 in use"),
         "{events}"
@@ -170,15 +164,7 @@ async fn deleting_an_admitted_job_frees_its_slot_and_a_job_created_running_is_ha
         (j.spec?.suspend == Some(true)).then_some(())
     })
     .await;
-    let events = cp.kubectl(&[
-        "get",
-        "events",
-        "-n",
-        NS,
-        "--field-selector",
-        "involvedObject.name=rogue",
-    ]);
-    let events = String::from_utf8_lossy(&events.stdout);
+    let events = events_of(cp, "involvedObject.name=rogue");
     assert!(
         events.contains("SuspendedNoSlot") && events.contains("spec.suspend: true"),
         "{events}"
@@ -213,17 +199,10 @@ async fn deleting_an_admitted_job_frees_its_slot_and_a_job_created_running_is_ha
     .await;
     let j = jobs.get("lucky").await.unwrap();
     assert_eq!(j.spec.as_ref().unwrap().suspend, Some(false));
-    let events = cp.kubectl(&[
-        "get",
-        "events",
-        "-n",
-        NS,
-        "--field-selector",
-        "involvedObject.name=lucky",
-    ]);
+    let events = events_of(cp, "involvedObject.name=lucky");
     assert!(
-        String::from_utf8_lossy(&events.stdout).contains("RunningWithoutSlot"),
-        "{}",
+        events.contains("RunningWithoutSlot"),
+        "{events}\n{}",
         controller.log_text()
     );
     checker.snapshot(|s| {
