@@ -1,4 +1,4 @@
-# The controller image used by the Helm chart (deploy/helm/jobgate).
+# The controller image used by the Helm chart (charts/jobgate).
 #   docker build -t ghcr.io/jobgate/jobgate:0.1.0 .
 FROM rust:1.95-bookworm AS build
 WORKDIR /src

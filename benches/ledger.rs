@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use jobgate::baseline::NaiveCounter;
-use jobgate::checker::{Recorder, max_overlap};
 use jobgate::store::{CountingStore, DynStore, RequestCounts, S3Store};
-use jobgate::testbed::SeaweedFs;
 use jobgate::{Config, Semaphore};
+use jobgate_testkit::SeaweedFs;
+use jobgate_testkit::history::{IntervalLog, max_overlap};
+use jobgate_testkit::naive::NaiveCounter;
 
 /// How long each contender holds its slot.
 const HOLD: Duration = Duration::from_millis(2);
@@ -75,7 +75,7 @@ async fn measure(
         rand::random::<u32>()
     );
     let counts = Arc::new(RequestCounts::default());
-    let recorder = Arc::new(Recorder::default());
+    let recorder = Arc::new(IntervalLog::default());
     let done = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut opts = server.s3_options();
@@ -85,7 +85,8 @@ async fn measure(
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1000);
-    opts.request_timeout = Some(Duration::from_millis(timeout_ms));
+    let timeout = Duration::from_millis(timeout_ms);
+    opts.request_timeout = Some(timeout);
     let connect = |counts: Arc<RequestCounts>| {
         let opts = opts.clone();
         let bucket = bucket.to_string();
@@ -105,7 +106,7 @@ async fn measure(
         c
     };
     if mode == Mode::Naive {
-        NaiveCounter::new(server.store(bucket).await, &key, limit as i64)
+        NaiveCounter::new(server.sdk_client(timeout), bucket, &key, limit as i64)
             .reset()
             .await
             .ok();
@@ -131,7 +132,7 @@ async fn measure(
         };
         let naive = match mode {
             Mode::Naive => Some(
-                NaiveCounter::new(S3Store::connect(bucket, &opts).await, &key, limit as i64)
+                NaiveCounter::new(server.sdk_client(timeout), bucket, &key, limit as i64)
                     .with_counts(counts.clone()),
             ),
             _ => None,

@@ -3,7 +3,7 @@
 # Usage: scripts/testbed.sh [seaweedfs|kubernetes|etcd|kwok|k8s|helm|all]   (default: seaweedfs)
 #   seaweedfs   the S3 server (weed) the tests use
 #   k8s         kubernetes + etcd + kwok: the control plane for operator tests
-#   helm        helm: lints and renders the chart in deploy/helm/jobgate
+#   helm        helm: lints and renders the chart in charts/jobgate
 # Cache: $JOBGATE_TESTBED_DIR, default ~/.cache/jobgate/testbed
 set -euo pipefail
 

@@ -3,8 +3,6 @@
 //! changed only by compare-and-swap.
 
 pub mod agent;
-pub mod baseline;
-pub mod checker;
 pub mod cli;
 pub mod decide;
 pub mod doctor;
@@ -12,9 +10,9 @@ pub mod error;
 pub mod lease;
 pub mod ledger;
 pub mod operator;
+pub mod process;
 pub mod semaphore;
 pub mod store;
-pub mod testbed;
 
 pub use error::{Error, Result};
 pub use ledger::Ledger;

@@ -1,8 +1,6 @@
 //! The `jobgate` binary end to end: concurrency of real processes, exit
 //! codes, and one-line errors that leave the ledger untouched.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
@@ -20,7 +18,7 @@ fn run_many(ledger: &str, env: &[(&'static str, String)], work: &Path) -> usize 
     std::fs::create_dir_all(&counts).unwrap();
     let children: Vec<_> = (0..PROCESSES)
         .map(|i| {
-            Command::new(common::jobgate_bin())
+            Command::new(jobgate_testkit::jobgate_bin())
                 .args([
                     "run",
                     "--ledger",
@@ -82,8 +80,8 @@ fn concurrent_runs_on_a_file_ledger_respect_the_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_runs_on_seaweedfs_respect_the_limit() {
-    let server = common::seaweed().await;
-    let bucket = common::bucket(&server).await;
+    let server = jobgate_testkit::seaweed().await;
+    let bucket = jobgate_testkit::bucket(&server).await;
     let dir = tempfile::tempdir().unwrap();
     let ledger = format!("s3://{bucket}/cli.json");
     let env = server.env();
@@ -102,7 +100,7 @@ async fn concurrent_runs_on_seaweedfs_respect_the_limit() {
 }
 
 fn jobgate(args: &[&str], env: &[(&'static str, String)]) -> Output {
-    Command::new(common::jobgate_bin())
+    Command::new(jobgate_testkit::jobgate_bin())
         .args(args)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
@@ -143,7 +141,7 @@ fn exit_codes_pass_through_and_waits_time_out() {
     );
     assert_eq!(out.status.code(), Some(127));
 
-    let mut holder = Command::new(common::jobgate_bin())
+    let mut holder = Command::new(jobgate_testkit::jobgate_bin())
         .args([
             "run", "--ledger", &ledger, "--limit", "1", "--", "sleep", "30",
         ])
@@ -236,7 +234,7 @@ fn bad_input_gets_one_line() {
     let unreachable = [
         (
             "AWS_ENDPOINT_URL",
-            format!("http://127.0.0.1:{}", jobgate::testbed::free_port()),
+            format!("http://127.0.0.1:{}", jobgate_testkit::testbed::free_port()),
         ),
         ("AWS_ACCESS_KEY_ID", "x".to_string()),
         ("AWS_SECRET_ACCESS_KEY", "y".to_string()),
@@ -262,8 +260,8 @@ fn bad_input_gets_one_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_errors_get_one_line() {
-    let server = common::seaweed().await;
-    let bucket = common::bucket(&server).await;
+    let server = jobgate_testkit::seaweed().await;
+    let bucket = jobgate_testkit::bucket(&server).await;
     let env = server.env();
     let err = one_line_error(&jobgate(
         &[

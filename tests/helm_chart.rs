@@ -1,17 +1,15 @@
-//! The Helm chart in deploy/helm/jobgate: it lints, its CRD is the
+//! The Helm chart in charts/jobgate: it lints, its CRD is the
 //! repository's, it turns values into the controller's flags, and a real
 //! kube-apiserver accepts every object it renders.
 
-mod common;
-
-use common::k8s;
+use jobgate_testkit::k8s;
 use serde::Deserialize;
 use serde_yaml::Value;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/helm/jobgate");
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/jobgate");
 const REPO_CRDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
 /// The Kubernetes the test bed's kube-apiserver is (scripts/testbed.sh).
 const KUBE_VERSION: &str = "1.35.0";
@@ -31,7 +29,7 @@ fn text(out: &Output) -> String {
 /// Runs the test bed's helm with its config, cache and data in a fresh
 /// directory, so nothing from the machine's own helm setup leaks in.
 fn helm(args: &[&str]) -> Output {
-    let bin = jobgate::testbed::binary("helm").unwrap_or_else(|e| panic!("{e}"));
+    let bin = jobgate_testkit::testbed::binary("helm").unwrap_or_else(|e| panic!("{e}"));
     let home = tempfile::tempdir().unwrap();
     Command::new(&bin)
         .args(args)
@@ -138,15 +136,15 @@ fn chart_crds_equal_the_repository_crds() {
     assert_eq!(
         names(&chart),
         names(repo),
-        "deploy/helm/jobgate/crds/ must hold exactly the files of crds/"
+        "charts/jobgate/crds/ must hold exactly the files of crds/"
     );
     for name in names(repo) {
         let want = std::fs::read(repo.join(&name)).unwrap();
         let got = std::fs::read(chart.join(&name)).unwrap();
         assert!(
             got == want,
-            "deploy/helm/jobgate/crds/{name} differs from crds/{name}; \
-             refresh it: cp crds/{name} deploy/helm/jobgate/crds/{name}"
+            "charts/jobgate/crds/{name} differs from crds/{name}; \
+             refresh it: cp crds/{name} charts/jobgate/crds/{name}"
         );
     }
 }

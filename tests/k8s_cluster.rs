@@ -3,9 +3,7 @@
 //! kwok takes them through Running to Succeeded. The operator's tests build
 //! on exactly this, so it is checked on its own first.
 
-mod common;
-
-use common::k8s::ControlPlane;
+use jobgate_testkit::k8s::ControlPlane;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 

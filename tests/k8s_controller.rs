@@ -1,9 +1,8 @@
 //! The controller end to end: a real kube-apiserver (and etcd), SeaweedFS as
 //! the S3 ledger store, and the `jobgate controller` binary. Jobs are
-//! completed by a stand-in for the Job controller (see `common::operator`);
-//! `k8s_full.rs` runs the same flow through kube-controller-manager and kwok.
-
-mod common;
+//! completed by a stand-in for the Job controller (see `jobgate_testkit::operator`),
+//! except in the full-mode test, which runs the same flow through
+//! kube-controller-manager, kube-scheduler and kwok.
 
 use std::time::Duration;
 
@@ -11,10 +10,10 @@ use k8s_openapi::api::batch::v1::Job;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams};
 
-use common::k8s::ControlPlane;
-use common::operator::{
-    Bed, Checker, ControllerProcess, Sim, apply_credentials, cluster, create_job, create_jobs,
-    eventually, ledger_holders, observe,
+use jobgate_testkit::k8s::ControlPlane;
+use jobgate_testkit::operator::{
+    AdmissionLog, Bed, ControllerProcess, Sim, apply_credentials, cluster, create_job, create_jobs,
+    eventually, ledger_holders, observe, read_ledger,
 };
 
 const NS: &str = "batch";
@@ -41,7 +40,7 @@ async fn limit_three_admits_ten_jobs_oldest_first_and_frees_every_slot() {
     apply_credentials(cp, NS, "s3-creds", s3);
     bed.group_in(cp, "etl", NS, 3, None, Some("s3-creds"));
     bed.jobs(NS, "etl", &job_names(10)).await;
-    let checker = Checker::default();
+    let checker = AdmissionLog::default();
     let sim = Sim::new((200, 600));
     sim.pause(true);
     observe(kube.clone(), "one", NS, checker.clone(), Some(sim.clone()));
@@ -109,7 +108,7 @@ async fn deleting_an_admitted_job_frees_its_slot_and_a_job_created_running_is_ha
     let (s3, bucket, cp, kube) = (&bed.s3, &bed.bucket, &bed.cp, &bed.kube);
     bed.group_in(cp, "solo", NS, 1, Some("groups/solo.json"), None);
     let jobs: Api<Job> = Api::namespaced(kube.clone(), NS);
-    let checker = Checker::default();
+    let checker = AdmissionLog::default();
     // Nothing completes in this test: slots are freed by deletion only.
     observe(kube.clone(), "one", NS, checker.clone(), None);
     let first = create_job(kube, NS, "first", "solo", true).await;
@@ -215,7 +214,7 @@ async fn controller_killed_during_admission_leaks_nothing_and_admits_once() {
     let bed = Bed::start(NS, false).await;
     let (s3, cp, kube) = (&bed.s3, &bed.cp, &bed.kube);
     bed.group_in(cp, "crashy", NS, 3, None, None);
-    let checker = Checker::default();
+    let checker = AdmissionLog::default();
     observe(
         kube.clone(),
         "one",
@@ -258,54 +257,75 @@ async fn controller_killed_during_admission_leaks_nothing_and_admits_once() {
     );
 }
 
+/// Two clusters share one ledger. Fairness is measured from the moment both
+/// wait, whichever controller happened to start first: no Job completes
+/// until the ledger shows both clusters' recorded waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clusters_sharing_a_ledger_share_the_limit_fairly() {
+    const KEY: &str = "jobgate/batch/shared.json";
     let bed = Bed::start(NS, false).await;
     let (west, west_kube) = cluster(NS, false).await;
     let (east, east_kube) = (&bed.cp, &bed.kube);
     let s3 = &bed.s3;
-    let checker = Checker::default();
+    let checker = AdmissionLog::default();
+    let sim = Sim::new((200, 700));
+    sim.pause(true);
     let mut controllers = Vec::new();
     for (name, cp, kube) in [("east", east, east_kube), ("west", &west, &west_kube)] {
         bed.group_in(cp, "shared", NS, 4, None, None);
         create_jobs(kube, NS, "shared", &job_names(20)).await;
-        observe(
-            kube.clone(),
-            name,
-            NS,
-            checker.clone(),
-            Some(Sim::new((200, 700))),
-        );
+        observe(kube.clone(), name, NS, checker.clone(), Some(sim.clone()));
     }
-    // Both start together, once both clusters are ready.
     for (name, cp) in [("east", east), ("west", &west)] {
         controllers.push(ControllerProcess::start(cp, s3, name, NS, true));
     }
+    let logs = |controllers: &[ControllerProcess]| {
+        let logs: Vec<String> = controllers.iter().map(|c| c.log_text()).collect();
+        logs.join("\n----\n")
+    };
+    // Both clusters hold or wait: the first to start holds every slot (or
+    // they split them), and both have Jobs left, so both record a wait.
+    eventually(Duration::from_secs(60), "both clusters wait", || async {
+        let ledger = read_ledger(s3, &bed.bucket, KEY).await?;
+        let waits = ["east", "west"].map(|c| {
+            ledger
+                .agents
+                .get(&format!("{c}/{NS}/shared"))
+                .map(|a| a.waiting)
+        });
+        (ledger.holders.len() == 4 && waits.iter().all(|w| w.is_some_and(|n| n > 0))).then_some(())
+    })
+    .await;
+    let before = checker.snapshot(|s| s.order.len());
+    assert_eq!(before, 4, "admitted while no slot was free");
+    sim.pause(false);
     eventually(
         Duration::from_secs(240),
         "all forty Jobs finished",
         || async { (checker.snapshot(|s| s.finished.len()) == 40).then_some(()) },
     )
     .await;
-    bed.ledger_drains("jobgate/batch/shared.json").await;
+    bed.ledger_drains(KEY).await;
     checker.snapshot(|s| {
         assert!(s.max_running <= 4, "{} Jobs ran at once", s.max_running);
         assert!(s.admissions.values().all(|n| *n == 1), "{:?}", s.admissions);
-        // Neither cluster waits for the other to run out of Jobs.
-        let first_half = &s.order[..20];
-        let east = first_half.iter().filter(|(c, _)| c == "east").count();
+        // From the moment both wait, free slots go to the cluster holding
+        // fewer: neither waits for the other to run out of Jobs.
+        let window = &s.order[before..before + 16];
+        let count = |cluster: &str| window.iter().filter(|(c, _)| c == cluster).count();
+        let first: Vec<&str> = s.order[..before].iter().map(|(c, _)| c.as_str()).collect();
         eprintln!(
-            "two clusters: max {} at once; first 20 admissions: east {east}, west {}",
+            "two clusters: max {} at once; first four {first:?}; next 16: east {}, west {}",
             s.max_running,
-            20 - east
+            count("east"),
+            count("west"),
         );
         for cluster in ["east", "west"] {
-            let n = first_half.iter().filter(|(c, _)| c == cluster).count();
-            let logs: Vec<String> = controllers.iter().map(|c| c.log_text()).collect();
+            let n = count(cluster);
             assert!(
                 n >= 6,
-                "{cluster} got {n} of the first 20 admissions: {first_half:?}\n{}",
-                logs.join("\n----\n")
+                "{cluster} got {n} of the 16 admissions after both waited: {window:?}\n{}",
+                logs(&controllers)
             );
         }
     });
@@ -320,7 +340,7 @@ async fn full_control_plane_runs_ten_jobs_through_a_limit_of_three() {
     let (s3, cp, kube) = (&bed.s3, &bed.cp, &bed.kube);
     bed.group_in(cp, "etl", NS, 3, None, None);
     bed.jobs(NS, "etl", &job_names(10)).await;
-    let checker = Checker::default();
+    let checker = AdmissionLog::default();
     // No stand-in: kube-controller-manager and kwok finish the Jobs.
     observe(kube.clone(), "full", NS, checker.clone(), None);
     let controller = ControllerProcess::start(cp, s3, "full", NS, true);
@@ -353,7 +373,7 @@ async fn a_standby_replica_takes_over_when_the_leader_dies() {
     let bed = Bed::start(NS, false).await;
     let (s3, cp, kube) = (&bed.s3, &bed.cp, &bed.kube);
     bed.group_in(cp, "ha", NS, 2, None, None);
-    let checker = Checker::default();
+    let checker = AdmissionLog::default();
     let sim = Sim::new((300, 600));
     sim.pause(true);
     observe(kube.clone(), "one", NS, checker.clone(), Some(sim.clone()));

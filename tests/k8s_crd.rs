@@ -1,9 +1,7 @@
 //! The ConcurrencyGroup CRD against a real kube-apiserver: it installs, its
 //! printer columns show, and the API server rejects invalid groups.
 
-mod common;
-
-use common::k8s;
+use jobgate_testkit::k8s;
 use std::time::Duration;
 
 fn group(name: &str, spec: &str) -> String {

@@ -4,8 +4,6 @@
 //! takes the lease straight back, and a leader whose lease is taken steps
 //! down.
 
-mod common;
-
 use std::time::Duration;
 
 use jobgate::operator::leader::{Leadership, LeaseConfig, acquire};
@@ -18,7 +16,7 @@ use tokio::time::{Instant, sleep, timeout};
 
 const NS: &str = "default";
 
-async fn client(cp: &common::k8s::ControlPlane) -> kube::Client {
+async fn client(cp: &jobgate_testkit::k8s::ControlPlane) -> kube::Client {
     let kubeconfig = Kubeconfig::read_from(&cp.kubeconfig).unwrap();
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
@@ -60,7 +58,7 @@ async fn lease_leader_election() {
         .try_init();
     // Started on the test's own thread: the children die with the thread
     // that spawned them.
-    let cp = common::k8s::ControlPlane::start();
+    let cp = jobgate_testkit::k8s::ControlPlane::start();
     let c = client(&cp).await;
 
     one_leader_and_a_quick_handover(&c).await;

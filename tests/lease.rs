@@ -1,8 +1,6 @@
 //! Leases: a killed agent's slots come back after its lease; a live agent's
 //! slots never do.
 
-mod common;
-
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,14 +10,14 @@ use jobgate::{Config, Semaphore};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_agents_slots_return_after_its_lease() {
-    let server = common::seaweed().await;
-    let bucket = common::bucket(&server).await;
+    let server = jobgate_testkit::seaweed().await;
+    let bucket = jobgate_testkit::bucket(&server).await;
     let store = server.dyn_store(&bucket).await;
     let url = format!("s3://{bucket}/lease.json");
     let lease = Duration::from_secs(5);
 
     // A real `jobgate run` process holds the only slot.
-    let mut victim = Command::new(common::jobgate_bin())
+    let mut victim = Command::new(jobgate_testkit::jobgate_bin())
         .args([
             "run", "--ledger", &url, "--limit", "1", "--lease", "5s", "--holder", "victim", "--",
             "sleep", "600",
@@ -75,8 +73,8 @@ async fn a_killed_agents_slots_return_after_its_lease() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_live_agents_slots_are_never_evicted() {
-    let server = common::seaweed().await;
-    let bucket = common::bucket(&server).await;
+    let server = jobgate_testkit::seaweed().await;
+    let bucket = jobgate_testkit::bucket(&server).await;
     let store = server.dyn_store(&bucket).await;
     let lease = Duration::from_secs(1);
 
@@ -113,8 +111,8 @@ async fn a_live_agents_slots_are_never_evicted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_holder_that_cannot_renew_is_told_before_its_lease_runs_out() {
-    let server = common::seaweed().await;
-    let bucket = common::bucket(&server).await;
+    let server = jobgate_testkit::seaweed().await;
+    let bucket = jobgate_testkit::bucket(&server).await;
     let store = server.dyn_store(&bucket).await;
     let lease = Duration::from_secs(2);
     let mut cfg = Config::new("fragile");

@@ -1,26 +1,24 @@
 //! The same conformance suite against every store.
 
-mod common;
-
 use std::sync::Arc;
 
 use jobgate::store::{FileStore, MemoryStore};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn memory_store_conforms() {
-    common::conformance::run_all(Arc::new(MemoryStore::new())).await;
+    jobgate_testkit::conformance::run_all(Arc::new(MemoryStore::new())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn file_store_conforms() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("conformance")).unwrap();
-    common::conformance::run_all(Arc::new(FileStore::new(dir.path()))).await;
+    jobgate_testkit::conformance::run_all(Arc::new(FileStore::new(dir.path()))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_store_conforms_on_seaweedfs() {
-    let server = common::seaweed().await;
-    let bucket = common::bucket(&server).await;
-    common::conformance::run_all(server.dyn_store(&bucket).await).await;
+    let server = jobgate_testkit::seaweed().await;
+    let bucket = jobgate_testkit::bucket(&server).await;
+    jobgate_testkit::conformance::run_all(server.dyn_store(&bucket).await).await;
 }

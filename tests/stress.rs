@@ -2,18 +2,16 @@
 //! every holding interval on one monotonic clock. The same checker applied to
 //! the naive counter finds the limit exceeded, which shows it can fail.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::faultproxy::{FaultProxy, Faults};
-use jobgate::baseline::NaiveCounter;
-use jobgate::checker::{Recorder, max_overlap};
 use jobgate::semaphore::read_ledger;
 use jobgate::store::{DynStore, MemoryStore, S3Options, S3Store};
 use jobgate::{Config, Semaphore};
+use jobgate_testkit::faultproxy::{FaultProxy, Faults};
+use jobgate_testkit::history::{IntervalLog, max_overlap};
+use jobgate_testkit::naive::NaiveCounter;
 
 const CONTENDERS: usize = 16;
 const CYCLES: usize = 20;
@@ -32,7 +30,7 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = DynStore>,
 {
-    let recorder = Arc::new(Recorder::default());
+    let recorder = Arc::new(IntervalLog::default());
     let mut tasks = Vec::new();
     for c in 0..CONTENDERS {
         let store = connect().await;
@@ -123,8 +121,8 @@ async fn stress_on_memory_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stress_on_seaweedfs() {
-    let server = common::seaweed().await;
-    let bucket = common::bucket(&server).await;
+    let server = jobgate_testkit::seaweed().await;
+    let bucket = jobgate_testkit::bucket(&server).await;
     let opts = server.s3_options();
     let b = bucket.clone();
     let r = stress(
@@ -145,8 +143,8 @@ async fn stress_on_seaweedfs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stress_on_seaweedfs_with_faults() {
-    let server = common::seaweed().await;
-    let bucket = common::bucket(&server).await;
+    let server = jobgate_testkit::seaweed().await;
+    let bucket = jobgate_testkit::bucket(&server).await;
     let proxy = FaultProxy::start(
         &server.endpoint,
         Faults {
@@ -198,21 +196,17 @@ async fn stress_on_seaweedfs_with_faults() {
 /// The reference design under the same stress and the same checker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn naive_counter_exceeds_the_limit() {
-    let server = common::seaweed().await;
-    let bucket = common::bucket(&server).await;
-    let store = server.store(&bucket).await;
-    NaiveCounter::new(store.clone(), "naive.json", LIMIT as i64)
+    let server = jobgate_testkit::seaweed().await;
+    let bucket = jobgate_testkit::bucket(&server).await;
+    let client = || server.sdk_client(Duration::from_secs(10));
+    NaiveCounter::new(client(), &bucket, "naive.json", LIMIT as i64)
         .reset()
         .await
         .unwrap();
-    let recorder = Arc::new(Recorder::default());
+    let recorder = Arc::new(IntervalLog::default());
     let mut tasks = Vec::new();
     for c in 0..CONTENDERS {
-        let naive = NaiveCounter::new(
-            S3Store::connect(&bucket, &server.s3_options()).await,
-            "naive.json",
-            LIMIT as i64,
-        );
+        let naive = NaiveCounter::new(client(), &bucket, "naive.json", LIMIT as i64);
         let recorder = recorder.clone();
         tasks.push(tokio::spawn(async move {
             for _ in 0..CYCLES {

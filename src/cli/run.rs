@@ -213,7 +213,7 @@ async fn supervise(
     }
     // If jobgate itself dies nobody renews the lease, so the command must
     // not outlive it.
-    crate::testbed::die_with_parent(cmd.as_std_mut());
+    crate::process::die_with_parent(cmd.as_std_mut());
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) if e.kind() == ErrorKind::NotFound => {

@@ -1,9 +1,11 @@
-//! The pure admission decision for one group in one cluster: given the
-//! group's Jobs and the slots this cluster holds in the ledger, what to do.
-//! The controller gathers the inputs, calls `plan`, then writes the ledger
-//! and patches Jobs.
+//! The whole admission decision of one pass for one group in one cluster,
+//! as pure functions: `decide` says, from the group's Jobs, the slots the
+//! ledger says this cluster holds and the permits this process renews, what
+//! to fence, release and ask for; `on_grants` says, from what the ledger
+//! write granted, what to do to each Job that asked. The reconciler gathers
+//! the inputs, calls these, and carries out what they say.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// What the controller knows about one Job of the group.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,43 +20,165 @@ pub struct JobView {
     pub suspended: bool,
     /// Carries the admitted-at annotation (this controller let it run).
     pub admitted: bool,
-    /// Has a `Complete` or `Failed` condition.
+    /// Has a `Complete` or `Failed` condition, or is being deleted.
     pub finished: bool,
     /// Has pods that are not finished.
     pub active_pods: bool,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Plan {
-    /// Free these slots: the Job finished, was deleted, or was suspended again
-    /// by a user and its pods are gone.
-    pub release: Vec<String>,
-    /// Hold a slot but are still suspended (e.g. the controller stopped between
-    /// the ledger write and the patch): unsuspend them now.
-    pub unsuspend: Vec<String>,
-    /// Running without a slot (created without `suspend: true`): take a slot
-    /// if one is free, else suspend them again.
-    pub adopt: Vec<String>,
-    /// Waiting Jobs in admission order: priority, then age, then name.
-    pub acquire: Vec<String>,
+/// Everything one pass decides from.
+#[derive(Debug, Clone, Copy)]
+pub struct Inputs<'a> {
+    pub jobs: &'a [JobView],
+    /// Slots the ledger says this cluster holds.
+    pub held_in_ledger: &'a BTreeSet<String>,
+    /// Slots this process holds a permit for (and so renews).
+    pub permits: &'a BTreeSet<String>,
+    /// Of those, the ones whose lease could not be renewed in time.
+    pub lost_permits: &'a BTreeSet<String>,
+    /// `onLeaseLoss: Suspend`: Jobs whose slot is lost are suspended.
+    pub suspend_on_loss: bool,
+    /// The ledger records that this cluster waits for slots.
+    pub wait_recorded: bool,
 }
 
-pub fn plan(jobs: &[JobView], held_here: &BTreeSet<String>) -> Plan {
-    let mut out = Plan::default();
-    for holder in held_here {
-        match jobs.iter().find(|j| &j.uid == holder) {
-            None => out.release.push(holder.clone()),
-            Some(j) if j.finished => out.release.push(holder.clone()),
-            Some(j) if j.suspended && j.admitted && !j.active_pods => {
-                out.release.push(holder.clone())
-            }
-            Some(j) if j.suspended && !j.admitted => out.unsuspend.push(holder.clone()),
-            Some(_) => {}
+/// Why a slot is given up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseReason {
+    /// The Job is gone.
+    Deleted,
+    /// The Job completed, failed or is being deleted.
+    Finished,
+    /// A user suspended the admitted Job again and its pods are gone.
+    Suspended,
+    /// The slot's lease was lost, the Job is suspended and its pods are gone.
+    LeaseLost,
+}
+
+impl ReleaseReason {
+    /// The `reason` label of the releases metric.
+    pub fn label(self) -> &'static str {
+        match self {
+            ReleaseReason::Deleted => "deleted",
+            ReleaseReason::Finished => "finished",
+            ReleaseReason::Suspended => "suspended",
+            ReleaseReason::LeaseLost => "lease_lost",
         }
     }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Decision {
+    /// Running Jobs whose slot is lost: suspend them first, before and
+    /// whatever the ledger write does, so that they stop even when the
+    /// ledger cannot be reached.
+    pub fence: Vec<String>,
+    /// Lost slots of Jobs still running or suspended with pods left: never
+    /// unsuspended or asked for in this pass.
+    pub lost: Vec<String>,
+    /// Slots to give up in this pass's ledger write.
+    pub release: Vec<(String, ReleaseReason)>,
+    /// Slots held in the ledger that this process has no permit for (it
+    /// restarted, or rebuilt its client): asked for again, which returns
+    /// the same token without a write and resumes renewing them.
+    pub reacquire: Vec<String>,
+    /// Hold a slot but are still suspended (the controller stopped between
+    /// the ledger write and the patch): unsuspended once the slot is
+    /// confirmed, which is free.
+    pub unsuspend: Vec<String>,
+    /// Running without a slot (created without `suspend: true`, or lost it
+    /// under `onLeaseLoss: Keep`): take a slot if one is free.
+    pub adopt: Vec<String>,
+    /// Waiting Jobs in admission order: priority, then age, then name.
+    pub admit: Vec<String>,
+    /// Nothing waits here any more: stop asking other clusters to defer.
+    pub withdraw_wait: bool,
+}
+
+impl Decision {
+    /// Every slot to ask for in the ledger write, in order.
+    pub fn acquire(&self) -> Vec<String> {
+        self.reacquire
+            .iter()
+            .chain(&self.unsuspend)
+            .chain(&self.adopt)
+            .chain(&self.admit)
+            .cloned()
+            .collect()
+    }
+
+    /// Every slot to give up in the ledger write.
+    pub fn release_ids(&self) -> Vec<String> {
+        self.release.iter().map(|(uid, _)| uid.clone()).collect()
+    }
+
+    pub fn writes_nothing(&self) -> bool {
+        self.release.is_empty() && self.acquire().is_empty()
+    }
+}
+
+pub fn decide(inputs: &Inputs) -> Decision {
+    let jobs: BTreeMap<&str, &JobView> = inputs.jobs.iter().map(|j| (j.uid.as_str(), j)).collect();
+    let mut out = Decision::default();
+
+    // Lost slots of Jobs that may still run. Their pods still count, so the
+    // slot is given up only once the Job is suspended and its pods are gone.
+    if inputs.suspend_on_loss {
+        for uid in inputs.lost_permits {
+            let Some(job) = jobs.get(uid.as_str()) else {
+                continue;
+            };
+            if job.finished {
+                continue;
+            }
+            out.lost.push(uid.clone());
+            if !job.suspended {
+                out.fence.push(uid.clone());
+            }
+        }
+    }
+
+    for holder in inputs.held_in_ledger {
+        let reason = match jobs.get(holder.as_str()) {
+            None => Some(ReleaseReason::Deleted),
+            Some(j) if j.finished => Some(ReleaseReason::Finished),
+            Some(j) if j.suspended && j.admitted && !j.active_pods => {
+                Some(ReleaseReason::Suspended)
+            }
+            Some(j) if j.suspended && !j.admitted && !out.lost.contains(holder) => {
+                out.unsuspend.push(holder.clone());
+                None
+            }
+            Some(_) => None,
+        };
+        if let Some(reason) = reason {
+            out.release.push((holder.clone(), reason));
+        }
+    }
+    for uid in &out.lost {
+        let gone = jobs
+            .get(uid.as_str())
+            .is_some_and(|j| j.suspended && !j.active_pods);
+        if gone && !out.release.iter().any(|(r, _)| r == uid) {
+            out.release.push((uid.clone(), ReleaseReason::LeaseLost));
+        }
+    }
+
+    let releasing: BTreeSet<&str> = out.release.iter().map(|(uid, _)| uid.as_str()).collect();
+    out.reacquire = inputs
+        .held_in_ledger
+        .iter()
+        .filter(|uid| {
+            !inputs.permits.contains(*uid)
+                && !releasing.contains(uid.as_str())
+                && !out.unsuspend.contains(uid)
+        })
+        .cloned()
+        .collect();
+
     let mut waiting: Vec<&JobView> = Vec::new();
-    for j in jobs {
-        if j.finished || held_here.contains(&j.uid) {
+    for j in inputs.jobs {
+        if j.finished || inputs.held_in_ledger.contains(&j.uid) {
             continue;
         }
         if !j.suspended {
@@ -69,7 +193,58 @@ pub fn plan(jobs: &[JobView], held_here: &BTreeSet<String>) -> Plan {
             .then_with(|| a.created.cmp(&b.created))
             .then_with(|| a.name.cmp(&b.name))
     });
-    out.acquire = waiting.into_iter().map(|j| j.uid.clone()).collect();
+    out.admit = waiting.into_iter().map(|j| j.uid.clone()).collect();
+    out.withdraw_wait = inputs.wait_recorded && out.admit.is_empty() && out.adopt.is_empty();
+    out
+}
+
+/// What to do to one Job after the ledger write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobAction {
+    /// Got (or kept) its slot: unsuspend and mark admitted with the token.
+    Unsuspend { uid: String, token: u64 },
+    /// No slot yet: tell it once that it waits.
+    Wait { uid: String },
+    /// Running without a slot and got one: mark it admitted.
+    Adopt { uid: String, token: u64 },
+    /// Admitted earlier, lost its slot, and the group says keep it running:
+    /// it stays over the limit until it ends.
+    KeepOverLimit { uid: String },
+    /// Running without a slot and none is free: suspend it until one is.
+    SuspendNoSlot { uid: String },
+}
+
+/// The Job actions that follow from `granted` (slot tokens by Job UID) for
+/// every Job that asked. `keep_on_loss` is `onLeaseLoss: Keep`.
+pub fn on_grants(
+    decision: &Decision,
+    jobs: &[JobView],
+    granted: &BTreeMap<String, u64>,
+    keep_on_loss: bool,
+) -> Vec<JobAction> {
+    let admitted: BTreeSet<&str> = jobs
+        .iter()
+        .filter(|j| j.admitted)
+        .map(|j| j.uid.as_str())
+        .collect();
+    let mut out = Vec::new();
+    for uid in decision.unsuspend.iter().chain(&decision.admit) {
+        let uid = uid.clone();
+        out.push(match granted.get(&uid) {
+            Some(&token) => JobAction::Unsuspend { uid, token },
+            None => JobAction::Wait { uid },
+        });
+    }
+    for uid in &decision.adopt {
+        let uid = uid.clone();
+        out.push(match granted.get(&uid) {
+            Some(&token) => JobAction::Adopt { uid, token },
+            None if keep_on_loss && admitted.contains(uid.as_str()) => {
+                JobAction::KeepOverLimit { uid }
+            }
+            None => JobAction::SuspendNoSlot { uid },
+        });
+    }
     out
 }
 
@@ -90,8 +265,35 @@ mod tests {
         }
     }
 
-    fn held(uids: &[&str]) -> BTreeSet<String> {
+    fn running(uid: &str) -> JobView {
+        JobView {
+            suspended: false,
+            admitted: true,
+            active_pods: true,
+            ..job(uid, "t")
+        }
+    }
+
+    fn set(uids: &[&str]) -> BTreeSet<String> {
         uids.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn ids(uids: &[&str]) -> Vec<String> {
+        uids.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// A pass where this process holds a permit for every held slot and
+    /// none is lost, under `onLeaseLoss: Suspend`.
+    fn decide_with(jobs: &[JobView], held: &[&str]) -> Decision {
+        let held = set(held);
+        decide(&Inputs {
+            jobs,
+            held_in_ledger: &held,
+            permits: &held,
+            lost_permits: &BTreeSet::new(),
+            suspend_on_loss: true,
+            wait_recorded: false,
+        })
     }
 
     #[test]
@@ -103,51 +305,242 @@ mod tests {
             job("a", "2026-01-01T00:00:00Z"),
             urgent,
         ];
-        assert_eq!(plan(&jobs, &held(&[])).acquire, vec!["c", "a", "b"]);
+        let d = decide_with(&jobs, &[]);
+        assert_eq!(d.admit, ids(&["c", "a", "b"]));
+        assert_eq!(d.acquire(), ids(&["c", "a", "b"]));
+    }
+
+    #[test]
+    fn equal_priority_and_age_go_by_name() {
+        let mut b = job("1", "t");
+        b.name = "b".into();
+        let mut a = job("2", "t");
+        a.name = "a".into();
+        assert_eq!(decide_with(&[b, a], &[]).admit, ids(&["2", "1"]));
     }
 
     #[test]
     fn finished_and_deleted_jobs_free_their_slots() {
+        let mut done = running("a");
+        done.finished = true;
+        let d = decide_with(&[done], &["a", "gone"]);
+        assert_eq!(
+            d.release,
+            vec![
+                ("a".into(), ReleaseReason::Finished),
+                ("gone".into(), ReleaseReason::Deleted)
+            ]
+        );
+        assert_eq!(d.release_ids(), ids(&["a", "gone"]));
+        assert!(d.acquire().is_empty());
+    }
+
+    #[test]
+    fn a_finished_job_without_a_slot_asks_for_nothing() {
         let mut done = job("a", "t");
         done.finished = true;
-        done.suspended = false;
-        done.admitted = true;
-        let p = plan(&[done], &held(&["a", "gone"]));
-        assert_eq!(p.release, vec!["a", "gone"]);
-        assert!(p.acquire.is_empty());
+        assert!(decide_with(&[done], &[]).writes_nothing());
     }
 
     #[test]
     fn a_slot_held_for_a_suspended_job_is_finished_by_unsuspending() {
-        let p = plan(&[job("a", "t")], &held(&["a"]));
-        assert_eq!(p.unsuspend, vec!["a"]);
-        assert!(p.acquire.is_empty(), "must not ask for a second slot");
+        let d = decide_with(&[job("a", "t")], &["a"]);
+        assert_eq!(d.unsuspend, ids(&["a"]));
+        assert!(d.admit.is_empty(), "must not ask for a second slot");
+        assert_eq!(d.acquire(), ids(&["a"]), "asked again to get its token");
     }
 
     #[test]
     fn a_job_suspended_again_by_a_user_is_released_once_its_pods_are_gone() {
-        let mut paused = job("a", "t");
-        paused.admitted = true;
-        paused.active_pods = true;
-        assert!(plan(&[paused.clone()], &held(&["a"])).release.is_empty());
+        let mut paused = running("a");
+        paused.suspended = true;
+        assert!(decide_with(&[paused.clone()], &["a"]).release.is_empty());
         paused.active_pods = false;
-        assert_eq!(plan(&[paused], &held(&["a"])).release, vec!["a"]);
+        assert_eq!(
+            decide_with(&[paused], &["a"]).release,
+            vec![("a".into(), ReleaseReason::Suspended)]
+        );
     }
 
     #[test]
     fn running_jobs_without_a_slot_are_adopted() {
         let mut rogue = job("a", "t");
         rogue.suspended = false;
-        let p = plan(&[rogue], &held(&[]));
-        assert_eq!(p.adopt, vec!["a"]);
-        assert!(p.acquire.is_empty());
+        let d = decide_with(&[rogue], &[]);
+        assert_eq!(d.adopt, ids(&["a"]));
+        assert!(d.admit.is_empty());
+        assert_eq!(d.acquire(), ids(&["a"]));
     }
 
     #[test]
     fn admitted_running_jobs_are_left_alone() {
-        let mut running = job("a", "t");
-        running.suspended = false;
-        running.admitted = true;
-        assert_eq!(plan(&[running], &held(&["a"])), Plan::default());
+        assert_eq!(decide_with(&[running("a")], &["a"]), Decision::default());
+    }
+
+    #[test]
+    fn held_slots_without_a_permit_are_asked_for_again() {
+        // A restarted controller: the ledger says it holds a, b and c; it
+        // has permits for none. a runs, b waits to be unsuspended, c is done.
+        let mut done = running("c");
+        done.finished = true;
+        let held = set(&["a", "b", "c"]);
+        let d = decide(&Inputs {
+            jobs: &[running("a"), job("b", "t"), done],
+            held_in_ledger: &held,
+            permits: &BTreeSet::new(),
+            lost_permits: &BTreeSet::new(),
+            suspend_on_loss: true,
+            wait_recorded: false,
+        });
+        assert_eq!(d.reacquire, ids(&["a"]));
+        assert_eq!(d.unsuspend, ids(&["b"]));
+        assert_eq!(d.release, vec![("c".into(), ReleaseReason::Finished)]);
+        assert_eq!(d.acquire(), ids(&["a", "b"]));
+    }
+
+    /// A lost permit for `uid` whose slot is still in the ledger.
+    fn decide_lost(jobs: &[JobView], uid: &str, suspend_on_loss: bool) -> Decision {
+        let held = set(&[uid]);
+        decide(&Inputs {
+            jobs,
+            held_in_ledger: &held,
+            permits: &held,
+            lost_permits: &held,
+            suspend_on_loss,
+            wait_recorded: false,
+        })
+    }
+
+    #[test]
+    fn a_running_job_whose_slot_is_lost_is_fenced_and_keeps_its_slot_until_its_pods_are_gone() {
+        let d = decide_lost(&[running("a")], "a", true);
+        assert_eq!(d.fence, ids(&["a"]));
+        assert_eq!(d.lost, ids(&["a"]));
+        assert!(d.release.is_empty(), "its pods still run");
+        assert!(d.acquire().is_empty());
+    }
+
+    #[test]
+    fn a_lost_slot_is_given_up_once_the_job_is_suspended_and_its_pods_are_gone() {
+        let mut stopping = running("a");
+        stopping.suspended = true;
+        let d = decide_lost(&[stopping.clone()], "a", true);
+        assert!(d.fence.is_empty(), "already suspended");
+        assert!(d.release.is_empty(), "pods still terminating");
+        stopping.active_pods = false;
+        // Suspended and admitted without pods is also a user's suspension;
+        // the reason the ledger scan finds comes first.
+        let d = decide_lost(&[stopping.clone()], "a", true);
+        assert_eq!(d.release, vec![("a".into(), ReleaseReason::Suspended)]);
+        // Un-admitted by the fence's patch: only the loss explains it.
+        stopping.admitted = false;
+        let d = decide_lost(&[stopping], "a", true);
+        assert_eq!(d.release, vec![("a".into(), ReleaseReason::LeaseLost)]);
+        assert!(d.unsuspend.is_empty(), "a lost slot is never unsuspended");
+    }
+
+    #[test]
+    fn a_lost_slot_already_evicted_from_the_ledger_is_given_up_once_pods_are_gone() {
+        let mut stopped = job("a", "t");
+        stopped.active_pods = false;
+        let d = decide(&Inputs {
+            jobs: &[stopped],
+            held_in_ledger: &BTreeSet::new(),
+            permits: &set(&["a"]),
+            lost_permits: &set(&["a"]),
+            suspend_on_loss: true,
+            wait_recorded: false,
+        });
+        assert_eq!(d.release, vec![("a".into(), ReleaseReason::LeaseLost)]);
+        assert_eq!(d.admit, ids(&["a"]), "it waits for a slot again");
+    }
+
+    #[test]
+    fn lost_slots_of_finished_or_deleted_jobs_are_not_fenced() {
+        let mut done = running("a");
+        done.finished = true;
+        let d = decide_lost(&[done], "a", true);
+        assert!(d.fence.is_empty() && d.lost.is_empty());
+        assert_eq!(d.release, vec![("a".into(), ReleaseReason::Finished)]);
+        let d = decide_lost(&[], "a", true);
+        assert!(d.fence.is_empty());
+        assert_eq!(d.release, vec![("a".into(), ReleaseReason::Deleted)]);
+    }
+
+    #[test]
+    fn under_keep_a_lost_slot_is_not_fenced() {
+        let d = decide_lost(&[running("a")], "a", false);
+        assert!(d.fence.is_empty() && d.lost.is_empty());
+        assert!(d.release.is_empty());
+    }
+
+    #[test]
+    fn the_recorded_wait_is_withdrawn_when_nothing_waits() {
+        let inputs = |jobs: &'static [JobView]| {
+            decide(&Inputs {
+                jobs,
+                held_in_ledger: &BTreeSet::new(),
+                permits: &BTreeSet::new(),
+                lost_permits: &BTreeSet::new(),
+                suspend_on_loss: true,
+                wait_recorded: true,
+            })
+        };
+        assert!(inputs(&[]).withdraw_wait);
+        let waiting: &'static [JobView] = Box::leak(Box::new([job("a", "t")]));
+        assert!(!inputs(waiting).withdraw_wait);
+        assert!(!decide_with(&[], &[]).withdraw_wait, "nothing recorded");
+    }
+
+    fn grants(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+        pairs.iter().map(|(u, t)| (u.to_string(), *t)).collect()
+    }
+
+    #[test]
+    fn granted_jobs_are_unsuspended_and_the_rest_wait() {
+        let d = decide_with(&[job("held", "0"), job("a", "1"), job("b", "2")], &["held"]);
+        let actions = on_grants(&d, &[], &grants(&[("held", 4), ("a", 7)]), false);
+        assert_eq!(
+            actions,
+            vec![
+                JobAction::Unsuspend {
+                    uid: "held".into(),
+                    token: 4
+                },
+                JobAction::Unsuspend {
+                    uid: "a".into(),
+                    token: 7
+                },
+                JobAction::Wait { uid: "b".into() },
+            ]
+        );
+    }
+
+    #[test]
+    fn running_jobs_without_a_slot_are_adopted_kept_or_suspended() {
+        let mut rogue = job("new", "t");
+        rogue.suspended = false;
+        let mut evicted = running("old");
+        evicted.active_pods = true;
+        let jobs = [rogue, evicted];
+        let d = decide_with(&jobs, &[]);
+        assert_eq!(d.adopt, ids(&["new", "old"]));
+        assert_eq!(
+            on_grants(&d, &jobs, &grants(&[("new", 9)]), false),
+            vec![
+                JobAction::Adopt {
+                    uid: "new".into(),
+                    token: 9
+                },
+                JobAction::SuspendNoSlot { uid: "old".into() },
+            ]
+        );
+        assert_eq!(
+            on_grants(&d, &jobs, &grants(&[]), true),
+            vec![
+                JobAction::SuspendNoSlot { uid: "new".into() },
+                JobAction::KeepOverLimit { uid: "old".into() },
+            ]
+        );
     }
 }

@@ -18,8 +18,14 @@ pub enum Error {
     #[error("credentials Secret {name:?} lacks key {key}")]
     CredentialsIncomplete { name: String, key: &'static str },
 
-    #[error("ledger: {0}")]
-    Ledger(#[source] crate::Error),
+    #[error("opening the ledger: {0}")]
+    OpenLedger(#[source] crate::Error),
+
+    #[error("reading the ledger: {0}")]
+    ReadLedger(#[source] crate::Error),
+
+    #[error("writing the ledger: {0}")]
+    WriteLedger(#[source] crate::Error),
 
     #[error("patching Job {name}: {source}")]
     PatchJob {
@@ -47,7 +53,9 @@ impl Error {
         match self {
             Error::GatherJobs(_) => "gather_jobs",
             Error::Credentials { .. } | Error::CredentialsIncomplete { .. } => "credentials",
-            Error::Ledger(_) => "ledger",
+            Error::OpenLedger(_) => "open_ledger",
+            Error::ReadLedger(_) => "read_ledger",
+            Error::WriteLedger(_) => "write_ledger",
             Error::PatchJob { .. } => "patch_job",
             Error::UpdateStatus(_) => "update_status",
             Error::MissingField(_) => "invalid_object",

@@ -47,7 +47,10 @@ pub async fn serve(
             let (stream, _) = match listener.accept().await {
                 Ok(conn) => conn,
                 Err(e) => {
+                    // Out of file descriptors, say: retrying at once would
+                    // spin on the same error.
                     warn!(error = %e, "metrics server: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
                 }
             };

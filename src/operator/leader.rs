@@ -137,18 +137,18 @@ impl Record {
 
 /// A record and the instant, on our clock, at which we first saw it.
 #[derive(Debug, Clone)]
-struct Observed {
+struct SeenRecord {
     record: Record,
     since: Instant,
 }
 
-impl Observed {
+impl SeenRecord {
     /// Call with the instant the read *returned*: a later instant only makes
     /// a takeover later, never earlier.
-    fn update(previous: Option<Observed>, record: Record, now: Instant) -> Observed {
+    fn update(previous: Option<SeenRecord>, record: Record, now: Instant) -> SeenRecord {
         match previous {
             Some(p) if p.record == record => p,
-            _ => Observed { record, since: now },
+            _ => SeenRecord { record, since: now },
         }
     }
 }
@@ -156,7 +156,7 @@ impl Observed {
 /// Whether we may write ourselves into the lease whose record is `observed`.
 /// A holder that declares a longer lease than ours gets the longer wait: it
 /// only promised to step down within its own.
-fn may_take(observed: &Observed, identity: &str, now: Instant, lease_duration: Duration) -> bool {
+fn may_take(observed: &SeenRecord, identity: &str, now: Instant, lease_duration: Duration) -> bool {
     match observed.record.holder.as_deref() {
         None | Some("") => true,
         Some(holder) if holder == identity => true,
@@ -231,7 +231,7 @@ fn is_fatal(e: &kube::Error) -> bool {
 async fn try_acquire(
     api: &Api<Lease>,
     cfg: &LeaseConfig,
-    observed: &mut Option<Observed>,
+    observed: &mut Option<SeenRecord>,
 ) -> Result<Option<(Lease, Instant)>, kube::Error> {
     let pp = PostParams::default();
     let Some(current) = api.get_opt(&cfg.name).await? else {
@@ -244,7 +244,7 @@ async fn try_acquire(
         };
     };
     let now = Instant::now();
-    let seen = Observed::update(observed.take(), Record::of(&current), now);
+    let seen = SeenRecord::update(observed.take(), Record::of(&current), now);
     let allowed = may_take(&seen, &cfg.identity, now, cfg.lease_duration);
     if !allowed {
         debug!(lease = %cfg.describe(), holder = ?seen.record.holder, "lease held by another");
@@ -501,8 +501,8 @@ mod tests {
         }
     }
 
-    fn seen(record: Record, since: Instant) -> Observed {
-        Observed { record, since }
+    fn seen(record: Record, since: Instant) -> SeenRecord {
+        SeenRecord { record, since }
     }
 
     #[test]
@@ -565,13 +565,13 @@ mod tests {
     fn observation_clock_restarts_only_when_the_record_changes() {
         let t = Instant::now();
         let r = held_by(Some("other"));
-        let first = Observed::update(None, r.clone(), t);
-        let same = Observed::update(Some(first), r.clone(), t + Duration::from_secs(10));
+        let first = SeenRecord::update(None, r.clone(), t);
+        let same = SeenRecord::update(Some(first), r.clone(), t + Duration::from_secs(10));
         assert_eq!(same.since, t);
         let mut renewed = r;
         renewed.renew_time = Some(MicroTime(Timestamp::UNIX_EPOCH));
         let later = t + Duration::from_secs(12);
-        let changed = Observed::update(Some(same), renewed, later);
+        let changed = SeenRecord::update(Some(same), renewed, later);
         assert_eq!(changed.since, later);
         assert!(!may_take(&changed, "me", t + LEASE, LEASE));
     }

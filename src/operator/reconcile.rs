@@ -21,7 +21,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::admission::{self, JobView, Plan};
+use super::admission::{self, Decision, Inputs, JobAction, JobView, ReleaseReason};
 use super::crd::{
     ADMITTED_AT_ANNOTATION, ConcurrencyGroup, GROUP_LABEL, LeaseLossPolicy, PRIORITY_ANNOTATION,
     TOKEN_ANNOTATION,
@@ -97,7 +97,9 @@ pub async fn reconcile(group: Arc<ConcurrencyGroup>, ctx: Arc<Context>) -> Resul
         }
         Err(e) => {
             observed.problem = Some(match e {
-                Error::Ledger(inner) => Problem::from_ledger(inner),
+                Error::OpenLedger(inner) | Error::ReadLedger(inner) | Error::WriteLedger(inner) => {
+                    Problem::from_ledger(inner)
+                }
                 Error::Credentials { .. } | Error::CredentialsIncomplete { .. } => {
                     Problem::new("CredentialsUnavailable", e.to_string())
                 }
@@ -127,7 +129,8 @@ pub fn error_policy(_group: Arc<ConcurrencyGroup>, error: &Error, ctx: Arc<Conte
     Action::requeue(Duration::from_secs(5))
 }
 
-/// The pipeline. Returns what the status should say.
+/// The pipeline: gather → decide → fence → write the ledger → patch Jobs.
+/// Returns what the status should say.
 async fn admit(
     group: &ConcurrencyGroup,
     ns: &str,
@@ -135,83 +138,91 @@ async fn admit(
     ctx: &Context,
     labels: &GroupLabels,
 ) -> Result<Summary> {
-    // Gather.
+    let pass = gather(group, ns, name, ctx).await?;
+    let decision = decide(&pass, group);
+    debug!(group = name, ?decision, "decided");
+    fence(ctx, &pass, &decision).await?;
+    let granted = write_ledger(ctx, &pass, group, &decision).await?;
+    let waiting_here = patch_jobs(ctx, &pass, group, &decision, &granted, labels).await?;
+    export_counters(ctx, &pass.gl, labels);
+    summarize(&pass, waiting_here).await
+}
+
+/// What one pass works from, read in this order.
+struct Pass {
+    gl: Arc<GroupLedger>,
+    jobs_api: Api<Job>,
+    /// The group's Jobs by UID.
+    jobs: BTreeMap<String, Job>,
+    views: Vec<JobView>,
+    /// The slots the ledger says this cluster holds.
+    held_in_ledger: BTreeSet<String>,
+    wait_recorded: bool,
+}
+
+/// Gather: credentials, the ledger client, the ledger, then the Jobs.
+async fn gather(group: &ConcurrencyGroup, ns: &str, name: &str, ctx: &Context) -> Result<Pass> {
     let creds = credentials(group, ns, ctx).await?;
     let gl = ctx
         .ledgers
         .get(group, creds, &ctx.settings, &ctx.metrics)
         .await
-        .map_err(Error::Ledger)?;
+        .map_err(Error::OpenLedger)?;
     // The ledger first, then the Jobs: every slot held in this snapshot was
     // granted before the list, so the list shows its Job unless it is gone.
-    let ledger = gl.sem.snapshot().await.map_err(Error::Ledger)?;
+    let ledger = gl.sem.snapshot().await.map_err(Error::ReadLedger)?;
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
     let selector = ListParams::default().labels(&format!("{GROUP_LABEL}={name}"));
-    let started = std::time::Instant::now();
-    let listed = jobs_api.list(&selector).await;
-    ctx.metrics.observe_api("list_jobs", started.elapsed());
+    let listed = timed(ctx, "list_jobs", jobs_api.list(&selector))
+        .await
+        .map_err(Error::GatherJobs)?;
     let jobs: BTreeMap<String, Job> = listed
-        .map_err(Error::GatherJobs)?
         .items
         .into_iter()
         .filter_map(|j| j.uid().map(|uid| (uid, j)))
         .collect();
-    let held_here: BTreeSet<String> = ledger.holders_of(&gl.agent).cloned().collect();
+    Ok(Pass {
+        views: jobs.values().filter_map(job_view).collect(),
+        held_in_ledger: ledger.holders_of(&gl.agent).cloned().collect(),
+        wait_recorded: ledger.agents.get(&gl.agent).is_some_and(|a| a.waiting > 0),
+        jobs,
+        jobs_api,
+        gl,
+    })
+}
 
-    // Decide.
-    let views: Vec<JobView> = jobs.values().filter_map(job_view).collect();
-    let mut plan = admission::plan(&views, &held_here);
-    let lost = lost_slots(&gl, group, &jobs);
-    plan.unsuspend.retain(|uid| !lost.contains(uid));
-    let mut releases = plan.release.clone();
-    // A lost slot is given up only once its Job's pods are gone, as when a
-    // user suspends a Job: until then its pods still count.
-    let lost_released: Vec<String> = lost
-        .iter()
-        .filter(|uid| {
-            jobs.get(*uid).is_none_or(|j| {
-                j.spec.as_ref().and_then(|s| s.suspend) == Some(true)
-                    && job_view(j).is_some_and(|v| !v.active_pods)
-            })
-        })
-        .filter(|uid| !releases.contains(uid))
-        .cloned()
-        .collect();
-    releases.extend(lost_released.iter().cloned());
-    // Slots held here that this process has no permit for (it restarted, or
-    // the client was rebuilt): ask again, which returns the same token and
-    // resumes renewing them.
-    let known: BTreeSet<String> = lock(&gl.permits).keys().cloned().collect();
-    let mut acquires: Vec<String> = held_here
-        .iter()
-        .filter(|uid| {
-            !known.contains(*uid) && !releases.contains(uid) && !plan.unsuspend.contains(uid)
-        })
-        .cloned()
-        .collect();
-    // Slots already granted for Jobs still suspended: asking again is free
-    // (no write) and hands back their token.
-    acquires.extend(plan.unsuspend.iter().cloned());
-    acquires.extend(plan.adopt.iter().cloned());
-    acquires.extend(plan.acquire.iter().cloned());
+/// Decide: the pure `admission::decide` over what was gathered and the
+/// permits this process holds.
+fn decide(pass: &Pass, group: &ConcurrencyGroup) -> Decision {
+    let (permits, lost_permits): (BTreeSet<String>, BTreeSet<String>) = {
+        let permits = lock(&pass.gl.permits);
+        (
+            permits.keys().cloned().collect(),
+            permits
+                .iter()
+                .filter(|(_, p)| p.is_lost())
+                .map(|(uid, _)| uid.clone())
+                .collect(),
+        )
+    };
+    admission::decide(&Inputs {
+        jobs: &pass.views,
+        held_in_ledger: &pass.held_in_ledger,
+        permits: &permits,
+        lost_permits: &lost_permits,
+        suspend_on_loss: group.spec.on_lease_loss == LeaseLossPolicy::Suspend,
+        wait_recorded: pass.wait_recorded,
+    })
+}
 
-    // Nothing waits here any more: stop asking the other clusters to defer.
-    if plan.acquire.is_empty()
-        && plan.adopt.is_empty()
-        && ledger.agents.get(&gl.agent).is_some_and(|a| a.waiting > 0)
-    {
-        gl.sem.withdraw_wait().map_err(Error::Ledger)?;
-    }
-
-    // Suspend Jobs whose slot is lost before the slot is given up, so that
-    // they stop even when the ledger cannot be reached.
-    for uid in &lost {
-        if let Some(job) = jobs.get(uid)
-            && job.spec.as_ref().and_then(|s| s.suspend) != Some(true)
-        {
+/// Fence: suspend Jobs whose slot is lost before anything touches the
+/// ledger, so that they stop even when it cannot be reached.
+async fn fence(ctx: &Context, pass: &Pass, decision: &Decision) -> Result<()> {
+    for uid in &decision.fence {
+        if let Some(job) = pass.jobs.get(uid) {
             suspend(
                 ctx,
-                &jobs_api,
+                &pass.jobs_api,
                 job,
                 "LeaseLost",
                 "this cluster could not renew its lease on the ledger in time; suspended to keep the limit, it waits for a slot again".into(),
@@ -219,126 +230,171 @@ async fn admit(
             .await?;
         }
     }
+    Ok(())
+}
 
-    // Write the ledger: every release and acquire of this pass in one batch.
-    let answers = if releases.is_empty() && acquires.is_empty() {
-        Vec::new()
-    } else {
-        gl.sem
-            .release_and_try_acquire(&releases, &acquires)
-            .await
-            .map_err(Error::Ledger)?
-    };
-    let mut granted: BTreeMap<String, u64> = BTreeMap::new();
+/// Write the ledger: every release and acquire of this pass in one batch.
+/// Returns the tokens granted, by Job UID.
+async fn write_ledger(
+    ctx: &Context,
+    pass: &Pass,
+    group: &ConcurrencyGroup,
+    decision: &Decision,
+) -> Result<BTreeMap<String, u64>> {
+    let gl = &pass.gl;
+    if decision.withdraw_wait {
+        gl.sem.withdraw_wait().map_err(Error::WriteLedger)?;
+    }
+    let mut granted = BTreeMap::new();
+    if decision.writes_nothing() {
+        return Ok(granted);
+    }
+    let releases = decision.release_ids();
+    let acquires = decision.acquire();
+    let answers = gl
+        .sem
+        .release_and_try_acquire(&releases, &acquires)
+        .await
+        .map_err(Error::WriteLedger)?;
     for (uid, answer) in acquires.iter().zip(answers) {
         match answer {
             Ok(Some(permit)) => {
                 granted.insert(uid.clone(), permit.token);
-                track(&gl, ctx, group, permit);
+                track(gl, ctx, group, permit);
             }
             Ok(None) => {}
             Err(crate::Error::HolderTaken { agent, .. }) => {
                 warn!(job = uid, %agent, "the Job's UID is held by another agent in the ledger");
             }
-            Err(e) => return Err(Error::Ledger(e)),
+            Err(e) => return Err(Error::WriteLedger(e)),
         }
     }
-    {
-        let mut permits = lock(&gl.permits);
-        for uid in &releases {
-            permits.remove(uid);
-        }
+    let mut permits = lock(&gl.permits);
+    for uid in &releases {
+        permits.remove(uid);
     }
+    Ok(granted)
+}
 
-    // Patch Jobs.
-    lock(&gl.announced_waiting).retain(|uid| jobs.contains_key(uid));
-    let mut waiting_here = 0u32;
-    report_releases(ctx, group, &jobs, &plan, &lost_released, labels).await;
-    // The ledger as it is now (a conditional GET; usually unchanged).
-    let after = gl.sem.snapshot().await.map_err(Error::Ledger)?;
-    let in_use = after.holders.len();
-    let limit = after.limit;
-    for uid in plan.unsuspend.iter().chain(plan.acquire.iter()) {
-        let Some(job) = jobs.get(uid) else { continue };
-        match granted.get(uid) {
-            Some(token) => {
-                unsuspend(ctx, &jobs_api, job, *token, labels).await?;
-                lock(&gl.announced_waiting).remove(uid);
+/// Patch Jobs: report releases, then act on the grants. Returns how many
+/// Jobs wait for a slot here.
+async fn patch_jobs(
+    ctx: &Context,
+    pass: &Pass,
+    group: &ConcurrencyGroup,
+    decision: &Decision,
+    granted: &BTreeMap<String, u64>,
+    labels: &GroupLabels,
+) -> Result<u32> {
+    let gl = &pass.gl;
+    lock(&gl.announced_waiting).retain(|uid| pass.jobs.contains_key(uid));
+    report_releases(ctx, pass, decision, labels).await;
+    let actions = admission::on_grants(
+        decision,
+        &pass.views,
+        granted,
+        group.spec.on_lease_loss == LeaseLossPolicy::Keep,
+    );
+    if actions.is_empty() {
+        return Ok(0);
+    }
+    // For the messages: the ledger as it is now (a conditional GET; usually
+    // unchanged).
+    let now = gl.sem.snapshot().await.map_err(Error::ReadLedger)?;
+    let (in_use, limit, name) = (now.holders.len(), now.limit, group.name_any());
+    let mut waiting = 0;
+    for action in actions {
+        match action {
+            JobAction::Unsuspend { uid, token } => {
+                let Some(job) = pass.jobs.get(&uid) else {
+                    continue;
+                };
+                unsuspend(ctx, &pass.jobs_api, job, token, labels).await?;
+                lock(&gl.announced_waiting).remove(&uid);
             }
-            None => {
-                waiting_here += 1;
-                let first = lock(&gl.announced_waiting).insert(uid.clone());
-                if first {
+            JobAction::Wait { uid } => {
+                let Some(job) = pass.jobs.get(&uid) else {
+                    continue;
+                };
+                waiting += 1;
+                if lock(&gl.announced_waiting).insert(uid) {
                     let note =
                         format!("waiting for a slot: {in_use}/{limit} in use in all clusters");
                     publish(ctx, job, EventType::Normal, "Waiting", "Admit", note).await;
                 }
             }
-        }
-    }
-    for uid in &plan.adopt {
-        let Some(job) = jobs.get(uid) else { continue };
-        match granted.get(uid) {
-            Some(token) => adopt(ctx, &jobs_api, job, *token, name, labels).await?,
-            None if is_admitted(job) && group.spec.on_lease_loss == LeaseLossPolicy::Keep => {
-                // Admitted earlier and lost its slot; the group says keep
-                // such Jobs running, so it stays over the limit until it ends.
-                publish(ctx, job, EventType::Warning, "OverLimit",
-                    "Admit",
-                    "this Job lost its slot and keeps running because onLeaseLoss is Keep; the limit may be exceeded until it ends".into()).await;
+            JobAction::Adopt { uid, token } => {
+                let Some(job) = pass.jobs.get(&uid) else {
+                    continue;
+                };
+                adopt(ctx, &pass.jobs_api, job, token, &name, labels).await?;
             }
-            None => {
-                waiting_here += 1;
+            JobAction::KeepOverLimit { uid } => {
+                let Some(job) = pass.jobs.get(&uid) else {
+                    continue;
+                };
+                let note = "this Job lost its slot and keeps running because onLeaseLoss is Keep; the limit may be exceeded until it ends";
+                publish(
+                    ctx,
+                    job,
+                    EventType::Warning,
+                    "OverLimit",
+                    "Admit",
+                    note.into(),
+                )
+                .await;
+            }
+            JobAction::SuspendNoSlot { uid } => {
+                let Some(job) = pass.jobs.get(&uid) else {
+                    continue;
+                };
+                waiting += 1;
                 let note = format!(
                     "created without spec.suspend: true and no slot is free ({in_use}/{limit} in use); suspended until one is. Create Jobs of group {name} with spec.suspend: true"
                 );
-                suspend(ctx, &jobs_api, job, "SuspendedNoSlot", note).await?;
+                suspend(ctx, &pass.jobs_api, job, "SuspendedNoSlot", note).await?;
             }
         }
     }
+    Ok(waiting)
+}
 
-    // Export client counters.
+/// Exports the ledger client's write and conflict counters.
+fn export_counters(ctx: &Context, gl: &GroupLedger, labels: &GroupLabels) {
     let stats = gl.sem.stats();
     let commits = stats.commits.load(std::sync::atomic::Ordering::Relaxed);
     let conflicts = stats.conflicts.load(std::sync::atomic::Ordering::Relaxed);
-    {
-        let mut exported = lock(&gl.exported);
-        ctx.metrics
-            .ledger_writes
-            .get_or_create(labels)
-            .inc_by(commits.saturating_sub(exported.0));
-        ctx.metrics
-            .ledger_conflicts
-            .get_or_create(labels)
-            .inc_by(conflicts.saturating_sub(exported.1));
-        *exported = (commits, conflicts);
-    }
+    let mut exported = lock(&gl.exported);
+    ctx.metrics
+        .ledger_writes
+        .get_or_create(labels)
+        .inc_by(commits.saturating_sub(exported.0));
+    ctx.metrics
+        .ledger_conflicts
+        .get_or_create(labels)
+        .inc_by(conflicts.saturating_sub(exported.1));
+    *exported = (commits, conflicts);
+}
 
-    let admitted_here = after.holders_of(&gl.agent).count() as u32;
-    debug!(group = name, ?plan, granted = granted.len(), "reconciled");
+/// What the status says after the pass: the ledger as it is now (a
+/// conditional GET; usually unchanged).
+async fn summarize(pass: &Pass, waiting_here: u32) -> Result<Summary> {
+    let gl = &pass.gl;
+    let after = gl.sem.snapshot().await.map_err(Error::ReadLedger)?;
     Ok(Summary {
         ledger_limit: after.limit,
-        in_use: in_use as u32,
-        admitted_here,
+        in_use: after.holders.len() as u32,
+        admitted_here: after.holders_of(&gl.agent).count() as u32,
         waiting_here,
     })
 }
 
-/// Slots this process held whose lease could not be renewed in time, for
-/// Jobs that are still running, when the group says to suspend them.
-fn lost_slots(
-    gl: &GroupLedger,
-    group: &ConcurrencyGroup,
-    jobs: &BTreeMap<String, Job>,
-) -> Vec<String> {
-    if group.spec.on_lease_loss != LeaseLossPolicy::Suspend {
-        return Vec::new();
-    }
-    lock(&gl.permits)
-        .iter()
-        .filter(|(uid, p)| p.is_lost() && jobs.get(*uid).is_some_and(|j| !is_finished(j)))
-        .map(|(uid, _)| uid.clone())
-        .collect()
+/// Runs an API call and records its latency.
+async fn timed<T>(ctx: &Context, call: &'static str, f: impl Future<Output = T>) -> T {
+    let started = std::time::Instant::now();
+    let out = f.await;
+    ctx.metrics.observe_api(call, started.elapsed());
+    out
 }
 
 /// Remembers a permit and asks for a reconciliation when it is lost.
@@ -368,9 +424,7 @@ async fn credentials(
         return Ok(None);
     };
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let started = std::time::Instant::now();
-    let secret = api.get(&secret_ref.name).await;
-    ctx.metrics.observe_api("get_secret", started.elapsed());
+    let secret = timed(ctx, "get_secret", api.get(&secret_ref.name)).await;
     let secret = secret.map_err(|source| Error::Credentials {
         name: secret_ref.name.clone(),
         source,
@@ -462,11 +516,13 @@ async fn patch_job(
     // The UID makes the API server refuse the patch if the Job was deleted
     // and re-created under the same name since it was listed.
     patch["metadata"]["uid"] = json!(job.uid());
-    let started = std::time::Instant::now();
-    let result = api
-        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await;
-    ctx.metrics.observe_api("patch_job", started.elapsed());
+    let params = PatchParams::default();
+    let result = timed(
+        ctx,
+        "patch_job",
+        api.patch(&name, &params, &Patch::Merge(&patch)),
+    )
+    .await;
     match result {
         Ok(_) => Ok(()),
         // Deleted (or re-created) meanwhile: the next pass frees its slot.
@@ -563,61 +619,39 @@ async fn suspend(
     Ok(())
 }
 
-async fn report_releases(
-    ctx: &Context,
-    group: &ConcurrencyGroup,
-    jobs: &BTreeMap<String, Job>,
-    plan: &Plan,
-    lost: &[String],
-    labels: &GroupLabels,
-) {
-    let count = |reason: &str| {
+/// Counts every release and tells the Jobs that still exist.
+async fn report_releases(ctx: &Context, pass: &Pass, decision: &Decision, labels: &GroupLabels) {
+    for (uid, reason) in &decision.release {
         ctx.metrics
             .releases
             .get_or_create(&ReleaseLabels {
                 namespace: labels.namespace.clone(),
                 group: labels.group.clone(),
-                reason: reason.to_string(),
+                reason: reason.label().to_string(),
             })
             .inc();
-    };
-    for uid in &plan.release {
-        match jobs.get(uid) {
-            None => {
-                count("deleted");
-                info!(group = %group.name_any(), holder = uid, "released the slot of a deleted Job");
+        let job = match (reason, pass.jobs.get(uid)) {
+            (ReleaseReason::LeaseLost, _) => continue,
+            (_, None) => {
+                info!(group = %labels.group, holder = uid, "released the slot of a deleted Job");
+                continue;
             }
-            Some(job) => {
-                let reason = if is_finished(job) {
-                    "finished"
-                } else {
-                    "suspended"
-                };
-                count(reason);
-                if reason == "suspended" {
-                    // Suspended by a user: no longer admitted, so that it
-                    // waits for a slot again if it is resumed.
-                    let api: Api<Job> =
-                        Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
-                    let patch = json!({"metadata": {"annotations": not_admitted()}});
-                    if let Err(e) = patch_job(ctx, &api, job, patch).await {
-                        warn!(error = %e, "could not mark a suspended Job as no longer admitted");
-                    }
-                }
-                publish(
-                    ctx,
-                    job,
-                    EventType::Normal,
-                    "Released",
-                    "Release",
-                    format!("slot freed: the Job {reason}"),
-                )
-                .await;
+            (_, Some(job)) => job,
+        };
+        if *reason == ReleaseReason::Suspended {
+            // Suspended by a user: no longer admitted, so that it waits
+            // for a slot again if it is resumed.
+            let patch = json!({"metadata": {"annotations": not_admitted()}});
+            if let Err(e) = patch_job(ctx, &pass.jobs_api, job, patch).await {
+                warn!(error = %e, "could not mark a suspended Job as no longer admitted");
             }
         }
-    }
-    for _ in lost {
-        count("lease_lost");
+        let why = match reason {
+            ReleaseReason::Finished => "finished",
+            _ => "suspended",
+        };
+        let note = format!("slot freed: the Job {why}");
+        publish(ctx, job, EventType::Normal, "Released", "Release", note).await;
     }
 }
 
@@ -647,9 +681,7 @@ async fn publish_on(
         action: action.to_string(),
         secondary: None,
     };
-    let started = std::time::Instant::now();
-    let result = ctx.recorder.publish(&event, &target).await;
-    ctx.metrics.observe_api("publish_event", started.elapsed());
+    let result = timed(ctx, "publish_event", ctx.recorder.publish(&event, &target)).await;
     if let Err(e) = result {
         // Events are for humans; never fail a reconciliation over one.
         debug!(error = %e, "could not publish an event");
@@ -697,15 +729,13 @@ async fn update_status(
         "kind": "ConcurrencyGroup",
         "status": status,
     });
-    let started = std::time::Instant::now();
-    let result = api
-        .patch_status(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await;
-    ctx.metrics.observe_api("patch_status", started.elapsed());
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let result = timed(
+        ctx,
+        "patch_status",
+        api.patch_status(name, &params, &Patch::Apply(&patch)),
+    )
+    .await;
     match result {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),

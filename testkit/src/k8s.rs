@@ -9,7 +9,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use jobgate::testbed::{binary, cache_dir, die_with_parent, free_port};
+use jobgate::process::die_with_parent;
+
+use crate::testbed::{binary, cache_dir, free_port};
 
 /// kwok manages only nodes carrying this annotation (value `fake`), so a
 /// test can still add nodes that nothing pretends to run.

@@ -1,66 +1,17 @@
-//! Starts the real servers that tests, benchmarks and the demo run against.
-//! The binaries are built by `scripts/testbed.sh` into a cache directory;
-//! when one is missing this fails with the command that builds it.
+//! A real S3 server for tests and benchmarks: single-process SeaweedFS on
+//! loopback ports with a temporary data directory.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::store::{DynStore, S3Options, S3Store, unique_suffix};
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation};
+use jobgate::process::die_with_parent;
+use jobgate::store::{DynStore, S3Options, S3Store, unique_suffix};
 
-pub const BUILD_COMMAND: &str = "scripts/testbed.sh";
-
-/// `$JOBGATE_TESTBED_DIR`, default `~/.cache/jobgate/testbed`.
-pub fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("JOBGATE_TESTBED_DIR") {
-        return PathBuf::from(dir);
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/tmp".into());
-    home.join(".cache/jobgate/testbed")
-}
-
-/// The path of a test-bed binary, or an error naming the build command.
-pub fn binary(name: &str) -> Result<PathBuf, String> {
-    let path = cache_dir().join("bin").join(name);
-    if path.is_file() {
-        return Ok(path);
-    }
-    let target = match name {
-        "weed" => "seaweedfs",
-        "helm" => "helm",
-        _ => "k8s",
-    };
-    Err(format!(
-        "test-bed binary {name:?} not found at {}: build it with `{BUILD_COMMAND} {target}` (or `make testbed`)",
-        path.display()
-    ))
-}
-
-/// A free TCP port on 127.0.0.1 (free when asked; good enough for tests).
-/// Taken below the kernel's ephemeral range: a port the kernel hands out
-/// (what binding port 0 returns) can be reused at once as the local port of
-/// some outgoing connection, and then the server that was meant to get it
-/// fails with "address already in use".
-pub fn free_port() -> u16 {
-    let lowest_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    let (low, high) = (10000u16, lowest_ephemeral.max(10001));
-    for _ in 0..200 {
-        let port = low + rand::random::<u16>() % (high - low);
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
-}
+use crate::testbed::{binary, free_port};
 
 pub const ACCESS_KEY: &str = "jobgate-test";
 pub const SECRET_KEY: &str = "jobgate-test-secret";
@@ -160,11 +111,35 @@ impl SeaweedFs {
         std::sync::Arc::new(self.store(bucket).await)
     }
 
+    /// A plain SDK client for administration the ledger never does
+    /// (creating buckets) and for the naive baseline's unconditional writes.
+    /// Like jobgate's own client: no SDK retries, `attempt_timeout` a request.
+    pub fn sdk_client(&self, attempt_timeout: Duration) -> aws_sdk_s3::Client {
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(3))
+                    .operation_attempt_timeout(attempt_timeout)
+                    .build(),
+            )
+            .endpoint_url(&self.endpoint)
+            .region(Region::new("us-east-1"))
+            .force_path_style(true)
+            .credentials_provider(Credentials::new(
+                ACCESS_KEY, SECRET_KEY, None, None, "testkit",
+            ))
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .build();
+        aws_sdk_s3::Client::from_conf(config)
+    }
+
     pub async fn create_bucket(&self, bucket: &str) -> Result<(), String> {
-        let store = self.store(bucket).await;
+        let client = self.sdk_client(Duration::from_secs(10));
         let mut last = String::new();
         for _ in 0..100 {
-            match self.create_bucket_once(&store, bucket).await {
+            match create_bucket_once(&client, bucket).await {
                 Ok(()) => return Ok(()),
                 Err(e) => last = e,
             }
@@ -173,15 +148,15 @@ impl SeaweedFs {
         Err(format!("creating bucket {bucket}: {last}"))
     }
 
+    /// Ready once a bucket can be created and an object written in it.
     async fn wait_ready(&self) -> Result<(), String> {
         let bucket = "jobgate-ready";
-        let store = self.store(bucket).await;
+        let client = self.sdk_client(Duration::from_secs(10));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
         let mut last = String::from("no answer");
         while tokio::time::Instant::now() < deadline {
-            if self.create_bucket_once(&store, bucket).await.is_ok() {
-                let put = store
-                    .client()
+            if create_bucket_once(&client, bucket).await.is_ok() {
+                let put = client
                     .put_object()
                     .bucket(bucket)
                     .key("ready")
@@ -196,32 +171,24 @@ impl SeaweedFs {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         let log = std::fs::read_to_string(self.dir.join("weed.log")).unwrap_or_default();
-        let tail: String = log
-            .lines()
-            .rev()
-            .take(20)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n");
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
         Err(format!(
             "SeaweedFS did not become ready at {}: {last}\n{tail}",
             self.endpoint
         ))
     }
+}
 
-    async fn create_bucket_once(&self, store: &S3Store, bucket: &str) -> Result<(), String> {
-        match store.client().create_bucket().bucket(bucket).send().await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let text = aws_sdk_s3::error::DisplayErrorContext(&e).to_string();
-                if text.contains("BucketAlreadyOwnedByYou") || text.contains("BucketAlreadyExists")
-                {
-                    Ok(())
-                } else {
-                    Err(text)
-                }
+async fn create_bucket_once(client: &aws_sdk_s3::Client, bucket: &str) -> Result<(), String> {
+    match client.create_bucket().bucket(bucket).send().await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let text = aws_sdk_s3::error::DisplayErrorContext(&e).to_string();
+            if text.contains("BucketAlreadyOwnedByYou") || text.contains("BucketAlreadyExists") {
+                Ok(())
+            } else {
+                Err(text)
             }
         }
     }
@@ -235,15 +202,27 @@ impl Drop for SeaweedFs {
     }
 }
 
-/// Makes a spawned server die with the process that started it, so a test
-/// that is killed leaves nothing behind.
-pub fn die_with_parent(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
+/// Starts SeaweedFS; fails (never skips) when the binary is missing.
+pub async fn seaweed() -> SeaweedFs {
+    // A port picked as free can still be taken by someone else before the
+    // server binds it; a second try gets other ports.
+    let mut last = String::new();
+    for _ in 0..3 {
+        match SeaweedFs::start().await {
+            Ok(s) => return s,
+            Err(e) if e.contains("not found") => panic!("{e}"),
+            Err(e) => last = e,
+        }
     }
+    panic!("{last}")
+}
+
+/// A fresh bucket on `server`.
+pub async fn bucket(server: &SeaweedFs) -> String {
+    let name = format!("jg-{:08x}", rand::random::<u32>());
+    server
+        .create_bucket(&name)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    name
 }

@@ -18,9 +18,12 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use jobgate::testbed::{SeaweedFs, die_with_parent, free_port};
+use jobgate::process::die_with_parent;
 
-use super::k8s::ControlPlane;
+use crate::SeaweedFs;
+use crate::testbed::free_port;
+
+use crate::k8s::ControlPlane;
 
 pub async fn client(cp: &ControlPlane) -> Client {
     let kubeconfig = kube::config::Kubeconfig::read_from(&cp.kubeconfig).unwrap();
@@ -32,8 +35,8 @@ pub async fn client(cp: &ControlPlane) -> Client {
 
 /// Installs the CRD and creates `ns`.
 pub async fn prepare(cp: &ControlPlane, client: &Client, ns: &str) {
-    let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/");
-    let out = cp.kubectl(&["apply", "-f", crds]);
+    let crds = crate::repo_dir().join("crds");
+    let out = cp.kubectl(&["apply", "-f", &crds.display().to_string()]);
     assert!(
         out.status.success(),
         "{}",
@@ -203,7 +206,7 @@ impl ControllerProcess {
             .open(&self.log)
             .unwrap();
         let err = out.try_clone().unwrap();
-        let mut cmd = Command::new(super::jobgate_bin());
+        let mut cmd = Command::new(crate::jobgate_bin());
         cmd.args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
@@ -277,7 +280,7 @@ pub struct Seen {
 /// writes the status, so that a slow watch never makes a correct run look
 /// wrong).
 #[derive(Default, Clone)]
-pub struct Checker {
+pub struct AdmissionLog {
     pub seen: Arc<Mutex<Seen>>,
 }
 
@@ -291,7 +294,7 @@ fn is_finished(job: &Job) -> bool {
         })
 }
 
-impl Checker {
+impl AdmissionLog {
     pub fn observe(&self, cluster: &str, job: &Job) {
         let key = (cluster.to_string(), job.name_any());
         let suspended = job.spec.as_ref().and_then(|s| s.suspend) == Some(true);
@@ -353,7 +356,7 @@ impl Sim {
 
 /// Watches the Jobs of `ns` in one cluster for the checker and, with a
 /// `Sim`, completes them.
-pub fn observe(client: Client, cluster: &str, ns: &str, checker: Checker, sim: Option<Sim>) {
+pub fn observe(client: Client, cluster: &str, ns: &str, checker: AdmissionLog, sim: Option<Sim>) {
     let api: Api<Job> = Api::namespaced(client, ns);
     let cluster = cluster.to_string();
     tokio::spawn(async move {
@@ -390,7 +393,13 @@ pub fn observe(client: Client, cluster: &str, ns: &str, checker: Checker, sim: O
     });
 }
 
-async fn complete_later(api: Api<Job>, cluster: String, name: String, checker: Checker, sim: Sim) {
+async fn complete_later(
+    api: Api<Job>,
+    cluster: String,
+    name: String,
+    checker: AdmissionLog,
+    sim: Sim,
+) {
     let hold = sim.hold.0 + rand::random::<u64>() % (sim.hold.1 - sim.hold.0 + 1);
     tokio::time::sleep(Duration::from_millis(hold)).await;
     while sim.paused.load(Ordering::SeqCst) {
@@ -435,13 +444,19 @@ where
     }
 }
 
+/// The ledger at `key`, if it exists and parses.
+pub async fn read_ledger(s3: &SeaweedFs, bucket: &str, key: &str) -> Option<jobgate::Ledger> {
+    let store = s3.dyn_store(bucket).await;
+    let (ledger, _) = jobgate::semaphore::read_ledger(&store, key).await.ok()??;
+    Some(ledger)
+}
+
 pub async fn ledger_holders(
     s3: &SeaweedFs,
     bucket: &str,
     key: &str,
 ) -> Option<BTreeMap<String, String>> {
-    let store = s3.dyn_store(bucket).await;
-    let (ledger, _) = jobgate::semaphore::read_ledger(&store, key).await.ok()??;
+    let ledger = read_ledger(s3, bucket, key).await?;
     Some(
         ledger
             .holders

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use aws_sdk_s3::primitives::ByteStream;
 use serde::{Deserialize, Serialize};
 
-use crate::store::{RequestCounts, S3Store, StoreError};
+use jobgate::store::{RequestCounts, StoreError};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Count {
@@ -19,16 +19,25 @@ struct Count {
 
 #[derive(Debug, Clone)]
 pub struct NaiveCounter {
-    store: S3Store,
+    client: aws_sdk_s3::Client,
+    bucket: String,
     key: String,
     limit: i64,
     counts: Arc<RequestCounts>,
 }
 
 impl NaiveCounter {
-    pub fn new(store: S3Store, key: impl Into<String>, limit: i64) -> Self {
+    /// `client` is a plain SDK client: this design needs unconditional
+    /// writes, which jobgate's stores deliberately cannot make.
+    pub fn new(
+        client: aws_sdk_s3::Client,
+        bucket: impl Into<String>,
+        key: impl Into<String>,
+        limit: i64,
+    ) -> Self {
         Self {
-            store,
+            client,
+            bucket: bucket.into(),
             key: key.into(),
             limit,
             counts: Arc::default(),
@@ -44,10 +53,9 @@ impl NaiveCounter {
     async fn read(&self) -> Result<i64, StoreError> {
         self.counts.gets.fetch_add(1, Ordering::Relaxed);
         let out = self
-            .store
-            .client()
+            .client
             .get_object()
-            .bucket(self.store.bucket())
+            .bucket(&self.bucket)
             .key(&self.key)
             .send()
             .await;
@@ -72,10 +80,9 @@ impl NaiveCounter {
         self.counts.puts.fetch_add(1, Ordering::Relaxed);
         let body =
             serde_json::to_vec(&Count { count }).map_err(|e| StoreError::Other(e.to_string()))?;
-        self.store
-            .client()
+        self.client
             .put_object()
-            .bucket(self.store.bucket())
+            .bucket(&self.bucket)
             .key(&self.key)
             .body(ByteStream::from(body))
             .send()

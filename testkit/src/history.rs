@@ -13,11 +13,11 @@ pub struct Interval {
 }
 
 #[derive(Debug, Default)]
-pub struct Recorder {
+pub struct IntervalLog {
     intervals: Mutex<Vec<Interval>>,
 }
 
-impl Recorder {
+impl IntervalLog {
     pub fn record(&self, contender: usize, start: Instant, end: Instant) {
         let mut v = self.intervals.lock().unwrap_or_else(|p| p.into_inner());
         v.push(Interval {
