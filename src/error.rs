@@ -51,3 +51,30 @@ pub enum Error {
     #[error("the ledger kept changing under us ({0} lost races in a row)")]
     TooManyConflicts(u32),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each way a store error reaches a user, with the S3 store's longest
+    /// common sentence inside: still one line, short enough to read.
+    #[test]
+    fn wrapped_store_errors_stay_one_short_line() {
+        let sentence = "no AWS credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run with an instance or pod identity)";
+        let errors = [
+            Error::Store(StoreError::AccessDenied(sentence.into())),
+            Error::Store(StoreError::Unavailable(sentence.into())),
+            Error::Store(StoreError::Ambiguous(sentence.into())),
+            Error::Exhausted {
+                attempts: 10,
+                last: sentence.into(),
+            },
+            Error::ConditionalWritesUnsupported("HTTP 501 NotImplemented".into()),
+        ];
+        for e in errors {
+            let line = format!("jobgate: error: {e}");
+            assert!(!line.contains('\n'), "{line}");
+            assert!(line.chars().count() < 200, "{line}");
+        }
+    }
+}

@@ -413,7 +413,7 @@ impl Committer {
                 .await
                 .unwrap_or_else(|_| {
                     Err(StoreError::Ambiguous(
-                        "no answer before the lease's safety deadline".into(),
+                        "no answer from the store before the lease's safety deadline".into(),
                     ))
                 }),
             None => call.await,

@@ -35,7 +35,7 @@ pub const EXIT_LEASE_LOST: u8 = 123;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// More logging (-v: info, -vv: debug). RUST_LOG overrides.
+    /// More logging (-v: info, plus the AWS SDK's detail of store errors; -vv: debug). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
     /// Log lines as text or as JSON objects (for log collectors).
@@ -131,14 +131,24 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 5m, 1h30m)"))
 }
 
-fn init_logging(verbose: u8, format: LogFormat, service: bool) {
-    let default = match verbose {
-        // A long-running service reports what it does; a command stays quiet.
-        0 if service => "info",
-        0 => "warn",
-        1 => "info,jobgate=info",
+/// The log filter unless RUST_LOG is set. Without -v the AWS SDK and its
+/// HTTP stack stay quiet: their warnings (e.g. that IMDS gave no region, off
+/// EC2) are noise next to jobgate's own one-line error, which already names
+/// the cause. -v shows them, along with the SDK's detail for each failed
+/// store request (logged by `jobgate::store` at debug).
+fn default_filter(verbose: u8, service: bool) -> &'static str {
+    match verbose {
+        // A long-running service reports what it does (and keeps the SDK's
+        // errors); a command stays quiet.
+        0 if service => "info,aws=error,hyper=error,h2=error,rustls=error",
+        0 => "warn,aws=off,hyper=off,h2=off,rustls=off",
+        1 => "info,jobgate=info,jobgate::store=debug",
         _ => "debug,jobgate=debug,aws=info,hyper=info",
-    };
+    }
+}
+
+fn init_logging(verbose: u8, format: LogFormat, service: bool) {
+    let default = default_filter(verbose, service);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
@@ -183,5 +193,27 @@ pub fn main() -> ExitCode {
             eprintln!("jobgate: error: {e}");
             ExitCode::from(EXIT_ERROR)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_default_filter_parses() {
+        for verbose in 0..3 {
+            for service in [false, true] {
+                let f = default_filter(verbose, service);
+                assert!(tracing_subscriber::EnvFilter::try_new(f).is_ok(), "{f}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_sdk_is_quiet_unless_verbose() {
+        assert!(default_filter(0, false).contains("aws=off"));
+        assert!(default_filter(0, true).contains("aws=error"));
+        assert!(!default_filter(1, false).contains("aws="));
     }
 }

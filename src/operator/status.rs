@@ -209,4 +209,30 @@ mod tests {
             "ConditionalWritesUnsupported"
         );
     }
+
+    #[test]
+    fn condition_messages_are_the_stores_sentence() {
+        // What the S3 store says for the two commonest set-up mistakes: the
+        // condition and the Event carry it as is, no prefix, no SDK dump.
+        let no_credentials = "no AWS credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run with an instance or pod identity)";
+        let p = Problem::from_ledger(&CoreError::Store(StoreError::AccessDenied(
+            no_credentials.into(),
+        )));
+        assert_eq!(
+            (p.reason, p.message.as_str()),
+            ("CredentialsRejected", no_credentials)
+        );
+        let refused = "cannot reach http://127.0.0.1:1 (connection refused)";
+        let p = Problem::from_ledger(&CoreError::Store(StoreError::Unavailable(refused.into())));
+        assert_eq!(
+            (p.reason, p.message.as_str()),
+            ("LedgerUnreachable", refused)
+        );
+        let p = Problem::from_ledger(&CoreError::Exhausted {
+            attempts: 5,
+            last: refused.into(),
+        });
+        assert_eq!(p.reason, "LedgerUnreachable");
+        assert_eq!(p.message, format!("gave up after 5 attempt(s): {refused}"));
+    }
 }

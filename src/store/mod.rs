@@ -54,6 +54,11 @@ pub enum Fetched {
 /// How a store operation failed. The distinction that matters is whether the
 /// outcome is known: `Conflict` and `Missing` say the write did not happen;
 /// `Ambiguous` says it may or may not have, so the caller must re-read.
+///
+/// The variant is for the program; the text is for a person. Users see it
+/// as is (CLI errors, the operator's conditions and Events), so backends put
+/// one short sentence naming the cause in `Ambiguous`, `Unavailable` and
+/// `AccessDenied`, and keep protocol detail for the debug log.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum StoreError {
     /// The condition did not hold (412 PreconditionFailed, 409 ConditionalRequestConflict).
@@ -63,16 +68,17 @@ pub enum StoreError {
     #[error("object does not exist")]
     Missing,
     /// The request may have been applied (timeout, 5xx, connection lost after sending).
-    #[error("outcome unknown: {0}")]
+    #[error("{0}")]
     Ambiguous(String),
     /// The request certainly did not reach the store (e.g. connection refused).
-    #[error("store unavailable: {0}")]
+    #[error("{0}")]
     Unavailable(String),
-    #[error("access denied: {0} (check the credentials and the bucket policy)")]
+    /// Credentials missing or rejected, or the bucket policy refuses us.
+    #[error("{0}")]
     AccessDenied(String),
     #[error("bucket or directory {0:?} does not exist")]
     NoSuchBucket(String),
-    #[error("the store does not support conditional writes: {0}")]
+    #[error("the store does not support conditional writes ({0})")]
     Unsupported(String),
     #[error("{0}")]
     Other(String),

@@ -7,6 +7,9 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_config::default_provider::region::DefaultRegionChain;
+use aws_config::imds::client::error::TokenError as ImdsTokenError;
+use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
@@ -14,6 +17,7 @@ use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumVal
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
+use tracing::debug;
 
 use super::{Condition, ETag, Fetched, Store, StoreError, Versioned};
 
@@ -36,14 +40,37 @@ pub struct S3Options {
 pub struct S3Store {
     client: aws_sdk_s3::Client,
     bucket: String,
+    target: Target,
 }
+
+/// Where requests go, as the user configured it: error messages name it, so
+/// that "cannot reach X" points at the setting to fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    endpoint: String,
+    connect_timeout: Duration,
+    attempt_timeout: Duration,
+}
+
+/// The region when none is configured anywhere (as the CLI documents).
+const DEFAULT_REGION: &str = "us-east-1";
 
 impl S3Store {
     pub async fn connect(bucket: &str, opts: &S3Options) -> Self {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some(region) = &opts.region {
-            loader = loader.region(Region::new(region.clone()));
-        }
+        // Resolved once here instead of by the loader: left unset, the loader,
+        // the credentials chain and the SSO token chain each run the region
+        // chain again, and off EC2 each run waits about a second for IMDS
+        // before giving up.
+        let region = match &opts.region {
+            Some(region) => Region::new(region.clone()),
+            None => DefaultRegionChain::builder()
+                .build()
+                .region()
+                .await
+                .unwrap_or_else(|| Region::new(DEFAULT_REGION)),
+        };
+        let mut loader =
+            aws_config::defaults(aws_config::BehaviorVersion::latest()).region(region.clone());
         if let (Some(id), Some(secret)) = (&opts.access_key_id, &opts.secret_access_key) {
             loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
                 id.clone(),
@@ -54,19 +81,16 @@ impl S3Store {
             ));
         }
         let shared = loader.load().await;
+        let connect_timeout = opts.connect_timeout.unwrap_or(Duration::from_secs(3));
+        let attempt_timeout = opts.request_timeout.unwrap_or(Duration::from_secs(10));
         let mut config = aws_sdk_s3::config::Builder::from(&shared)
             .retry_config(RetryConfig::disabled())
             .timeout_config(
                 TimeoutConfig::builder()
-                    .connect_timeout(opts.connect_timeout.unwrap_or(Duration::from_secs(3)))
-                    .operation_attempt_timeout(
-                        opts.request_timeout.unwrap_or(Duration::from_secs(10)),
-                    )
+                    .connect_timeout(connect_timeout)
+                    .operation_attempt_timeout(attempt_timeout)
                     .build(),
             );
-        if shared.region().is_none() {
-            config = config.region(Region::new("us-east-1"));
-        }
         let endpoint = opts
             .endpoint
             .clone()
@@ -85,9 +109,23 @@ impl S3Store {
                 .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
                 .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
         }
+        let s3_env = std::env::var("AWS_ENDPOINT_URL_S3").ok();
+        let ignore_env = std::env::var("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS").ok();
+        let endpoint = endpoint_name(
+            opts.endpoint.as_deref(),
+            s3_env.as_deref(),
+            ignore_env.as_deref(),
+            shared.endpoint_url(),
+            region.as_ref(),
+        );
         S3Store {
             client: aws_sdk_s3::Client::from_conf(config.build()),
             bucket: bucket.to_string(),
+            target: Target {
+                endpoint,
+                connect_timeout,
+                attempt_timeout,
+            },
         }
     }
 
@@ -99,41 +137,74 @@ impl S3Store {
         &self.bucket
     }
 
+    /// Which `StoreError` a failure is decides correctness (retry, re-read,
+    /// give up), so it depends only on the SDK's error kind. The message is
+    /// one sentence naming the cause; the SDK's full context goes to the
+    /// debug log (`jobgate -v`), because it is long and mostly `Debug` dumps.
     fn classify<E>(&self, err: SdkError<E, HttpResponse>) -> StoreError
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        match &err {
+        let t = &self.target;
+        let classified = match &err {
             SdkError::ServiceError(service) => {
                 let status = service.raw().status().as_u16();
-                classify_service(
-                    &self.bucket,
-                    status,
-                    service.err().code(),
-                    service.err().message(),
-                )
+                classify_service(&self.bucket, &t.endpoint, status, service.err().code())
             }
-            SdkError::TimeoutError(_) => {
-                StoreError::Ambiguous(format!("timed out: {}", context(&err)))
-            }
+            SdkError::TimeoutError(_) => StoreError::Ambiguous(Cause::Timeout.sentence(t)),
             SdkError::DispatchFailure(_) if credentials_problem(&context(&err)) => {
-                StoreError::AccessDenied(context(&err))
+                StoreError::AccessDenied(Cause::of(&err).sentence(t))
             }
             SdkError::DispatchFailure(d) if d.is_timeout() => {
-                StoreError::Ambiguous(format!("timed out: {}", context(&err)))
+                StoreError::Ambiguous(Cause::of(&err).sentence(t))
             }
             SdkError::DispatchFailure(d) if d.is_io() => {
                 // The connection failed; the request may have been sent already.
-                StoreError::Ambiguous(format!("connection failed: {}", context(&err)))
+                StoreError::Ambiguous(Cause::of(&err).sentence(t))
             }
-            SdkError::DispatchFailure(_) => StoreError::Unavailable(context(&err)),
-            SdkError::ResponseError(_) => StoreError::Ambiguous(context(&err)),
+            SdkError::DispatchFailure(_) => StoreError::Unavailable(Cause::of(&err).sentence(t)),
+            SdkError::ResponseError(_) => StoreError::Ambiguous(format!(
+                "unreadable answer from {} ({})",
+                t.endpoint,
+                innermost(&err)
+            )),
             SdkError::ConstructionFailure(_) if credentials_problem(&context(&err)) => {
-                StoreError::AccessDenied(context(&err))
+                StoreError::AccessDenied(Cause::of(&err).sentence(t))
             }
-            _ => StoreError::Other(context(&err)),
+            SdkError::ConstructionFailure(_) => {
+                StoreError::Other(format!("cannot build the S3 request ({})", innermost(&err)))
+            }
+            _ => StoreError::Other(format!("S3 request failed ({})", innermost(&err))),
+        };
+        // Lost races are routine; everything else is worth its detail.
+        if !matches!(classified, StoreError::Conflict(_) | StoreError::Missing) {
+            debug!(
+                bucket = %self.bucket,
+                endpoint = %t.endpoint,
+                detail = %context(&err),
+                "S3 request failed: {classified}"
+            );
         }
+        classified
     }
+}
+
+/// The endpoint as users configure it, by the SDK's precedence: the
+/// `--endpoint-url` option, `AWS_ENDPOINT_URL_S3`, then `AWS_ENDPOINT_URL` or
+/// the profile (already resolved into `shared`); else AWS's own endpoint.
+fn endpoint_name(
+    explicit: Option<&str>,
+    s3_env: Option<&str>,
+    ignore_env: Option<&str>,
+    shared: Option<&str>,
+    region: &str,
+) -> String {
+    let ignored = ignore_env.is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let s3_env = s3_env.filter(|e| !e.is_empty() && !ignored);
+    explicit
+        .or(s3_env)
+        .or(shared)
+        .map_or_else(|| format!("s3.{region}.amazonaws.com"), String::from)
 }
 
 fn context<E: std::error::Error>(err: &E) -> String {
@@ -145,45 +216,255 @@ fn credentials_problem(text: &str) -> bool {
     t.contains("credential") || t.contains("identity")
 }
 
+/// Why a request never got an answer, in terms of its fix. Only the wording
+/// depends on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Cause {
+    NoCredentials,
+    CredentialsTimedOut,
+    CredentialsInvalid(String),
+    CredentialsFailed(String),
+    Refused,
+    Dns(String),
+    Unroutable(&'static str),
+    Tls(String),
+    ConnectTimeout,
+    Timeout,
+    ConnectionLost(String),
+    Other(String),
+}
+
+impl Cause {
+    /// Walks the error's source chain for the most specific known cause.
+    fn of(err: &(dyn std::error::Error + 'static)) -> Cause {
+        let chain = source_chain(err);
+        if let Some(c) = chain
+            .iter()
+            .find_map(|e| e.downcast_ref::<CredentialsError>())
+        {
+            // The SDK prefixes profile errors with which provider failed to
+            // build, which would crowd the actual mistake out of `brief`.
+            let detail = || {
+                let text = source_chain(c)
+                    .last()
+                    .map_or_else(String::new, |e| e.to_string());
+                let text = text
+                    .split_once("could not be built: ")
+                    .map_or(text.as_str(), |(_, t)| t);
+                brief(text)
+            };
+            return match c {
+                CredentialsError::CredentialsNotLoaded(_) => Cause::NoCredentials,
+                // IMDS refusing a session token means there is no instance
+                // identity to use (IMDS disabled, or not EC2 behind a proxy
+                // that answers for it): as good as no credentials at all.
+                CredentialsError::ProviderError(_) if chain.iter().any(|e| imds_forbidden(*e)) => {
+                    Cause::NoCredentials
+                }
+                CredentialsError::ProviderTimedOut(_) => Cause::CredentialsTimedOut,
+                CredentialsError::InvalidConfiguration(_) => Cause::CredentialsInvalid(detail()),
+                _ => Cause::CredentialsFailed(detail()),
+            };
+        }
+        let ios: Vec<&std::io::Error> = chain
+            .iter()
+            .filter_map(|e| e.downcast_ref::<std::io::Error>())
+            .collect();
+        use std::io::ErrorKind as K;
+        if ios.iter().any(|io| io.kind() == K::ConnectionRefused) {
+            return Cause::Refused;
+        }
+        if let Some(io) = ios.iter().find(|io| {
+            matches!(
+                io.kind(),
+                K::NetworkUnreachable | K::HostUnreachable | K::AddrNotAvailable
+            )
+        }) {
+            return Cause::Unroutable(match io.kind() {
+                K::NetworkUnreachable => "network unreachable",
+                K::HostUnreachable => "host unreachable",
+                _ => "no usable local address",
+            });
+        }
+        // hyper's connector reports resolver failures as "dns error", with
+        // the resolver's message below it.
+        if let Some(at) = chain.iter().position(|e| e.to_string() == "dns error") {
+            let why = chain
+                .get(at + 1)
+                .map_or_else(String::new, |e| e.to_string());
+            let why = why
+                .strip_prefix("failed to lookup address information: ")
+                .unwrap_or(&why);
+            return Cause::Dns(brief(why));
+        }
+        // rustls failures reach us as InvalidData I/O errors wrapping the
+        // rustls error, under hyper's "client error (Connect)"; TCP itself
+        // never raises InvalidData, so while connecting it means TLS. (If
+        // hyper rewords that, the failure still reads well as a lost
+        // connection below.)
+        let connecting = chain.iter().any(|e| e.to_string().contains("(Connect)"));
+        if let Some(tls) = ios
+            .iter()
+            .find(|io| connecting && io.kind() == K::InvalidData && io.get_ref().is_some())
+        {
+            let why = tls.to_string();
+            return Cause::Tls(if why.contains("corrupt message") {
+                "the server does not speak TLS; use http:// for a plain-HTTP endpoint".into()
+            } else {
+                brief(&why)
+            });
+        }
+        if let Some(timeout) = chain
+            .iter()
+            .map(|e| e.to_string())
+            .find(|m| m.contains("timeout occurred"))
+        {
+            return if timeout.contains("connect timeout") {
+                Cause::ConnectTimeout
+            } else {
+                Cause::Timeout
+            };
+        }
+        if let Some(io) = ios.first() {
+            return Cause::ConnectionLost(match io.kind() {
+                K::ConnectionReset => "connection reset".into(),
+                K::ConnectionAborted => "connection aborted".into(),
+                K::BrokenPipe => "connection closed while sending".into(),
+                K::UnexpectedEof => "connection closed early".into(),
+                _ => brief(&io.to_string()),
+            });
+        }
+        Cause::Other(innermost(err))
+    }
+
+    fn sentence(&self, t: &Target) -> String {
+        let ep = &t.endpoint;
+        let secs = |d: Duration| humantime::format_duration(d).to_string();
+        match self {
+            Cause::NoCredentials => "no AWS credentials found (set AWS_ACCESS_KEY_ID and \
+                AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run with an instance or pod identity)"
+                .into(),
+            Cause::CredentialsTimedOut => {
+                "loading AWS credentials timed out (run with -v to see which source)".into()
+            }
+            Cause::CredentialsInvalid(why) => {
+                format!("the AWS credentials configuration is invalid ({why})")
+            }
+            Cause::CredentialsFailed(why) => format!("cannot load AWS credentials ({why})"),
+            Cause::Refused => format!("cannot reach {ep} (connection refused)"),
+            Cause::Dns(why) => format!("cannot reach {ep} (DNS lookup failed: {why})"),
+            Cause::Unroutable(why) => format!("cannot reach {ep} ({why})"),
+            Cause::Tls(why) => format!("TLS handshake with {ep} failed ({why})"),
+            Cause::ConnectTimeout => format!(
+                "cannot reach {ep} (no connection within {})",
+                secs(t.connect_timeout)
+            ),
+            Cause::Timeout => format!("no answer from {ep} within {}", secs(t.attempt_timeout)),
+            Cause::ConnectionLost(why) => format!("connection to {ep} failed ({why})"),
+            Cause::Other(why) => format!("request to {ep} failed ({why})"),
+        }
+    }
+}
+
+fn imds_forbidden(err: &(dyn std::error::Error + 'static)) -> bool {
+    err.downcast_ref::<ImdsTokenError>()
+        .is_some_and(|e| e.to_string().contains("forbidden"))
+}
+
+/// The error and its sources, including the error inside each I/O error
+/// (whose own `source()` skips it).
+fn source_chain<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Vec<&'a (dyn std::error::Error + 'static)> {
+    let mut chain = Vec::new();
+    let mut next = Some(err);
+    // Bounded in case a source chain ever loops.
+    while let Some(e) = next.filter(|_| chain.len() < 64) {
+        chain.push(e);
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            chain.push(inner);
+        }
+        next = e.source();
+    }
+    chain
+}
+
+/// The deepest error's message, which names the concrete failure, shortened.
+fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
+    let chain = source_chain(err);
+    let last = chain.last().map_or_else(String::new, |e| e.to_string());
+    brief(&last)
+}
+
+/// One line of at most 100 characters: the result goes inside a sentence.
+fn brief(text: &str) -> String {
+    const MAX: usize = 100;
+    let line = text.lines().next().unwrap_or("").trim();
+    if line.chars().count() <= MAX {
+        return line.to_string();
+    }
+    let cut: String = line.chars().take(MAX - 1).collect();
+    format!("{}…", cut.trim_end())
+}
+
 /// Classifies by the S3 error code first and the status second: a
 /// precondition failure has been seen arriving with an unexpected status.
-fn classify_service(
-    bucket: &str,
-    status: u16,
-    code: Option<&str>,
-    message: Option<&str>,
-) -> StoreError {
-    let detail = format!(
-        "HTTP {status} {}{}",
-        code.unwrap_or("(no code)"),
-        message.map(|m| format!(": {m}")).unwrap_or_default()
-    );
+/// The server's own message stays out of the sentence (it is in the debug
+/// log); the code says what happened.
+fn classify_service(bucket: &str, endpoint: &str, status: u16, code: Option<&str>) -> StoreError {
+    let answer = match code {
+        Some(code) => format!("HTTP {status} {code}"),
+        None => format!("HTTP {status}"),
+    };
     match code {
         Some("PreconditionFailed") | Some("ConditionalRequestConflict") => {
-            return StoreError::Conflict(detail);
+            return StoreError::Conflict(answer);
         }
         Some("NoSuchKey") => return StoreError::Missing,
         Some("NoSuchBucket") => return StoreError::NoSuchBucket(bucket.to_string()),
-        Some(
-            "AccessDenied"
-            | "InvalidAccessKeyId"
-            | "SignatureDoesNotMatch"
-            | "ExpiredToken"
-            | "InvalidToken",
-        ) => return StoreError::AccessDenied(detail),
-        Some("NotImplemented") => return StoreError::Unsupported(detail),
+        Some("AccessDenied") => {
+            return StoreError::AccessDenied(format!(
+                "access denied to bucket {bucket} (check the bucket policy and the permissions of the credentials in use)"
+            ));
+        }
+        Some("InvalidAccessKeyId") => {
+            return StoreError::AccessDenied(format!(
+                "access denied: {endpoint} does not know the access key id (check AWS_ACCESS_KEY_ID or the profile)"
+            ));
+        }
+        Some("SignatureDoesNotMatch") => {
+            return StoreError::AccessDenied(
+                "access denied: the secret access key does not match the access key id (check AWS_SECRET_ACCESS_KEY or the profile)".into(),
+            );
+        }
+        Some("ExpiredToken") => {
+            return StoreError::AccessDenied(
+                "access denied: the session token has expired (refresh the credentials)".into(),
+            );
+        }
+        Some("InvalidToken") => {
+            return StoreError::AccessDenied(
+                "access denied: the session token is invalid (check AWS_SESSION_TOKEN or the profile)".into(),
+            );
+        }
+        Some("NotImplemented") => return StoreError::Unsupported(answer),
         Some("SlowDown" | "InternalError" | "ServiceUnavailable" | "RequestTimeout") => {
-            return StoreError::Ambiguous(detail);
+            return StoreError::Ambiguous(format!("{endpoint} answered {answer}"));
         }
         _ => {}
     }
     match status {
-        412 | 409 => StoreError::Conflict(detail),
+        412 | 409 => StoreError::Conflict(answer),
         404 => StoreError::Missing,
-        401 | 403 => StoreError::AccessDenied(detail),
-        501 => StoreError::Unsupported(detail),
-        408 | 429 | 500..=599 => StoreError::Ambiguous(detail),
-        _ => StoreError::Other(detail),
+        401 | 403 => StoreError::AccessDenied(format!(
+            "access denied: {endpoint} answered {answer} (check the credentials and the bucket policy)"
+        )),
+        501 => StoreError::Unsupported(answer),
+        408 | 429 | 500..=599 => StoreError::Ambiguous(format!("{endpoint} answered {answer}")),
+        _ => StoreError::Other(format!("{endpoint} answered {answer}")),
     }
 }
 
@@ -216,7 +497,14 @@ impl Store for S3Store {
             .body
             .collect()
             .await
-            .map_err(|e| StoreError::Unavailable(format!("reading body: {e}")))?
+            .map_err(|e| {
+                debug!(detail = %DisplayErrorContext(&e), "reading an S3 response body failed");
+                StoreError::Unavailable(format!(
+                    "the answer from {} broke off ({})",
+                    self.target.endpoint,
+                    innermost(&e)
+                ))
+            })?
             .into_bytes();
         Ok(Fetched::Found(Versioned { body, etag }))
     }
@@ -267,40 +555,236 @@ impl Store for S3Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Error as IoError, ErrorKind};
+
+    fn target(endpoint: &str) -> Target {
+        Target {
+            endpoint: endpoint.into(),
+            connect_timeout: Duration::from_secs(3),
+            attempt_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// An error with a message and an optional source, like the layers the
+    /// SDK and hyper wrap around a failure.
+    #[derive(Debug)]
+    struct Layer(
+        &'static str,
+        Option<Box<dyn std::error::Error + Send + Sync>>,
+    );
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    fn wrap(msg: &'static str, inner: impl std::error::Error + Send + Sync + 'static) -> Layer {
+        Layer(msg, Some(Box::new(inner)))
+    }
 
     #[test]
     fn classifies_by_code_before_status() {
+        let c = |status, code| classify_service("b", "http://s3", status, code);
         assert!(matches!(
-            classify_service("b", 200, Some("PreconditionFailed"), None),
+            c(200, Some("PreconditionFailed")),
             StoreError::Conflict(_)
         ));
         assert!(matches!(
-            classify_service("b", 409, Some("ConditionalRequestConflict"), None),
+            c(409, Some("ConditionalRequestConflict")),
             StoreError::Conflict(_)
         ));
+        assert_eq!(c(404, Some("NoSuchKey")), StoreError::Missing);
         assert_eq!(
-            classify_service("b", 404, Some("NoSuchKey"), None),
-            StoreError::Missing
-        );
-        assert_eq!(
-            classify_service("b", 404, Some("NoSuchBucket"), None),
+            c(404, Some("NoSuchBucket")),
             StoreError::NoSuchBucket("b".into())
         );
+        assert!(matches!(c(503, Some("SlowDown")), StoreError::Ambiguous(_)));
+        assert!(matches!(c(500, None), StoreError::Ambiguous(_)));
         assert!(matches!(
-            classify_service("b", 503, Some("SlowDown"), None),
-            StoreError::Ambiguous(_)
-        ));
-        assert!(matches!(
-            classify_service("b", 500, None, None),
-            StoreError::Ambiguous(_)
-        ));
-        assert!(matches!(
-            classify_service("b", 403, Some("InvalidAccessKeyId"), None),
+            c(403, Some("InvalidAccessKeyId")),
             StoreError::AccessDenied(_)
         ));
-        assert!(matches!(
-            classify_service("b", 501, None, None),
-            StoreError::Unsupported(_)
-        ));
+        assert!(matches!(c(501, None), StoreError::Unsupported(_)));
+    }
+
+    #[test]
+    fn service_errors_read_as_one_sentence() {
+        let text = |status, code| classify_service("b", "http://s3:9000", status, code).to_string();
+        for (status, code) in [
+            (403, Some("AccessDenied")),
+            (403, Some("InvalidAccessKeyId")),
+            (403, Some("SignatureDoesNotMatch")),
+            (400, Some("ExpiredToken")),
+            (400, Some("InvalidToken")),
+            (403, None),
+        ] {
+            let t = text(status, code);
+            assert!(t.starts_with("access denied"), "{t}");
+            assert!(t.len() < 160 && !t.contains('\n'), "{t}");
+        }
+        assert_eq!(
+            text(503, Some("SlowDown")),
+            "http://s3:9000 answered HTTP 503 SlowDown"
+        );
+        assert_eq!(
+            text(501, Some("NotImplemented")),
+            "the store does not support conditional writes (HTTP 501 NotImplemented)"
+        );
+        assert_eq!(text(418, None), "http://s3:9000 answered HTTP 418");
+    }
+
+    #[test]
+    fn a_refused_connection_names_the_endpoint() {
+        let err = wrap(
+            "client error (Connect)",
+            wrap(
+                "tcp connect error",
+                IoError::from(ErrorKind::ConnectionRefused),
+            ),
+        );
+        let cause = Cause::of(&err);
+        assert_eq!(cause, Cause::Refused);
+        assert_eq!(
+            cause.sentence(&target("http://127.0.0.1:1")),
+            "cannot reach http://127.0.0.1:1 (connection refused)"
+        );
+    }
+
+    #[test]
+    fn a_failed_lookup_says_dns() {
+        let err = wrap(
+            "client error (Connect)",
+            wrap(
+                "dns error",
+                IoError::other("failed to lookup address information: Name or service not known"),
+            ),
+        );
+        assert_eq!(
+            Cause::of(&err).sentence(&target("http://minio:9000")),
+            "cannot reach http://minio:9000 (DNS lookup failed: Name or service not known)"
+        );
+    }
+
+    #[test]
+    fn tls_failures_are_told_apart_from_plain_http() {
+        // As tokio-rustls reports them: InvalidData wrapping rustls' error,
+        // inside the connector's own I/O error.
+        let tls = |msg: &'static str| {
+            wrap(
+                "client error (Connect)",
+                IoError::other(IoError::new(ErrorKind::InvalidData, Layer(msg, None))),
+            )
+        };
+        let ep = target("https://s3.local");
+        assert_eq!(
+            Cause::of(&tls("invalid peer certificate: UnknownIssuer")).sentence(&ep),
+            "TLS handshake with https://s3.local failed (invalid peer certificate: UnknownIssuer)"
+        );
+        let plain = Cause::of(&tls("received corrupt message of type InvalidContentType"));
+        assert!(plain.sentence(&ep).contains("use http://"), "{plain:?}");
+        // Once connected, bad data is not a handshake problem.
+        let body = wrap(
+            "error reading a body from connection",
+            IoError::new(ErrorKind::InvalidData, Layer("invalid chunk size", None)),
+        );
+        assert_eq!(
+            Cause::of(&body).sentence(&ep),
+            "connection to https://s3.local failed (invalid chunk size)"
+        );
+    }
+
+    #[test]
+    fn timeouts_say_which_wait_ran_out() {
+        let connect = wrap(
+            "timeout",
+            Layer("HTTP connect timeout occurred after 3s", None),
+        );
+        assert_eq!(
+            Cause::of(&connect).sentence(&target("http://s3")),
+            "cannot reach http://s3 (no connection within 3s)"
+        );
+        assert_eq!(
+            Cause::Timeout.sentence(&target("http://s3")),
+            "no answer from http://s3 within 10s"
+        );
+    }
+
+    #[test]
+    fn credential_errors_win_over_everything_below_them() {
+        let missing = wrap(
+            "other",
+            CredentialsError::not_loaded("no providers in chain provided credentials"),
+        );
+        let cause = Cause::of(&missing);
+        assert_eq!(cause, Cause::NoCredentials);
+        let text = cause.sentence(&target("s3.us-east-1.amazonaws.com"));
+        assert!(text.starts_with("no AWS credentials found"), "{text}");
+        assert!(text.contains("AWS_ACCESS_KEY_ID"), "{text}");
+        // A provider that failed on the network is still a credentials
+        // problem: the I/O error below it must not turn it into "cannot reach".
+        let imds = wrap(
+            "other",
+            CredentialsError::provider_error(wrap(
+                "failed to load IMDS session token",
+                IoError::from(ErrorKind::ConnectionRefused),
+            )),
+        );
+        assert!(matches!(Cause::of(&imds), Cause::CredentialsFailed(_)));
+        assert!(
+            Cause::of(&imds)
+                .sentence(&target("x"))
+                .starts_with("cannot load AWS credentials (")
+        );
+    }
+
+    #[test]
+    fn other_io_errors_keep_their_kind_short() {
+        let reset = wrap("io error", IoError::from(ErrorKind::ConnectionReset));
+        assert_eq!(
+            Cause::of(&reset).sentence(&target("http://s3")),
+            "connection to http://s3 failed (connection reset)"
+        );
+        let unknown = Layer("something odd", None);
+        assert_eq!(
+            Cause::of(&unknown).sentence(&target("http://s3")),
+            "request to http://s3 failed (something odd)"
+        );
+    }
+
+    #[test]
+    fn long_details_are_cut_to_one_short_line() {
+        let long = "x".repeat(500);
+        let cut = brief(&format!("{long}\nsecond line"));
+        assert_eq!(cut.chars().count(), 100);
+        assert!(cut.ends_with('…'));
+        assert_eq!(brief("short\nmore"), "short");
+    }
+
+    #[test]
+    fn the_endpoint_is_named_as_configured() {
+        let name = |explicit, s3_env, ignore, shared| {
+            endpoint_name(explicit, s3_env, ignore, shared, "eu-west-1")
+        };
+        assert_eq!(name(None, None, None, None), "s3.eu-west-1.amazonaws.com");
+        assert_eq!(
+            name(Some("http://a"), Some("http://b"), None, Some("http://c")),
+            "http://a"
+        );
+        assert_eq!(
+            name(None, Some("http://b"), None, Some("http://c")),
+            "http://b"
+        );
+        assert_eq!(
+            name(None, Some("http://b"), Some("true"), None),
+            "s3.eu-west-1.amazonaws.com"
+        );
+        assert_eq!(name(None, Some(""), None, Some("http://c")), "http://c");
     }
 }
