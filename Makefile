@@ -4,7 +4,7 @@
 # Build the pinned test-bed binaries (cached; skipped when present), then run
 # every test: unit, property, conformance, stress, lease, CLI end to end.
 test: testbed
-	cargo test
+	cargo test --workspace
 
 # SeaweedFS, etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
 # kubectl, kwok and helm, pinned, into ~/.cache/jobgate/testbed (cold: about
@@ -13,11 +13,11 @@ testbed:
 	scripts/testbed.sh all
 
 unit:
-	cargo test --lib
+	cargo test --workspace --lib
 
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets -- -D warnings
 
 # Five commands through a limit of 2 on the local file ledger.
 demo:

@@ -1,14 +1,18 @@
 //! The semaphore under store faults that a real server cannot be made to
-//! produce on demand: writes that land but whose answer is lost, followed by
-//! a partition.
+//! produce on demand (writes that land but whose answer is lost, followed by
+//! a partition) and its leases, all on an in-memory store and tokio's paused
+//! clock: time moves only when every task waits, so lease arithmetic is
+//! checked exactly and a 30-second lease costs no wall-clock time.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use jobgate::store::{Condition, ETag, Fetched, MemoryStore, Store, StoreError};
+use jobgate::store::{Condition, DynStore, ETag, Fetched, MemoryStore, Store, StoreError};
 use jobgate::{Config, Semaphore};
 
 /// Applies the first `lose_answers` writes but reports them as timeouts;
@@ -58,7 +62,7 @@ fn config(agent: &str, lease: Duration) -> Config {
     c
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_grant_whose_answer_was_lost_is_granted_once_and_still_fenced() {
     let store = Arc::new(Flaky::default());
     // The create lands but its answer is lost; so does the retry's answer.
@@ -86,7 +90,7 @@ async fn a_grant_whose_answer_was_lost_is_granted_once_and_still_fenced() {
     sem.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_grant_the_caller_gave_up_on_is_released() {
     let store = Arc::new(Flaky::default());
     let dynstore: jobgate::store::DynStore = store.clone();
@@ -112,4 +116,59 @@ async fn a_grant_the_caller_gave_up_on_is_released() {
     );
     sem.release(&next.holder).await.unwrap();
     sem.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_agents_slot_returns_after_one_lease_on_the_waiters_clock() {
+    let store: DynStore = Arc::new(MemoryStore::new());
+    let lease = Duration::from_secs(30);
+    let silent = Semaphore::new(store.clone(), "s.json", config("silent", lease));
+    let held = silent.acquire("h").await.unwrap();
+    // Stops renewing without releasing, as a crashed process would.
+    silent.shutdown().await;
+    let stopped = Instant::now();
+    let waiter = Semaphore::new(store.clone(), "s.json", config("waiter", lease));
+    let got = waiter.acquire("w").await.unwrap();
+    let waited = stopped.elapsed();
+    assert!(
+        waited >= lease,
+        "took the slot after {waited:?}, before a whole lease of {lease:?}"
+    );
+    // The waiter starts watching at once and polls every 20 ms.
+    assert!(
+        waited <= lease + Duration::from_secs(1),
+        "took {waited:?} to reclaim a slot whose lease is {lease:?}"
+    );
+    eprintln!("reclaimed after {waited:?} with a lease of {lease:?}");
+    assert!(got.token > held.token, "fencing tokens only grow");
+    waiter.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_live_agents_slot_is_never_taken_however_long_it_holds() {
+    let store: DynStore = Arc::new(MemoryStore::new());
+    let lease = Duration::from_secs(30);
+    let live = Semaphore::new(store.clone(), "l.json", config("live", lease));
+    let permit = live.acquire("held").await.unwrap();
+    let waiter = Semaphore::new(store.clone(), "l.json", config("waiter", lease));
+    let waited = tokio::time::timeout(lease * 10, waiter.acquire("want")).await;
+    assert!(waited.is_err(), "a live agent's slot was taken: {waited:?}");
+    assert!(
+        !permit.is_lost(),
+        "the live holder was told its slot is lost"
+    );
+    let (ledger, _) = jobgate::semaphore::read_ledger(&store, "l.json")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        ledger.holders.keys().collect::<Vec<_>>(),
+        vec!["held"],
+        "{ledger:?}"
+    );
+    // One renewal every third of the lease: about 30 in ten leases.
+    let renewals = ledger.agents["live"].renewals;
+    assert!(renewals >= 27, "renewed {renewals} times in ten leases");
+    live.shutdown().await;
+    waiter.shutdown().await;
 }
