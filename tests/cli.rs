@@ -9,7 +9,10 @@ const PROCESSES: usize = 8;
 
 /// Each child marks itself present in `slots/`, counts who is present, and
 /// leaves. The largest count any child saw is the true peak concurrency.
-const CHILD: &str = r#"mkdir "$SLOTS/$JOBGATE_HOLDER" && ls "$SLOTS" | wc -l >> "$COUNTS/$JOBGATE_HOLDER" && sleep 0.4 && ls "$SLOTS" | wc -l >> "$COUNTS/$JOBGATE_HOLDER" && rmdir "$SLOTS/$JOBGATE_HOLDER""#;
+/// A child stays until it sees `$LIMIT` present (or 3 s pass, for the last
+/// few), so that the limit is reached however the processes' start-up times
+/// happen to fall, and any extra one would be seen.
+const CHILD: &str = r#"mkdir "$SLOTS/$JOBGATE_HOLDER" && ls "$SLOTS" | wc -l >> "$COUNTS/$JOBGATE_HOLDER" && for i in $(seq 30); do [ "$(ls "$SLOTS" | wc -l)" -ge "$LIMIT" ] && break; sleep 0.1; done; sleep 0.1 && ls "$SLOTS" | wc -l >> "$COUNTS/$JOBGATE_HOLDER" && rmdir "$SLOTS/$JOBGATE_HOLDER""#;
 
 fn run_many(ledger: &str, env: &[(&'static str, String)], work: &Path) -> usize {
     let slots = work.join("slots");
@@ -31,6 +34,7 @@ fn run_many(ledger: &str, env: &[(&'static str, String)], work: &Path) -> usize 
                 .args(["--holder", &format!("job-{i}"), "--", "sh", "-c", CHILD])
                 .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
                 .env("SLOTS", &slots)
+                .env("LIMIT", LIMIT.to_string())
                 .env("COUNTS", &counts)
                 .stdin(Stdio::null())
                 .spawn()
