@@ -124,14 +124,6 @@ impl S3Store {
         }
     }
 
-    pub fn client(&self) -> &aws_sdk_s3::Client {
-        &self.client
-    }
-
-    pub fn bucket(&self) -> &str {
-        &self.bucket
-    }
-
     /// Which `StoreError` a failure is decides correctness (retry, re-read,
     /// give up), so it depends only on the SDK's error kind. The message is
     /// one sentence naming the cause; the SDK's full context goes to the
