@@ -10,6 +10,7 @@ pub mod error;
 pub mod lease;
 pub mod ledger;
 pub mod operator;
+#[doc(hidden)] // for `jobgate run` and the test kit
 pub mod process;
 pub mod semaphore;
 pub mod store;

@@ -209,11 +209,4 @@ mod tests {
             }
         }
     }
-
-    #[test]
-    fn the_sdk_is_quiet_unless_verbose() {
-        assert!(default_filter(0, false).contains("aws=off"));
-        assert!(default_filter(0, true).contains("aws=error"));
-        assert!(!default_filter(1, false).contains("aws="));
-    }
 }

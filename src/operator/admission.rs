@@ -182,7 +182,12 @@ pub fn decide(inputs: &Inputs) -> Decision {
             continue;
         }
         if !j.suspended {
-            out.adopt.push(j.uid.clone());
+            // A Job fenced for a lost slot is being suspended: it waits for
+            // a slot again once it is, rather than being re-admitted while
+            // it stops.
+            if !out.lost.contains(&j.uid) {
+                out.adopt.push(j.uid.clone());
+            }
         } else if !j.admitted {
             waiting.push(j);
         }
@@ -196,6 +201,28 @@ pub fn decide(inputs: &Inputs) -> Decision {
     out.admit = waiting.into_iter().map(|j| j.uid.clone()).collect();
     out.withdraw_wait = inputs.wait_recorded && out.admit.is_empty() && out.adopt.is_empty();
     out
+}
+
+/// The Jobs to suspend when the ledger cannot be read, so that the limit
+/// holds without it (with `onLeaseLoss: Suspend`): every running Job this
+/// process holds no valid permit for. That is a lost permit; a Job admitted
+/// before a restart (or by a client since rebuilt), whose lease's last
+/// renewal is unknown, so other clusters may already have taken its slot;
+/// and a Job created running, which has no slot at all.
+pub fn fence_without_ledger(
+    jobs: &[JobView],
+    permits: &BTreeSet<String>,
+    lost_permits: &BTreeSet<String>,
+    suspend_on_loss: bool,
+) -> Vec<String> {
+    if !suspend_on_loss {
+        return Vec::new();
+    }
+    jobs.iter()
+        .filter(|j| !j.finished && !j.suspended)
+        .filter(|j| lost_permits.contains(&j.uid) || !permits.contains(&j.uid))
+        .map(|j| j.uid.clone())
+        .collect()
 }
 
 /// What to do to one Job after the ledger write.
@@ -476,7 +503,7 @@ mod tests {
 
     #[test]
     fn the_recorded_wait_is_withdrawn_when_nothing_waits() {
-        let inputs = |jobs: &'static [JobView]| {
+        let inputs = |jobs: &[JobView]| {
             decide(&Inputs {
                 jobs,
                 held_in_ledger: &BTreeSet::new(),
@@ -487,9 +514,49 @@ mod tests {
             })
         };
         assert!(inputs(&[]).withdraw_wait);
-        let waiting: &'static [JobView] = Box::leak(Box::new([job("a", "t")]));
-        assert!(!inputs(waiting).withdraw_wait);
+        assert!(!inputs(&[job("a", "t")]).withdraw_wait);
         assert!(!decide_with(&[], &[]).withdraw_wait, "nothing recorded");
+    }
+
+    #[test]
+    fn a_job_whose_slot_was_lost_and_evicted_is_fenced_not_adopted_again() {
+        let d = decide(&Inputs {
+            jobs: &[running("a")],
+            held_in_ledger: &BTreeSet::new(),
+            permits: &set(&["a"]),
+            lost_permits: &set(&["a"]),
+            suspend_on_loss: true,
+            wait_recorded: false,
+        });
+        assert_eq!(d.fence, ids(&["a"]));
+        assert!(d.adopt.is_empty(), "{d:?}");
+        assert!(d.acquire().is_empty());
+    }
+
+    #[test]
+    fn without_the_ledger_lost_and_unvouched_running_jobs_are_fenced() {
+        let mut unadmitted = running("rogue");
+        unadmitted.admitted = false;
+        let mut paused = running("paused");
+        paused.suspended = true;
+        let mut done = running("done");
+        done.finished = true;
+        let jobs = [
+            running("lost"),
+            running("held"),
+            running("restarted"),
+            unadmitted,
+            paused,
+            done,
+            job("waiting", "t"),
+        ];
+        let permits = set(&["lost", "held"]);
+        let lost = set(&["lost"]);
+        assert_eq!(
+            fence_without_ledger(&jobs, &permits, &lost, true),
+            ids(&["lost", "restarted", "rogue"])
+        );
+        assert!(fence_without_ledger(&jobs, &permits, &lost, false).is_empty());
     }
 
     fn grants(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {

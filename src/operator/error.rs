@@ -48,6 +48,18 @@ pub enum Error {
 }
 
 impl Error {
+    /// The pass stopped before it could read the ledger: nothing but this
+    /// process's own permits vouches for the group's running Jobs.
+    pub fn leaves_ledger_unread(&self) -> bool {
+        matches!(
+            self,
+            Error::Credentials { .. }
+                | Error::CredentialsIncomplete { .. }
+                | Error::OpenLedger(_)
+                | Error::ReadLedger(_)
+        )
+    }
+
     /// A stable label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -40,6 +40,20 @@ pub struct GroupLedger {
     pub exported: Mutex<(u64, u64)>,
 }
 
+impl GroupLedger {
+    /// The Job UIDs this process holds a permit for, and those of them whose
+    /// lease could not be renewed in time.
+    pub fn permits(&self) -> (BTreeSet<String>, BTreeSet<String>) {
+        let permits = lock(&self.permits);
+        let lost = permits
+            .iter()
+            .filter(|(_, p)| p.is_lost())
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        (permits.keys().cloned().collect(), lost)
+    }
+}
+
 /// Locks a mutex, recovering the data if a panicking thread poisoned it: the
 /// maps here stay consistent between statements.
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -141,6 +155,17 @@ impl Ledgers {
             .lock()
             .await
             .retain(|group, _| existing.contains(group));
+    }
+
+    /// The client this process uses for a group now, whatever its settings:
+    /// its permits say which Jobs this process can vouch for even when the
+    /// group's credentials or ledger cannot be read.
+    pub async fn current(&self, ns: &str, name: &str) -> Option<Arc<GroupLedger>> {
+        self.groups
+            .lock()
+            .await
+            .get(&(ns.to_string(), name.to_string()))
+            .cloned()
     }
 
     /// Forgets a deleted group. Its slots are not released here: Jobs of a

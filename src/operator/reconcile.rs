@@ -1,10 +1,12 @@
-//! Reconciliation of one ConcurrencyGroup, as a pipeline:
-//! gather (Jobs, credentials, ledger) → decide (`admission::plan`, pure) →
-//! write the ledger (one batch) → patch Jobs → update status.
+//! Reconciliation of one ConcurrencyGroup, as a pipeline: fence lost slots
+//! (from this process's own permits) → gather (credentials, ledger, Jobs) →
+//! decide (`admission::decide`, pure) → fence → write the ledger (one batch)
+//! → patch Jobs (`admission::on_grants`, pure) → update status. A pass that
+//! cannot read the ledger suspends the running Jobs nothing vouches for.
 //!
 //! Every step is idempotent, so a controller killed anywhere finishes the
 //! work on its next pass: a slot granted but not yet acted on shows up as a
-//! held slot of a suspended Job, which `plan` turns into an unsuspend.
+//! held slot of a suspended Job, which `decide` turns into an unsuspend.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -30,6 +32,7 @@ use super::error::{Error, Result};
 use super::ledgers::{Credentials, GroupLedger, LedgerSettings, Ledgers, lock};
 use super::metrics::{GroupLabels, Metrics, ReleaseLabels};
 use super::status::{self, Observed, Problem};
+use crate::ledger::Ledger;
 use crate::semaphore::Permit;
 
 /// The field manager of every write this controller makes.
@@ -138,14 +141,37 @@ async fn admit(
     ctx: &Context,
     labels: &GroupLabels,
 ) -> Result<Summary> {
-    let pass = gather(group, ns, name, ctx).await?;
+    // Lost slots are fenced from this process's own state first: reading
+    // the ledger may take longer than the lease has left, or fail.
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    let current = ctx.ledgers.current(ns, name).await;
+    if current
+        .as_ref()
+        .is_some_and(|gl| !gl.permits().1.is_empty())
+    {
+        fence_without_ledger(ctx, group, &jobs_api, current.as_deref(), true).await?;
+    }
+    let pass = match gather(group, ns, name, ctx, jobs_api.clone()).await {
+        Ok(pass) => pass,
+        Err(e) if e.leaves_ledger_unread() => {
+            // Without the ledger nothing but our own permits vouches for a
+            // running Job.
+            if let Err(fence) =
+                fence_without_ledger(ctx, group, &jobs_api, current.as_deref(), false).await
+            {
+                warn!(error = %fence, "could not suspend Jobs while the ledger is unreadable");
+            }
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
     let decision = decide(&pass, group);
     debug!(group = name, ?decision, "decided");
     fence(ctx, &pass, &decision).await?;
     let granted = write_ledger(ctx, &pass, group, &decision).await?;
-    let waiting_here = patch_jobs(ctx, &pass, group, &decision, &granted, labels).await?;
+    let (waiting_here, read) = patch_jobs(ctx, &pass, group, &decision, &granted, labels).await?;
     export_counters(ctx, &pass.gl, labels);
-    summarize(&pass, waiting_here).await
+    summarize(&pass, waiting_here, read).await
 }
 
 /// What one pass works from, read in this order.
@@ -160,8 +186,55 @@ struct Pass {
     wait_recorded: bool,
 }
 
+/// Suspends the running Jobs that nothing vouches for without a ledger read:
+/// with `lost_only`, those whose permit here is lost; else also those this
+/// process holds no permit for (see `admission::fence_without_ledger`).
+async fn fence_without_ledger(
+    ctx: &Context,
+    group: &ConcurrencyGroup,
+    jobs_api: &Api<Job>,
+    current: Option<&GroupLedger>,
+    lost_only: bool,
+) -> Result<()> {
+    let suspend_on_loss = group.spec.on_lease_loss == LeaseLossPolicy::Suspend;
+    if !suspend_on_loss {
+        return Ok(());
+    }
+    let (permits, lost) = current.map(GroupLedger::permits).unwrap_or_default();
+    let selector = ListParams::default().labels(&format!("{GROUP_LABEL}={}", group.name_any()));
+    let jobs = timed(ctx, "list_jobs", jobs_api.list(&selector))
+        .await
+        .map_err(Error::GatherJobs)?;
+    let views: Vec<JobView> = jobs.items.iter().filter_map(job_view).collect();
+    let permits = if lost_only {
+        &views.iter().map(|j| j.uid.clone()).collect()
+    } else {
+        &permits
+    };
+    let fence = admission::fence_without_ledger(&views, permits, &lost, suspend_on_loss);
+    for job in jobs
+        .items
+        .iter()
+        .filter(|j| j.uid().is_some_and(|u| fence.contains(&u)))
+    {
+        let note = if lost.contains(&job.uid().unwrap_or_default()) {
+            "this cluster could not renew its lease on the ledger in time; suspended to keep the limit, it waits for a slot again"
+        } else {
+            "the ledger cannot be read and this controller holds no lease for this Job's slot, so the slot may already be taken elsewhere; suspended to keep the limit, it waits for a slot again"
+        };
+        suspend(ctx, jobs_api, job, "LeaseLost", note.into()).await?;
+    }
+    Ok(())
+}
+
 /// Gather: credentials, the ledger client, the ledger, then the Jobs.
-async fn gather(group: &ConcurrencyGroup, ns: &str, name: &str, ctx: &Context) -> Result<Pass> {
+async fn gather(
+    group: &ConcurrencyGroup,
+    ns: &str,
+    name: &str,
+    ctx: &Context,
+    jobs_api: Api<Job>,
+) -> Result<Pass> {
     let creds = credentials(group, ns, ctx).await?;
     let gl = ctx
         .ledgers
@@ -171,7 +244,6 @@ async fn gather(group: &ConcurrencyGroup, ns: &str, name: &str, ctx: &Context) -
     // The ledger first, then the Jobs: every slot held in this snapshot was
     // granted before the list, so the list shows its Job unless it is gone.
     let ledger = gl.sem.snapshot().await.map_err(Error::ReadLedger)?;
-    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
     let selector = ListParams::default().labels(&format!("{GROUP_LABEL}={name}"));
     let listed = timed(ctx, "list_jobs", jobs_api.list(&selector))
         .await
@@ -194,17 +266,7 @@ async fn gather(group: &ConcurrencyGroup, ns: &str, name: &str, ctx: &Context) -
 /// Decide: the pure `admission::decide` over what was gathered and the
 /// permits this process holds.
 fn decide(pass: &Pass, group: &ConcurrencyGroup) -> Decision {
-    let (permits, lost_permits): (BTreeSet<String>, BTreeSet<String>) = {
-        let permits = lock(&pass.gl.permits);
-        (
-            permits.keys().cloned().collect(),
-            permits
-                .iter()
-                .filter(|(_, p)| p.is_lost())
-                .map(|(uid, _)| uid.clone())
-                .collect(),
-        )
-    };
+    let (permits, lost_permits) = pass.gl.permits();
     admission::decide(&Inputs {
         jobs: &pass.views,
         held_in_ledger: &pass.held_in_ledger,
@@ -256,6 +318,14 @@ async fn write_ledger(
         .release_and_try_acquire(&releases, &acquires)
         .await
         .map_err(Error::WriteLedger)?;
+    // Forget released permits before tracking grants: a lost slot given up
+    // and granted again in this write must stay watched.
+    {
+        let mut permits = lock(&gl.permits);
+        for uid in &releases {
+            permits.remove(uid);
+        }
+    }
     for (uid, answer) in acquires.iter().zip(answers) {
         match answer {
             Ok(Some(permit)) => {
@@ -269,15 +339,11 @@ async fn write_ledger(
             Err(e) => return Err(Error::WriteLedger(e)),
         }
     }
-    let mut permits = lock(&gl.permits);
-    for uid in &releases {
-        permits.remove(uid);
-    }
     Ok(granted)
 }
 
 /// Patch Jobs: report releases, then act on the grants. Returns how many
-/// Jobs wait for a slot here.
+/// Jobs wait for a slot here, and the ledger if it read it.
 async fn patch_jobs(
     ctx: &Context,
     pass: &Pass,
@@ -285,7 +351,7 @@ async fn patch_jobs(
     decision: &Decision,
     granted: &BTreeMap<String, u64>,
     labels: &GroupLabels,
-) -> Result<u32> {
+) -> Result<(u32, Option<Ledger>)> {
     let gl = &pass.gl;
     lock(&gl.announced_waiting).retain(|uid| pass.jobs.contains_key(uid));
     report_releases(ctx, pass, decision, labels).await;
@@ -296,7 +362,7 @@ async fn patch_jobs(
         group.spec.on_lease_loss == LeaseLossPolicy::Keep,
     );
     if actions.is_empty() {
-        return Ok(0);
+        return Ok((0, None));
     }
     // For the messages: the ledger as it is now (a conditional GET; usually
     // unchanged).
@@ -356,7 +422,7 @@ async fn patch_jobs(
             }
         }
     }
-    Ok(waiting)
+    Ok((waiting, Some(now)))
 }
 
 /// Exports the ledger client's write and conflict counters.
@@ -377,10 +443,13 @@ fn export_counters(ctx: &Context, gl: &GroupLedger, labels: &GroupLabels) {
 }
 
 /// What the status says after the pass: the ledger as it is now (a
-/// conditional GET; usually unchanged).
-async fn summarize(pass: &Pass, waiting_here: u32) -> Result<Summary> {
+/// conditional GET; usually unchanged), unless patching Jobs just read it.
+async fn summarize(pass: &Pass, waiting_here: u32, read: Option<Ledger>) -> Result<Summary> {
     let gl = &pass.gl;
-    let after = gl.sem.snapshot().await.map_err(Error::ReadLedger)?;
+    let after = match read {
+        Some(ledger) => ledger,
+        None => gl.sem.snapshot().await.map_err(Error::ReadLedger)?,
+    };
     Ok(Summary {
         ledger_limit: after.limit,
         in_use: after.holders.len() as u32,
