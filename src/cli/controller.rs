@@ -43,6 +43,11 @@ pub struct ControllerArgs {
     /// How long a silent leader keeps the Lease.
     #[arg(long, default_value = "15s", value_parser = super::parse_duration)]
     leader_election_lease: Duration,
+    /// Test only: do not suspend Jobs whose slot is lost unless the ledger
+    /// can be read (the behaviour before fencing without the ledger), so
+    /// that tests can show their checkers catch the limit being exceeded.
+    #[arg(long, hide = true)]
+    unsafe_fence_only_with_ledger: bool,
     /// This replica's name in the Lease and in Events (default: host name and pid).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -58,6 +63,7 @@ pub async fn controller(args: ControllerArgs) -> Result<u8> {
         namespace: args.namespace.filter(|s| !s.is_empty()),
         poll_waiting: args.poll_waiting,
         poll_idle: args.poll_idle,
+        fence_without_ledger: !args.unsafe_fence_only_with_ledger,
         listen: args.listen,
         leader_election: args.leader_elect.then_some(LeaderSettings {
             namespace: args.leader_election_namespace,

@@ -35,6 +35,9 @@ pub struct Settings {
     pub namespace: Option<String>,
     pub poll_waiting: Duration,
     pub poll_idle: Duration,
+    /// Suspend Jobs whose slot is lost even when the ledger cannot be read.
+    /// Off only in tests that show what goes wrong without it.
+    pub fence_without_ledger: bool,
     pub listen: SocketAddr,
     pub leader_election: Option<LeaderSettings>,
     /// Names this replica in Events and the leader Lease.
@@ -121,6 +124,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<()> {
         },
         poll_waiting: settings.poll_waiting,
         poll_idle: settings.poll_idle,
+        fence_without_ledger: settings.fence_without_ledger,
         trigger,
     });
     info!(%cluster, "controller running");

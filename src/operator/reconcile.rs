@@ -47,6 +47,8 @@ pub struct Context {
     /// How often to look again while Jobs wait, and when nothing waits.
     pub poll_waiting: Duration,
     pub poll_idle: Duration,
+    /// Suspend Jobs whose slot is lost without waiting for a ledger read.
+    pub fence_without_ledger: bool,
     /// Asks for a reconciliation of a group (e.g. when a slot is lost).
     pub trigger: mpsc::UnboundedSender<ObjectRef<ConcurrencyGroup>>,
 }
@@ -138,22 +140,23 @@ async fn admit(
     group: &ConcurrencyGroup,
     ns: &str,
     name: &str,
-    ctx: &Context,
+    ctx: &Arc<Context>,
     labels: &GroupLabels,
 ) -> Result<Summary> {
     // Lost slots are fenced from this process's own state first: reading
     // the ledger may take longer than the lease has left, or fail.
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
     let current = ctx.ledgers.current(ns, name).await;
-    if current
-        .as_ref()
-        .is_some_and(|gl| !gl.permits().1.is_empty())
+    if ctx.fence_without_ledger
+        && current
+            .as_ref()
+            .is_some_and(|gl| !gl.permits().1.is_empty())
     {
         fence_without_ledger(ctx, group, &jobs_api, current.as_deref(), true).await?;
     }
     let pass = match gather(group, ns, name, ctx, jobs_api.clone()).await {
         Ok(pass) => pass,
-        Err(e) if e.leaves_ledger_unread() => {
+        Err(e) if e.leaves_ledger_unread() && ctx.fence_without_ledger => {
             // Without the ledger nothing but our own permits vouches for a
             // running Job.
             if let Err(fence) =
@@ -298,7 +301,7 @@ async fn fence(ctx: &Context, pass: &Pass, decision: &Decision) -> Result<()> {
 /// Write the ledger: every release and acquire of this pass in one batch.
 /// Returns the tokens granted, by Job UID.
 async fn write_ledger(
-    ctx: &Context,
+    ctx: &Arc<Context>,
     pass: &Pass,
     group: &ConcurrencyGroup,
     decision: &Decision,
@@ -330,7 +333,8 @@ async fn write_ledger(
         match answer {
             Ok(Some(permit)) => {
                 granted.insert(uid.clone(), permit.token);
-                track(gl, ctx, group, permit);
+                let job = pass.jobs.get(uid).map(|j| j.name_any()).unwrap_or_default();
+                track(gl, ctx, group, &job, permit);
             }
             Ok(None) => {}
             Err(crate::Error::HolderTaken { agent, .. }) => {
@@ -466,22 +470,59 @@ async fn timed<T>(ctx: &Context, call: &'static str, f: impl Future<Output = T>)
     out
 }
 
-/// Remembers a permit and asks for a reconciliation when it is lost.
-fn track(gl: &GroupLedger, ctx: &Context, group: &ConcurrencyGroup, permit: Permit) {
+/// Remembers a permit and watches it. When its lease cannot be renewed in
+/// time, the Job is suspended from here at once (with `onLeaseLoss:
+/// Suspend`), not by the next pass, which may be stuck reading a ledger that
+/// does not answer; then a pass is asked for.
+fn track(
+    gl: &Arc<GroupLedger>,
+    ctx: &Arc<Context>,
+    group: &ConcurrencyGroup,
+    job: &str,
+    permit: Permit,
+) {
     let mut permits = lock(&gl.permits);
     if permits.get(&permit.holder).is_some_and(|p| !p.is_lost()) {
         return;
     }
     let mut watch = permit.clone();
     permits.insert(permit.holder.clone(), permit);
-    let trigger = ctx.trigger.clone();
+    // Weak: a client that is replaced or shut down marks its permits lost
+    // as it stops, and that is no reason to suspend anything.
+    let client = Arc::downgrade(gl);
+    let ctx = ctx.clone();
     let target = ObjectRef::from_obj(group);
+    let suspend_on_loss = group.spec.on_lease_loss == LeaseLossPolicy::Suspend;
+    let (ns, job) = (group.namespace().unwrap_or_default(), job.to_string());
     tokio::spawn(async move {
         watch.lost().await;
-        // Also ends when the slot is released or the client stops; an extra
-        // reconciliation is harmless.
-        let _ = trigger.send(target);
+        // Also ends when the slot is released (not lost) or the client stops.
+        let in_use = client.upgrade().is_some();
+        if watch.is_lost() && in_use && suspend_on_loss && ctx.fence_without_ledger {
+            fence_lost_job(&ctx, &ns, &job, &watch.holder).await;
+        }
+        let _ = ctx.trigger.send(target);
     });
+}
+
+/// Suspends the Job whose slot was just lost, if it still runs.
+async fn fence_lost_job(ctx: &Context, ns: &str, name: &str, uid: &str) {
+    let api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    let job = match timed(ctx, "get_job", api.get_opt(name)).await {
+        Ok(Some(job)) if job.uid().as_deref() == Some(uid) => job,
+        Ok(_) => return,
+        Err(e) => {
+            warn!(job = name, error = %e, "could not read a Job whose slot was lost");
+            return;
+        }
+    };
+    if is_finished(&job) || job.spec.as_ref().and_then(|s| s.suspend) == Some(true) {
+        return;
+    }
+    let note = "this cluster could not renew its lease on the ledger in time; suspended to keep the limit, it waits for a slot again";
+    if let Err(e) = suspend(ctx, &api, &job, "LeaseLost", note.into()).await {
+        warn!(job = name, error = %e, "could not suspend a Job whose slot was lost");
+    }
 }
 
 async fn credentials(

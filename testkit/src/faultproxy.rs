@@ -4,7 +4,7 @@
 //! ConditionalRequestConflict without forwarding, or delay.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -61,6 +61,7 @@ impl FaultCounts {
 pub struct FaultProxy {
     pub endpoint: String,
     pub counts: Arc<FaultCounts>,
+    partitioned: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -123,8 +124,14 @@ async fn handle(
     upstream: Arc<String>,
     faults: Faults,
     counts: Arc<FaultCounts>,
+    partitioned: Arc<AtomicBool>,
 ) -> Result<Response<Full<Bytes>>, Dropped> {
     counts.requests.fetch_add(1, Ordering::Relaxed);
+    if partitioned.load(Ordering::SeqCst) {
+        // Like a network partition: the request goes nowhere and nothing
+        // answers; the client's own timeouts end it.
+        std::future::pending::<()>().await;
+    }
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map_err(|_| Dropped)?.to_bytes();
     let is_put = parts.method == Method::PUT;
@@ -170,13 +177,19 @@ impl FaultProxy {
         let client: Upstream = Client::builder(TokioExecutor::new()).build_http();
         let upstream = Arc::new(upstream.trim_end_matches('/').to_string());
         let task_counts = counts.clone();
+        let partitioned = Arc::new(AtomicBool::new(false));
+        let task_partitioned = partitioned.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (client, upstream, counts) =
-                    (client.clone(), upstream.clone(), task_counts.clone());
+                let (client, upstream, counts, partitioned) = (
+                    client.clone(),
+                    upstream.clone(),
+                    task_counts.clone(),
+                    task_partitioned.clone(),
+                );
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         handle(
@@ -185,6 +198,7 @@ impl FaultProxy {
                             upstream.clone(),
                             faults,
                             counts.clone(),
+                            partitioned.clone(),
                         )
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -196,7 +210,14 @@ impl FaultProxy {
         FaultProxy {
             endpoint,
             counts,
+            partitioned,
             task,
         }
+    }
+
+    /// Cuts the client off from the server (every request hangs
+    /// unanswered), or heals the cut.
+    pub fn partition(&self, cut: bool) {
+        self.partitioned.store(cut, Ordering::SeqCst);
     }
 }

@@ -1,0 +1,223 @@
+//! The operator under faults that split what runs from what the ledger says:
+//! a cluster cut off from S3 for longer than the lease, and a controller
+//! that starts while it cannot read the ledger. Real kube-apiservers, etcd,
+//! SeaweedFS (behind a fault proxy for the cut-off cluster) and `jobgate
+//! controller` processes; Jobs are run by the stand-in for the Job
+//! controller, so a suspended Job has stopped at once.
+
+use std::time::{Duration, Instant};
+
+use jobgate_testkit::faultproxy::{FaultProxy, Faults};
+use jobgate_testkit::k8s::ControlPlane;
+use jobgate_testkit::operator::{
+    AdmissionLog, Bed, ControllerProcess, GroupSpec, Sim, apply_group, cluster, create_jobs,
+    eventually, observe, read_ledger,
+};
+
+const NS: &str = "batch";
+const KEY: &str = "jobgate/batch/shared.json";
+/// `leaseSeconds` of the groups `apply_group` makes.
+const LEASE: Duration = Duration::from_secs(10);
+
+fn names(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i:02}")).collect()
+}
+
+fn events(cp: &ControlPlane, reason: &str) -> String {
+    let selector = format!("reason={reason}");
+    let out = cp.kubectl(&["get", "events", "-n", NS, "--field-selector", &selector]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What the partition scenario saw.
+struct Cut {
+    /// The most Jobs running at once in both clusters together.
+    max_running: usize,
+    /// From the cut until east ran no Job (None: it never stopped them).
+    east_stopped: Option<Duration>,
+    lease_lost_events: usize,
+    logs: String,
+}
+
+/// East runs two Jobs at limit 2 while west waits; then east loses S3 (every
+/// request hangs) until west has taken the slots, or 30 s have passed.
+/// `extra`: flags for east's controller.
+async fn cut_east_off_from_s3(extra: &[&str]) -> Cut {
+    let bed = Bed::start(NS, false).await;
+    let (west, west_kube) = cluster(NS, false).await;
+    let proxy = FaultProxy::start(&bed.s3.endpoint, Faults::default()).await;
+    apply_group(
+        &bed.cp,
+        &GroupSpec {
+            name: "shared",
+            ns: NS,
+            limit: 2,
+            bucket: &bed.bucket,
+            endpoint: &proxy.endpoint,
+            key: None,
+            secret: None,
+        },
+    );
+    bed.group_in(&west, "shared", NS, 2, None, None);
+    let checker = AdmissionLog::default();
+    // No Job completes during the test: they run until suspended.
+    let sim = Sim::new((100, 100));
+    sim.pause(true);
+    observe(
+        bed.kube.clone(),
+        "east",
+        NS,
+        checker.clone(),
+        Some(sim.clone()),
+    );
+    observe(
+        west_kube.clone(),
+        "west",
+        NS,
+        checker.clone(),
+        Some(sim.clone()),
+    );
+
+    create_jobs(&bed.kube, NS, "shared", &names("east", 2)).await;
+    let mut flags = vec!["--leader-elect=false"];
+    flags.extend(extra);
+    let east = ControllerProcess::start_with(&bed.cp, &bed.s3, "east", NS, true, &flags, "");
+    eventually(Duration::from_secs(60), "east runs two Jobs", || async {
+        (checker.snapshot(|s| s.running.len()) == 2).then_some(())
+    })
+    .await;
+    create_jobs(&west_kube, NS, "shared", &names("west", 2)).await;
+    let west_controller = ControllerProcess::start(&west, &bed.s3, "west", NS, true);
+    eventually(Duration::from_secs(60), "west waits", || async {
+        let ledger = read_ledger(&bed.s3, &bed.bucket, KEY).await?;
+        let waiting = ledger.agents.get(&format!("west/{NS}/shared"))?.waiting;
+        (waiting == 2).then_some(())
+    })
+    .await;
+
+    proxy.partition(true);
+    let cut = Instant::now();
+    let running = |cluster: &str| {
+        checker.snapshot(|s| s.running.iter().filter(|(c, _)| c == cluster).count())
+    };
+    let mut east_stopped = None;
+    while cut.elapsed() < Duration::from_secs(30) && running("west") < 2 {
+        if east_stopped.is_none() && running("east") == 0 {
+            east_stopped = Some(cut.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = cut.elapsed();
+    if east_stopped.is_none() && running("east") == 0 {
+        east_stopped = Some(took);
+    }
+    eprintln!(
+        "partition: east stopped its Jobs {east_stopped:?} after the cut; west ran {} Jobs {took:?} after it (lease {LEASE:?})",
+        running("west")
+    );
+    Cut {
+        max_running: checker.snapshot(|s| s.max_running),
+        east_stopped,
+        lease_lost_events: events(&bed.cp, "LeaseLost").matches("east-").count(),
+        logs: format!("{}\n----\n{}", east.log_text(), west_controller.log_text()),
+    }
+}
+
+/// East must suspend its Jobs before its lease can run out at west, so that
+/// at no moment do more than two Jobs run in the two clusters together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_cut_off_from_s3_suspends_its_jobs_before_the_others_take_their_slots() {
+    let cut = cut_east_off_from_s3(&[]).await;
+    let stopped = cut.east_stopped.unwrap_or(Duration::MAX);
+    // West may take the slots a whole lease after east's last renewal
+    // landed, which was before the cut.
+    assert!(
+        stopped < LEASE,
+        "east's Jobs ran {stopped:?} after the cut, past the lease of {LEASE:?}\n{}",
+        cut.logs
+    );
+    assert!(
+        cut.max_running <= 2,
+        "{} Jobs ran at once with limit 2\n{}",
+        cut.max_running,
+        cut.logs
+    );
+    assert_eq!(cut.lease_lost_events, 2, "one LeaseLost event per east Job");
+}
+
+/// The same cut with east fencing only after a ledger read, as before
+/// fencing without the ledger: the Job checker sees four Jobs run at limit
+/// 2. This shows the checker catches a violation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checker_catches_the_limit_exceeded_when_fencing_waits_for_the_ledger() {
+    let cut = cut_east_off_from_s3(&["--unsafe-fence-only-with-ledger"]).await;
+    assert!(
+        cut.max_running > 2,
+        "expected the checker to see more than 2 Jobs at once, saw {}\n{}",
+        cut.max_running,
+        cut.logs
+    );
+}
+
+/// A controller that starts while the ledger cannot be read cannot vouch for
+/// the Jobs it admitted before it restarted: it suspends them at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_controller_that_cannot_read_the_ledger_suspends_the_jobs_it_cannot_vouch_for()
+{
+    let bed = Bed::start(NS, false).await;
+    let proxy = FaultProxy::start(&bed.s3.endpoint, Faults::default()).await;
+    apply_group(
+        &bed.cp,
+        &GroupSpec {
+            name: "shared",
+            ns: NS,
+            limit: 2,
+            bucket: &bed.bucket,
+            endpoint: &proxy.endpoint,
+            key: None,
+            secret: None,
+        },
+    );
+    let checker = AdmissionLog::default();
+    let sim = Sim::new((100, 100));
+    sim.pause(true);
+    observe(
+        bed.kube.clone(),
+        "east",
+        NS,
+        checker.clone(),
+        Some(sim.clone()),
+    );
+    create_jobs(&bed.kube, NS, "shared", &names("east", 2)).await;
+    let mut controller = ControllerProcess::start(&bed.cp, &bed.s3, "east", NS, true);
+    eventually(Duration::from_secs(60), "two Jobs run", || async {
+        (checker.snapshot(|s| s.running.len()) == 2).then_some(())
+    })
+    .await;
+    controller.kill9();
+    proxy.partition(true);
+    let cut = Instant::now();
+    controller.restart();
+    eventually(Duration::from_secs(60), "the Jobs suspended", || async {
+        (checker.snapshot(|s| s.running.len()) == 0).then_some(())
+    })
+    .await;
+    eprintln!(
+        "restart without the ledger: Jobs suspended {:?} after the cut",
+        cut.elapsed()
+    );
+    let lease_lost = events(&bed.cp, "LeaseLost");
+    assert_eq!(
+        lease_lost.matches("east-").count(),
+        2,
+        "one LeaseLost event per Job:\n{lease_lost}\n{}",
+        controller.log_text()
+    );
+    // Healed: the controller takes its slots up again and lets them run.
+    proxy.partition(false);
+    eventually(Duration::from_secs(60), "the Jobs run again", || async {
+        (checker.snapshot(|s| s.running.len()) == 2).then_some(())
+    })
+    .await;
+    checker.snapshot(|s| assert!(s.max_running <= 2, "{} at once", s.max_running));
+}
