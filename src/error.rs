@@ -19,6 +19,11 @@ pub enum Error {
     #[error("ledger {0} does not exist (pass --limit to create it)")]
     LedgerMissing(String),
 
+    #[error(
+        "ledger {0} was deleted while in use; slots held here are given up and it is not re-created behind running holders (see docs/guarantees.md)"
+    )]
+    LedgerVanished(String),
+
     #[error("invalid limit {0}: the limit must be at least 1")]
     InvalidLimit(u64),
 

@@ -147,6 +147,7 @@ impl Semaphore {
             last_refresh: None,
             warned_limit: false,
             withdraw: false,
+            high_water: None,
             stats: stats.clone(),
         };
         let task = tokio::spawn(committer.run());
@@ -279,7 +280,68 @@ struct Committer {
     warned_limit: bool,
     /// Clear our recorded wait in the next write.
     withdraw: bool,
+    /// The highest `seq` and `next_token` seen in the ledger. Once set, the
+    /// ledger is known to have existed: it is never created again by this
+    /// client, and every write it makes keeps both numbers growing, even on
+    /// a ledger rolled back to an older version.
+    high_water: Option<HighWater>,
     stats: Arc<Stats>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HighWater {
+    seq: u64,
+    next_token: u64,
+}
+
+impl HighWater {
+    fn of(ledger: &Ledger) -> Self {
+        HighWater {
+            seq: ledger.seq,
+            next_token: ledger.next_token,
+        }
+    }
+
+    fn max(self, other: HighWater) -> Self {
+        HighWater {
+            seq: self.seq.max(other.seq),
+            next_token: self.next_token.max(other.next_token),
+        }
+    }
+}
+
+/// What a read says about the ledger's history, given the high water mark
+/// of what this client saw before. Pure, so each case is unit tested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum History {
+    /// Never seen before, or moved forward (or unchanged).
+    Continues,
+    /// Gone after it existed: deleted by a person or a lifecycle rule.
+    Vanished,
+    /// Older than a version seen before: restored or replaced.
+    WentBack,
+}
+
+fn history(seen: Option<HighWater>, now: Option<&Ledger>) -> History {
+    match (seen, now) {
+        (None, _) => History::Continues,
+        (Some(_), None) => History::Vanished,
+        (Some(hw), Some(l)) if l.seq < hw.seq => History::WentBack,
+        (Some(_), Some(_)) => History::Continues,
+    }
+}
+
+/// The counters a newly created ledger starts from: the wall clock in
+/// microseconds, so that a ledger created again after a deletion hands out
+/// fencing tokens above the old ones, and its renewal counters (taken from
+/// `seq`) never repeat old values that an observer may remember. Only
+/// assumes creators' clocks are not behind by more than the time between
+/// the two creations.
+fn creation_floor() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .max(1)
 }
 
 /// What a failed attempt means for the pending requests.
@@ -420,6 +482,22 @@ impl Committer {
         }
     }
 
+    fn see(&mut self, ledger: &Ledger) {
+        let seen = HighWater::of(ledger);
+        self.high_water = Some(self.high_water.map_or(seen, |hw| hw.max(seen)));
+    }
+
+    /// Every slot held here is lost at once: the ledger they were granted in
+    /// is gone or was replaced.
+    fn fence_all(&mut self) {
+        for (holder, lost) in std::mem::take(&mut self.held) {
+            warn!(holder, "slot lost with the ledger it was granted in");
+            let _ = lost.send(true);
+        }
+        self.last_renewal_sent = None;
+        self.inflight = None;
+    }
+
     fn check_fence(&mut self, now: Instant) {
         let Some(deadline) = self.fence_deadline() else {
             return;
@@ -533,9 +611,32 @@ impl Committer {
                         source,
                     })
                 })?;
+                if history(self.high_water, Some(&ledger)) == History::WentBack {
+                    // Restored or replaced: its holders and tokens are not
+                    // the ones ours were granted in.
+                    warn!(
+                        key = %self.key,
+                        seq = ledger.seq,
+                        seen = self.high_water.map_or(0, |h| h.seq),
+                        "the ledger went back to an older version; every slot held here is given up"
+                    );
+                    self.fence_all();
+                    // Counters observed on the newer version mean nothing
+                    // on this one: watch every agent for a whole lease again.
+                    self.obs = Observations::default();
+                }
+                self.see(&ledger);
                 self.cache = Some((ledger, v.etag));
             }
-            Ok(Fetched::Missing) => self.cache = None,
+            Ok(Fetched::Missing) => {
+                self.cache = None;
+                if history(self.high_water, None) == History::Vanished {
+                    warn!(key = %self.key, "the ledger was deleted; every slot held here is given up and it is not created again");
+                    self.fence_all();
+                    self.last_refresh = Some(now);
+                    return Err(Failure::Fatal(Error::LedgerVanished(self.key.clone())));
+                }
+            }
             Err(e) => return Err(store_failure(e)),
         }
         self.last_refresh = Some(now);
@@ -560,14 +661,29 @@ impl Committer {
         if self.last_refresh.is_none() {
             self.refresh().await?;
         }
-        let (ledger, condition) = match &self.cache {
+        let (mut ledger, condition) = match &self.cache {
             Some((ledger, etag)) => (ledger.clone(), Condition::Match(etag.clone())),
+            None if self.high_water.is_some() => {
+                return Err(Failure::Fatal(Error::LedgerVanished(self.key.clone())));
+            }
             None => match self.cfg.limit {
                 Some(0) => return Err(Failure::Fatal(Error::InvalidLimit(0))),
-                Some(limit) => (Ledger::new(limit), Condition::Create),
+                Some(limit) => {
+                    let mut new = Ledger::new(limit);
+                    let floor = creation_floor();
+                    new.seq = floor;
+                    new.next_token = floor;
+                    (new, Condition::Create)
+                }
                 None => return Err(Failure::Fatal(Error::LedgerMissing(self.key.clone()))),
             },
         };
+        // Keep counters growing past anything seen, even on a ledger rolled
+        // back to an older version (a no-op otherwise).
+        if let Some(hw) = self.high_water {
+            ledger.seq = ledger.seq.max(hw.seq);
+            ledger.next_token = ledger.next_token.max(hw.next_token);
+        }
         if let Some(limit) = self.cfg.limit
             && limit != ledger.limit
             && !self.warned_limit
@@ -602,6 +718,7 @@ impl Committer {
             Ok(etag) => {
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
                 self.inflight = None;
+                self.see(&next);
                 self.cache = Some((next, etag));
                 self.resolve(outcome);
                 self.last_renewal_sent = ours.map(|_| sent);
@@ -816,6 +933,110 @@ pub async fn release_by_hand(store: &DynStore, key: &str, holder: &str) -> Resul
 mod tests {
     use super::*;
     use crate::store::MemoryStore;
+
+    fn at(seq: u64) -> Ledger {
+        let mut l = Ledger::new(1);
+        l.seq = seq;
+        l
+    }
+
+    #[test]
+    fn history_tells_a_deleted_or_older_ledger_from_one_that_moved_on() {
+        let hw = Some(HighWater::of(&at(5)));
+        assert_eq!(history(None, None), History::Continues, "never seen");
+        assert_eq!(history(None, Some(&at(1))), History::Continues);
+        assert_eq!(history(hw, Some(&at(5))), History::Continues);
+        assert_eq!(history(hw, Some(&at(9))), History::Continues);
+        assert_eq!(history(hw, None), History::Vanished);
+        assert_eq!(history(hw, Some(&at(4))), History::WentBack);
+    }
+
+    #[test]
+    fn a_new_ledger_starts_its_counters_from_the_clock() {
+        let a = creation_floor();
+        // 2026 in microseconds since 1970, give or take.
+        assert!(a > 1_700_000_000_000_000, "{a}");
+        assert!(creation_floor() >= a);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deleted_ledger_fences_its_holders_within_a_renewal_and_is_not_recreated() {
+        let store: DynStore = Arc::new(MemoryStore::new());
+        let lease = Duration::from_secs(30);
+        let mut cfg = Config::new("a");
+        cfg.limit = Some(1);
+        cfg.lease = lease;
+        let a = Semaphore::new(store.clone(), "k", cfg.clone());
+        let mut held = a.acquire("h").await.unwrap();
+        let Ok(Fetched::Found(v)) = store.get("k", None).await else {
+            panic!("no ledger")
+        };
+        let old = Ledger::parse(&v.body).unwrap();
+        store.delete("k", &v.etag).await.unwrap();
+        let deleted = Instant::now();
+        held.lost().await;
+        let told = deleted.elapsed();
+        assert!(held.is_lost());
+        // The next renewal finds it gone: one renewal interval at most.
+        assert!(
+            told <= lease / 3 + Duration::from_millis(100),
+            "told {told:?} after the deletion"
+        );
+        // This client never creates it again behind its old holders.
+        let err = a.try_acquire("again").await.unwrap_err();
+        assert!(matches!(err, Error::LedgerVanished(_)), "{err}");
+        assert!(matches!(store.get("k", None).await, Ok(Fetched::Missing)));
+        // A client that never saw it creates it, with tokens above the old.
+        cfg.agent = "b".into();
+        let b = Semaphore::new(store.clone(), "k", cfg);
+        let fresh = b.acquire("n").await.unwrap();
+        assert!(
+            fresh.token > old.next_token,
+            "{} <= {}",
+            fresh.token,
+            old.next_token
+        );
+        a.shutdown().await;
+        b.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ledger_rolled_back_fences_holders_and_counters_keep_growing() {
+        let store: DynStore = Arc::new(MemoryStore::new());
+        let mut cfg = Config::new("a");
+        cfg.limit = Some(2);
+        let a = Semaphore::new(store.clone(), "k", cfg);
+        let Ok(Some(_first)) = a.try_acquire("first").await else {
+            panic!("no slot")
+        };
+        let Ok(Fetched::Found(old)) = store.get("k", None).await else {
+            panic!("no ledger")
+        };
+        let mut second = a.acquire("second").await.unwrap();
+        let Ok(Fetched::Found(now)) = store.get("k", None).await else {
+            panic!("no ledger")
+        };
+        let newer = Ledger::parse(&now.body).unwrap();
+        // Someone restores the version from before "second" was granted.
+        store
+            .put("k", old.body.clone(), Condition::Match(now.etag))
+            .await
+            .unwrap();
+        second.lost().await;
+        assert!(second.is_lost());
+        let again = a.acquire("third").await.unwrap();
+        assert!(
+            again.token >= newer.next_token,
+            "token {} reissued below {}",
+            again.token,
+            newer.next_token
+        );
+        let Ok(Fetched::Found(v)) = store.get("k", None).await else {
+            panic!("no ledger")
+        };
+        assert!(Ledger::parse(&v.body).unwrap().seq > newer.seq);
+        a.shutdown().await;
+    }
 
     fn client(store: &DynStore, agent: &str) -> Semaphore {
         let mut cfg = Config::new(agent);

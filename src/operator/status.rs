@@ -32,6 +32,7 @@ impl Problem {
             CoreError::Store(StoreError::Unsupported(_))
             | CoreError::ConditionalWritesUnsupported(_) => "ConditionalWritesUnsupported",
             CoreError::Ledger { .. } => "LedgerInvalid",
+            CoreError::LedgerVanished(_) => "LedgerDeleted",
             CoreError::Store(StoreError::Unavailable(_) | StoreError::Ambiguous(_))
             | CoreError::Exhausted { .. }
             | CoreError::TooManyConflicts(_) => "LedgerUnreachable",
