@@ -541,8 +541,11 @@ impl Committer {
                 Err(Failure::Fatal(e)) => {
                     self.fail_pending(e);
                     // Renewals come back here at once; do not spin on a
-                    // ledger that cannot be used.
-                    sleep(Duration::from_millis(500)).await;
+                    // ledger that cannot be used, but never pause past the
+                    // moment our slots stop being safe.
+                    let pause = Instant::now() + Duration::from_millis(500);
+                    sleep_until(self.fence_deadline().map_or(pause, |f| pause.min(f))).await;
+                    self.check_fence(Instant::now());
                     return;
                 }
                 Err(Failure::Retry { error }) => {
