@@ -773,13 +773,28 @@ impl Committer {
             releases,
             held: self.held.keys().cloned().collect(),
             evict: self.obs.expired(ledger, &self.cfg.agent, now),
-            renew: self.renew_due(now),
+            // A slot taken up again (a restarted process with the same agent
+            // id) is granted with a renewal, so that its fence deadline runs
+            // from a write known to have landed rather than never.
+            renew: self.renew_due(now) || self.takes_up_again(ledger),
             wall_now: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             // Waiters that gave up are gone from `waiting`: without this, a
             // batch with no acquires would keep their wait recorded.
             withdraw_wait: self.withdraw,
             record_wait: self.cfg.record_wait,
         }
+    }
+
+    /// Whether a waiter asks for a slot the ledger says this agent holds but
+    /// this client has no permit for.
+    fn takes_up_again(&self, ledger: &Ledger) -> bool {
+        self.waiting.iter().any(|w| {
+            !self.held.contains_key(&w.holder)
+                && ledger
+                    .holders
+                    .get(&w.holder)
+                    .is_some_and(|h| h.agent == self.cfg.agent)
+        })
     }
 
     /// Answers the requests the outcome settled; called once its ledger is

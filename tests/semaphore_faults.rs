@@ -172,3 +172,32 @@ async fn a_live_agents_slot_is_never_taken_however_long_it_holds() {
     live.shutdown().await;
     waiter.shutdown().await;
 }
+
+/// A restarted process with the same agent id takes its slot up again. The
+/// grant carries a renewal, so the slot is fenced like any other when the
+/// store then goes away (before, no renewal was known and it never was).
+#[tokio::test(start_paused = true)]
+async fn a_slot_taken_up_again_is_fenced_like_any_other() {
+    let store = Arc::new(Flaky::default());
+    let lease = Duration::from_secs(30);
+    let first = Semaphore::new(store.clone(), "u.json", config("a", lease));
+    let granted = first.acquire("h").await.unwrap();
+    first.shutdown().await;
+    let again = Semaphore::new(store.clone(), "u.json", config("a", lease));
+    let mut taken_up = again.acquire("h").await.unwrap();
+    assert_eq!(
+        taken_up.token, granted.token,
+        "the same grant, not a new one"
+    );
+    store.partitioned.store(true, Ordering::SeqCst);
+    let cut = Instant::now();
+    tokio::time::timeout(lease, taken_up.lost())
+        .await
+        .expect("a slot taken up again was never fenced");
+    assert!(
+        cut.elapsed() < lease,
+        "fenced {:?} after the cut",
+        cut.elapsed()
+    );
+    again.shutdown().await;
+}
