@@ -45,6 +45,11 @@ pub struct Config {
     /// by a grant whose caller had already been told it failed). Off for
     /// agents that keep holders across restarts, such as the controller.
     pub release_orphans: bool,
+    /// When this agent treats its slots as lost after its last renewal known
+    /// to have landed. `None`: 60% of the lease. Earlier leaves more of the
+    /// lease for the work to stop (the operator keeps room for pods' grace
+    /// periods); renewals then come at least three times per fence period.
+    pub fence_after: Option<Duration>,
     /// Record this agent's waiting holders in the ledger, so that agents
     /// holding more slots leave free ones to it. Costs a write when waiting
     /// starts and renewals while it lasts. For agents that hold many slots
@@ -64,6 +69,7 @@ impl Config {
             group_commit: true,
             max_errors: 8,
             release_orphans: true,
+            fence_after: None,
             record_wait: false,
         }
     }
@@ -412,7 +418,14 @@ impl Committer {
     }
 
     fn renew_interval(&self) -> Duration {
-        self.cfg.lease / 3
+        (self.cfg.lease / 3).min(self.fence_after() / 3)
+    }
+
+    /// Never later than the default: past it, the rest of the lease would
+    /// not cover clock-rate drift.
+    fn fence_after(&self) -> Duration {
+        let default = self_fence_after(self.cfg.lease);
+        self.cfg.fence_after.map_or(default, |f| f.min(default))
     }
 
     fn next_wake(&self) -> Instant {
@@ -434,7 +447,7 @@ impl Committer {
         if !self.held.is_empty() {
             let base = self.last_renewal_sent.unwrap_or(now);
             wake = wake.min(base + self.renew_interval());
-            wake = wake.min(base + self_fence_after(self.cfg.lease));
+            wake = wake.min(base + self.fence_after());
         }
         wake
     }
@@ -460,8 +473,7 @@ impl Committer {
         if self.held.is_empty() {
             return None;
         }
-        self.last_renewal_sent
-            .map(|sent| sent + self_fence_after(self.cfg.lease))
+        self.last_renewal_sent.map(|sent| sent + self.fence_after())
     }
 
     /// Bounds a store call so that it cannot run past the fence deadline;

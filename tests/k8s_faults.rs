@@ -221,3 +221,71 @@ async fn a_restarted_controller_that_cannot_read_the_ledger_suspends_the_jobs_it
     .await;
     checker.snapshot(|s| assert!(s.max_running <= 2, "{} at once", s.max_running));
 }
+
+/// A Job whose pods may take longer to stop than the group's
+/// `maxGracePeriodSeconds` could outlive a lost lease: it is not admitted
+/// (suspended if it was created running), with a Warning event, and the
+/// group's `JobsFit` condition says what to change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_whose_pods_cannot_stop_within_the_lease_are_not_admitted() {
+    let bed = Bed::start(NS, false).await;
+    bed.group("slow", NS, 2);
+    let job = |name: &str, suspend: bool, grace: u32| {
+        format!(
+            "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: {name}, namespace: {NS}, labels: {{jobgate.dev/group: slow}}}}\nspec:\n  suspend: {suspend}\n  template:\n    spec:\n      restartPolicy: Never\n      terminationGracePeriodSeconds: {grace}\n      containers: [{{name: w, image: busybox, command: [\"true\"]}}]\n"
+        )
+    };
+    for (name, suspend, grace) in [
+        ("patient", true, 30),
+        ("rogue", false, 30),
+        ("quick", true, 0),
+    ] {
+        let out = bed
+            .cp
+            .kubectl_stdin(&["apply", "-f", "-"], &job(name, suspend, grace));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let controller = ControllerProcess::start(&bed.cp, &bed.s3, "one", NS, true);
+    let jsonpath = |what: &str| {
+        let out = bed
+            .cp
+            .kubectl(&["get", "-n", NS, what, "-o", "jsonpath={.spec.suspend}"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    eventually(
+        Duration::from_secs(60),
+        "quick admitted, rogue suspended",
+        || async {
+            (jsonpath("job/quick") == "false" && jsonpath("job/rogue") == "true").then_some(())
+        },
+    )
+    .await;
+    let condition = |field: &str| {
+        let path = format!("jsonpath={{.status.conditions[?(@.type==\"JobsFit\")].{field}}}");
+        let out = bed.cp.kubectl(&["get", "-n", NS, "cg/slow", "-o", &path]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    eventually(Duration::from_secs(30), "JobsFit False", || async {
+        (condition("status") == "False").then_some(())
+    })
+    .await;
+    assert_eq!(condition("reason"), "GracePeriodTooLong");
+    assert!(
+        condition("message").contains("up to 30"),
+        "{}",
+        condition("message")
+    );
+    assert_eq!(jsonpath("job/patient"), "true", "never admitted");
+    let warned = events(&bed.cp, "GracePeriodTooLong");
+    for name in ["patient", "rogue"] {
+        assert!(
+            warned.contains(name),
+            "no event for {name}:\n{warned}\n{}",
+            controller.log_text()
+        );
+    }
+}

@@ -24,6 +24,9 @@ pub struct JobView {
     pub finished: bool,
     /// Has pods that are not finished.
     pub active_pods: bool,
+    /// The pod template's `terminationGracePeriodSeconds` (Kubernetes'
+    /// default, 30, when unset): how long its pods may take to stop.
+    pub grace_seconds: i64,
 }
 
 /// Everything one pass decides from.
@@ -40,6 +43,9 @@ pub struct Inputs<'a> {
     pub suspend_on_loss: bool,
     /// The ledger records that this cluster waits for slots.
     pub wait_recorded: bool,
+    /// `maxGracePeriodSeconds`: Jobs whose pods may take longer to stop are
+    /// not admitted, since the fence leaves only that much of the lease.
+    pub max_grace_seconds: i64,
 }
 
 /// Why a slot is given up.
@@ -91,6 +97,10 @@ pub struct Decision {
     pub adopt: Vec<String>,
     /// Waiting Jobs in admission order: priority, then age, then name.
     pub admit: Vec<String>,
+    /// Jobs without a slot that are not admitted because their pods may
+    /// take longer to stop than the group allows; the running ones among
+    /// them are suspended.
+    pub too_slow_to_stop: Vec<String>,
     /// Nothing waits here any more: stop asking other clusters to defer.
     pub withdraw_wait: bool,
 }
@@ -179,6 +189,10 @@ pub fn decide(inputs: &Inputs) -> Decision {
     let mut waiting: Vec<&JobView> = Vec::new();
     for j in inputs.jobs {
         if j.finished || inputs.held_in_ledger.contains(&j.uid) {
+            continue;
+        }
+        if j.grace_seconds > inputs.max_grace_seconds && !(j.suspended && j.admitted) {
+            out.too_slow_to_stop.push(j.uid.clone());
             continue;
         }
         if !j.suspended {
@@ -289,6 +303,7 @@ mod tests {
             admitted: false,
             finished: false,
             active_pods: false,
+            grace_seconds: 30,
         }
     }
 
@@ -320,6 +335,7 @@ mod tests {
             lost_permits: &BTreeSet::new(),
             suspend_on_loss: true,
             wait_recorded: false,
+            max_grace_seconds: 30,
         })
     }
 
@@ -418,6 +434,7 @@ mod tests {
             lost_permits: &BTreeSet::new(),
             suspend_on_loss: true,
             wait_recorded: false,
+            max_grace_seconds: 30,
         });
         assert_eq!(d.reacquire, ids(&["a"]));
         assert_eq!(d.unsuspend, ids(&["b"]));
@@ -435,6 +452,7 @@ mod tests {
             lost_permits: &held,
             suspend_on_loss,
             wait_recorded: false,
+            max_grace_seconds: 30,
         })
     }
 
@@ -477,6 +495,7 @@ mod tests {
             lost_permits: &set(&["a"]),
             suspend_on_loss: true,
             wait_recorded: false,
+            max_grace_seconds: 30,
         });
         assert_eq!(d.release, vec![("a".into(), ReleaseReason::LeaseLost)]);
         assert_eq!(d.admit, ids(&["a"]), "it waits for a slot again");
@@ -511,6 +530,7 @@ mod tests {
                 lost_permits: &BTreeSet::new(),
                 suspend_on_loss: true,
                 wait_recorded: true,
+                max_grace_seconds: 30,
             })
         };
         assert!(inputs(&[]).withdraw_wait);
@@ -527,6 +547,7 @@ mod tests {
             lost_permits: &set(&["a"]),
             suspend_on_loss: true,
             wait_recorded: false,
+            max_grace_seconds: 30,
         });
         assert_eq!(d.fence, ids(&["a"]));
         assert!(d.adopt.is_empty(), "{d:?}");
@@ -557,6 +578,25 @@ mod tests {
             ids(&["lost", "restarted", "rogue"])
         );
         assert!(fence_without_ledger(&jobs, &permits, &lost, false).is_empty());
+    }
+
+    #[test]
+    fn jobs_whose_pods_may_stop_too_slowly_are_not_admitted() {
+        let mut slow = job("slow", "0");
+        slow.grace_seconds = 31;
+        let mut slow_running = job("rogue", "1");
+        slow_running.grace_seconds = 600;
+        slow_running.suspended = false;
+        let mut fits = job("fits", "2");
+        fits.grace_seconds = 30;
+        // Admitted before and still holding its slot: left alone.
+        let mut held = running("held");
+        held.grace_seconds = 600;
+        let d = decide_with(&[slow, slow_running, fits, held], &["held"]);
+        assert_eq!(d.too_slow_to_stop, ids(&["slow", "rogue"]));
+        assert_eq!(d.admit, ids(&["fits"]));
+        assert!(d.adopt.is_empty());
+        assert!(d.release.is_empty());
     }
 
     fn grants(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {

@@ -121,6 +121,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<()> {
         settings: LedgerSettings {
             cluster: cluster.clone(),
             poll: settings.poll_waiting,
+            leader_lease: settings.leader_election.as_ref().map(|le| le.lease),
         },
         poll_waiting: settings.poll_waiting,
         poll_idle: settings.poll_idle,

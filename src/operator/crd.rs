@@ -41,10 +41,85 @@ pub struct ConcurrencyGroupSpec {
     /// renewed: Suspend them before it could run out (keeps the limit), or Keep them running.
     #[serde(default)]
     pub on_lease_loss: LeaseLossPolicy,
+    /// The longest `terminationGracePeriodSeconds` a Job of this group may
+    /// ask for. A cluster that cannot renew its lease suspends its Jobs early
+    /// enough for their pods to stop within the lease: at `leaseSeconds`
+    /// minus this minus a 5 s margin. Jobs that ask for longer are not admitted.
+    #[serde(default = "default_max_grace_period_seconds")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub max_grace_period_seconds: u32,
 }
 
 fn default_lease_seconds() -> u32 {
     60
+}
+
+fn default_max_grace_period_seconds() -> u32 {
+    30
+}
+
+/// Time for the suspend patch and the Job controller to start deleting pods.
+pub const STOP_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Why a group's timing cannot keep the limit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TimingError {
+    #[error(
+        "leaseSeconds {lease} leaves no time to renew: pods need maxGracePeriodSeconds {grace} plus a 5 s margin to stop, so the lease must be at least {min_lease} s; raise leaseSeconds or lower maxGracePeriodSeconds"
+    )]
+    NoRoomToStop {
+        lease: u32,
+        grace: u32,
+        min_lease: u32,
+    },
+    #[error(
+        "leaseSeconds {lease} is shorter than twice the controller's leader-election lease ({leader} s): a standby replica could not take over before other clusters take this cluster's slots; raise leaseSeconds to at least {min_lease}"
+    )]
+    ShorterThanTakeover {
+        lease: u32,
+        leader: u32,
+        min_lease: u32,
+    },
+}
+
+impl ConcurrencyGroupSpec {
+    /// When this cluster treats its slots as lost after its last renewal:
+    /// early enough for pods to stop within the lease. Checked so that at
+    /// least a fifth of the lease (and 2 s) is left for renewing, and so
+    /// that a standby replica (leader election with `leader_lease`) takes
+    /// over well within the lease.
+    pub fn fence_after(
+        &self,
+        leader_lease: Option<std::time::Duration>,
+    ) -> Result<std::time::Duration, TimingError> {
+        let lease = u64::from(self.lease_seconds);
+        let grace = u64::from(self.max_grace_period_seconds);
+        let margin = STOP_MARGIN.as_secs();
+        let fence = lease.saturating_sub(grace + margin);
+        if fence < 2 || fence * 5 < lease {
+            // fence >= max(2, lease / 5): lease >= grace + margin + max(2, lease/5)
+            let min_lease = ((grace + margin) * 5).div_ceil(4).max(grace + margin + 2);
+            return Err(TimingError::NoRoomToStop {
+                lease: self.lease_seconds,
+                grace: self.max_grace_period_seconds,
+                min_lease: min_lease as u32,
+            });
+        }
+        if let Some(leader) = leader_lease {
+            let leader = leader.as_secs().max(1);
+            if lease < 2 * leader {
+                return Err(TimingError::ShorterThanTakeover {
+                    lease: self.lease_seconds,
+                    leader: leader as u32,
+                    min_lease: (2 * leader) as u32,
+                });
+            }
+        }
+        Ok(
+            std::time::Duration::from_secs(fence)
+                .min(std::time::Duration::from_millis(lease * 600)),
+        )
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
@@ -154,6 +229,61 @@ pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    fn timing(lease: u32, grace: u32) -> ConcurrencyGroupSpec {
+        ConcurrencyGroupSpec {
+            limit: 1,
+            ledger: LedgerSpec::default(),
+            lease_seconds: lease,
+            on_lease_loss: LeaseLossPolicy::Suspend,
+            max_grace_period_seconds: grace,
+        }
+    }
+
+    #[test]
+    fn the_fence_leaves_room_for_pods_to_stop_within_the_lease() {
+        // Defaults: 60 s lease, 30 s grace, 5 s margin: fence at 25 s.
+        assert_eq!(
+            timing(60, 30).fence_after(None),
+            Ok(Duration::from_secs(25))
+        );
+        // Never later than 60% of the lease.
+        assert_eq!(timing(60, 0).fence_after(None), Ok(Duration::from_secs(36)));
+        assert_eq!(timing(10, 0).fence_after(None), Ok(Duration::from_secs(5)));
+        // 30 s grace does not fit a 40 s lease with a fifth of it to renew.
+        assert_eq!(
+            timing(40, 30).fence_after(None),
+            Err(TimingError::NoRoomToStop {
+                lease: 40,
+                grace: 30,
+                min_lease: 44
+            })
+        );
+        assert!(timing(44, 30).fence_after(None).is_ok());
+        assert!(
+            timing(10, 4).fence_after(None).is_err(),
+            "1 s left to renew"
+        );
+    }
+
+    #[test]
+    fn the_lease_must_outlast_a_leader_takeover() {
+        let leader = Some(Duration::from_secs(15));
+        assert_eq!(
+            timing(20, 0).fence_after(leader),
+            Err(TimingError::ShorterThanTakeover {
+                lease: 20,
+                leader: 15,
+                min_lease: 30
+            })
+        );
+        assert!(timing(60, 30).fence_after(leader).is_ok());
+        assert!(
+            timing(20, 0).fence_after(None).is_ok(),
+            "no leader election"
+        );
+    }
 
     #[test]
     fn checked_in_crd_is_current() {
@@ -189,6 +319,7 @@ mod tests {
                 },
                 lease_seconds: 60,
                 on_lease_loss: LeaseLossPolicy::Suspend,
+                max_grace_period_seconds: 30,
             },
         );
         g.metadata.namespace = Some("batch".into());

@@ -5,6 +5,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("{0}")]
+    InvalidTiming(#[from] super::crd::TimingError),
+
     #[error("listing the group's Jobs: {0}")]
     GatherJobs(#[source] kube::Error),
 
@@ -53,7 +56,8 @@ impl Error {
     pub fn leaves_ledger_unread(&self) -> bool {
         matches!(
             self,
-            Error::Credentials { .. }
+            Error::InvalidTiming(_)
+                | Error::Credentials { .. }
                 | Error::CredentialsIncomplete { .. }
                 | Error::OpenLedger(_)
                 | Error::ReadLedger(_)
@@ -63,6 +67,7 @@ impl Error {
     /// A stable label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
+            Error::InvalidTiming(_) => "validate",
             Error::GatherJobs(_) => "gather_jobs",
             Error::Credentials { .. } | Error::CredentialsIncomplete { .. } => "credentials",
             Error::OpenLedger(_) => "open_ledger",

@@ -68,6 +68,9 @@ pub struct Ledgers {
 pub struct LedgerSettings {
     pub cluster: String,
     pub poll: Duration,
+    /// The leader-election lease, when replicas take over from each other:
+    /// a group's lease must leave time for that.
+    pub leader_lease: Option<Duration>,
 }
 
 impl Ledgers {
@@ -84,13 +87,16 @@ impl Ledgers {
         let name = group.metadata.name.clone().unwrap_or_default();
         let key = group.ledger_key();
         let spec = &group.spec;
+        // Checked by the reconciler before it asks for a client.
+        let fence_after = spec.fence_after(settings.leader_lease).ok();
         let fingerprint = format!(
-            "{}|{key}|{:?}|{:?}|{:?}|{}|{:?}",
+            "{}|{key}|{:?}|{:?}|{:?}|{}|{:?}|{:?}",
             spec.ledger.bucket,
             spec.ledger.region,
             spec.ledger.endpoint,
             spec.ledger.force_path_style,
             spec.lease_seconds,
+            fence_after,
             creds.as_ref().map(|c| &c.version),
         );
         let id = (ns.clone(), name.clone());
@@ -123,6 +129,8 @@ impl Ledgers {
             settings.cluster
         ));
         cfg.lease = Duration::from_secs(u64::from(spec.lease_seconds));
+        // Early enough for the pods of suspended Jobs to stop within the lease.
+        cfg.fence_after = fence_after;
         cfg.limit = Some(spec.limit);
         cfg.poll = settings.poll;
         // Slots outlive this process: a restarted controller takes them up

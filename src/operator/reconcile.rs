@@ -35,6 +35,9 @@ use super::status::{self, Observed, Problem};
 use crate::ledger::Ledger;
 use crate::semaphore::Permit;
 
+/// Kubernetes' `terminationGracePeriodSeconds` when a pod spec sets none.
+const DEFAULT_GRACE_SECONDS: i64 = 30;
+
 /// The field manager of every write this controller makes.
 pub const FIELD_MANAGER: &str = "jobgate-controller";
 
@@ -59,6 +62,8 @@ struct Summary {
     in_use: u32,
     admitted_here: u32,
     waiting_here: u32,
+    /// Jobs refused for their grace period, and the longest one asked for.
+    too_slow_to_stop: Option<(u32, i64)>,
 }
 
 pub async fn reconcile(group: Arc<ConcurrencyGroup>, ctx: Arc<Context>) -> Result<Action> {
@@ -80,6 +85,7 @@ pub async fn reconcile(group: Arc<ConcurrencyGroup>, ctx: Arc<Context>) -> Resul
         generation: group.metadata.generation,
         ledger_key: group.ledger_key(),
         spec_limit: group.spec.limit,
+        max_grace_seconds: group.spec.max_grace_period_seconds,
         ..Default::default()
     };
     match &result {
@@ -88,6 +94,7 @@ pub async fn reconcile(group: Arc<ConcurrencyGroup>, ctx: Arc<Context>) -> Resul
             observed.in_use = Some(s.in_use);
             observed.admitted_here = Some(s.admitted_here);
             observed.waiting_here = Some(s.waiting_here);
+            observed.too_slow_to_stop = s.too_slow_to_stop;
             let m = &ctx.metrics;
             m.waiting
                 .get_or_create(&labels)
@@ -108,6 +115,7 @@ pub async fn reconcile(group: Arc<ConcurrencyGroup>, ctx: Arc<Context>) -> Resul
                 Error::Credentials { .. } | Error::CredentialsIncomplete { .. } => {
                     Problem::new("CredentialsUnavailable", e.to_string())
                 }
+                Error::InvalidTiming(_) => Problem::new("LeaseTooShort", e.to_string()),
                 other => Problem::new("ReconcileFailed", other.to_string()),
             });
         }
@@ -154,7 +162,11 @@ async fn admit(
     {
         fence_without_ledger(ctx, group, &jobs_api, current.as_deref(), true).await?;
     }
-    let pass = match gather(group, ns, name, ctx, jobs_api.clone()).await {
+    let gathered = match group.spec.fence_after(ctx.settings.leader_lease) {
+        Ok(_) => gather(group, ns, name, ctx, jobs_api.clone()).await,
+        Err(e) => Err(Error::InvalidTiming(e)),
+    };
+    let pass = match gathered {
         Ok(pass) => pass,
         Err(e) if e.leaves_ledger_unread() && ctx.fence_without_ledger => {
             // Without the ledger nothing but our own permits vouches for a
@@ -174,7 +186,7 @@ async fn admit(
     let granted = write_ledger(ctx, &pass, group, &decision).await?;
     let (waiting_here, read) = patch_jobs(ctx, &pass, group, &decision, &granted, labels).await?;
     export_counters(ctx, &pass.gl, labels);
-    summarize(&pass, waiting_here, read).await
+    summarize(&pass, &decision, waiting_here, read).await
 }
 
 /// What one pass works from, read in this order.
@@ -277,6 +289,7 @@ fn decide(pass: &Pass, group: &ConcurrencyGroup) -> Decision {
         lost_permits: &lost_permits,
         suspend_on_loss: group.spec.on_lease_loss == LeaseLossPolicy::Suspend,
         wait_recorded: pass.wait_recorded,
+        max_grace_seconds: i64::from(group.spec.max_grace_period_seconds),
     })
 }
 
@@ -359,6 +372,7 @@ async fn patch_jobs(
     let gl = &pass.gl;
     lock(&gl.announced_waiting).retain(|uid| pass.jobs.contains_key(uid));
     report_releases(ctx, pass, decision, labels).await;
+    refuse_too_slow(ctx, pass, group, decision).await?;
     let actions = admission::on_grants(
         decision,
         &pass.views,
@@ -429,6 +443,43 @@ async fn patch_jobs(
     Ok((waiting, Some(now)))
 }
 
+/// Jobs whose pods may take longer to stop than the group allows are not
+/// admitted: running ones are suspended, waiting ones told once why.
+async fn refuse_too_slow(
+    ctx: &Context,
+    pass: &Pass,
+    group: &ConcurrencyGroup,
+    decision: &Decision,
+) -> Result<()> {
+    let max = group.spec.max_grace_period_seconds;
+    for uid in &decision.too_slow_to_stop {
+        let (Some(job), Some(view)) = (
+            pass.jobs.get(uid),
+            pass.views.iter().find(|j| &j.uid == uid),
+        ) else {
+            continue;
+        };
+        let note = format!(
+            "its pods may take {} s to stop (terminationGracePeriodSeconds), more than the group's maxGracePeriodSeconds {max}, so its slot could not be given up in time if this cluster lost its lease; not admitted. Lower the grace period, or raise the group's maxGracePeriodSeconds and leaseSeconds",
+            view.grace_seconds
+        );
+        if !view.suspended {
+            suspend(ctx, &pass.jobs_api, job, "GracePeriodTooLong", note).await?;
+        } else if lock(&pass.gl.announced_waiting).insert(uid.clone()) {
+            publish(
+                ctx,
+                job,
+                EventType::Warning,
+                "GracePeriodTooLong",
+                "Admit",
+                note,
+            )
+            .await;
+        }
+    }
+    Ok(())
+}
+
 /// Exports the ledger client's write and conflict counters.
 fn export_counters(ctx: &Context, gl: &GroupLedger, labels: &GroupLabels) {
     let stats = gl.sem.stats();
@@ -448,7 +499,12 @@ fn export_counters(ctx: &Context, gl: &GroupLedger, labels: &GroupLabels) {
 
 /// What the status says after the pass: the ledger as it is now (a
 /// conditional GET; usually unchanged), unless patching Jobs just read it.
-async fn summarize(pass: &Pass, waiting_here: u32, read: Option<Ledger>) -> Result<Summary> {
+async fn summarize(
+    pass: &Pass,
+    decision: &Decision,
+    waiting_here: u32,
+    read: Option<Ledger>,
+) -> Result<Summary> {
     let gl = &pass.gl;
     let after = match read {
         Some(ledger) => ledger,
@@ -459,6 +515,15 @@ async fn summarize(pass: &Pass, waiting_here: u32, read: Option<Ledger>) -> Resu
         in_use: after.holders.len() as u32,
         admitted_here: after.holders_of(&gl.agent).count() as u32,
         waiting_here,
+        too_slow_to_stop: decision.too_slow_to_stop.iter().fold(None, |acc, uid| {
+            let grace = pass
+                .views
+                .iter()
+                .find(|j| &j.uid == uid)
+                .map_or(0, |j| j.grace_seconds);
+            let (n, longest) = acc.unwrap_or((0, 0));
+            Some((n + 1, longest.max(grace)))
+        }),
     })
 }
 
@@ -596,6 +661,12 @@ pub fn job_view(job: &Job) -> Option<JobView> {
         admitted: is_admitted(job),
         finished: is_finished(job),
         active_pods: count(|s| s.active) > 0 || count(|s| s.terminating) > 0,
+        grace_seconds: job
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(DEFAULT_GRACE_SECONDS),
     })
 }
 

@@ -8,6 +8,7 @@ use super::crd::{ConcurrencyGroupStatus, GroupCondition};
 
 pub const READY: &str = "Ready";
 pub const LIMIT_AGREED: &str = "LimitAgreed";
+pub const JOBS_FIT: &str = "JobsFit";
 
 /// Why the ledger cannot be used, as a condition reason and a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +55,10 @@ pub struct Observed {
     pub admitted_here: Option<u32>,
     pub waiting_here: Option<u32>,
     pub problem: Option<Problem>,
+    /// Jobs not admitted because their pods may take longer to stop than
+    /// `maxGracePeriodSeconds`, with the longest grace period asked for.
+    pub too_slow_to_stop: Option<(u32, i64)>,
+    pub max_grace_seconds: u32,
 }
 
 pub fn build(
@@ -109,6 +114,30 @@ pub fn build(
         // Unknown while the ledger is unreadable: keep the last verdict.
         conditions.push(c.clone());
     }
+    if obs.problem.is_none() {
+        conditions.push(match obs.too_slow_to_stop {
+            Some((n, longest)) => condition(
+                JOBS_FIT,
+                false,
+                "GracePeriodTooLong",
+                format!(
+                    "{n} Job(s) ask for terminationGracePeriodSeconds up to {longest}, above maxGracePeriodSeconds {}: they are not admitted. Lower their grace period, or raise maxGracePeriodSeconds (and leaseSeconds with it)",
+                    obs.max_grace_seconds
+                ),
+            ),
+            None => condition(
+                JOBS_FIT,
+                true,
+                "GracePeriodsFit",
+                format!(
+                    "every Job's pods can stop within maxGracePeriodSeconds {}",
+                    obs.max_grace_seconds
+                ),
+            ),
+        });
+    } else if let Some(c) = old(JOBS_FIT) {
+        conditions.push(c.clone());
+    }
     let keep = |now: Option<u32>, before: Option<u32>| now.or(before);
     ConcurrencyGroupStatus {
         limit: keep(obs.ledger_limit, prev.and_then(|s| s.limit)),
@@ -135,7 +164,25 @@ mod tests {
             admitted_here: Some(1),
             waiting_here: Some(4),
             problem: None,
+            too_slow_to_stop: None,
+            max_grace_seconds: 30,
         }
+    }
+
+    #[test]
+    fn jobs_that_cannot_stop_in_time_are_named_in_a_condition() {
+        let s = build(None, &healthy(), "t0");
+        assert_eq!(cond(&s, JOBS_FIT).status, "True");
+        let mut obs = healthy();
+        obs.too_slow_to_stop = Some((2, 600));
+        let s = build(Some(&s), &obs, "t1");
+        let c = cond(&s, JOBS_FIT);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "GracePeriodTooLong")
+        );
+        assert!(c.message.contains("up to 600") && c.message.contains("maxGracePeriodSeconds 30"));
+        assert_eq!(c.last_transition_time, "t1");
     }
 
     fn cond<'a>(s: &'a ConcurrencyGroupStatus, t: &str) -> &'a GroupCondition {

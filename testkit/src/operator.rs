@@ -87,7 +87,9 @@ pub fn apply_group(cp: &ControlPlane, g: &GroupSpec) {
         "apiVersion": "jobgate.dev/v1alpha1",
         "kind": "ConcurrencyGroup",
         "metadata": {"name": g.name, "namespace": g.ns},
-        "spec": {"limit": g.limit, "leaseSeconds": 10, "ledger": ledger},
+        // Test Jobs' pods stop at once (grace period 0): the fence can come
+        // late in the short lease.
+        "spec": {"limit": g.limit, "leaseSeconds": 10, "maxGracePeriodSeconds": 0, "ledger": ledger},
     });
     let out = cp.kubectl_stdin(&["apply", "-f", "-"], &group.to_string());
     assert!(
@@ -124,6 +126,7 @@ pub async fn create_job(client: &Client, ns: &str, name: &str, group: &str, susp
             "suspend": suspend,
             "template": {"spec": {
                 "restartPolicy": "Never",
+                "terminationGracePeriodSeconds": 0,
                 "containers": [{"name": "work", "image": "busybox", "command": ["true"]}],
             }},
         },
