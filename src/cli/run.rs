@@ -182,6 +182,19 @@ async fn supervise(
     ];
     let mut guard = Guarded::spawn(&args.command, &env, interactive, grace(args.lease))
         .map_err(|e| Error::Io(format!("cannot start the guard process: {e}")))?;
+    // As late as possible, with the guard already up: a permit can be lost
+    // before it is used (its grant answered after the lease ran out, or
+    // renewals failing since), and a lost slot may already be someone
+    // else's. The client marks a late grant lost at its next step, right
+    // after handing it out.
+    if permit.is_lost() {
+        guard.kill_all();
+        let _ = guard.wait().await;
+        eprintln!(
+            "jobgate: the slot was lost before the command started (the lease could not be vouched for); not running it"
+        );
+        return Ok(EXIT_LEASE_LOST);
+    }
     if let Err(e) = guard.start() {
         guard.kill_all();
         let _ = guard.wait().await;
