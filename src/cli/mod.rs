@@ -63,6 +63,9 @@ enum Command {
     Crd,
     /// Run the Kubernetes operator: admit suspended Jobs of ConcurrencyGroups.
     Controller(controller::ControllerArgs),
+    /// The guard that `jobgate run` puts between itself and the command.
+    #[command(name = crate::process::GUARD_SUBCOMMAND, hide = true)]
+    Guard(crate::process::GuardArgs),
 }
 
 /// Where the ledger is and how to reach it. The usual AWS environment
@@ -165,6 +168,11 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let service = matches!(cli.command, Command::Controller(_));
     init_logging(cli.verbose, cli.log_format, service);
+    // The guard is synchronous: no runtime, no threads.
+    let command = match cli.command {
+        Command::Guard(args) => return ExitCode::from(crate::process::guard_main(args)),
+        command => command,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -176,13 +184,15 @@ pub fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        match cli.command {
+        match command {
             Command::Run(args) => run::run(args).await,
             Command::Status(args) => status::status(args).await,
             Command::Release(args) => status::release(args).await,
             Command::Doctor(args) => doctor::doctor(args).await,
             Command::Crd => print_crd(),
             Command::Controller(args) => controller::controller(args).await,
+            // Handled above, before the runtime.
+            Command::Guard(_) => Ok(EXIT_ERROR),
         }
     });
     // Do not wait for lingering background tasks (e.g. a slow S3 request).

@@ -1,23 +1,19 @@
 //! `jobgate run`: the reference design's worker, done right.
 
-use std::io::{ErrorKind, IsTerminal};
+use std::io::IsTerminal;
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use nix::sys::signal::{Signal, kill, killpg};
-use nix::unistd::Pid;
-use tokio::process::{Child, Command};
+use nix::sys::signal::Signal;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
-use super::{
-    EXIT_ERROR, EXIT_LEASE_LOST, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_WAIT_TIMEOUT, StoreArgs,
-    parse_duration,
-};
+use super::{EXIT_ERROR, EXIT_LEASE_LOST, EXIT_WAIT_TIMEOUT, StoreArgs, parse_duration};
 use crate::agent::{hostname, new_agent_id};
 use crate::doctor::ensure_conditional_writes;
 use crate::error::{Error, Result};
+use crate::process::Guarded;
 use crate::semaphore::{Config, Permit, Semaphore};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -168,34 +164,6 @@ impl Signals {
     }
 }
 
-/// How signals reach the command. Non-interactive commands run in a process
-/// group of their own so that stopping them on lease loss also stops their
-/// children; interactive ones stay in the terminal's group so they can read
-/// from it, and get Ctrl-C from the terminal itself.
-struct Target {
-    pid: i32,
-    group: bool,
-}
-
-impl Target {
-    fn send(&self, sig: Signal) {
-        let pid = Pid::from_raw(self.pid);
-        let _ = if self.group {
-            killpg(pid, sig)
-        } else {
-            kill(pid, sig)
-        };
-    }
-
-    fn forward(&self, sig: Signal) {
-        // The terminal already sent Ctrl-C to an interactive command.
-        if !self.group && sig == Signal::SIGINT {
-            return;
-        }
-        self.send(sig);
-    }
-}
-
 async fn supervise(
     args: &RunArgs,
     ledger: &str,
@@ -203,43 +171,62 @@ async fn supervise(
     signals: &mut Signals,
 ) -> Result<u8> {
     let interactive = std::io::stdin().is_terminal();
-    let mut cmd = Command::new(&args.command[0]);
-    cmd.args(&args.command[1..])
-        .env("JOBGATE_HOLDER", &permit.holder)
-        .env("JOBGATE_FENCING_TOKEN", permit.token.to_string())
-        .env("JOBGATE_LEDGER", ledger);
-    if !interactive {
-        cmd.process_group(0);
+    // Should the guard itself be killed, what it leaves comes to us.
+    if let Err(e) = crate::process::become_subreaper() {
+        warn!(error = %e, "cannot become a subreaper; if the guard is killed, what the command started may outlive it");
     }
-    // If jobgate itself dies nobody renews the lease, so the command must
-    // not outlive it.
-    crate::process::die_with_parent(cmd.as_std_mut());
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            eprintln!("jobgate: command not found: {}", args.command[0]);
-            return Ok(EXIT_NOT_FOUND);
-        }
-        Err(e) => {
-            eprintln!("jobgate: cannot run {}: {e}", args.command[0]);
-            return Ok(EXIT_NOT_EXECUTABLE);
-        }
-    };
-    let target = Target {
-        pid: child.id().map(|p| p as i32).unwrap_or(0),
-        group: !interactive,
-    };
+    let env = [
+        ("JOBGATE_HOLDER", permit.holder.clone()),
+        ("JOBGATE_FENCING_TOKEN", permit.token.to_string()),
+        ("JOBGATE_LEDGER", ledger.to_string()),
+    ];
+    let mut guard = Guarded::spawn(&args.command, &env, interactive, grace(args.lease))
+        .map_err(|e| Error::Io(format!("cannot start the guard process: {e}")))?;
+    // As late as possible, with the guard already up: a permit can be lost
+    // before it is used (its grant answered after the lease ran out, or
+    // renewals failing since), and a lost slot may already be someone
+    // else's. The client marks a late grant lost at its next step, right
+    // after handing it out.
+    if permit.is_lost() {
+        guard.kill_all();
+        let _ = guard.wait().await;
+        eprintln!(
+            "jobgate: the slot was lost before the command started (the lease could not be vouched for); not running it"
+        );
+        return Ok(EXIT_LEASE_LOST);
+    }
+    if let Err(e) = guard.start() {
+        guard.kill_all();
+        let _ = guard.wait().await;
+        return Err(Error::Io(format!("cannot start the guard process: {e}")));
+    }
     let mut lease_lost = false;
     loop {
         tokio::select! {
-            status = child.wait() => {
+            status = guard.wait() => {
                 let status = status.map_err(io_error)?;
+                if let Some(sig) = status.signal() {
+                    // Only a signal to the guard itself ends it like this;
+                    // what it left is ours, jobgate being a subreaper.
+                    let stopped = tokio::task::spawn_blocking(crate::process::stop_orphans)
+                        .await
+                        .unwrap_or(0);
+                    let name = Signal::try_from(sig).map_or_else(|_| sig.to_string(), |s| s.to_string());
+                    return Err(Error::Io(format!(
+                        "the guard process was killed by {name}; stopped {stopped} process(es) of the command it left"
+                    )));
+                }
                 if lease_lost && args.on_lease_loss == OnLeaseLoss::Stop {
                     return Ok(EXIT_LEASE_LOST);
                 }
                 return Ok(exit_code(status));
             }
-            sig = signals.recv() => target.forward(sig),
+            sig = signals.recv() => {
+                // The terminal already sent Ctrl-C to an interactive command.
+                if !(interactive && sig == Signal::SIGINT) {
+                    guard.signal(sig);
+                }
+            }
             _ = permit.lost(), if !lease_lost => {
                 lease_lost = true;
                 match args.on_lease_loss {
@@ -248,7 +235,7 @@ async fn supervise(
                     }
                     OnLeaseLoss::Stop => {
                         eprintln!("jobgate: lease could not be renewed; stopping the command so the limit holds");
-                        stop(&mut child, &target, args.lease).await;
+                        stop(&mut guard, args.lease).await;
                     }
                 }
             }
@@ -256,25 +243,29 @@ async fn supervise(
     }
 }
 
-/// SIGTERM, then SIGKILL if the command has not exited well before the
-/// lease could run out at the other agents.
-async fn stop(child: &mut Child, target: &Target, lease: Duration) {
-    target.send(Signal::SIGTERM);
-    let grace = lease.mul_f64(0.2);
-    if tokio::time::timeout(grace, child.wait()).await.is_err() {
-        target.send(Signal::SIGKILL);
-        let _ = child.start_kill();
+/// Between SIGTERM and SIGKILL: short enough that a command stopped on
+/// lease loss is gone before the lease could run out at the other agents
+/// (the loss is declared at 60% of the lease).
+fn grace(lease: Duration) -> Duration {
+    lease.mul_f64(0.2)
+}
+
+/// SIGTERM to every process of the command, then SIGKILL to all of them if
+/// the command has not exited within the grace.
+async fn stop(guard: &mut Guarded, lease: Duration) {
+    guard.signal(Signal::SIGTERM);
+    if tokio::time::timeout(grace(lease), guard.wait())
+        .await
+        .is_err()
+    {
+        guard.kill_all();
     }
 }
 
+/// The guard exits with the command's code, or 128+N if the command died
+/// of signal N.
 fn exit_code(status: std::process::ExitStatus) -> u8 {
-    if let Some(code) = status.code() {
-        return code as u8;
-    }
-    status
-        .signal()
-        .map(|s| 128u8.wrapping_add(s as u8))
-        .unwrap_or(EXIT_ERROR)
+    status.code().map_or(EXIT_ERROR, |code| code as u8)
 }
 
 fn io_error(e: std::io::Error) -> Error {
