@@ -840,13 +840,19 @@ impl Committer {
         self.releasing = still;
 
         let mut remaining = VecDeque::new();
+        // A grant whose write was sent longer ago than the fence period (its
+        // answer came late) may already be taken elsewhere: it is handed
+        // out lost, so that nobody starts work on it.
+        let late = self
+            .last_renewal_sent
+            .is_some_and(|sent| Instant::now() >= sent + self.fence_after());
         for waiter in self.waiting.drain(..) {
             if let Some((_, token)) = out.granted.iter().find(|(h, _)| h == &waiter.holder) {
                 let lost_rx = match self.held.get(&waiter.holder) {
                     Some(tx) => tx.subscribe(),
                     None => {
                         self.stats.grants.fetch_add(1, Ordering::Relaxed);
-                        let (tx, rx) = watch::channel(false);
+                        let (tx, rx) = watch::channel(late);
                         self.held.insert(waiter.holder.clone(), tx);
                         rx
                     }

@@ -22,6 +22,8 @@ struct Flaky {
     inner: MemoryStore,
     lose_answers: AtomicU32,
     partitioned: std::sync::atomic::AtomicBool,
+    /// Seconds every write's answer takes to come back.
+    slow_answers: AtomicU32,
 }
 
 #[async_trait]
@@ -38,6 +40,10 @@ impl Store for Flaky {
             return Err(StoreError::Ambiguous("partitioned".into()));
         }
         let result = self.inner.put(key, body, c).await;
+        let slow = self.slow_answers.load(Ordering::SeqCst);
+        if slow > 0 {
+            tokio::time::sleep(Duration::from_secs(u64::from(slow))).await;
+        }
         if result.is_ok() && self.lose_answers.load(Ordering::SeqCst) > 0 {
             self.lose_answers.fetch_sub(1, Ordering::SeqCst);
             return Err(StoreError::Ambiguous("answer lost".into()));
@@ -200,4 +206,30 @@ async fn a_slot_taken_up_again_is_fenced_like_any_other() {
         cut.elapsed()
     );
     again.shutdown().await;
+}
+
+/// A grant whose answer arrives after the fence period is never usable: the
+/// client hands it out already lost (on this single-threaded paused runtime
+/// the client's next step would also mark it lost before the caller looks;
+/// on a multi-threaded one that step races the caller, which is why the
+/// grant is lost from the start).
+#[tokio::test(start_paused = true)]
+async fn a_grant_answered_after_the_fence_period_is_handed_out_lost() {
+    let store = Arc::new(Flaky::default());
+    let lease = Duration::from_secs(30);
+    // The fence comes at 60% of the lease: 18 s.
+    store.slow_answers.store(20, Ordering::SeqCst);
+    let sem = Semaphore::new(store.clone(), "late.json", config("a", lease));
+    let permit = sem.acquire("h").await.unwrap();
+    assert!(
+        permit.is_lost(),
+        "a grant answered after 20 s was handed out usable"
+    );
+    // Answered in time, the next grant is usable.
+    store.slow_answers.store(1, Ordering::SeqCst);
+    let other = Semaphore::new(store.clone(), "ok.json", config("b", lease));
+    let fine = other.acquire("g").await.unwrap();
+    assert!(!fine.is_lost());
+    sem.shutdown().await;
+    other.shutdown().await;
 }

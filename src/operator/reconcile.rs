@@ -344,6 +344,16 @@ async fn write_ledger(
     }
     for (uid, answer) in acquires.iter().zip(answers) {
         match answer {
+            // Granted too late to be safe: it waits, and the next pass gives
+            // the slot up.
+            Ok(Some(permit)) if permit.is_lost() => {
+                warn!(
+                    job = uid,
+                    "granted a slot whose lease had already run out; not admitted"
+                );
+                let job = pass.jobs.get(uid).map(|j| j.name_any()).unwrap_or_default();
+                track(gl, ctx, group, &job, permit);
+            }
             Ok(Some(permit)) => {
                 granted.insert(uid.clone(), permit.token);
                 let job = pass.jobs.get(uid).map(|j| j.name_any()).unwrap_or_default();
