@@ -56,6 +56,11 @@ pub struct Config {
     /// at once and compete with others like them (the operator); agents that
     /// hold one slot each (`jobgate run`) cannot monopolise and leave it off.
     pub record_wait: bool,
+    /// Without `record_wait`: record the wait anyway once a holder has
+    /// waited this long. Agents that record waits (the operator) release and
+    /// re-acquire in one write, so a waiter they cannot see could otherwise
+    /// wait for ever; a long wait costs a few writes, a short one nothing.
+    pub record_wait_after: Option<Duration>,
 }
 
 impl Config {
@@ -71,6 +76,7 @@ impl Config {
             release_orphans: true,
             fence_after: None,
             record_wait: false,
+            record_wait_after: None,
         }
     }
 }
@@ -264,6 +270,7 @@ struct Waiter {
     holder: String,
     wait: bool,
     reply: oneshot::Sender<Result<Option<Permit>>>,
+    since: Instant,
 }
 
 struct Committer {
@@ -405,6 +412,7 @@ impl Committer {
                 holder,
                 wait,
                 reply,
+                since: Instant::now(),
             }),
             Request::Release { holder, reply } => self.releasing.push((holder, reply)),
             Request::Snapshot { reply } => self.snapshots.push(reply),
@@ -462,7 +470,7 @@ impl Committer {
     fn renew_due(&self, now: Instant) -> bool {
         // Waiters renew too: an agent whose entry goes stale is evicted, and
         // with it its claim to a fair share.
-        (!self.held.is_empty() || (self.cfg.record_wait && !self.waiting.is_empty()))
+        (!self.held.is_empty() || (self.records_wait(now) && !self.waiting.is_empty()))
             && self
                 .last_renewal_sent
                 .is_none_or(|t| now >= t + self.renew_interval())
@@ -793,8 +801,18 @@ impl Committer {
             // Waiters that gave up are gone from `waiting`: without this, a
             // batch with no acquires would keep their wait recorded.
             withdraw_wait: self.withdraw,
-            record_wait: self.cfg.record_wait,
+            record_wait: self.records_wait(now),
         }
+    }
+
+    /// Whether this agent's waits go into the ledger now.
+    fn records_wait(&self, now: Instant) -> bool {
+        self.cfg.record_wait
+            || self.cfg.record_wait_after.is_some_and(|after| {
+                self.waiting
+                    .iter()
+                    .any(|w| w.wait && now.saturating_duration_since(w.since) >= after)
+            })
     }
 
     /// Whether a waiter asks for a slot the ledger says this agent holds but
@@ -1072,6 +1090,65 @@ mod tests {
         };
         assert!(Ledger::parse(&v.body).unwrap().seq > newer.seq);
         a.shutdown().await;
+    }
+
+    /// An agent that records waits and swaps a released slot for a new one
+    /// in one write (as the operator does) never leaves a free slot to a
+    /// waiter it cannot see; once that waiter has waited `record_wait_after`,
+    /// its wait is in the ledger and it gets the next free slot.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_that_records_late_is_not_starved_by_swaps() {
+        let store: DynStore = Arc::new(MemoryStore::new());
+        let mut cfg = Config::new("operator");
+        cfg.limit = Some(1);
+        cfg.record_wait = true;
+        cfg.release_orphans = false;
+        let operator = Semaphore::new(store.clone(), "k", cfg);
+        let mut held = "job-0".to_string();
+        let got = operator
+            .release_and_try_acquire(&[], &ids(&[&held]))
+            .await
+            .unwrap();
+        assert!(matches!(got[0], Ok(Some(_))));
+        let mut run_cfg = Config::new("run");
+        run_cfg.poll = Duration::from_millis(100);
+        run_cfg.record_wait_after = Some(Duration::from_secs(5));
+        let run = Semaphore::new(store.clone(), "k", run_cfg);
+        let waiter = tokio::spawn(async move {
+            let started = Instant::now();
+            let permit = run.acquire("cli").await;
+            (permit.map(|p| p.token), started.elapsed(), run)
+        });
+        // The operator swaps its slot every 500 ms for 60 s.
+        let mut swaps = 0;
+        while !waiter.is_finished() && swaps < 120 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let next = format!("job-{}", swaps + 1);
+            let got = operator
+                .release_and_try_acquire(&ids(&[&held]), &ids(&[&next]))
+                .await
+                .unwrap();
+            if matches!(got[0], Ok(Some(_))) {
+                held = next;
+            } else {
+                held.clear();
+            }
+            swaps += 1;
+            if held.is_empty() {
+                break;
+            }
+        }
+        let (token, waited, run) = tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("the waiter was starved")
+            .unwrap();
+        assert!(token.is_ok(), "{token:?}");
+        assert!(
+            waited >= Duration::from_secs(5) && waited < Duration::from_secs(8),
+            "waited {waited:?}"
+        );
+        run.shutdown().await;
+        operator.shutdown().await;
     }
 
     fn client(store: &DynStore, agent: &str) -> Semaphore {

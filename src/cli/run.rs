@@ -89,6 +89,10 @@ pub async fn run(args: RunArgs) -> Result<u8> {
     config.lease = args.lease;
     config.limit = limit;
     config.poll = args.poll;
+    // Waits cost writes, so they are not recorded at first; one that lasts a
+    // whole lease is, so that agents that swap slots in one write (the
+    // operator) leave this one a free slot instead of starving it.
+    config.record_wait_after = Some(args.lease);
     let sem = Semaphore::new(store, url.key(), config);
 
     let mut signals = Signals::new()?;
