@@ -230,6 +230,8 @@ fn default_values_render_a_leader_elected_controller() {
         strings(&jobs["verbs"]),
         ["get", "list", "watch", "patch", "update"]
     );
+    let pods = rule(&docs, "", "pods").expect("a pods rule");
+    assert_eq!(pods["verbs"], serde_yaml::to_value(["list"]).unwrap());
     let secrets = rule(&docs, "", "secrets").expect("a secrets rule");
     assert_eq!(strings(&secrets["verbs"]), ["get"]);
     assert!(rule(&docs, "jobgate.dev", "concurrencygroups/status").is_some());

@@ -289,3 +289,95 @@ async fn jobs_whose_pods_cannot_stop_within_the_lease_are_not_admitted() {
         );
     }
 }
+
+/// The number in a `name value` line of the controller's metrics.
+fn metric(controller: &ControllerProcess, name: &str) -> u64 {
+    controller
+        .metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A Job deleted while a pod of it may still run (here a pod that stays
+/// Pending, since no scheduler runs; the Job deleted orphaning it) keeps its
+/// slot until that pod is gone: a slot is free only when its work has
+/// stopped. The same holds for a Job whose group label is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_jobs_slot_is_kept_while_its_pods_may_run() {
+    let bed = Bed::start(NS, false).await;
+    bed.group("pods", NS, 1);
+    create_jobs(&bed.kube, NS, "pods", &["first".to_string()]).await;
+    let controller = ControllerProcess::start(&bed.cp, &bed.s3, "one", NS, true);
+    let get = |what: &str, path: &str| {
+        let out = bed
+            .cp
+            .kubectl(&["get", "-n", NS, what, "-o", &format!("jsonpath={path}")]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    eventually(Duration::from_secs(60), "first admitted", || async {
+        (get("job/first", "{.spec.suspend}") == "false").then_some(())
+    })
+    .await;
+    let uid = get("job/first", "{.metadata.uid}");
+    // What the Job controller would have made: a pod labelled with the Job's UID.
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: first-pod, namespace: {NS}, labels: {{batch.kubernetes.io/controller-uid: {uid}}}}}\nspec:\n  terminationGracePeriodSeconds: 0\n  containers: [{{name: w, image: busybox}}]\n"
+    );
+    let out = bed.cp.kubectl_stdin(&["apply", "-f", "-"], &pod);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    create_jobs(&bed.kube, NS, "pods", &["second".to_string()]).await;
+    // No garbage collector runs here to finish an orphaning deletion: the
+    // Job stays, being deleted (which counts as finished), and its pod stays.
+    let out = bed.cp.kubectl(&[
+        "delete",
+        "-n",
+        NS,
+        "job/first",
+        "--cascade=orphan",
+        "--wait=false",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Several passes see the Job gone and its pod pending.
+    let passes = metric(&controller, "jobgate_reconciles_total");
+    eventually(Duration::from_secs(30), "five more passes", || async {
+        (metric(&controller, "jobgate_reconciles_total") >= passes + 5).then_some(())
+    })
+    .await;
+    assert_eq!(
+        get("job/second", "{.spec.suspend}"),
+        "true",
+        "second admitted while first's pod may still run\n{}",
+        controller.log_text()
+    );
+    let ledger = read_ledger(&bed.s3, &bed.bucket, "jobgate/batch/pods.json")
+        .await
+        .expect("ledger");
+    assert!(ledger.holders.contains_key(&uid), "{ledger:?}");
+    // The pod ends: the slot is freed and the next Job admitted.
+    let out = bed.cp.kubectl(&[
+        "delete",
+        "-n",
+        NS,
+        "pod/first-pod",
+        "--grace-period=0",
+        "--force",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(Duration::from_secs(30), "second admitted", || async {
+        (get("job/second", "{.spec.suspend}") == "false").then_some(())
+    })
+    .await;
+}

@@ -46,6 +46,10 @@ pub struct Inputs<'a> {
     /// `maxGracePeriodSeconds`: Jobs whose pods may take longer to stop are
     /// not admitted, since the fence leaves only that much of the lease.
     pub max_grace_seconds: i64,
+    /// Job UIDs, among held slots whose Job is gone or finished, that still
+    /// have pods that may run (pending, running or terminating): their slot
+    /// is kept until those pods end.
+    pub live_pods: &'a BTreeSet<String>,
 }
 
 /// Why a slot is given up.
@@ -149,8 +153,11 @@ pub fn decide(inputs: &Inputs) -> Decision {
     }
 
     for holder in inputs.held_in_ledger {
+        let pods_left = inputs.live_pods.contains(holder);
         let reason = match jobs.get(holder.as_str()) {
+            None if pods_left => None,
             None => Some(ReleaseReason::Deleted),
+            Some(j) if j.finished && pods_left => None,
             Some(j) if j.finished => Some(ReleaseReason::Finished),
             Some(j) if j.suspended && j.admitted && !j.active_pods => {
                 Some(ReleaseReason::Suspended)
@@ -336,6 +343,7 @@ mod tests {
             suspend_on_loss: true,
             wait_recorded: false,
             max_grace_seconds: 30,
+            live_pods: &BTreeSet::new(),
         })
     }
 
@@ -435,6 +443,7 @@ mod tests {
             suspend_on_loss: true,
             wait_recorded: false,
             max_grace_seconds: 30,
+            live_pods: &BTreeSet::new(),
         });
         assert_eq!(d.reacquire, ids(&["a"]));
         assert_eq!(d.unsuspend, ids(&["b"]));
@@ -453,6 +462,7 @@ mod tests {
             suspend_on_loss,
             wait_recorded: false,
             max_grace_seconds: 30,
+            live_pods: &BTreeSet::new(),
         })
     }
 
@@ -496,6 +506,7 @@ mod tests {
             suspend_on_loss: true,
             wait_recorded: false,
             max_grace_seconds: 30,
+            live_pods: &BTreeSet::new(),
         });
         assert_eq!(d.release, vec![("a".into(), ReleaseReason::LeaseLost)]);
         assert_eq!(d.admit, ids(&["a"]), "it waits for a slot again");
@@ -531,6 +542,7 @@ mod tests {
                 suspend_on_loss: true,
                 wait_recorded: true,
                 max_grace_seconds: 30,
+                live_pods: &BTreeSet::new(),
             })
         };
         assert!(inputs(&[]).withdraw_wait);
@@ -548,6 +560,7 @@ mod tests {
             suspend_on_loss: true,
             wait_recorded: false,
             max_grace_seconds: 30,
+            live_pods: &BTreeSet::new(),
         });
         assert_eq!(d.fence, ids(&["a"]));
         assert!(d.adopt.is_empty(), "{d:?}");
@@ -597,6 +610,28 @@ mod tests {
         assert_eq!(d.admit, ids(&["fits"]));
         assert!(d.adopt.is_empty());
         assert!(d.release.is_empty());
+    }
+
+    #[test]
+    fn a_slot_is_kept_while_pods_of_its_gone_or_finished_job_may_run() {
+        let mut failed = running("failed");
+        failed.finished = true;
+        let held = set(&["gone", "failed"]);
+        let live = set(&["gone", "failed"]);
+        let d = decide(&Inputs {
+            jobs: &[failed.clone()],
+            held_in_ledger: &held,
+            permits: &held,
+            lost_permits: &BTreeSet::new(),
+            suspend_on_loss: true,
+            wait_recorded: false,
+            max_grace_seconds: 30,
+            live_pods: &live,
+        });
+        assert!(d.release.is_empty(), "{d:?}");
+        assert!(d.acquire().is_empty(), "a kept slot is not asked for again");
+        let d = decide_with(&[failed], &["gone", "failed"]);
+        assert_eq!(d.release_ids(), ids(&["failed", "gone"]));
     }
 
     fn grants(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {

@@ -11,6 +11,9 @@ pub enum Error {
     #[error("listing the group's Jobs: {0}")]
     GatherJobs(#[source] kube::Error),
 
+    #[error("listing the pods of Jobs whose slots would be freed: {0}")]
+    GatherPods(#[source] kube::Error),
+
     #[error("reading credentials Secret {name:?}: {source}")]
     Credentials {
         name: String,
@@ -69,6 +72,7 @@ impl Error {
         match self {
             Error::InvalidTiming(_) => "validate",
             Error::GatherJobs(_) => "gather_jobs",
+            Error::GatherPods(_) => "gather_pods",
             Error::Credentials { .. } | Error::CredentialsIncomplete { .. } => "credentials",
             Error::OpenLedger(_) => "open_ledger",
             Error::ReadLedger(_) => "read_ledger",

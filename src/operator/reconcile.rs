@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -199,6 +199,9 @@ struct Pass {
     /// The slots the ledger says this cluster holds.
     held_in_ledger: BTreeSet<String>,
     wait_recorded: bool,
+    /// Of the held slots whose Job is gone or finished, those with pods that
+    /// may still run.
+    live_pods: BTreeSet<String>,
 }
 
 /// Suspends the running Jobs that nothing vouches for without a ledger read:
@@ -268,14 +271,54 @@ async fn gather(
         .into_iter()
         .filter_map(|j| j.uid().map(|uid| (uid, j)))
         .collect();
+    let held_in_ledger: BTreeSet<String> = ledger.holders_of(&gl.agent).cloned().collect();
+    // Only slots about to be freed need their pods looked at: one list
+    // call, and only in passes that would free a slot.
+    let candidates: Vec<&String> = held_in_ledger
+        .iter()
+        .filter(|uid| jobs.get(*uid).is_none_or(is_finished))
+        .collect();
+    let live_pods = live_pods(ctx, ns, &candidates).await?;
     Ok(Pass {
         views: jobs.values().filter_map(job_view).collect(),
-        held_in_ledger: ledger.holders_of(&gl.agent).cloned().collect(),
+        held_in_ledger,
+        live_pods,
         wait_recorded: ledger.agents.get(&gl.agent).is_some_and(|a| a.waiting > 0),
         jobs,
         jobs_api,
         gl,
     })
+}
+
+/// The Job controller labels every pod of a Job with the Job's UID; the
+/// label stays on pods the Job orphaned.
+const CONTROLLER_UID_LABEL: &str = "batch.kubernetes.io/controller-uid";
+
+/// Which of `jobs` (UIDs) have pods that may still run: not yet Succeeded or
+/// Failed, so pending, running, or terminating.
+async fn live_pods(ctx: &Context, ns: &str, jobs: &[&String]) -> Result<BTreeSet<String>> {
+    if jobs.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    let uids: Vec<&str> = jobs.iter().map(|u| u.as_str()).collect();
+    let selector = format!("{CONTROLLER_UID_LABEL} in ({})", uids.join(","));
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let pods = timed(
+        ctx,
+        "list_pods",
+        api.list(&ListParams::default().labels(&selector)),
+    )
+    .await
+    .map_err(Error::GatherPods)?;
+    Ok(pods
+        .items
+        .iter()
+        .filter(|p| {
+            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+            !matches!(phase, Some("Succeeded" | "Failed"))
+        })
+        .filter_map(|p| p.labels().get(CONTROLLER_UID_LABEL).cloned())
+        .collect())
 }
 
 /// Decide: the pure `admission::decide` over what was gathered and the
@@ -290,6 +333,7 @@ fn decide(pass: &Pass, group: &ConcurrencyGroup) -> Decision {
         suspend_on_loss: group.spec.on_lease_loss == LeaseLossPolicy::Suspend,
         wait_recorded: pass.wait_recorded,
         max_grace_seconds: i64::from(group.spec.max_grace_period_seconds),
+        live_pods: &pass.live_pods,
     })
 }
 
