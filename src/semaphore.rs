@@ -509,12 +509,15 @@ impl Committer {
 
     /// Every slot held here is lost at once: the ledger they were granted in
     /// is gone or was replaced.
+    /// The holders stay known (lost), so that none is released as an orphan
+    /// before its owner has stopped its work and released it.
     fn fence_all(&mut self) {
-        for (holder, lost) in std::mem::take(&mut self.held) {
-            warn!(holder, "slot lost with the ledger it was granted in");
-            let _ = lost.send(true);
+        for (holder, lost) in &self.held {
+            if !*lost.borrow() {
+                warn!(holder, "slot lost with the ledger it was granted in");
+                let _ = lost.send(true);
+            }
         }
-        self.last_renewal_sent = None;
         self.inflight = None;
     }
 
@@ -564,7 +567,12 @@ impl Committer {
                     // ledger that cannot be used, but never pause past the
                     // moment our slots stop being safe.
                     let pause = Instant::now() + Duration::from_millis(500);
-                    sleep_until(self.fence_deadline().map_or(pause, |f| pause.min(f))).await;
+                    let now = Instant::now();
+                    let wake = self
+                        .fence_deadline()
+                        .filter(|f| *f > now)
+                        .map_or(pause, |f| pause.min(f));
+                    sleep_until(wake).await;
                     self.check_fence(Instant::now());
                     return;
                 }
@@ -596,10 +604,13 @@ impl Committer {
                         )
                     };
                     // Never sleep through the moment our slots stop being safe.
-                    let until = Instant::now() + pause;
+                    // (A deadline already past does not shorten the pause.)
+                    let now = Instant::now();
+                    let until = now + pause;
                     sleep_until(
                         self.fence_deadline()
-                            .map_or(until, |f| until.min(f.max(Instant::now()))),
+                            .filter(|f| *f > now)
+                            .map_or(until, |f| until.min(f)),
                     )
                     .await;
                     self.check_fence(Instant::now());
@@ -725,7 +736,7 @@ impl Committer {
         let batch = self.batch(&ledger, now);
         let outcome = decide::apply(&ledger, &batch);
         let Some(next) = outcome.next.clone() else {
-            self.resolve(outcome);
+            self.resolve(outcome, false);
             return Ok(());
         };
         let body = Bytes::from(next.to_bytes());
@@ -743,7 +754,10 @@ impl Committer {
                 self.inflight = None;
                 self.see(&next);
                 self.cache = Some((next, etag));
-                self.resolve(outcome);
+                // Grants in a write answered after the fence period may
+                // already be taken elsewhere.
+                let late = Instant::now() >= sent + self.fence_after();
+                self.resolve(outcome, late);
                 self.last_renewal_sent = ours.map(|_| sent);
                 Ok(())
             }
@@ -829,7 +843,9 @@ impl Committer {
 
     /// Answers the requests the outcome settled; called once its ledger is
     /// written, or when nothing needed writing.
-    fn resolve(&mut self, out: Outcome) {
+    /// `late`: the write was answered after the fence period, so new grants
+    /// are handed out lost and nobody starts work on them.
+    fn resolve(&mut self, out: Outcome, late: bool) {
         self.withdraw = false;
         if !out.evicted_agents.is_empty() {
             info!(agents = ?out.evicted_agents, "evicted agents whose lease ran out");
@@ -858,12 +874,6 @@ impl Committer {
         self.releasing = still;
 
         let mut remaining = VecDeque::new();
-        // A grant whose write was sent longer ago than the fence period (its
-        // answer came late) may already be taken elsewhere: it is handed
-        // out lost, so that nobody starts work on it.
-        let late = self
-            .last_renewal_sent
-            .is_some_and(|sent| Instant::now() >= sent + self.fence_after());
         for waiter in self.waiting.drain(..) {
             if let Some((_, token)) = out.granted.iter().find(|(h, _)| h == &waiter.holder) {
                 let lost_rx = match self.held.get(&waiter.holder) {

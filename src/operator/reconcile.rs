@@ -447,6 +447,11 @@ async fn patch_jobs(
                 let Some(job) = pass.jobs.get(&uid) else {
                     continue;
                 };
+                // Lost since the write (the ledger read above can be slow):
+                // a later pass gives the slot up instead.
+                if lock(&gl.permits).get(&uid).is_some_and(Permit::is_lost) {
+                    continue;
+                }
                 unsuspend(ctx, &pass.jobs_api, job, token, labels).await?;
                 lock(&gl.announced_waiting).remove(&uid);
             }
@@ -465,6 +470,11 @@ async fn patch_jobs(
                 let Some(job) = pass.jobs.get(&uid) else {
                     continue;
                 };
+                // Lost since the write (the ledger read above can be slow):
+                // a later pass gives the slot up instead.
+                if lock(&gl.permits).get(&uid).is_some_and(Permit::is_lost) {
+                    continue;
+                }
                 adopt(ctx, &pass.jobs_api, job, token, &name, labels).await?;
             }
             JobAction::KeepOverLimit { uid } => {
