@@ -132,6 +132,12 @@ async fn deleting_an_admitted_job_frees_its_slot_and_a_job_created_running_is_ha
         holder_is(first.uid().unwrap()),
     )
     .await;
+    // The ledger write comes first, the Job's patch right after it.
+    eventually(Duration::from_secs(30), "first unsuspended", || async {
+        let j = jobs.get("first").await.ok()?;
+        (j.spec?.suspend == Some(false)).then_some(())
+    })
+    .await;
     let admitted = jobs.get("first").await.unwrap();
     assert_eq!(admitted.spec.unwrap().suspend, Some(false));
     let annotations = admitted.metadata.annotations.unwrap_or_default();
