@@ -48,6 +48,11 @@ pub struct ControllerArgs {
     /// that tests can show their checkers catch the limit being exceeded.
     #[arg(long, hide = true)]
     unsafe_fence_only_with_ledger: bool,
+    /// Test only: free the slot of a finished or deleted Job without
+    /// looking for its pods (the behaviour before pod counting), so that
+    /// tests can show the pod-level checker catches the limit being exceeded.
+    #[arg(long, hide = true)]
+    unsafe_release_without_pods: bool,
     /// This replica's name in the Lease and in Events (default: host name and pid).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -64,6 +69,7 @@ pub async fn controller(args: ControllerArgs) -> Result<u8> {
         poll_waiting: args.poll_waiting,
         poll_idle: args.poll_idle,
         fence_without_ledger: !args.unsafe_fence_only_with_ledger,
+        count_pods: !args.unsafe_release_without_pods,
         listen: args.listen,
         leader_election: args.leader_elect.then_some(LeaderSettings {
             namespace: args.leader_election_namespace,

@@ -38,6 +38,9 @@ pub struct Settings {
     /// Suspend Jobs whose slot is lost even when the ledger cannot be read.
     /// Off only in tests that show what goes wrong without it.
     pub fence_without_ledger: bool,
+    /// Keep a slot while pods of its finished or deleted Job may still run.
+    /// Off only in tests that show what goes wrong without it.
+    pub count_pods: bool,
     pub listen: SocketAddr,
     pub leader_election: Option<LeaderSettings>,
     /// Names this replica in Events and the leader Lease.
@@ -126,6 +129,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<()> {
         poll_waiting: settings.poll_waiting,
         poll_idle: settings.poll_idle,
         fence_without_ledger: settings.fence_without_ledger,
+        count_pods: settings.count_pods,
         trigger,
     });
     info!(%cluster, "controller running");

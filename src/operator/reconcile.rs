@@ -52,6 +52,8 @@ pub struct Context {
     pub poll_idle: Duration,
     /// Suspend Jobs whose slot is lost without waiting for a ledger read.
     pub fence_without_ledger: bool,
+    /// Keep a slot while pods of its finished or deleted Job may still run.
+    pub count_pods: bool,
     /// Asks for a reconciliation of a group (e.g. when a slot is lost).
     pub trigger: mpsc::UnboundedSender<ObjectRef<ConcurrencyGroup>>,
 }
@@ -278,7 +280,11 @@ async fn gather(
         .iter()
         .filter(|uid| jobs.get(*uid).is_none_or(is_finished))
         .collect();
-    let live_pods = live_pods(ctx, ns, &candidates).await?;
+    let live_pods = if ctx.count_pods {
+        live_pods(ctx, ns, &candidates).await?
+    } else {
+        BTreeSet::new()
+    };
     Ok(Pass {
         views: jobs.values().filter_map(job_view).collect(),
         held_in_ledger,

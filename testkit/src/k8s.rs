@@ -36,6 +36,88 @@ const KWOK_STAGES: &[&str] = &[
 const KCM_CONTROLLERS: &str =
     "job-controller,garbage-collector-controller,namespace-controller,node-lifecycle-controller";
 
+/// How kwok's fake pods behave in a full cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pods {
+    /// Running at once, Succeeded at once, gone at once when deleted.
+    Fast,
+    /// Like real work with a real shutdown: a Job's pod runs for the
+    /// duration in its [`RUN_FOR_ANNOTATION`] (for good without it), and a
+    /// pod being deleted stays Terminating until its deletion timestamp, so
+    /// it uses its whole `terminationGracePeriodSeconds`.
+    Held,
+}
+
+/// With [`Pods::Held`]: how long a Job's pod runs (a Go duration, `90s`).
+pub const RUN_FOR_ANNOTATION: &str = "jobgate.test/run-for";
+
+/// The [`Pods::Held`] stages that differ from the fast ones. kwok's
+/// `durationFrom` takes a duration string, or a time from which it subtracts
+/// now: the deletion timestamp is the end of the grace period.
+const HELD_POD_COMPLETE: &str = r#"apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: pod-complete
+spec:
+  resourceRef:
+    apiGroup: v1
+    kind: Pod
+  selector:
+    matchExpressions:
+    - key: '.metadata.deletionTimestamp'
+      operator: 'DoesNotExist'
+    - key: '.status.phase'
+      operator: 'In'
+      values: ['Running']
+    - key: '.metadata.ownerReferences.[].kind'
+      operator: 'In'
+      values: ['Job']
+    - key: '.metadata.annotations["jobgate.test/run-for"]'
+      operator: 'Exists'
+  delay:
+    durationMilliseconds: 0
+    durationFrom:
+      expressionFrom: '.metadata.annotations["jobgate.test/run-for"]'
+  next:
+    statusTemplate: |
+      {{ $now := Now }}
+      containerStatuses:
+      {{ range $index, $item := .spec.containers }}
+      - image: {{ $item.image | Quote }}
+        name: {{ $item.name | Quote }}
+        ready: false
+        restartCount: 0
+        started: false
+        state:
+          terminated:
+            exitCode: 0
+            finishedAt: {{ $now | Quote }}
+            reason: Completed
+            startedAt: {{ $now | Quote }}
+      {{ end }}
+      phase: Succeeded
+"#;
+
+const HELD_POD_DELETE: &str = r#"apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: pod-delete
+spec:
+  resourceRef:
+    apiGroup: v1
+    kind: Pod
+  selector:
+    matchExpressions:
+    - key: '.metadata.deletionTimestamp'
+      operator: 'Exists'
+  delay:
+    durationMilliseconds: 0
+    durationFrom:
+      expressionFrom: '.metadata.deletionTimestamp'
+  next:
+    delete: true
+"#;
+
 struct Component {
     name: &'static str,
     child: Child,
@@ -133,14 +215,22 @@ impl ControlPlane {
     /// [`start_full`](Self::start_full) with `nodes` fake nodes
     /// `kwok-node-0`, `kwok-node-1`, ...
     pub fn start_full_with_nodes(nodes: usize) -> ControlPlane {
+        Self::start_full_with(nodes, Pods::Fast)
+    }
+
+    /// A full cluster whose pods behave as [`Pods`] says.
+    pub fn start_full_with(nodes: usize, pods: Pods) -> ControlPlane {
         assert!(nodes >= 1, "a full cluster needs a node to run pods on");
         // Fail before starting anything when a piece of the test bed is
         // missing, so the message is about the build, not a timeout.
         for name in ["kube-controller-manager", "kube-scheduler", "kwok"] {
             binary(name).unwrap_or_else(|e| panic!("{e}"));
         }
-        let stages = kwok_stages();
         let cp = Self::start();
+        let stages = match pods {
+            Pods::Fast => kwok_stages(),
+            Pods::Held => held_stages(cp.dir.path()),
+        };
         let kubeconfig = format!("--kubeconfig={}", cp.kubeconfig.display());
         // Secure ports are 0 (no serving at all): nothing binds a port that
         // a parallel test could want, and without serving neither component
@@ -356,6 +446,24 @@ status:
 
 /// The kwok Stage files copied into the test-bed cache by
 /// `scripts/testbed.sh kwok`.
+/// The fast node and pod-ready stages from the test bed, with the held
+/// pod-complete and pod-delete stages written into `dir`.
+fn held_stages(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut stages: Vec<PathBuf> = kwok_stages()
+        .into_iter()
+        .filter(|p| !p.ends_with("pod-complete.yaml") && !p.ends_with("pod-delete.yaml"))
+        .collect();
+    for (name, text) in [
+        ("held-pod-complete.yaml", HELD_POD_COMPLETE),
+        ("held-pod-delete.yaml", HELD_POD_DELETE),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        stages.push(path);
+    }
+    stages
+}
+
 fn kwok_stages() -> Vec<PathBuf> {
     let root = cache_dir().join("kwok-stages");
     KWOK_STAGES

@@ -13,7 +13,9 @@ pub mod history;
 pub mod k8s;
 pub mod naive;
 pub mod operator;
+pub mod pods;
 pub mod seaweedfs;
+pub mod seed;
 pub mod testbed;
 
 pub use seaweedfs::{SeaweedFs, bucket, seaweed};

@@ -71,6 +71,12 @@ pub struct GroupSpec<'a> {
 }
 
 pub fn apply_group(cp: &ControlPlane, g: &GroupSpec) {
+    apply_group_with(cp, g, json!({}));
+}
+
+/// [`apply_group`] with `spec` merged over the group's spec (for example
+/// `{"leaseSeconds": 20, "maxGracePeriodSeconds": 5}`).
+pub fn apply_group_with(cp: &ControlPlane, g: &GroupSpec, spec: serde_json::Value) {
     let mut ledger = json!({
         "bucket": g.bucket,
         "endpoint": g.endpoint,
@@ -83,13 +89,18 @@ pub fn apply_group(cp: &ControlPlane, g: &GroupSpec) {
     if let Some(secret) = g.secret {
         ledger["credentialsSecretRef"] = json!({"name": secret});
     }
+    // Test Jobs' pods stop at once (grace period 0) unless a test says
+    // otherwise: the fence can come late in the short lease.
+    let mut full =
+        json!({"limit": g.limit, "leaseSeconds": 10, "maxGracePeriodSeconds": 0, "ledger": ledger});
+    if let (Some(full), Some(extra)) = (full.as_object_mut(), spec.as_object()) {
+        full.extend(extra.clone());
+    }
     let group = json!({
         "apiVersion": "jobgate.dev/v1alpha1",
         "kind": "ConcurrencyGroup",
         "metadata": {"name": g.name, "namespace": g.ns},
-        // Test Jobs' pods stop at once (grace period 0): the fence can come
-        // late in the short lease.
-        "spec": {"limit": g.limit, "leaseSeconds": 10, "maxGracePeriodSeconds": 0, "ledger": ledger},
+        "spec": full,
     });
     let out = cp.kubectl_stdin(&["apply", "-f", "-"], &group.to_string());
     assert!(
@@ -117,6 +128,46 @@ pub fn apply_credentials(cp: &ControlPlane, ns: &str, name: &str, s3: &SeaweedFs
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A suspended Job for a cluster with held pods
+/// ([`Pods::Held`](crate::k8s::Pods::Held)): its pod runs for `run_for`
+/// (for good with `None`) and takes `grace_seconds` to stop.
+pub async fn create_held_job(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    group: &str,
+    grace_seconds: u32,
+    run_for: Option<Duration>,
+) -> Job {
+    let mut annotations = serde_json::Map::new();
+    if let Some(run_for) = run_for {
+        annotations.insert(
+            crate::k8s::RUN_FOR_ANNOTATION.into(),
+            json!(format!("{}ms", run_for.as_millis())),
+        );
+    }
+    let job: Job = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"jobgate.dev/group": group}},
+        "spec": {
+            "suspend": true,
+            "backoffLimit": 0,
+            "template": {
+                "metadata": {"annotations": annotations},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "terminationGracePeriodSeconds": grace_seconds,
+                    "containers": [{"name": "work", "image": "busybox", "command": ["sleep", "inf"]}],
+                },
+            },
+        },
+    }))
+    .unwrap();
+    Api::<Job>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &job)
+        .await
+        .unwrap()
 }
 
 pub async fn create_job(client: &Client, ns: &str, name: &str, group: &str, suspend: bool) -> Job {

@@ -1,0 +1,249 @@
+//! The pod-level limit checker: what the promise is about. It watches the
+//! pods of Jobs in one namespace of any number of clusters and counts, at
+//! every change, the Jobs that have a pod that may still run (pending,
+//! running or terminating: not yet Succeeded or Failed, and not yet gone).
+//! Ledger entries and Job flags are not looked at.
+//!
+//! Pods are grouped by the `batch.kubernetes.io/controller-uid` label the
+//! Job controller puts on them; it stays on pods whose Job was deleted or
+//! orphaned them, so their work still counts.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+
+const JOB_UID_LABEL: &str = "batch.kubernetes.io/controller-uid";
+
+/// (cluster, Job UID)
+type JobKey = (String, String);
+
+#[derive(Default)]
+struct State {
+    /// Live pods (by pod UID) of each Job.
+    live: BTreeMap<JobKey, BTreeSet<String>>,
+    /// During a watcher's (re)list: the cluster's live pods seen so far,
+    /// swapped in whole when the list is done, so pods deleted while the
+    /// watch was down do not stay counted.
+    relisting: BTreeMap<String, BTreeMap<JobKey, BTreeSet<String>>>,
+    /// Every change of the count: when, and the count from then on.
+    timeline: Vec<(Instant, usize)>,
+}
+
+impl State {
+    fn count(&self) -> usize {
+        self.live.len()
+    }
+
+    fn record(&mut self) {
+        let n = self.count();
+        if self.timeline.last().map(|(_, c)| *c) != Some(n) {
+            self.timeline.push((Instant::now(), n));
+        }
+    }
+}
+
+/// May this pod still run? Anything not Succeeded or Failed: pending,
+/// running, or being deleted but not yet gone.
+fn may_run(pod: &Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    !matches!(phase, Some("Succeeded" | "Failed"))
+}
+
+fn keyed(cluster: &str, pod: &Pod) -> Option<(JobKey, String)> {
+    let job = pod.labels().get(JOB_UID_LABEL)?.clone();
+    Some(((cluster.to_string(), job), pod.uid()?))
+}
+
+fn apply(map: &mut BTreeMap<JobKey, BTreeSet<String>>, cluster: &str, pod: &Pod) {
+    let Some((job, uid)) = keyed(cluster, pod) else {
+        return;
+    };
+    if may_run(pod) {
+        map.entry(job).or_default().insert(uid);
+    } else {
+        remove(map, job, &uid);
+    }
+}
+
+fn remove(map: &mut BTreeMap<JobKey, BTreeSet<String>>, job: JobKey, uid: &str) {
+    if let Some(pods) = map.get_mut(&job) {
+        pods.remove(uid);
+        if pods.is_empty() {
+            map.remove(&job);
+        }
+    }
+}
+
+/// Counts Jobs with pods that may still run, across clusters, over time.
+#[derive(Default, Clone)]
+pub struct PodLog {
+    state: Arc<Mutex<State>>,
+}
+
+impl PodLog {
+    /// Starts watching the Job pods of namespace `ns` in `cluster`.
+    pub fn watch(&self, client: Client, cluster: &str, ns: &str) {
+        let api: Api<Pod> = Api::namespaced(client, ns);
+        let config = watcher::Config::default().labels(JOB_UID_LABEL);
+        let cluster = cluster.to_string();
+        let log = self.clone();
+        tokio::spawn(async move {
+            let mut events = watcher(api, config).default_backoff().boxed();
+            while let Some(event) = events.next().await {
+                let Ok(event) = event else { continue };
+                log.on_event(&cluster, event);
+            }
+        });
+    }
+
+    fn on_event(&self, cluster: &str, event: watcher::Event<Pod>) {
+        let mut s = self.state.lock().unwrap();
+        match event {
+            watcher::Event::Apply(pod) => apply(&mut s.live, cluster, &pod),
+            watcher::Event::Delete(pod) => {
+                if let Some((job, uid)) = keyed(cluster, &pod) {
+                    remove(&mut s.live, job, &uid);
+                }
+            }
+            watcher::Event::Init => {
+                s.relisting.insert(cluster.to_string(), BTreeMap::new());
+            }
+            watcher::Event::InitApply(pod) => {
+                let staged = s.relisting.entry(cluster.to_string()).or_default();
+                apply(staged, cluster, &pod);
+            }
+            watcher::Event::InitDone => {
+                let staged = s.relisting.remove(cluster).unwrap_or_default();
+                s.live.retain(|(c, _), _| c != cluster);
+                s.live.extend(staged);
+            }
+        }
+        s.record();
+    }
+
+    /// Jobs with a pod that may still run now, in all clusters.
+    pub fn running(&self) -> usize {
+        self.state.lock().unwrap().count()
+    }
+
+    /// The same, in one cluster.
+    pub fn running_in(&self, cluster: &str) -> usize {
+        let s = self.state.lock().unwrap();
+        s.live.keys().filter(|(c, _)| c == cluster).count()
+    }
+
+    /// The most seen at once.
+    pub fn max(&self) -> usize {
+        let s = self.state.lock().unwrap();
+        s.timeline.iter().map(|(_, n)| *n).max().unwrap_or(0)
+    }
+
+    /// How long, in total, more than `limit` Jobs had pods that may run.
+    pub fn time_over(&self, limit: usize) -> Duration {
+        let s = self.state.lock().unwrap();
+        time_over(&s.timeline, limit, Instant::now())
+    }
+
+    /// One line for test output: the peak, the time spent over `limit`,
+    /// and every change of the count (ms after the first: count).
+    pub fn summary(&self, limit: usize) -> String {
+        let changes = {
+            let s = self.state.lock().unwrap();
+            let start = s.timeline.first().map(|(t, _)| *t);
+            s.timeline
+                .iter()
+                .map(|(t, n)| {
+                    let ms = start.map_or(0, |s| t.duration_since(s).as_millis());
+                    format!("{ms}:{n}")
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        format!(
+            "pods: peak {} Jobs with live pods at limit {limit}, {:?} over it (changes {changes})",
+            self.max(),
+            self.time_over(limit)
+        )
+    }
+}
+
+/// The total time the count stood above `limit` in `timeline` (changes in
+/// time order), counting the last stretch up to `now`.
+fn time_over(timeline: &[(Instant, usize)], limit: usize, now: Instant) -> Duration {
+    let mut total = Duration::ZERO;
+    for (i, (at, n)) in timeline.iter().enumerate() {
+        if *n > limit {
+            let until = timeline.get(i + 1).map(|(t, _)| *t).unwrap_or(now);
+            total += until.saturating_duration_since(*at);
+        }
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::PodStatus;
+    use kube::api::ObjectMeta;
+
+    fn pod(uid: &str, job: &str, phase: &str) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                uid: Some(uid.into()),
+                labels: Some([(JOB_UID_LABEL.to_string(), job.to_string())].into()),
+                ..Default::default()
+            },
+            status: Some(PodStatus {
+                phase: Some(phase.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn counts_jobs_with_pods_that_may_run_across_clusters() {
+        let log = PodLog::default();
+        log.on_event("a", watcher::Event::Apply(pod("p1", "j1", "Pending")));
+        log.on_event("a", watcher::Event::Apply(pod("p2", "j1", "Running")));
+        log.on_event("b", watcher::Event::Apply(pod("p3", "j1", "Running")));
+        assert_eq!(log.running(), 2, "one Job per cluster, two pods of one");
+        log.on_event("a", watcher::Event::Apply(pod("p1", "j1", "Succeeded")));
+        assert_eq!(log.running_in("a"), 1, "p2 still runs");
+        log.on_event("a", watcher::Event::Delete(pod("p2", "j1", "Running")));
+        assert_eq!(log.running_in("a"), 0);
+        assert_eq!(log.max(), 2);
+    }
+
+    #[test]
+    fn a_relist_drops_pods_that_went_while_the_watch_was_down() {
+        let log = PodLog::default();
+        log.on_event("a", watcher::Event::Apply(pod("p1", "j1", "Running")));
+        log.on_event("b", watcher::Event::Apply(pod("p2", "j2", "Running")));
+        log.on_event("a", watcher::Event::Init);
+        log.on_event("a", watcher::Event::InitApply(pod("p3", "j3", "Running")));
+        assert_eq!(
+            log.running(),
+            2,
+            "the old view holds until the list is done"
+        );
+        log.on_event("a", watcher::Event::InitDone);
+        assert_eq!(log.running(), 2);
+        assert_eq!(log.running_in("a"), 1);
+    }
+
+    #[test]
+    fn time_over_adds_up_the_stretches_above_the_limit() {
+        let t = Instant::now();
+        let s = |ms| t + Duration::from_millis(ms);
+        let timeline = [(s(0), 1), (s(100), 3), (s(250), 2), (s(400), 3)];
+        assert_eq!(time_over(&timeline, 2, s(1000)), Duration::from_millis(750));
+        assert_eq!(time_over(&timeline, 3, s(1000)), Duration::ZERO);
+    }
+}

@@ -1,0 +1,430 @@
+//! The promise counted on pods: full clusters (kube-apiserver,
+//! kube-controller-manager, kube-scheduler, kwok) whose pods behave like
+//! real work with a real shutdown (`Pods::Held`): a Job's pod runs until its
+//! run time is up, and a pod being deleted stays Terminating for its whole
+//! `terminationGracePeriodSeconds`. The checker (`PodLog`) watches the pods
+//! of every cluster and counts the Jobs with a pod that may still run; it
+//! never looks at the ledger or at Job flags.
+//!
+//! Each scenario prints a seed (`JOBGATE_SEED` replays it) and runs
+//! `JOBGATE_SCENARIO_ROUNDS` times (default 1; `make soak` runs more). The
+//! scenarios take turns: two full clusters at once are what a 2-core
+//! machine can carry with room for the timing they measure.
+
+use std::time::{Duration, Instant};
+
+use jobgate_testkit::faultproxy::{FaultProxy, Faults};
+use jobgate_testkit::k8s::{ControlPlane, Pods};
+use jobgate_testkit::operator::{
+    ControllerProcess, GroupSpec, apply_group_with, client, create_held_job, eventually, prepare,
+    read_ledger,
+};
+use jobgate_testkit::pods::PodLog;
+use jobgate_testkit::{SeaweedFs, bucket, seaweed, seed};
+use kube::Client;
+use rand::Rng;
+use rand::rngs::StdRng;
+use serde_json::json;
+
+const NS: &str = "batch";
+/// The groups' `leaseSeconds` and `maxGracePeriodSeconds`: the holder
+/// fences 20 − 5 − 5 = 10 s after its last renewal known to have landed,
+/// leaving 10 s for a Job's pods (grace periods up to 5 s) to stop before
+/// another cluster may take the slot.
+const LEASE: Duration = Duration::from_secs(20);
+const MAX_GRACE_SECONDS: u32 = 5;
+
+/// One scenario at a time in this binary (see the module comment).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn held_cluster() -> (ControlPlane, Client) {
+    let cp = ControlPlane::start_full_with(1, Pods::Held);
+    let kube = client(&cp).await;
+    prepare(&cp, &kube, NS).await;
+    (cp, kube)
+}
+
+fn group(cp: &ControlPlane, name: &str, limit: u32, bucket: &str, endpoint: &str) {
+    apply_group_with(
+        cp,
+        &GroupSpec {
+            name,
+            ns: NS,
+            limit,
+            bucket,
+            endpoint,
+            key: None,
+            secret: None,
+        },
+        json!({"leaseSeconds": LEASE.as_secs(), "maxGracePeriodSeconds": MAX_GRACE_SECONDS}),
+    );
+}
+
+fn kubectl_ok(cp: &ControlPlane, args: &[&str]) -> String {
+    let out = cp.kubectl(args);
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn job_field(cp: &ControlPlane, job: &str, path: &str) -> String {
+    let out = cp.kubectl(&[
+        "get",
+        "-n",
+        NS,
+        "job",
+        job,
+        "-o",
+        &format!("jsonpath={path}"),
+    ]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The phases of a Job's pods, space-separated.
+fn pod_phases(cp: &ControlPlane, job: &str) -> String {
+    let out = cp.kubectl(&[
+        "get",
+        "-n",
+        NS,
+        "pods",
+        "-l",
+        &format!("batch.kubernetes.io/job-name={job}"),
+        "-o",
+        "jsonpath={.items[*].status.phase}",
+    ]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn controller(
+    cp: &ControlPlane,
+    s3: &SeaweedFs,
+    cluster: &str,
+    extra: &[&str],
+) -> ControllerProcess {
+    let mut flags = vec!["--leader-elect=false"];
+    flags.extend(extra);
+    ControllerProcess::start_with(cp, s3, cluster, NS, true, &flags, "")
+}
+
+// ---------------------------------------------------------------------------
+// A Job deleted while its pods still run
+
+/// What the deletion scenario saw.
+struct Deleted {
+    grace: u32,
+    max: usize,
+    over: Duration,
+    /// From the deletion until the next Job had a pod.
+    next_after: Duration,
+}
+
+/// Limit 1: `first` runs, `second` waits. `first` is deleted (cascade
+/// background, or orphaning its pod, which the test deletes a little later);
+/// its pod then takes its whole grace period to stop. `second` must not get
+/// a pod while it does.
+async fn delete_a_running_job(rng: &mut StdRng, extra: &[&str], orphan: bool) -> Deleted {
+    let s3 = seaweed().await;
+    let bucket = bucket(&s3).await;
+    let (cp, kube) = held_cluster().await;
+    group(&cp, "del", 1, &bucket, &s3.endpoint);
+    let grace = rng.random_range(3..=MAX_GRACE_SECONDS);
+    let orphan_for = Duration::from_millis(rng.random_range(1500..=4000));
+    eprintln!("grace {grace} s, orphan {orphan} (pod deleted {orphan_for:?} later)");
+    let pods = PodLog::default();
+    pods.watch(kube.clone(), "one", NS);
+    create_held_job(&kube, NS, "first", "del", grace, None).await;
+    create_held_job(&kube, NS, "second", "del", grace, None).await;
+    let _controller = controller(&cp, &s3, "one", extra);
+    // Running, so bound to a node: the apiserver deletes an unbound pod at
+    // once, without its grace period.
+    eventually(Duration::from_secs(60), "first's pod running", || async {
+        (job_field(&cp, "first", "{.spec.suspend}") == "false"
+            && pod_phases(&cp, "first") == "Running")
+            .then_some(())
+    })
+    .await;
+    let cascade = if orphan { "orphan" } else { "background" };
+    kubectl_ok(
+        &cp,
+        &[
+            "delete",
+            "-n",
+            NS,
+            "job/first",
+            &format!("--cascade={cascade}"),
+            "--wait=false",
+        ],
+    );
+    let deleted = Instant::now();
+    if orphan {
+        // The orphaned pod runs on by itself for a while, then is deleted
+        // (and takes its grace period to stop).
+        tokio::time::sleep(orphan_for).await;
+        kubectl_ok(
+            &cp,
+            &[
+                "delete",
+                "-n",
+                NS,
+                "pods",
+                "-l",
+                "batch.kubernetes.io/job-name=first",
+                "--wait=false",
+            ],
+        );
+    }
+    eventually(Duration::from_secs(60), "second's pod", || async {
+        (!pod_phases(&cp, "second").is_empty()).then_some(())
+    })
+    .await;
+    let next_after = deleted.elapsed();
+    eventually(Duration::from_secs(60), "first's pod gone", || async {
+        pod_phases(&cp, "first").is_empty().then_some(())
+    })
+    .await;
+    // Let the checker's watch catch up with what kubectl saw.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    eprintln!(
+        "{}; second's pod {next_after:?} after the deletion",
+        pods.summary(1)
+    );
+    Deleted {
+        grace,
+        max: pods.max(),
+        over: pods.time_over(1),
+        next_after,
+    }
+}
+
+/// A deleted Job's slot is kept while its pods may still run: through the
+/// grace period of a background deletion, and for as long as orphaned pods
+/// live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_jobs_slot_is_kept_until_its_pods_have_stopped() {
+    let _turn = SERIAL.lock().await;
+    for _ in 0..seed::rounds() {
+        let mut rng = seed::rng("deleted job");
+        let orphan = rng.random_bool(0.5);
+        let seen = delete_a_running_job(&mut rng, &[], orphan).await;
+        assert_eq!(
+            (seen.max, seen.over),
+            (1, Duration::ZERO),
+            "more than one Job had live pods at limit 1"
+        );
+        // The deletion timestamp has whole seconds: a pod may stop up to a
+        // second before its grace period is over.
+        assert!(
+            seen.next_after >= Duration::from_secs(u64::from(seen.grace) - 1),
+            "second started {:?} after first's deletion, before first's pod (grace {} s) could have stopped",
+            seen.next_after,
+            seen.grace
+        );
+    }
+}
+
+/// The checker is shown to catch a violation: with the slot freed as soon
+/// as the Job is gone (the behaviour before pods were counted, behind a
+/// test-only flag), the next Job's pod starts while the deleted Job's pod
+/// is still terminating, and the checker sees two at limit 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pod_checker_catches_a_slot_freed_while_pods_still_terminate() {
+    let _turn = SERIAL.lock().await;
+    let mut rng = seed::rng("deleted job, pods not counted");
+    let seen = delete_a_running_job(&mut rng, &["--unsafe-release-without-pods"], false).await;
+    assert!(
+        seen.max >= 2 && seen.over > Duration::ZERO,
+        "the pod checker did not see the limit exceeded (peak {}, {:?} over)",
+        seen.max,
+        seen.over
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Two clusters sharing one ledger
+
+/// Two held clusters with one group `shared` at limit 2, east reaching S3
+/// through a fault proxy. East's two Jobs run (for good, or for
+/// `east_run_for`), west's two wait, recorded in the ledger.
+struct TwoClusters {
+    s3: SeaweedFs,
+    bucket: String,
+    proxy: FaultProxy,
+    east_cp: ControlPlane,
+    west_cp: ControlPlane,
+    east: ControllerProcess,
+    west: ControllerProcess,
+    pods: PodLog,
+}
+
+impl TwoClusters {
+    async fn start(grace: u32, east_run_for: Option<Duration>) -> TwoClusters {
+        let s3 = seaweed().await;
+        let bucket = bucket(&s3).await;
+        let (east_cp, east_kube) = held_cluster().await;
+        let (west_cp, west_kube) = held_cluster().await;
+        let proxy = FaultProxy::start(&s3.endpoint, Faults::default()).await;
+        group(&east_cp, "shared", 2, &bucket, &proxy.endpoint);
+        group(&west_cp, "shared", 2, &bucket, &s3.endpoint);
+        let pods = PodLog::default();
+        pods.watch(east_kube.clone(), "east", NS);
+        pods.watch(west_kube.clone(), "west", NS);
+        for name in ["east-0", "east-1"] {
+            create_held_job(&east_kube, NS, name, "shared", grace, east_run_for).await;
+        }
+        let east = controller(&east_cp, &s3, "east", &[]);
+        eventually(Duration::from_secs(60), "east's two pods", || async {
+            (pods.running_in("east") == 2).then_some(())
+        })
+        .await;
+        for name in ["west-0", "west-1"] {
+            create_held_job(&west_kube, NS, name, "shared", grace, None).await;
+        }
+        let west = controller(&west_cp, &s3, "west", &[]);
+        let me = TwoClusters {
+            s3,
+            bucket,
+            proxy,
+            east_cp,
+            west_cp,
+            east,
+            west,
+            pods,
+        };
+        eventually(Duration::from_secs(60), "west waits", || async {
+            let ledger = read_ledger(&me.s3, &me.bucket, "jobgate/batch/shared.json").await?;
+            let waiting = ledger.agents.get(&format!("west/{NS}/shared"))?.waiting;
+            (waiting == 2).then_some(())
+        })
+        .await;
+        me
+    }
+
+    /// From `since`, until west runs two Jobs (or `timeout`): when east
+    /// last had a live pod and when west first had one.
+    async fn handover(&self, since: Instant, timeout: Duration) -> Handover {
+        let mut east_stopped = None;
+        let mut west_started = None;
+        while since.elapsed() < timeout {
+            if east_stopped.is_none() && self.pods.running_in("east") == 0 {
+                east_stopped = Some(since.elapsed());
+            }
+            if west_started.is_none() && self.pods.running_in("west") > 0 {
+                west_started = Some(since.elapsed());
+            }
+            if self.pods.running_in("west") == 2 && east_stopped.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Handover {
+            east_stopped,
+            west_started,
+            west_running: self.pods.running_in("west"),
+        }
+    }
+
+    fn logs(&self) -> String {
+        format!(
+            "{}\n----\n{}\n----\n{}\n----\n{}",
+            self.east.log_text(),
+            self.west.log_text(),
+            self.east_cp.log_tail("kube-controller-manager", 20),
+            self.west_cp.log_tail("kube-controller-manager", 20),
+        )
+    }
+}
+
+#[derive(Debug)]
+struct Handover {
+    east_stopped: Option<Duration>,
+    west_started: Option<Duration>,
+    west_running: usize,
+}
+
+/// East is cut off from S3 for longer than the lease. It must suspend its
+/// Jobs early enough for their pods to stop (grace periods included) before
+/// west may take the slots, so that at no moment do more than two Jobs have
+/// live pods in the two clusters together; west then gets both slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_cut_off_from_s3_stops_its_pods_before_the_others_start_theirs() {
+    let _turn = SERIAL.lock().await;
+    for _ in 0..seed::rounds() {
+        let mut rng = seed::rng("S3 partition");
+        let grace = rng.random_range(1..=MAX_GRACE_SECONDS);
+        let bed = TwoClusters::start(grace, None).await;
+        // Cut at a random point of east's renewal cycle.
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..3000))).await;
+        bed.proxy.partition(true);
+        let cut = Instant::now();
+        let seen = bed.handover(cut, Duration::from_secs(60)).await;
+        eprintln!(
+            "grace {grace} s: {seen:?} after the cut (lease {LEASE:?}); {}",
+            bed.pods.summary(2)
+        );
+        assert_eq!(
+            (bed.pods.max(), bed.pods.time_over(2)),
+            (2, Duration::ZERO),
+            "more than two Jobs had live pods at limit 2\n{}",
+            bed.logs()
+        );
+        assert_eq!(
+            seen.west_running,
+            2,
+            "west never got the slots\n{}",
+            bed.logs()
+        );
+    }
+}
+
+/// A controller that dies and stays dead for longer than the lease cannot
+/// stop its Jobs, and the other clusters cannot know whether they still run:
+/// after a lease of silence they take its slots (the documented choice, for
+/// liveness). The exposure measured here is the documented bound: from a
+/// lease after the last renewal until the dead cluster's Jobs end on their
+/// own, up to the dead cluster's slots over the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_controllers_jobs_run_over_the_limit_until_they_end() {
+    let _turn = SERIAL.lock().await;
+    for _ in 0..seed::rounds() {
+        let mut rng = seed::rng("controller dead longer than the lease");
+        let run_for = Duration::from_secs(rng.random_range(35..=45));
+        let mut bed = TwoClusters::start(1, Some(run_for)).await;
+        bed.east.kill9();
+        let killed = Instant::now();
+        // Until east's Jobs end (run_for after their pods started, before
+        // the kill) and west has both slots.
+        let seen = bed.handover(killed, run_for + LEASE).await;
+        let over = bed.pods.time_over(2);
+        eprintln!(
+            "east's Jobs run {run_for:?}; {seen:?} after the kill; {}",
+            bed.pods.summary(2)
+        );
+        let west_started = seen
+            .west_started
+            .unwrap_or_else(|| panic!("west never started\n{}", bed.logs()));
+        // West waits a whole lease of silence, counted from the last change
+        // of east's renewals it saw (at most a renewal interval, a third of
+        // the fence period, before the kill).
+        assert!(
+            west_started >= LEASE - Duration::from_secs(4),
+            "west started {west_started:?} after the kill, before a lease of silence"
+        );
+        // The bound: over the limit by at most east's two slots, and only
+        // until east's Jobs end.
+        assert!(bed.pods.max() <= 4, "{}", bed.pods.summary(2));
+        let east_end = seen
+            .east_stopped
+            .unwrap_or_else(|| panic!("east's Jobs never ended\n{}", bed.logs()));
+        assert!(
+            east_end <= run_for + Duration::from_secs(5),
+            "east's Jobs ran {east_end:?} past the kill, longer than their run time {run_for:?}"
+        );
+        assert!(
+            over <= east_end.saturating_sub(west_started) + Duration::from_secs(1),
+            "over the limit for {over:?}, longer than from west's start ({west_started:?}) to the end of east's Jobs ({east_end:?})"
+        );
+    }
+}
