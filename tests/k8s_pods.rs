@@ -104,8 +104,10 @@ fn controller(
     cluster: &str,
     extra: &[&str],
 ) -> ControllerProcess {
-    let mut flags = vec!["--leader-elect=false"];
-    flags.extend(extra);
+    let mut flags: Vec<&str> = extra.to_vec();
+    if !extra.iter().any(|f| f.starts_with("--leader-elect=")) {
+        flags.push("--leader-elect=false");
+    }
     ControllerProcess::start_with(cp, s3, cluster, NS, true, &flags, "")
 }
 
@@ -261,6 +263,15 @@ struct TwoClusters {
 
 impl TwoClusters {
     async fn start(grace: u32, east_run_for: Option<Duration>) -> TwoClusters {
+        Self::start_with(grace, east_run_for, &[]).await
+    }
+
+    /// `east_flags`: extra flags for east's controller.
+    async fn start_with(
+        grace: u32,
+        east_run_for: Option<Duration>,
+        east_flags: &[&str],
+    ) -> TwoClusters {
         let s3 = seaweed().await;
         let bucket = bucket(&s3).await;
         let (east_cp, east_kube) = held_cluster().await;
@@ -274,11 +285,16 @@ impl TwoClusters {
         for name in ["east-0", "east-1"] {
             create_held_job(&east_kube, NS, name, "shared", grace, east_run_for).await;
         }
-        let east = controller(&east_cp, &s3, "east", &[]);
-        eventually(Duration::from_secs(60), "east's two pods", || async {
-            (pods.running_in("east") == 2).then_some(())
-        })
-        .await;
+        let east = controller(&east_cp, &s3, "east", east_flags);
+        let since = Instant::now();
+        while pods.running_in("east") < 2 {
+            assert!(
+                since.elapsed() < Duration::from_secs(60),
+                "east's two pods did not start within 60 s\n{}",
+                east.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         for name in ["west-0", "west-1"] {
             create_held_job(&west_kube, NS, name, "shared", grace, None).await;
         }
@@ -425,6 +441,90 @@ async fn a_dead_controllers_jobs_run_over_the_limit_until_they_end() {
         assert!(
             over <= east_end.saturating_sub(west_started) + Duration::from_secs(1),
             "over the limit for {over:?}, longer than from west's start ({west_started:?}) to the end of east's Jobs ({east_end:?})"
+        );
+    }
+}
+
+/// East's API server stops answering for longer than the lease (frozen, so
+/// its pods, which need no API server to run, go on). East's controller can
+/// neither renew its leader Lease nor suspend anything; it must keep its
+/// slots renewed in the ledger, so that west takes none while east's pods
+/// may run. Once the API server answers again east leads again, and when
+/// east's Jobs are deleted west gets their slots after their pods stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_whose_api_server_is_down_keeps_its_slots() {
+    let _turn = SERIAL.lock().await;
+    for _ in 0..seed::rounds() {
+        let mut rng = seed::rng("API server down");
+        let grace = rng.random_range(1..=MAX_GRACE_SECONDS);
+        let down_for = LEASE + Duration::from_millis(rng.random_range(5000..=15000));
+        // Leader election with a 3 s leader Lease: the leader's term runs
+        // out 2 s into the outage.
+        let mut bed = TwoClusters::start_with(
+            grace,
+            None,
+            &[
+                "--leader-elect=true",
+                "--leader-election-namespace=batch",
+                "--leader-election-lease=3s",
+            ],
+        )
+        .await;
+        bed.east_cp.freeze("kube-apiserver", true);
+        let frozen = Instant::now();
+        let mut west_during = 0;
+        while frozen.elapsed() < down_for {
+            west_during = west_during.max(bed.pods.running_in("west"));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bed.east_cp.freeze("kube-apiserver", false);
+        eprintln!(
+            "grace {grace} s, API server down {down_for:?}; west ran {west_during} Jobs meanwhile"
+        );
+        let exited = bed.east.exited();
+        assert!(
+            exited.is_none(),
+            "east's controller exited ({exited:?})\n{}",
+            bed.logs()
+        );
+        assert_eq!(
+            west_during,
+            0,
+            "west ran Jobs while east's pods may run\n{}",
+            bed.logs()
+        );
+        eventually(Duration::from_secs(60), "east leads again", || async {
+            bed.east.log_text().contains("leader again").then_some(())
+        })
+        .await;
+        kubectl_ok(
+            &bed.east_cp,
+            &[
+                "delete",
+                "-n",
+                NS,
+                "job/east-0",
+                "job/east-1",
+                "--wait=false",
+            ],
+        );
+        let deleted = Instant::now();
+        let seen = bed.handover(deleted, Duration::from_secs(60)).await;
+        eprintln!(
+            "{seen:?} after east's Jobs were deleted; {}",
+            bed.pods.summary(2)
+        );
+        assert_eq!(
+            (bed.pods.max(), bed.pods.time_over(2)),
+            (2, Duration::ZERO),
+            "more than two Jobs had live pods at limit 2\n{}",
+            bed.logs()
+        );
+        assert_eq!(
+            seen.west_running,
+            2,
+            "west never got the slots\n{}",
+            bed.logs()
         );
     }
 }

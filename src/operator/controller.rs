@@ -54,8 +54,16 @@ pub struct LeaderSettings {
     pub lease: Duration,
 }
 
-/// Runs until SIGTERM or SIGINT. Losing leadership ends the process at once
-/// (see below), so it never returns for that.
+/// Runs until SIGTERM or SIGINT.
+///
+/// With leader election, a replica admits only while it leads. A leader
+/// that cannot renew its Lease (the API server is down or unreachable)
+/// stops admitting at once but keeps renewing its cluster's slots in the
+/// ledgers: the pods it admitted may still run, and no other replica can
+/// take over while the API server is unreachable. It leads again when it
+/// gets the Lease back, and exits (so that its renewals stop) as soon as it
+/// sees another replica holding the Lease; that replica renews the same
+/// slots under the same agent ids.
 pub async fn run(client: Client, settings: Settings) -> Result<()> {
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
@@ -73,10 +81,6 @@ pub async fn run(client: Client, settings: Settings) -> Result<()> {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let jobs: Api<Job> = match &settings.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
     if let Err(e) = groups.list(&ListParams::default().limit(1)).await {
         return Err(Error::Startup(format!(
             "cannot list ConcurrencyGroups ({e}); is the CRD installed (kubectl apply -f crds/) and may this identity read it?"
@@ -90,8 +94,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<()> {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
-    let mut leadership = None;
-    if let Some(le) = &settings.leader_election {
+    let lease_cfg = settings.leader_election.as_ref().map(|le| {
         let mut cfg = LeaseConfig::new(
             le.namespace.clone(),
             le.name.clone(),
@@ -99,16 +102,101 @@ pub async fn run(client: Client, settings: Settings) -> Result<()> {
         );
         cfg.lease_duration = le.lease;
         cfg.renew_interval = le.lease / 3;
-        info!(lease = %format!("{}/{}", le.namespace, le.name), identity = %settings.identity, "waiting for leadership");
-        let mut stop = stop_rx.clone();
+        cfg
+    });
+    let ledgers = Arc::new(Ledgers::default());
+    let mut stop = stop_rx.clone();
+    let mut leadership = None;
+    if let Some(cfg) = &lease_cfg {
+        info!(lease = %format!("{}/{}", cfg.namespace, cfg.name), identity = %settings.identity, "waiting for leadership");
         tokio::select! {
-            acquired = leader::acquire(client.clone(), cfg) => leadership = Some(acquired?),
+            acquired = leader::acquire(client.clone(), cfg.clone()) => leadership = Some(acquired?),
             _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
         }
         info!("became the leader");
-        metrics.leader.set(1);
     }
+    info!(%cluster, "controller running");
 
+    loop {
+        metrics.leader.set(i64::from(leadership.is_some()));
+        let term = tokio::spawn(admit(
+            client.clone(),
+            settings.clone(),
+            cluster.clone(),
+            ledgers.clone(),
+            metrics.clone(),
+            stop_rx.clone(),
+        ));
+        let lost = match leadership.as_mut() {
+            Some(l) => tokio::select! {
+                _ = stop.wait_for(|stopped| *stopped) => false,
+                _ = l.lost() => true,
+            },
+            None => {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+                false
+            }
+        };
+        if !lost {
+            // A signal: let the reconciliations in flight finish.
+            if let Err(e) = term.await {
+                error!(error = %e, "controller task failed");
+            }
+            break;
+        }
+        // Another replica may already be admitting for this cluster: stop
+        // every reconciliation now, mid-flight (each step is idempotent).
+        term.abort();
+        let _ = term.await;
+        leadership = None;
+        metrics.leader.set(0);
+        let Some(cfg) = &lease_cfg else { break };
+        error!(
+            "lost leadership: stopped admitting; this cluster's slots stay renewed in the ledgers, since its pods may still run, until this replica leads again or another one does"
+        );
+        tokio::select! {
+            acquired = leader::acquire(client.clone(), cfg.clone()) => {
+                leadership = Some(acquired?);
+                info!("leader again");
+            }
+            holder = leader::taken_by_another(client.clone(), cfg.clone()) => {
+                // That replica renews the same slots; ours must stop so
+                // that nothing of this process acts any more.
+                error!(%holder, "another replica leads now; exiting");
+                std::process::exit(1);
+            }
+            _ = stop.wait_for(|stopped| *stopped) => break,
+        }
+    }
+    ledgers.shutdown().await;
+    signals.abort();
+    metrics.leader.set(0);
+    if let Some(leadership) = leadership {
+        // Let a successor take over now rather than after the lease.
+        leadership.release().await;
+    }
+    info!("controller stopped");
+    Ok(())
+}
+
+/// One term of admitting: the kube-runtime Controller over groups and their
+/// Jobs, until `stop` (graceful) or until aborted (leadership lost).
+async fn admit(
+    client: Client,
+    settings: Settings,
+    cluster: String,
+    ledgers: Arc<Ledgers>,
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+) {
+    let groups: Api<ConcurrencyGroup> = match &settings.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let jobs: Api<Job> = match &settings.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
     let (trigger, triggers) = mpsc::unbounded_channel();
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -119,10 +207,10 @@ pub async fn run(client: Client, settings: Settings) -> Result<()> {
                 instance: Some(settings.identity.clone()),
             },
         ),
-        metrics: metrics.clone(),
-        ledgers: Ledgers::default(),
+        metrics,
+        ledgers,
         settings: LedgerSettings {
-            cluster: cluster.clone(),
+            cluster,
             poll: settings.poll_waiting,
             leader_lease: settings.leader_election.as_ref().map(|le| le.lease),
         },
@@ -132,7 +220,6 @@ pub async fn run(client: Client, settings: Settings) -> Result<()> {
         count_pods: settings.count_pods,
         trigger,
     });
-    info!(%cluster, "controller running");
 
     // A deleted group is not reconciled again: drop its ledger client, so
     // that its lease stops being renewed and runs out at the others.
@@ -154,30 +241,9 @@ pub async fn run(client: Client, settings: Settings) -> Result<()> {
             }
         }
     });
-
-    // Stop on a signal, or at once when leadership is lost: another replica
-    // may already act for this cluster.
-    let mut stop = stop_rx.clone();
-    let guard = tokio::spawn(async move {
-        match leadership.as_mut() {
-            Some(l) => tokio::select! {
-                _ = stop.wait_for(|stopped| *stopped) => {}
-                _ = l.lost() => {
-                    // Another replica may already be admitting for this
-                    // cluster: stop every reconciliation now, mid-flight
-                    // (each step is idempotent), instead of letting them
-                    // finish. The restart waits for leadership again.
-                    error!("lost leadership; exiting at once");
-                    std::process::exit(1);
-                }
-            },
-            None => {
-                let _ = stop.wait_for(|stopped| *stopped).await;
-            }
-        }
-        leadership
-    });
-    let mut shutdown = stop_rx.clone();
+    // Aborting this task drops the sweeper's handle without stopping it.
+    let _sweeper = AbortOnDrop(sweeper);
+    let mut shutdown = stop;
     Controller::new(groups, watcher::Config::default())
         .watches(
             jobs,
@@ -192,7 +258,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<()> {
         .graceful_shutdown_on(async move {
             let _ = shutdown.wait_for(|stopped| *stopped).await;
         })
-        .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
                 // Reconciler errors are logged by the error policy.
@@ -202,20 +268,14 @@ pub async fn run(client: Client, settings: Settings) -> Result<()> {
             }
         })
         .await;
-    sweeper.abort();
-    ctx.ledgers.shutdown().await;
-    signals.abort();
-    metrics.leader.set(0);
-    match guard.await {
-        Ok(Some(leadership)) => {
-            // Let a successor take over now rather than after the lease.
-            leadership.release().await;
-        }
-        Ok(_) => {}
-        Err(e) => error!(error = %e, "leadership task failed"),
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
-    info!("controller stopped");
-    Ok(())
 }
 
 async fn kube_system_uid(client: &Client) -> Result<String> {

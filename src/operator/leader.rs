@@ -297,6 +297,22 @@ pub async fn acquire(client: kube::Client, cfg: LeaseConfig) -> Result<Leadershi
     }
 }
 
+/// Resolves with the holder's name once the lease names a holder other than
+/// `cfg.identity`: another replica has taken over. Read errors (an API
+/// server outage) are waited out.
+pub async fn taken_by_another(client: kube::Client, cfg: LeaseConfig) -> String {
+    let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);
+    loop {
+        if let Ok(Ok(Some(lease))) = timeout(cfg.lease_duration, api.get_opt(&cfg.name)).await
+            && let Some(h) = holder(&lease)
+            && h != cfg.identity
+        {
+            return h.to_string();
+        }
+        sleep(cfg.retry_interval).await;
+    }
+}
+
 /// The end of our term: `Some(instant)` while renewals keep succeeding,
 /// `None` once we know it is over.
 #[derive(Debug)]

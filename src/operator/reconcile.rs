@@ -45,7 +45,8 @@ pub struct Context {
     pub client: kube::Client,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
-    pub ledgers: Ledgers,
+    /// Outlives a leadership term: the slots stay renewed between terms.
+    pub ledgers: Arc<Ledgers>,
     pub settings: LedgerSettings,
     /// How often to look again while Jobs wait, and when nothing waits.
     pub poll_waiting: Duration,

@@ -412,6 +412,25 @@ status:
             .push(Component { name, child });
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) a component, e.g. the
+    /// kube-apiserver: while frozen its clients' requests hang, as in an
+    /// outage or a network partition, and nothing is lost.
+    pub fn freeze(&self, name: &str, frozen: bool) {
+        use nix::sys::signal::{Signal, kill};
+        let components = self.components.lock().unwrap_or_else(|e| e.into_inner());
+        let c = components
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no component {name}"));
+        let pid = nix::unistd::Pid::from_raw(c.child.id() as i32);
+        let signal = if frozen {
+            Signal::SIGSTOP
+        } else {
+            Signal::SIGCONT
+        };
+        kill(pid, signal).unwrap_or_else(|e| panic!("{signal} to {name}: {e}"));
+    }
+
     pub fn kubectl(&self, args: &[&str]) -> Output {
         let bin = binary("kubectl").unwrap_or_else(|e| panic!("{e}"));
         Command::new(bin)

@@ -290,6 +290,11 @@ impl ControllerProcess {
         c.wait().ok().and_then(|s| s.code())
     }
 
+    /// The exit status if the process has exited (not killed by the test).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
