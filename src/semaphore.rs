@@ -137,12 +137,14 @@ pub struct Semaphore {
     tx: mpsc::UnboundedSender<Request>,
     task: JoinHandle<()>,
     stats: Arc<Stats>,
+    safe_until: watch::Receiver<Option<Instant>>,
 }
 
 impl Semaphore {
     pub fn new(store: DynStore, key: impl Into<String>, config: Config) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(Stats::default());
+        let (safe_until_tx, safe_until) = watch::channel(None);
         let committer = Committer {
             store,
             key: key.into(),
@@ -161,9 +163,23 @@ impl Semaphore {
             withdraw: false,
             high_water: None,
             stats: stats.clone(),
+            safe_until: safe_until_tx,
         };
         let task = tokio::spawn(committer.run());
-        Semaphore { tx, task, stats }
+        Semaphore {
+            tx,
+            task,
+            stats,
+            safe_until,
+        }
+    }
+
+    /// While this client holds slots: when they stop being safe unless a
+    /// renewal lands first (the send time of the last renewal known to have
+    /// landed plus the fence period), on this process's monotonic clock.
+    /// `None` while it holds none.
+    pub fn safe_until(&self) -> Option<Instant> {
+        *self.safe_until.borrow()
     }
 
     pub fn stats(&self) -> &Arc<Stats> {
@@ -298,6 +314,8 @@ struct Committer {
     /// client, and every write it makes keeps both numbers growing, even on
     /// a ledger rolled back to an older version.
     high_water: Option<HighWater>,
+    /// Publishes `fence_deadline()` after every step.
+    safe_until: watch::Sender<Option<Instant>>,
     stats: Arc<Stats>,
 }
 
@@ -382,6 +400,12 @@ impl Committer {
                 }
             }
             self.step().await;
+            let deadline = self.fence_deadline();
+            self.safe_until.send_if_modified(|d| {
+                let changed = *d != deadline;
+                *d = deadline;
+                changed
+            });
         }
         // Slots granted to callers that gave up are still ours to free, and
         // a recorded wait must be withdrawn, or other agents would keep

@@ -45,6 +45,23 @@ async fn held_cluster() -> (ControlPlane, Client) {
 }
 
 fn group(cp: &ControlPlane, name: &str, limit: u32, bucket: &str, endpoint: &str) {
+    group_with(cp, name, limit, bucket, endpoint, json!({}));
+}
+
+/// [`group`] with `extra` merged into its spec.
+fn group_with(
+    cp: &ControlPlane,
+    name: &str,
+    limit: u32,
+    bucket: &str,
+    endpoint: &str,
+    extra: serde_json::Value,
+) {
+    let mut spec =
+        json!({"leaseSeconds": LEASE.as_secs(), "maxGracePeriodSeconds": MAX_GRACE_SECONDS});
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
     apply_group_with(
         cp,
         &GroupSpec {
@@ -56,7 +73,7 @@ fn group(cp: &ControlPlane, name: &str, limit: u32, bucket: &str, endpoint: &str
             key: None,
             secret: None,
         },
-        json!({"leaseSeconds": LEASE.as_secs(), "maxGracePeriodSeconds": MAX_GRACE_SECONDS}),
+        spec,
     );
 }
 
@@ -263,22 +280,31 @@ struct TwoClusters {
 
 impl TwoClusters {
     async fn start(grace: u32, east_run_for: Option<Duration>) -> TwoClusters {
-        Self::start_with(grace, east_run_for, &[]).await
+        Self::start_with(grace, east_run_for, &[], json!({})).await
     }
 
-    /// `east_flags`: extra flags for east's controller.
+    /// `east_flags`: extra flags for east's controller; `spec`: merged into
+    /// both clusters' group spec.
     async fn start_with(
         grace: u32,
         east_run_for: Option<Duration>,
         east_flags: &[&str],
+        spec: serde_json::Value,
     ) -> TwoClusters {
         let s3 = seaweed().await;
         let bucket = bucket(&s3).await;
         let (east_cp, east_kube) = held_cluster().await;
         let (west_cp, west_kube) = held_cluster().await;
         let proxy = FaultProxy::start(&s3.endpoint, Faults::default()).await;
-        group(&east_cp, "shared", 2, &bucket, &proxy.endpoint);
-        group(&west_cp, "shared", 2, &bucket, &s3.endpoint);
+        group_with(
+            &east_cp,
+            "shared",
+            2,
+            &bucket,
+            &proxy.endpoint,
+            spec.clone(),
+        );
+        group_with(&west_cp, "shared", 2, &bucket, &s3.endpoint, spec);
         let pods = PodLog::default();
         pods.watch(east_kube.clone(), "east", NS);
         pods.watch(west_kube.clone(), "west", NS);
@@ -370,15 +396,35 @@ async fn a_cluster_cut_off_from_s3_stops_its_pods_before_the_others_start_theirs
     for _ in 0..seed::rounds() {
         let mut rng = seed::rng("S3 partition");
         let grace = rng.random_range(1..=MAX_GRACE_SECONDS);
-        let bed = TwoClusters::start(grace, None).await;
+        // Either policy: a live controller suspends its Jobs at the fence,
+        // before a FailJobs deadline could fail them.
+        let policy = if rng.random_bool(0.5) {
+            "FailJobs"
+        } else {
+            "Reclaim"
+        };
+        let bed =
+            TwoClusters::start_with(grace, None, &[], json!({"onControllerLoss": policy})).await;
         // Cut at a random point of east's renewal cycle.
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..3000))).await;
         bed.proxy.partition(true);
         let cut = Instant::now();
         let seen = bed.handover(cut, Duration::from_secs(60)).await;
+        let suspended = job_field(&bed.east_cp, "east-0", "{.spec.suspend}");
+        let failed = job_field(
+            &bed.east_cp,
+            "east-0",
+            "{.status.conditions[?(@.type==\"Failed\")].reason}",
+        );
         eprintln!(
-            "grace {grace} s: {seen:?} after the cut (lease {LEASE:?}); {}",
+            "grace {grace} s, onControllerLoss {policy}: {seen:?} after the cut (lease {LEASE:?}); east-0 suspended {suspended}, failed {failed:?}; {}",
             bed.pods.summary(2)
+        );
+        assert_eq!(
+            (suspended.as_str(), failed.as_str()),
+            ("true", ""),
+            "east's Job was not suspended (or failed)\n{}",
+            bed.logs()
         );
         assert_eq!(
             (bed.pods.max(), bed.pods.time_over(2)),
@@ -468,6 +514,7 @@ async fn a_cluster_whose_api_server_is_down_keeps_its_slots() {
                 "--leader-election-namespace=batch",
                 "--leader-election-lease=3s",
             ],
+            json!({}),
         )
         .await;
         bed.east_cp.freeze("kube-apiserver", true);
@@ -520,6 +567,69 @@ async fn a_cluster_whose_api_server_is_down_keeps_its_slots() {
             "more than two Jobs had live pods at limit 2\n{}",
             bed.logs()
         );
+        assert_eq!(
+            seen.west_running,
+            2,
+            "west never got the slots\n{}",
+            bed.logs()
+        );
+    }
+}
+
+fn metric_sum(controller: &ControllerProcess, name: &str) -> u64 {
+    controller
+        .metrics()
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.trim().parse::<u64>().ok())
+        .sum()
+}
+
+/// With `onControllerLoss: FailJobs`, a dead controller's Jobs carry a
+/// deadline that nobody moves on any more: the Job controller fails them
+/// (`DeadlineExceeded`) and their pods stop before west may take the slots,
+/// so the limit holds on pods. While the controller lives, the deadline
+/// keeps moving on and the Jobs run well past their first one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_fail_jobs_a_dead_controllers_jobs_stop_before_their_slots_are_taken() {
+    let _turn = SERIAL.lock().await;
+    for _ in 0..seed::rounds() {
+        let mut rng = seed::rng("controller dead, onControllerLoss: FailJobs");
+        let grace = rng.random_range(1..=MAX_GRACE_SECONDS);
+        let live_for = Duration::from_secs(rng.random_range(25..=35));
+        let mut bed =
+            TwoClusters::start_with(grace, None, &[], json!({"onControllerLoss": "FailJobs"}))
+                .await;
+        let deadline = job_field(&bed.east_cp, "east-0", "{.spec.activeDeadlineSeconds}");
+        assert!(!deadline.is_empty(), "no deadline on an admitted Job");
+        // Past the first deadline (fence 10 s + 2 s): it must have moved on.
+        tokio::time::sleep(live_for).await;
+        assert_eq!(
+            bed.pods.running_in("east"),
+            2,
+            "east's Jobs did not outlive their first deadline while the controller lived\n{}",
+            bed.logs()
+        );
+        let patches = metric_sum(&bed.east, "jobgate_deadline_patches_total");
+        bed.east.kill9();
+        let killed = Instant::now();
+        let seen = bed.handover(killed, Duration::from_secs(60)).await;
+        let reason = job_field(
+            &bed.east_cp,
+            "east-0",
+            "{.status.conditions[?(@.type==\"Failed\")].reason}",
+        );
+        eprintln!(
+            "grace {grace} s, controller alive {live_for:?} with {patches} deadline patches for 2 Jobs (first deadline {deadline} s); {seen:?} after the kill; east-0 failed: {reason}; {}",
+            bed.pods.summary(2)
+        );
+        assert_eq!(
+            (bed.pods.max(), bed.pods.time_over(2)),
+            (2, Duration::ZERO),
+            "more than two Jobs had live pods at limit 2\n{}",
+            bed.logs()
+        );
+        assert_eq!(reason, "DeadlineExceeded");
         assert_eq!(
             seen.west_running,
             2,

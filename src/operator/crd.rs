@@ -48,6 +48,15 @@ pub struct ConcurrencyGroupSpec {
     #[serde(default = "default_max_grace_period_seconds")]
     #[schemars(range(min = 0, max = 3600))]
     pub max_grace_period_seconds: u32,
+    /// What happens to this cluster's running Jobs if its controller stops
+    /// renewing (dead, hung, or its node lost) for longer than the lease.
+    /// Reclaim: other clusters take the slots after the lease and these
+    /// Jobs run on, over the limit, until they end. FailJobs: each admitted
+    /// Job carries an activeDeadlineSeconds that the controller keeps
+    /// extending, so the Job controller fails it (DeadlineExceeded) and
+    /// stops its pods before the lease runs out.
+    #[serde(default)]
+    pub on_controller_loss: ControllerLossPolicy,
 }
 
 fn default_lease_seconds() -> u32 {
@@ -127,6 +136,13 @@ pub enum LeaseLossPolicy {
     #[default]
     Suspend,
     Keep,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum ControllerLossPolicy {
+    #[default]
+    Reclaim,
+    FailJobs,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -238,6 +254,7 @@ mod tests {
             lease_seconds: lease,
             on_lease_loss: LeaseLossPolicy::Suspend,
             max_grace_period_seconds: grace,
+            on_controller_loss: ControllerLossPolicy::Reclaim,
         }
     }
 
@@ -320,6 +337,7 @@ mod tests {
                 lease_seconds: 60,
                 on_lease_loss: LeaseLossPolicy::Suspend,
                 max_grace_period_seconds: 30,
+                on_controller_loss: ControllerLossPolicy::Reclaim,
             },
         );
         g.metadata.namespace = Some("batch".into());

@@ -61,6 +61,7 @@ pub struct Metrics {
     pub reconciles: Counter,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub leader: Gauge,
+    pub deadline_patches: Family<GroupLabels, Counter>,
 }
 
 impl Metrics {
@@ -80,8 +81,14 @@ impl Metrics {
             reconciles: Counter::default(),
             reconcile_errors: Family::default(),
             leader: Gauge::default(),
+            deadline_patches: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("jobgate");
+        r.register(
+            "deadline_patches",
+            "Job activeDeadlineSeconds set or moved on (onControllerLoss: FailJobs)",
+            m.deadline_patches.clone(),
+        );
         r.register(
             "admissions",
             "Jobs admitted (given a slot and unsuspended)",

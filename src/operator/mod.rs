@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod controller;
 pub mod crd;
+pub mod deadline;
 pub mod error;
 pub mod http;
 pub mod leader;

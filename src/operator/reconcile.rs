@@ -25,9 +25,10 @@ use tracing::{debug, info, warn};
 
 use super::admission::{self, Decision, Inputs, JobAction, JobView, ReleaseReason};
 use super::crd::{
-    ADMITTED_AT_ANNOTATION, ConcurrencyGroup, GROUP_LABEL, LeaseLossPolicy, PRIORITY_ANNOTATION,
-    TOKEN_ANNOTATION,
+    ADMITTED_AT_ANNOTATION, ConcurrencyGroup, ControllerLossPolicy, GROUP_LABEL, LeaseLossPolicy,
+    PRIORITY_ANNOTATION, TOKEN_ANNOTATION,
 };
+use super::deadline;
 use super::error::{Error, Result};
 use super::ledgers::{Credentials, GroupLedger, LedgerSettings, Ledgers, lock};
 use super::metrics::{GroupLabels, Metrics, ReleaseLabels};
@@ -67,6 +68,9 @@ struct Summary {
     waiting_here: u32,
     /// Jobs refused for their grace period, and the longest one asked for.
     too_slow_to_stop: Option<(u32, i64)>,
+    /// With `onControllerLoss: FailJobs` and Jobs running here: how often
+    /// their deadlines must be looked at.
+    deadline_every: Option<Duration>,
 }
 
 pub async fn reconcile(group: Arc<ConcurrencyGroup>, ctx: Arc<Context>) -> Result<Action> {
@@ -131,6 +135,7 @@ pub async fn reconcile(group: Arc<ConcurrencyGroup>, ctx: Arc<Context>) -> Resul
     } else {
         ctx.poll_idle
     };
+    let wait = summary.deadline_every.map_or(wait, |every| wait.min(every));
     Ok(Action::requeue(wait))
 }
 
@@ -188,8 +193,83 @@ async fn admit(
     fence(ctx, &pass, &decision).await?;
     let granted = write_ledger(ctx, &pass, group, &decision).await?;
     let (waiting_here, read) = patch_jobs(ctx, &pass, group, &decision, &granted, labels).await?;
+    let deadline_every = keep_deadlines(ctx, &pass, group, labels).await?;
     export_counters(ctx, &pass.gl, labels);
-    summarize(&pass, &decision, waiting_here, read).await
+    let mut summary = summarize(&pass, &decision, waiting_here, read).await?;
+    summary.deadline_every = deadline_every;
+    Ok(summary)
+}
+
+/// `onControllerLoss: FailJobs`: moves on the deadline of each Job running
+/// on a live permit here (see `deadline`); without it, gives Jobs back the
+/// deadline they had. Returns how soon to look again, while any is managed.
+async fn keep_deadlines(
+    ctx: &Context,
+    pass: &Pass,
+    group: &ConcurrencyGroup,
+    labels: &GroupLabels,
+) -> Result<Option<Duration>> {
+    let fail_jobs = group.spec.on_controller_loss == ControllerLossPolicy::FailJobs;
+    let fence_after = group
+        .spec
+        .fence_after(ctx.settings.leader_lease)
+        .map_err(Error::InvalidTiming)?;
+    let (permits, lost) = pass.gl.permits();
+    let safe_until = pass.gl.sem.safe_until();
+    let mut managing = false;
+    for (uid, job) in &pass.jobs {
+        let recorded = job
+            .annotations()
+            .get(deadline::USER_DEADLINE_ANNOTATION)
+            .map(String::as_str);
+        let current = job.spec.as_ref().and_then(|s| s.active_deadline_seconds);
+        let user = deadline::user_deadline(recorded, current);
+        if !fail_jobs {
+            if recorded.is_some() {
+                // The group stopped using the switch: the Job's own deadline back.
+                let patch = json!({
+                    "metadata": {"annotations": {deadline::USER_DEADLINE_ANNOTATION: null}},
+                    "spec": {"activeDeadlineSeconds": user},
+                });
+                patch_job(ctx, &pass.jobs_api, job, patch).await?;
+            }
+            continue;
+        }
+        let running = job.spec.as_ref().and_then(|s| s.suspend) != Some(true)
+            && !is_finished(job)
+            && is_admitted(job);
+        if !running || !permits.contains(uid) || lost.contains(uid) {
+            continue;
+        }
+        let now = tokio::time::Instant::now();
+        let Some(stop_at) = safe_until.filter(|t| *t > now) else {
+            continue;
+        };
+        managing = true;
+        let stop_in = (stop_at + deadline::AFTER_FENCE).duration_since(now);
+        let started = job
+            .status
+            .as_ref()
+            .and_then(|s| s.start_time.as_ref())
+            .map(|t| std::time::SystemTime::from(t.0));
+        let running_for = started
+            .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+            .unwrap_or_default();
+        let want = deadline::wanted(running_for, stop_in, user);
+        if !deadline::needs_patch(current, want, running_for, fence_after) {
+            continue;
+        }
+        let patch = json!({
+            "metadata": {"annotations": {deadline::USER_DEADLINE_ANNOTATION: deadline::record(user)}},
+            "spec": {"activeDeadlineSeconds": want},
+        });
+        patch_job(ctx, &pass.jobs_api, job, patch).await?;
+        ctx.metrics.deadline_patches.get_or_create(labels).inc();
+        debug!(job = %job.name_any(), deadline = want, "deadline moved on");
+    }
+    // Half the time a deadline may be left with before it is moved on,
+    // halved again for the pass's own delays.
+    Ok(managing.then(|| fence_after / 4))
 }
 
 /// What one pass works from, read in this order.
@@ -459,7 +539,8 @@ async fn patch_jobs(
                 if lock(&gl.permits).get(&uid).is_some_and(Permit::is_lost) {
                     continue;
                 }
-                unsuspend(ctx, &pass.jobs_api, job, token, labels).await?;
+                let deadline = first_deadline(pass, group, job);
+                unsuspend(ctx, &pass.jobs_api, job, token, deadline, labels).await?;
                 lock(&gl.announced_waiting).remove(&uid);
             }
             JobAction::Wait { uid } => {
@@ -595,6 +676,7 @@ async fn summarize(
             let (n, longest) = acc.unwrap_or((0, 0));
             Some((n + 1, longest.max(grace)))
         }),
+        deadline_every: None,
     })
 }
 
@@ -783,17 +865,43 @@ async fn patch_job(
     }
 }
 
+/// With `onControllerLoss: FailJobs`: the deadline a Job starts with, set
+/// in the patch that unsuspends it, so that it is covered even if this
+/// controller dies before its next pass; and the user's own, to record.
+fn first_deadline(pass: &Pass, group: &ConcurrencyGroup, job: &Job) -> Option<(i64, Option<i64>)> {
+    if group.spec.on_controller_loss != ControllerLossPolicy::FailJobs {
+        return None;
+    }
+    let now = tokio::time::Instant::now();
+    let stop_at = pass.gl.sem.safe_until().filter(|t| *t > now)?;
+    let current = job.spec.as_ref().and_then(|s| s.active_deadline_seconds);
+    let recorded = job
+        .annotations()
+        .get(deadline::USER_DEADLINE_ANNOTATION)
+        .map(String::as_str);
+    let user = deadline::user_deadline(recorded, current);
+    let stop_in = (stop_at + deadline::AFTER_FENCE).duration_since(now);
+    Some((deadline::wanted(Duration::ZERO, stop_in, user), user))
+}
+
 async fn unsuspend(
     ctx: &Context,
     api: &Api<Job>,
     job: &Job,
     token: u64,
+    deadline: Option<(i64, Option<i64>)>,
     labels: &GroupLabels,
 ) -> Result<()> {
-    let patch = json!({
+    let mut patch = json!({
         "metadata": {"annotations": admitted(token)},
         "spec": {"suspend": false},
     });
+    if let Some((seconds, user)) = deadline {
+        patch["spec"]["activeDeadlineSeconds"] = json!(seconds);
+        patch["metadata"]["annotations"][deadline::USER_DEADLINE_ANNOTATION] =
+            json!(deadline::record(user));
+        ctx.metrics.deadline_patches.get_or_create(labels).inc();
+    }
     patch_job(ctx, api, job, patch).await?;
     info!(job = %job.name_any(), token, "admitted");
     ctx.metrics.admissions.get_or_create(labels).inc();
