@@ -160,7 +160,8 @@ async fn the_checker_catches_the_limit_exceeded_when_fencing_waits_for_the_ledge
 }
 
 /// A controller that starts while the ledger cannot be read cannot vouch for
-/// the Jobs it admitted before it restarted: it suspends them at once.
+/// the Jobs it admitted before it restarted: it suspends them once it has
+/// waited a third of the fence period for the ledger.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_controller_that_cannot_read_the_ledger_suspends_the_jobs_it_cannot_vouch_for()
 {
@@ -202,9 +203,15 @@ async fn a_restarted_controller_that_cannot_read_the_ledger_suspends_the_jobs_it
         (checker.snapshot(|s| s.running.len()) == 0).then_some(())
     })
     .await;
-    eprintln!(
-        "restart without the ledger: Jobs suspended {:?} after the cut",
-        cut.elapsed()
+    let suspended_after = cut.elapsed();
+    eprintln!("restart without the ledger: Jobs suspended {suspended_after:?} after the cut");
+    // The group's fence period is 5 s (a 10 s lease, no grace period); the
+    // restarted controller waits a third of it for the ledger. Within the
+    // fence period, the previous process's slots were still safe.
+    assert!(
+        suspended_after < Duration::from_secs(5),
+        "Jobs suspended {suspended_after:?} after the restart, past the fence period\n{}",
+        controller.log_text()
     );
     let lease_lost = events(&bed.cp, "LeaseLost");
     assert_eq!(

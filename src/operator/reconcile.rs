@@ -171,6 +171,28 @@ async fn admit(
         fence_without_ledger(ctx, group, &jobs_api, current.as_deref(), true).await?;
     }
     let gathered = match group.spec.fence_after(ctx.settings.leader_lease) {
+        Ok(fence_after) if current.is_none() && ctx.fence_without_ledger => {
+            // No client for this group yet (this process just started, or
+            // rebuilt it): no permit vouches for the Jobs admitted before.
+            // They are safe only while the previous process's renewals
+            // are: up to `fence_after` after its last one, which came at
+            // most a third of that before it stopped. Waiting for the
+            // ledger a third of `fence_after` keeps a restart within that
+            // third safe; past it the Jobs are suspended, and the ledger
+            // still awaited.
+            let gathering = gather(group, ns, name, ctx, jobs_api.clone());
+            tokio::pin!(gathering);
+            tokio::select! {
+                gathered = &mut gathering => gathered,
+                _ = tokio::time::sleep(fence_after / 3) => {
+                    warn!(group = name, "the ledger could not be read in time after a start; suspending the running Jobs no permit vouches for");
+                    if let Err(fence) = fence_without_ledger(ctx, group, &jobs_api, None, false).await {
+                        warn!(error = %fence, "could not suspend Jobs while the ledger is unreadable");
+                    }
+                    gathering.await
+                }
+            }
+        }
         Ok(_) => gather(group, ns, name, ctx, jobs_api.clone()).await,
         Err(e) => Err(Error::InvalidTiming(e)),
     };
