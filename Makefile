@@ -1,5 +1,5 @@
 # The front door. `make test` is what CI runs.
-.PHONY: test testbed unit lint demo bench
+.PHONY: test testbed unit lint demo bench soak
 
 # Build the pinned test-bed binaries (cached; skipped when present), then run
 # every test: unit, property, conformance, stress, lease, CLI end to end.
@@ -14,6 +14,13 @@ testbed:
 
 unit:
 	cargo test --workspace --lib
+
+# The failure scenarios counted on pods (tests/k8s_pods.rs), each run
+# ROUNDS times with fresh seeds (CI runs one round). A failure prints its
+# seed; replay it with JOBGATE_SEED=<seed> cargo test --test k8s_pods <name>.
+ROUNDS ?= 10
+soak: testbed
+	JOBGATE_SCENARIO_ROUNDS=$(ROUNDS) cargo test --test k8s_pods -- --nocapture
 
 lint:
 	cargo fmt --all -- --check

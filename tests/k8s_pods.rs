@@ -438,6 +438,42 @@ async fn a_cluster_cut_off_from_s3_stops_its_pods_before_the_others_start_theirs
             "west never got the slots\n{}",
             bed.logs()
         );
+
+        // Healed, and west's Jobs gone: east's Jobs get slots again and
+        // run on past a fence period (a re-admitted Job's first deadline
+        // must count from its old start time, which the Job controller
+        // checks it against before resetting it).
+        bed.proxy.partition(false);
+        kubectl_ok(
+            &bed.west_cp,
+            &[
+                "delete",
+                "-n",
+                NS,
+                "job/west-0",
+                "job/west-1",
+                "--wait=false",
+            ],
+        );
+        eventually(
+            Duration::from_secs(90),
+            "east runs its Jobs again",
+            || async { (bed.pods.running_in("east") == 2).then_some(()) },
+        )
+        .await;
+        tokio::time::sleep(LEASE - Duration::from_secs(5)).await;
+        let failed = job_field(
+            &bed.east_cp,
+            "east-0",
+            "{.status.conditions[?(@.type==\"Failed\")].reason}",
+        );
+        assert_eq!(
+            (bed.pods.running_in("east"), failed.as_str()),
+            (2, ""),
+            "east's re-admitted Jobs did not run on\n{}",
+            bed.logs()
+        );
+        assert_eq!(bed.pods.max(), 2, "{}", bed.pods.summary(2));
     }
 }
 

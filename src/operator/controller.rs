@@ -117,30 +117,50 @@ pub async fn run(client: Client, settings: Settings) -> Result<()> {
     }
     info!(%cluster, "controller running");
 
-    loop {
+    // Passes asked for from outside the Controller (a slot's watcher saw it
+    // lost) go through one channel for the whole process: watchers started
+    // in one term may fire in a later one.
+    let (trigger, triggers) = mpsc::unbounded_channel();
+    let triggers = Arc::new(tokio::sync::Mutex::new(triggers));
+    'terms: loop {
         metrics.leader.set(i64::from(leadership.is_some()));
-        let term = tokio::spawn(admit(
+        let mut term = tokio::spawn(admit(
             client.clone(),
             settings.clone(),
             cluster.clone(),
-            ledgers.clone(),
-            metrics.clone(),
+            Shared {
+                ledgers: ledgers.clone(),
+                metrics: metrics.clone(),
+                trigger: trigger.clone(),
+                triggers: triggers.clone(),
+            },
             stop_rx.clone(),
         ));
         let lost = match leadership.as_mut() {
             Some(l) => tokio::select! {
                 _ = stop.wait_for(|stopped| *stopped) => false,
                 _ = l.lost() => true,
+                ended = &mut term => term_ended(ended),
             },
-            None => {
-                let _ = stop.wait_for(|stopped| *stopped).await;
-                false
-            }
+            None => tokio::select! {
+                _ = stop.wait_for(|stopped| *stopped) => false,
+                ended = &mut term => term_ended(ended),
+            },
         };
         if !lost {
-            // A signal: let the reconciliations in flight finish.
-            if let Err(e) = term.await {
-                error!(error = %e, "controller task failed");
+            // A signal: let the reconciliations in flight finish, unless
+            // leadership runs out meanwhile.
+            match leadership.as_mut() {
+                Some(l) => tokio::select! {
+                    _ = &mut term => {}
+                    _ = l.lost() => {
+                        term.abort();
+                        leadership = None;
+                    }
+                },
+                None => {
+                    let _ = (&mut term).await;
+                }
             }
             break;
         }
@@ -154,18 +174,30 @@ pub async fn run(client: Client, settings: Settings) -> Result<()> {
         error!(
             "lost leadership: stopped admitting; this cluster's slots stay renewed in the ledgers, since its pods may still run, until this replica leads again or another one does"
         );
-        tokio::select! {
-            acquired = leader::acquire(client.clone(), cfg.clone()) => {
-                leadership = Some(acquired?);
-                info!("leader again");
+        loop {
+            tokio::select! {
+                acquired = leader::acquire(client.clone(), cfg.clone()) => match acquired {
+                    Ok(l) => {
+                        leadership = Some(l);
+                        info!("leader again");
+                        break;
+                    }
+                    // Even a refusal (an API server still starting may
+                    // answer 401 or 403) is waited out: exiting would stop
+                    // the renewals of slots whose pods may run.
+                    Err(e) => {
+                        warn!(error = %e, "could not take the Lease back; retrying");
+                        tokio::time::sleep(cfg.retry_interval).await;
+                    }
+                },
+                holder = leader::taken_by_another(client.clone(), cfg.clone()) => {
+                    // That replica renews the same slots; ours must stop so
+                    // that nothing of this process acts any more.
+                    error!(%holder, "another replica leads now; exiting");
+                    std::process::exit(1);
+                }
+                _ = stop.wait_for(|stopped| *stopped) => break 'terms,
             }
-            holder = leader::taken_by_another(client.clone(), cfg.clone()) => {
-                // That replica renews the same slots; ours must stop so
-                // that nothing of this process acts any more.
-                error!(%holder, "another replica leads now; exiting");
-                std::process::exit(1);
-            }
-            _ = stop.wait_for(|stopped| *stopped) => break,
         }
     }
     ledgers.shutdown().await;
@@ -179,16 +211,42 @@ pub async fn run(client: Client, settings: Settings) -> Result<()> {
     Ok(())
 }
 
+/// The per-term Controller task ended without being asked to: a panic, or
+/// its watch streams ended. Nothing would admit or fence any more while
+/// this replica kept the Lease; exit so that a restart (or the standby)
+/// takes over.
+fn term_ended(ended: std::result::Result<(), tokio::task::JoinError>) -> bool {
+    match ended {
+        Err(e) => error!(error = %e, "the controller task failed; exiting"),
+        Ok(()) => error!("the controller task ended; exiting"),
+    }
+    std::process::exit(1);
+}
+
+/// What every term shares: the ledger clients (whose renewals outlive a
+/// term), the metrics, and the channel of passes asked for from outside.
+struct Shared {
+    ledgers: Arc<Ledgers>,
+    metrics: Arc<Metrics>,
+    trigger: mpsc::UnboundedSender<ObjectRef<ConcurrencyGroup>>,
+    triggers: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<ObjectRef<ConcurrencyGroup>>>>,
+}
+
 /// One term of admitting: the kube-runtime Controller over groups and their
 /// Jobs, until `stop` (graceful) or until aborted (leadership lost).
 async fn admit(
     client: Client,
     settings: Settings,
     cluster: String,
-    ledgers: Arc<Ledgers>,
-    metrics: Arc<Metrics>,
+    shared: Shared,
     stop: watch::Receiver<bool>,
 ) {
+    let Shared {
+        ledgers,
+        metrics,
+        trigger,
+        triggers,
+    } = shared;
     let groups: Api<ConcurrencyGroup> = match &settings.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
@@ -197,7 +255,16 @@ async fn admit(
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let (trigger, triggers) = mpsc::unbounded_channel();
+    // This term's share of the process-wide channel.
+    let (term_trigger, term_triggers) = mpsc::unbounded_channel();
+    let _forward = AbortOnDrop(tokio::spawn(async move {
+        let mut triggers = triggers.lock().await;
+        while let Some(group) = triggers.recv().await {
+            if term_trigger.send(group).is_err() {
+                break;
+            }
+        }
+    }));
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(
@@ -254,7 +321,7 @@ async fn admit(
                 Some(ObjectRef::<ConcurrencyGroup>::new(&group).within(&ns))
             },
         )
-        .reconcile_on(UnboundedReceiverStream::new(triggers))
+        .reconcile_on(UnboundedReceiverStream::new(term_triggers))
         .graceful_shutdown_on(async move {
             let _ = shutdown.wait_for(|stopped| *stopped).await;
         })

@@ -7,10 +7,14 @@
 //! is failed with reason `DeadlineExceeded` and its pods are deleted. So
 //! each admitted Job carries a deadline a little after this cluster's fence
 //! (when its slots stop being safe without a renewal), and every pass moves
-//! it on as renewals land. If the controller stops, nobody moves it, and
-//! the Job controller stops the Job in time for its pods to end within the
-//! lease. A live controller that loses the ledger suspends the Job at the
-//! fence instead, which clears `startTime` and so the running deadline.
+//! it on as renewals land (a pass needs the API server, not the ledger). If
+//! the controller stops, nobody moves it, and the Job controller stops the
+//! Job in time for its pods to end within the lease. A live controller that
+//! loses the ledger suspends the Job at the fence instead, 2 s before the
+//! deadline; the Job controller does not check the deadline of a suspended
+//! Job. It does check it against the old `startTime` when the Job resumes,
+//! before resetting it, so a re-admitted Job's first deadline counts from
+//! that old start.
 
 use std::time::Duration;
 
@@ -49,34 +53,22 @@ pub fn wanted(running_for: Duration, stop_in: Duration, user: Option<i64>) -> i6
     user.map_or(ours, |u| u.min(ours))
 }
 
-/// Whether to patch the Job: it has no deadline, one later than wanted (the
-/// user lowered theirs, or it was set from an older state), or one with
-/// less than half the fence period left. Moving it on only then costs about
-/// two patches per fence period per Job instead of one per renewal.
-pub fn needs_patch(
-    current: Option<i64>,
-    wanted: i64,
-    running_for: Duration,
-    fence_after: Duration,
-) -> bool {
-    let Some(current) = current else {
-        return true;
-    };
-    if current > wanted {
-        return true;
+/// Whether to patch the Job: it has no deadline, or one that `wanted` moves
+/// on, so that the deadline always trails the latest fence by
+/// [`AFTER_FENCE`] once a pass has seen the renewal (one patch per renewal
+/// per running Job). A deadline more than a second later than wanted (the
+/// Job controller restarted its clock on a resume, or the user lowered
+/// theirs) is brought down; a second either way is rounding between clocks.
+pub fn needs_patch(current: Option<i64>, wanted: i64) -> bool {
+    match current {
+        None => true,
+        Some(current) => wanted > current || wanted < current - 1,
     }
-    if current == wanted {
-        return false;
-    }
-    let left = current as f64 - running_for.as_secs_f64();
-    left < fence_after.as_secs_f64() / 2.0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const FENCE: Duration = Duration::from_secs(25);
 
     fn secs(s: u64) -> Duration {
         Duration::from_secs(s)
@@ -105,17 +97,14 @@ mod tests {
 
     #[test]
     fn a_job_without_a_deadline_or_with_a_later_one_is_patched() {
-        assert!(needs_patch(None, 127, secs(100), FENCE));
-        assert!(needs_patch(Some(200), 127, secs(100), FENCE));
+        assert!(needs_patch(None, 127));
+        assert!(needs_patch(Some(200), 127));
     }
 
     #[test]
-    fn the_deadline_moves_on_only_when_half_the_fence_period_is_left() {
-        // 27 s left of a 25 s fence: not yet.
-        assert!(!needs_patch(Some(127), 135, secs(100), FENCE));
-        // 12 s left: under half of 25 s.
-        assert!(needs_patch(Some(127), 140, secs(115), FENCE));
-        // Nothing to gain.
-        assert!(!needs_patch(Some(127), 127, secs(120), FENCE));
+    fn the_deadline_moves_on_with_every_renewal_but_not_for_rounding() {
+        assert!(needs_patch(Some(127), 135));
+        assert!(!needs_patch(Some(127), 127));
+        assert!(!needs_patch(Some(128), 127), "a second of rounding");
     }
 }

@@ -170,6 +170,13 @@ async fn admit(
     {
         fence_without_ledger(ctx, group, &jobs_api, current.as_deref(), true).await?;
     }
+    // Deadlines next, also before the ledger read: they need only this
+    // process's renewals and the API server, and must keep up while the
+    // ledger cannot be read.
+    let deadline_every = match current.as_deref() {
+        Some(gl) => keep_deadlines(ctx, gl, group, &jobs_api, labels).await,
+        None => None,
+    };
     let gathered = match group.spec.fence_after(ctx.settings.leader_lease) {
         Ok(fence_after) if current.is_none() && ctx.fence_without_ledger => {
             // No client for this group yet (this process just started, or
@@ -215,7 +222,6 @@ async fn admit(
     fence(ctx, &pass, &decision).await?;
     let granted = write_ledger(ctx, &pass, group, &decision).await?;
     let (waiting_here, read) = patch_jobs(ctx, &pass, group, &decision, &granted, labels).await?;
-    let deadline_every = keep_deadlines(ctx, &pass, group, labels).await?;
     export_counters(ctx, &pass.gl, labels);
     let mut summary = summarize(&pass, &decision, waiting_here, read).await?;
     summary.deadline_every = deadline_every;
@@ -224,74 +230,94 @@ async fn admit(
 
 /// `onControllerLoss: FailJobs`: moves on the deadline of each Job running
 /// on a live permit here (see `deadline`); without it, gives Jobs back the
-/// deadline they had. Returns how soon to look again, while any is managed.
+/// deadline they had. A Job whose patch fails is logged and left to the
+/// next pass. Returns how soon to look again while any is managed.
 async fn keep_deadlines(
     ctx: &Context,
-    pass: &Pass,
+    gl: &GroupLedger,
     group: &ConcurrencyGroup,
+    jobs_api: &Api<Job>,
     labels: &GroupLabels,
-) -> Result<Option<Duration>> {
+) -> Option<Duration> {
     let fail_jobs = group.spec.on_controller_loss == ControllerLossPolicy::FailJobs;
-    let fence_after = group
-        .spec
-        .fence_after(ctx.settings.leader_lease)
-        .map_err(Error::InvalidTiming)?;
-    let (permits, lost) = pass.gl.permits();
-    let safe_until = pass.gl.sem.safe_until();
+    let fence_after = group.spec.fence_after(ctx.settings.leader_lease).ok()?;
+    let selector = ListParams::default().labels(&format!("{GROUP_LABEL}={}", group.name_any()));
+    let jobs = match timed(ctx, "list_jobs", jobs_api.list(&selector)).await {
+        Ok(list) => list.items,
+        Err(e) => {
+            warn!(error = %e, "could not list Jobs to keep their deadlines");
+            return fail_jobs.then_some(fence_after / 4);
+        }
+    };
+    let (permits, lost) = gl.permits();
     let mut managing = false;
-    for (uid, job) in &pass.jobs {
+    for job in &jobs {
+        let Some(uid) = job.uid() else { continue };
         let recorded = job
             .annotations()
             .get(deadline::USER_DEADLINE_ANNOTATION)
             .map(String::as_str);
         let current = job.spec.as_ref().and_then(|s| s.active_deadline_seconds);
         let user = deadline::user_deadline(recorded, current);
-        if !fail_jobs {
-            if recorded.is_some() {
-                // The group stopped using the switch: the Job's own deadline back.
-                let patch = json!({
-                    "metadata": {"annotations": {deadline::USER_DEADLINE_ANNOTATION: null}},
-                    "spec": {"activeDeadlineSeconds": user},
-                });
-                patch_job(ctx, &pass.jobs_api, job, patch).await?;
+        let patch = if !fail_jobs {
+            if recorded.is_none() {
+                continue;
             }
-            continue;
-        }
-        let running = job.spec.as_ref().and_then(|s| s.suspend) != Some(true)
-            && !is_finished(job)
-            && is_admitted(job);
-        if !running || !permits.contains(uid) || lost.contains(uid) {
-            continue;
-        }
-        let now = tokio::time::Instant::now();
-        let Some(stop_at) = safe_until.filter(|t| *t > now) else {
-            continue;
+            // The group stopped using the switch: the Job's own deadline back.
+            json!({
+                "metadata": {"annotations": {deadline::USER_DEADLINE_ANNOTATION: null}},
+                "spec": {"activeDeadlineSeconds": user},
+            })
+        } else {
+            let running = job.spec.as_ref().and_then(|s| s.suspend) != Some(true)
+                && !is_finished(job)
+                && is_admitted(job);
+            if !running || !permits.contains(&uid) || lost.contains(&uid) {
+                continue;
+            }
+            let Some(want) = deadline_for(gl, job, user) else {
+                continue;
+            };
+            managing = true;
+            if !deadline::needs_patch(current, want) {
+                continue;
+            }
+            json!({
+                "metadata": {"annotations": {deadline::USER_DEADLINE_ANNOTATION: deadline::record(user)}},
+                "spec": {"activeDeadlineSeconds": want},
+            })
         };
-        managing = true;
-        let stop_in = (stop_at + deadline::AFTER_FENCE).duration_since(now);
-        let started = job
-            .status
-            .as_ref()
-            .and_then(|s| s.start_time.as_ref())
-            .map(|t| std::time::SystemTime::from(t.0));
-        let running_for = started
-            .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
-            .unwrap_or_default();
-        let want = deadline::wanted(running_for, stop_in, user);
-        if !deadline::needs_patch(current, want, running_for, fence_after) {
-            continue;
+        match patch_job(ctx, jobs_api, job, patch).await {
+            Ok(()) if fail_jobs => {
+                ctx.metrics.deadline_patches.get_or_create(labels).inc();
+                debug!(job = %job.name_any(), "deadline moved on");
+            }
+            Ok(()) => {}
+            Err(e) => warn!(job = %job.name_any(), error = %e, "could not set the Job's deadline"),
         }
-        let patch = json!({
-            "metadata": {"annotations": {deadline::USER_DEADLINE_ANNOTATION: deadline::record(user)}},
-            "spec": {"activeDeadlineSeconds": want},
-        });
-        patch_job(ctx, &pass.jobs_api, job, patch).await?;
-        ctx.metrics.deadline_patches.get_or_create(labels).inc();
-        debug!(job = %job.name_any(), deadline = want, "deadline moved on");
     }
-    // Half the time a deadline may be left with before it is moved on,
-    // halved again for the pass's own delays.
-    Ok(managing.then(|| fence_after / 4))
+    // Every renewal (a third of the fence period) moves the deadlines on;
+    // a pass per quarter keeps them within that of the fence.
+    managing.then_some(fence_after / 4)
+}
+
+/// The `activeDeadlineSeconds` that ends `job` [`deadline::AFTER_FENCE`]
+/// after this cluster's slots stop being safe, counted from the Job's
+/// `startTime` (the old one, for a Job that resumes: the Job controller
+/// checks against it before resetting it). `None` while no slot is safe.
+fn deadline_for(gl: &GroupLedger, job: &Job, user: Option<i64>) -> Option<i64> {
+    let now = tokio::time::Instant::now();
+    let stop_at = gl.sem.safe_until().filter(|t| *t > now)?;
+    let stop_in = (stop_at + deadline::AFTER_FENCE).duration_since(now);
+    let started = job
+        .status
+        .as_ref()
+        .and_then(|s| s.start_time.as_ref())
+        .map(|t| std::time::SystemTime::from(t.0));
+    let running_for = started
+        .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+        .unwrap_or_default();
+    Some(deadline::wanted(running_for, stop_in, user))
 }
 
 /// What one pass works from, read in this order.
@@ -894,16 +920,13 @@ fn first_deadline(pass: &Pass, group: &ConcurrencyGroup, job: &Job) -> Option<(i
     if group.spec.on_controller_loss != ControllerLossPolicy::FailJobs {
         return None;
     }
-    let now = tokio::time::Instant::now();
-    let stop_at = pass.gl.sem.safe_until().filter(|t| *t > now)?;
     let current = job.spec.as_ref().and_then(|s| s.active_deadline_seconds);
     let recorded = job
         .annotations()
         .get(deadline::USER_DEADLINE_ANNOTATION)
         .map(String::as_str);
     let user = deadline::user_deadline(recorded, current);
-    let stop_in = (stop_at + deadline::AFTER_FENCE).duration_since(now);
-    Some((deadline::wanted(Duration::ZERO, stop_in, user), user))
+    Some((deadline_for(&pass.gl, job, user)?, user))
 }
 
 async fn unsuspend(
