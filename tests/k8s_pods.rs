@@ -100,19 +100,28 @@ fn job_field(cp: &ControlPlane, job: &str, path: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The phases of a Job's pods, space-separated.
-fn pod_phases(cp: &ControlPlane, job: &str) -> String {
+/// A JSONPath over the pods that `selector` picks.
+fn pods_field(cp: &ControlPlane, selector: &str, path: &str) -> String {
     let out = cp.kubectl(&[
         "get",
         "-n",
         NS,
         "pods",
         "-l",
-        &format!("batch.kubernetes.io/job-name={job}"),
+        selector,
         "-o",
-        "jsonpath={.items[*].status.phase}",
+        &format!("jsonpath={path}"),
     ]);
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The phases of a Job's pods, space-separated.
+fn pod_phases(cp: &ControlPlane, job: &str) -> String {
+    pods_field(
+        cp,
+        &format!("batch.kubernetes.io/job-name={job}"),
+        "{.items[*].status.phase}",
+    )
 }
 
 fn controller(
@@ -165,6 +174,20 @@ async fn delete_a_running_job(rng: &mut StdRng, extra: &[&str], orphan: bool) ->
             .then_some(())
     })
     .await;
+    // The pods carry the Job's fencing token (for the downward API) and
+    // the group label.
+    let token = job_field(
+        &cp,
+        "first",
+        "{.metadata.annotations.jobgate\\.dev/fencing-token}",
+    );
+    let pod_token = pods_field(
+        &cp,
+        "batch.kubernetes.io/job-name=first,jobgate.dev/group=del",
+        "{.items[*].metadata.annotations.jobgate\\.dev/fencing-token}",
+    );
+    assert!(!token.is_empty(), "no token on the admitted Job");
+    assert_eq!(pod_token, token, "the pod's token");
     let cascade = if orphan { "orphan" } else { "background" };
     kubectl_ok(
         &cp,

@@ -941,6 +941,20 @@ async fn unsuspend(
         "metadata": {"annotations": admitted(token)},
         "spec": {"suspend": false},
     });
+    // Pods carry the group and the token (readable through the downward
+    // API) when the template may still change: the API server allows that
+    // only for a suspended Job that never started.
+    let never_started = job
+        .status
+        .as_ref()
+        .and_then(|s| s.start_time.as_ref())
+        .is_none();
+    if never_started {
+        patch["spec"]["template"] = json!({"metadata": {
+            "labels": {GROUP_LABEL: labels.group},
+            "annotations": {TOKEN_ANNOTATION: token.to_string()},
+        }});
+    }
     if let Some((seconds, user)) = deadline {
         patch["spec"]["activeDeadlineSeconds"] = json!(seconds);
         patch["metadata"]["annotations"][deadline::USER_DEADLINE_ANNOTATION] =
