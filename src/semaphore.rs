@@ -161,6 +161,7 @@ impl Semaphore {
             last_refresh: None,
             warned_limit: false,
             withdraw: false,
+            last_acquire: None,
             high_water: None,
             stats: stats.clone(),
             safe_until: safe_until_tx,
@@ -309,6 +310,8 @@ struct Committer {
     warned_limit: bool,
     /// Clear our recorded wait in the next write.
     withdraw: bool,
+    /// When a caller last asked for a slot.
+    last_acquire: Option<Instant>,
     /// The highest `seq` and `next_token` seen in the ledger. Once set, the
     /// ledger is known to have existed: it is never created again by this
     /// client, and every write it makes keeps both numbers growing, even on
@@ -432,12 +435,15 @@ impl Committer {
                 holder,
                 wait,
                 reply,
-            } => self.waiting.push_back(Waiter {
-                holder,
-                wait,
-                reply,
-                since: Instant::now(),
-            }),
+            } => {
+                self.last_acquire = Some(Instant::now());
+                self.waiting.push_back(Waiter {
+                    holder,
+                    wait,
+                    reply,
+                    since: Instant::now(),
+                })
+            }
             Request::Release { holder, reply } => self.releasing.push((holder, reply)),
             Request::Snapshot { reply } => self.snapshots.push(reply),
             Request::Many(requests) => {
@@ -570,6 +576,13 @@ impl Committer {
         self.waiting.retain(|w| !w.reply.is_closed());
         if self.waiting.is_empty() && before > 0 {
             // Every waiter gave up: others must stop deferring to us.
+            self.withdraw = true;
+        }
+        if self.wait_is_stale(now) {
+            // A recorded wait counts only while callers keep asking: one
+            // whose attempts stopped (its passes fail before they get here)
+            // would otherwise hold back free slots for as long as it renews.
+            debug!("no acquire attempt for a lease; withdrawing the recorded wait");
             self.withdraw = true;
         }
         let poll_due =
@@ -841,6 +854,23 @@ impl Committer {
             withdraw_wait: self.withdraw,
             record_wait: self.records_wait(now),
         }
+    }
+
+    /// Our wait is recorded in the ledger, nothing waits here now, and no
+    /// caller has asked for a slot for a whole lease.
+    fn wait_is_stale(&self, now: Instant) -> bool {
+        let recorded = self.cache.as_ref().is_some_and(|(ledger, _)| {
+            ledger
+                .agents
+                .get(&self.cfg.agent)
+                .is_some_and(|a| a.waiting > 0)
+        });
+        recorded
+            && self.waiting.is_empty()
+            && !self.withdraw
+            && self
+                .last_acquire
+                .is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.lease)
     }
 
     /// Whether this agent's waits go into the ledger now.
@@ -1183,6 +1213,71 @@ mod tests {
         );
         run.shutdown().await;
         operator.shutdown().await;
+    }
+
+    /// A recorded wait holds free slots back from agents that hold more
+    /// only while its agent keeps asking: an agent that renews (it holds a
+    /// slot) but has stopped asking withdraws its wait after a lease.
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_nobody_asks_for_any_more_stops_counting_after_a_lease() {
+        let store: DynStore = Arc::new(MemoryStore::new());
+        let agent = |name: &str| {
+            let mut cfg = Config::new(name);
+            cfg.limit = Some(4);
+            cfg.release_orphans = false;
+            cfg.record_wait = true;
+            Semaphore::new(store.clone(), "k", cfg)
+        };
+        let (a, b) = (agent("a"), agent("b"));
+        let got = b
+            .release_and_try_acquire(&[], &ids(&["b1", "b2", "b3"]))
+            .await
+            .unwrap();
+        assert!(got.iter().all(|g| matches!(g, Ok(Some(_)))));
+        let got = a
+            .release_and_try_acquire(&[], &ids(&["a1", "a2"]))
+            .await
+            .unwrap();
+        assert!(matches!(got[0], Ok(Some(_))) && matches!(got[1], Ok(None)));
+        let ledger = a.snapshot().await.unwrap();
+        assert_eq!(ledger.agents["a"].waiting, 1);
+        // From now on `a` only renews. `b` swaps a slot every second: it
+        // holds more than `a`, so it defers to `a`'s wait while that counts.
+        let started = Instant::now();
+        let mut held = "b3".to_string();
+        let mut n = 4;
+        let got_after = loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let next = format!("b{n}");
+            let release = if held.is_empty() {
+                vec![]
+            } else {
+                ids(&[&held])
+            };
+            let got = b
+                .release_and_try_acquire(&release, &ids(&[&next]))
+                .await
+                .unwrap();
+            held.clear();
+            n += 1;
+            if matches!(got[0], Ok(Some(_))) {
+                break started.elapsed();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "b was held back for a minute"
+            );
+        };
+        let lease = Config::new("x").lease;
+        eprintln!("b got a slot {got_after:?} after a's last attempt (lease {lease:?})");
+        assert!(
+            got_after >= lease - Duration::from_secs(2)
+                && got_after <= lease + Duration::from_secs(12),
+            "b got a slot {got_after:?} after a stopped asking (lease {lease:?})"
+        );
+        assert_eq!(a.snapshot().await.unwrap().agents["a"].waiting, 0);
+        a.shutdown().await;
+        b.shutdown().await;
     }
 
     fn client(store: &DynStore, agent: &str) -> Semaphore {

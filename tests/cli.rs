@@ -103,6 +103,54 @@ async fn concurrent_runs_on_seaweedfs_respect_the_limit() {
     assert!(text.contains("verdict: OK"), "{text}");
 }
 
+/// A grant answered after the fence period is never used: `jobgate run`
+/// exits 123 without starting the command. Every request to S3 waits 4 s in
+/// a proxy, past the 3 s fence of a 5 s lease, so the grant's answer comes
+/// late. (Without the check, the command starts and is stopped on lease
+/// loss a moment later: exit 123 too, but the marker exists.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_answered_too_late_never_starts_the_command() {
+    use jobgate_testkit::faultproxy::{FaultProxy, Faults};
+    let server = jobgate_testkit::seaweed().await;
+    let bucket = jobgate_testkit::bucket(&server).await;
+    let slow = Faults {
+        delay: 1.0,
+        delay_by: std::time::Duration::from_secs(4),
+        ..Faults::default()
+    };
+    let proxy = FaultProxy::start(&server.endpoint, slow).await;
+    let mut env = server.env();
+    for (k, v) in env.iter_mut() {
+        if *k == "AWS_ENDPOINT_URL" {
+            *v = proxy.endpoint.clone();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let ledger = format!("s3://{bucket}/late.json");
+    let marker_arg = marker.display().to_string();
+    let args = [
+        "run",
+        "--ledger",
+        &ledger,
+        "--limit",
+        "1",
+        "--lease",
+        "5s",
+        "--",
+        "touch",
+        &marker_arg,
+    ];
+    let out = tokio::task::block_in_place(|| jobgate(&args, &env));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !marker.exists(),
+        "the command ran on a grant answered too late: {stderr}"
+    );
+    assert_eq!(out.status.code(), Some(123), "stderr: {stderr}");
+    assert!(stderr.contains("before the command started"), "{stderr}");
+}
+
 fn jobgate(args: &[&str], env: &[(&'static str, String)]) -> Output {
     Command::new(jobgate_testkit::jobgate_bin())
         .args(args)

@@ -140,30 +140,52 @@ fn controller(
 // ---------------------------------------------------------------------------
 // A Job deleted while its pods still run
 
+/// How the running Job stops holding its slot in the deletion scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// `kubectl delete job` (background cascade): the Job is gone at once,
+    /// its pod then takes its grace period to stop.
+    Deleted,
+    /// Deleted orphaning its pod, which runs on until the test deletes it
+    /// a little later (and then takes its grace period).
+    Orphaned,
+    /// Failed by the Job controller (`activeDeadlineSeconds` lowered to 1)
+    /// while its pod still terminates.
+    Failed,
+    /// Its group label removed: out of the group, its pod runs on until its
+    /// run time is up.
+    Unlabelled,
+}
+
 /// What the deletion scenario saw.
 struct Deleted {
-    grace: u32,
     max: usize,
     over: Duration,
     /// From the deletion until the next Job had a pod.
     next_after: Duration,
+    /// The least `next_after` may be: when the first Job's pod could have
+    /// stopped at the earliest.
+    earliest: Duration,
 }
 
-/// Limit 1: `first` runs, `second` waits. `first` is deleted (cascade
-/// background, or orphaning its pod, which the test deletes a little later);
-/// its pod then takes its whole grace period to stop. `second` must not get
-/// a pod while it does.
-async fn delete_a_running_job(rng: &mut StdRng, extra: &[&str], orphan: bool) -> Deleted {
+/// Limit 1: `first` runs, `second` waits. `first` then ends as `ending`
+/// says, and its pod takes its whole grace period to stop. `second` must not
+/// get a pod while it may still run.
+async fn end_a_running_job(rng: &mut StdRng, extra: &[&str], ending: Ending) -> Deleted {
     let s3 = seaweed().await;
     let bucket = bucket(&s3).await;
     let (cp, kube) = held_cluster().await;
     group(&cp, "del", 1, &bucket, &s3.endpoint);
     let grace = rng.random_range(3..=MAX_GRACE_SECONDS);
     let orphan_for = Duration::from_millis(rng.random_range(1500..=4000));
-    eprintln!("grace {grace} s, orphan {orphan} (pod deleted {orphan_for:?} later)");
+    let run_for = Duration::from_millis(rng.random_range(8000..=12000));
+    eprintln!(
+        "grace {grace} s, {ending:?} (orphan deleted {orphan_for:?} later; run time {run_for:?} if unlabelled)"
+    );
     let pods = PodLog::default();
     pods.watch(kube.clone(), "one", NS);
-    create_held_job(&kube, NS, "first", "del", grace, None).await;
+    let first_runs = (ending == Ending::Unlabelled).then_some(run_for);
+    create_held_job(&kube, NS, "first", "del", grace, first_runs).await;
     create_held_job(&kube, NS, "second", "del", grace, None).await;
     let _controller = controller(&cp, &s3, "one", extra);
     // Running, so bound to a node: the apiserver deletes an unbound pod at
@@ -174,6 +196,7 @@ async fn delete_a_running_job(rng: &mut StdRng, extra: &[&str], orphan: bool) ->
             .then_some(())
     })
     .await;
+    let running = Instant::now();
     // The pods carry the Job's fencing token (for the downward API) and
     // the group label.
     let token = job_field(
@@ -188,81 +211,98 @@ async fn delete_a_running_job(rng: &mut StdRng, extra: &[&str], orphan: bool) ->
     );
     assert!(!token.is_empty(), "no token on the admitted Job");
     assert_eq!(pod_token, token, "the pod's token");
-    let cascade = if orphan { "orphan" } else { "background" };
-    kubectl_ok(
-        &cp,
-        &[
-            "delete",
-            "-n",
-            NS,
+    // The deletion timestamp has whole seconds: a pod may stop up to a
+    // second before its grace period is over.
+    let grace_at_least = Duration::from_secs(u64::from(grace) - 1);
+    let args: Vec<&str> = match ending {
+        Ending::Deleted => vec!["delete", "job/first", "--wait=false"],
+        Ending::Orphaned => vec!["delete", "job/first", "--cascade=orphan", "--wait=false"],
+        Ending::Failed => vec![
+            "patch",
             "job/first",
-            &format!("--cascade={cascade}"),
-            "--wait=false",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"activeDeadlineSeconds":1}}"#,
         ],
-    );
-    let deleted = Instant::now();
-    if orphan {
-        // The orphaned pod runs on by itself for a while, then is deleted
-        // (and takes its grace period to stop).
-        tokio::time::sleep(orphan_for).await;
-        kubectl_ok(
-            &cp,
-            &[
-                "delete",
-                "-n",
-                NS,
-                "pods",
-                "-l",
-                "batch.kubernetes.io/job-name=first",
-                "--wait=false",
-            ],
-        );
-    }
+        Ending::Unlabelled => vec!["label", "job/first", "jobgate.dev/group-"],
+    };
+    let mut full = vec!["-n", NS];
+    full.extend(args);
+    kubectl_ok(&cp, &full);
+    let ended = Instant::now();
+    let earliest = match ending {
+        Ending::Deleted | Ending::Failed => grace_at_least,
+        Ending::Orphaned => {
+            // The orphaned pod runs on by itself for a while, then is
+            // deleted (and takes its grace period to stop).
+            tokio::time::sleep(orphan_for).await;
+            kubectl_ok(
+                &cp,
+                &[
+                    "delete",
+                    "-n",
+                    NS,
+                    "pods",
+                    "-l",
+                    "batch.kubernetes.io/job-name=first",
+                    "--wait=false",
+                ],
+            );
+            orphan_for + grace_at_least
+        }
+        Ending::Unlabelled => (running + run_for).saturating_duration_since(ended),
+    };
     eventually(Duration::from_secs(60), "second's pod", || async {
         (!pod_phases(&cp, "second").is_empty()).then_some(())
     })
     .await;
-    let next_after = deleted.elapsed();
-    eventually(Duration::from_secs(60), "first's pod gone", || async {
-        pod_phases(&cp, "first").is_empty().then_some(())
+    let next_after = ended.elapsed();
+    eventually(Duration::from_secs(60), "first's pod stopped", || async {
+        let phases = pod_phases(&cp, "first");
+        (!phases.contains("Running") && !phases.contains("Pending")).then_some(())
     })
     .await;
     // Let the checker's watch catch up with what kubectl saw.
     tokio::time::sleep(Duration::from_secs(1)).await;
     eprintln!(
-        "{}; second's pod {next_after:?} after the deletion",
+        "{}; second's pod {next_after:?} after first ended",
         pods.summary(1)
     );
     Deleted {
-        grace,
         max: pods.max(),
         over: pods.time_over(1),
         next_after,
+        earliest,
     }
 }
 
-/// A deleted Job's slot is kept while its pods may still run: through the
-/// grace period of a background deletion, and for as long as orphaned pods
-/// live.
+/// A Job's slot is kept while its pods may still run: through the grace
+/// period of a background deletion or of a Job failed while its pod
+/// terminates, for as long as orphaned pods live, and while the pod of a
+/// Job taken out of the group runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deleted_jobs_slot_is_kept_until_its_pods_have_stopped() {
+async fn a_jobs_slot_is_kept_until_its_pods_have_stopped() {
     let _turn = SERIAL.lock().await;
     for _ in 0..seed::rounds() {
         let mut rng = seed::rng("deleted job");
-        let orphan = rng.random_bool(0.5);
-        let seen = delete_a_running_job(&mut rng, &[], orphan).await;
+        let endings = [
+            Ending::Deleted,
+            Ending::Orphaned,
+            Ending::Failed,
+            Ending::Unlabelled,
+        ];
+        let ending = endings[rng.random_range(0..endings.len())];
+        let seen = end_a_running_job(&mut rng, &[], ending).await;
         assert_eq!(
             (seen.max, seen.over),
             (1, Duration::ZERO),
             "more than one Job had live pods at limit 1"
         );
-        // The deletion timestamp has whole seconds: a pod may stop up to a
-        // second before its grace period is over.
         assert!(
-            seen.next_after >= Duration::from_secs(u64::from(seen.grace) - 1),
-            "second started {:?} after first's deletion, before first's pod (grace {} s) could have stopped",
+            seen.next_after >= seen.earliest,
+            "second started {:?} after first ended ({ending:?}), before first's pod could have stopped ({:?})",
             seen.next_after,
-            seen.grace
+            seen.earliest
         );
     }
 }
@@ -275,7 +315,12 @@ async fn a_deleted_jobs_slot_is_kept_until_its_pods_have_stopped() {
 async fn the_pod_checker_catches_a_slot_freed_while_pods_still_terminate() {
     let _turn = SERIAL.lock().await;
     let mut rng = seed::rng("deleted job, pods not counted");
-    let seen = delete_a_running_job(&mut rng, &["--unsafe-release-without-pods"], false).await;
+    let seen = end_a_running_job(
+        &mut rng,
+        &["--unsafe-release-without-pods"],
+        Ending::Deleted,
+    )
+    .await;
     assert!(
         seen.max >= 2 && seen.over > Duration::ZERO,
         "the pod checker did not see the limit exceeded (peak {}, {:?} over)",
