@@ -145,17 +145,15 @@ fn an_unreachable_endpoint_is_named() {
 
 #[test]
 fn verbose_runs_show_the_sdk_detail() {
-    let (out, _) = jobgate(
-        &[
-            "-v",
-            "status",
-            "--ledger",
-            "s3://b/k.json",
-            "--endpoint-url",
-            REFUSED,
-        ],
-        &CREDENTIALS,
-    );
+    let verbose = [
+        "-v",
+        "status",
+        "--ledger",
+        "s3://b/k.json",
+        "--endpoint-url",
+        REFUSED,
+    ];
+    let (out, _) = jobgate(&verbose, &CREDENTIALS);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "{stderr}");
     assert!(stderr.lines().count() > 1, "{stderr}");
@@ -168,17 +166,7 @@ fn verbose_runs_show_the_sdk_detail() {
         format!("jobgate: error: cannot reach {REFUSED} (connection refused)")
     );
 
-    let (out, _) = jobgate(
-        &[
-            "-v",
-            "status",
-            "--ledger",
-            "s3://b/k.json",
-            "--endpoint-url",
-            REFUSED,
-        ],
-        &[],
-    );
+    let (out, _) = jobgate(&verbose, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no providers in chain"), "{stderr}");
 }

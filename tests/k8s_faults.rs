@@ -29,6 +29,23 @@ fn events(cp: &ControlPlane, reason: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Group `shared` at limit 2 in the bed's cluster, reaching S3 through
+/// `proxy`.
+fn shared_group_behind(bed: &Bed, proxy: &FaultProxy) {
+    apply_group(
+        &bed.cp,
+        &GroupSpec {
+            name: "shared",
+            ns: NS,
+            limit: 2,
+            bucket: &bed.bucket,
+            endpoint: &proxy.endpoint,
+            key: None,
+            secret: None,
+        },
+    );
+}
+
 /// What the partition scenario saw.
 struct Cut {
     /// The most Jobs running at once in both clusters together.
@@ -46,18 +63,7 @@ async fn cut_east_off_from_s3(extra: &[&str]) -> Cut {
     let bed = Bed::start(NS, false).await;
     let (west, west_kube) = cluster(NS, false).await;
     let proxy = FaultProxy::start(&bed.s3.endpoint, Faults::default()).await;
-    apply_group(
-        &bed.cp,
-        &GroupSpec {
-            name: "shared",
-            ns: NS,
-            limit: 2,
-            bucket: &bed.bucket,
-            endpoint: &proxy.endpoint,
-            key: None,
-            secret: None,
-        },
-    );
+    shared_group_behind(&bed, &proxy);
     bed.group_in(&west, "shared", NS, 2, None, None);
     let checker = AdmissionLog::default();
     // No Job completes during the test: they run until suspended.
@@ -167,18 +173,7 @@ async fn a_restarted_controller_that_cannot_read_the_ledger_suspends_the_jobs_it
 {
     let bed = Bed::start(NS, false).await;
     let proxy = FaultProxy::start(&bed.s3.endpoint, Faults::default()).await;
-    apply_group(
-        &bed.cp,
-        &GroupSpec {
-            name: "shared",
-            ns: NS,
-            limit: 2,
-            bucket: &bed.bucket,
-            endpoint: &proxy.endpoint,
-            key: None,
-            secret: None,
-        },
-    );
+    shared_group_behind(&bed, &proxy);
     let checker = AdmissionLog::default();
     let sim = Sim::new((100, 100));
     sim.pause(true);

@@ -436,6 +436,22 @@ impl TwoClusters {
         }
     }
 
+    /// Never more than two Jobs with live pods, and west got both slots.
+    fn assert_limit_held_and_handed_over(&self, seen: &Handover) {
+        assert_eq!(
+            (self.pods.max(), self.pods.time_over(2)),
+            (2, Duration::ZERO),
+            "more than two Jobs had live pods at limit 2\n{}",
+            self.logs()
+        );
+        assert_eq!(
+            seen.west_running,
+            2,
+            "west never got the slots\n{}",
+            self.logs()
+        );
+    }
+
     fn logs(&self) -> String {
         format!(
             "{}\n----\n{}\n----\n{}\n----\n{}",
@@ -494,18 +510,7 @@ async fn a_cluster_cut_off_from_s3_stops_its_pods_before_the_others_start_theirs
             "east's Job was not suspended (or failed)\n{}",
             bed.logs()
         );
-        assert_eq!(
-            (bed.pods.max(), bed.pods.time_over(2)),
-            (2, Duration::ZERO),
-            "more than two Jobs had live pods at limit 2\n{}",
-            bed.logs()
-        );
-        assert_eq!(
-            seen.west_running,
-            2,
-            "west never got the slots\n{}",
-            bed.logs()
-        );
+        bed.assert_limit_held_and_handed_over(&seen);
 
         // Healed, and west's Jobs gone: east's Jobs get slots again and
         // run on past a fence period (a re-admitted Job's first deadline
@@ -665,18 +670,7 @@ async fn a_cluster_whose_api_server_is_down_keeps_its_slots() {
             "{seen:?} after east's Jobs were deleted; {}",
             bed.pods.summary(2)
         );
-        assert_eq!(
-            (bed.pods.max(), bed.pods.time_over(2)),
-            (2, Duration::ZERO),
-            "more than two Jobs had live pods at limit 2\n{}",
-            bed.logs()
-        );
-        assert_eq!(
-            seen.west_running,
-            2,
-            "west never got the slots\n{}",
-            bed.logs()
-        );
+        bed.assert_limit_held_and_handed_over(&seen);
     }
 }
 
@@ -727,18 +721,7 @@ async fn with_fail_jobs_a_dead_controllers_jobs_stop_before_their_slots_are_take
             "grace {grace} s, controller alive {live_for:?} with {patches} deadline patches for 2 Jobs (first deadline {deadline} s); {seen:?} after the kill; east-0 failed: {reason}; {}",
             bed.pods.summary(2)
         );
-        assert_eq!(
-            (bed.pods.max(), bed.pods.time_over(2)),
-            (2, Duration::ZERO),
-            "more than two Jobs had live pods at limit 2\n{}",
-            bed.logs()
-        );
+        bed.assert_limit_held_and_handed_over(&seen);
         assert_eq!(reason, "DeadlineExceeded");
-        assert_eq!(
-            seen.west_running,
-            2,
-            "west never got the slots\n{}",
-            bed.logs()
-        );
     }
 }
