@@ -86,24 +86,13 @@ impl S3Store {
                     .operation_attempt_timeout(attempt_timeout)
                     .build(),
             );
-        let endpoint = opts
-            .endpoint
-            .clone()
-            .or_else(|| shared.endpoint_url().map(String::from));
         if let Some(endpoint) = &opts.endpoint {
             config = config.endpoint_url(endpoint);
         }
-        let custom_endpoint = endpoint
-            .as_deref()
-            .is_some_and(|e| !e.contains("amazonaws.com"));
-        config = config.force_path_style(opts.force_path_style.unwrap_or(custom_endpoint));
-        if custom_endpoint {
-            // Many S3-compatible stores reject or mishandle the CRC checksums
-            // the SDK adds to every PUT by default.
-            config = config
-                .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-                .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
-        }
+        // The endpoint requests go to, resolved once, as the SDK does: the
+        // flag, then AWS_ENDPOINT_URL_S3, then the shared configuration
+        // (AWS_ENDPOINT_URL, profiles), else AWS itself. It names the
+        // store in messages and tells S3-compatible stores from AWS.
         let s3_env = std::env::var("AWS_ENDPOINT_URL_S3").ok();
         let ignore_env = std::env::var("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS").ok();
         let endpoint = endpoint_name(
@@ -113,6 +102,15 @@ impl S3Store {
             shared.endpoint_url(),
             region.as_ref(),
         );
+        let custom_endpoint = !endpoint.contains("amazonaws.com");
+        config = config.force_path_style(opts.force_path_style.unwrap_or(custom_endpoint));
+        if custom_endpoint {
+            // Many S3-compatible stores reject or mishandle the CRC checksums
+            // the SDK adds to every PUT by default.
+            config = config
+                .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+                .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        }
         S3Store {
             client: aws_sdk_s3::Client::from_conf(config.build()),
             bucket: bucket.to_string(),
