@@ -105,6 +105,10 @@ pub struct Decision {
     /// take longer to stop than the group allows; the running ones among
     /// them are suspended.
     pub too_slow_to_stop: Vec<String>,
+    /// Running Jobs that hold a slot but whose pods may take longer to stop
+    /// than the group now allows (`maxGracePeriodSeconds` was lowered after
+    /// they were admitted): left running, and reported.
+    pub held_too_slow: Vec<String>,
     /// Nothing waits here any more: stop asking other clusters to defer.
     pub withdraw_wait: bool,
 }
@@ -195,7 +199,13 @@ pub fn decide(inputs: &Inputs) -> Decision {
 
     let mut waiting: Vec<&JobView> = Vec::new();
     for j in inputs.jobs {
-        if j.finished || inputs.held_in_ledger.contains(&j.uid) {
+        if j.finished {
+            continue;
+        }
+        if inputs.held_in_ledger.contains(&j.uid) {
+            if !j.suspended && j.grace_seconds > inputs.max_grace_seconds {
+                out.held_too_slow.push(j.uid.clone());
+            }
             continue;
         }
         if j.grace_seconds > inputs.max_grace_seconds && !(j.suspended && j.admitted) {
@@ -607,6 +617,7 @@ mod tests {
         held.grace_seconds = 600;
         let d = decide_with(&[slow, slow_running, fits, held], &["held"]);
         assert_eq!(d.too_slow_to_stop, ids(&["slow", "rogue"]));
+        assert_eq!(d.held_too_slow, ids(&["held"]), "reported");
         assert_eq!(d.admit, ids(&["fits"]));
         assert!(d.adopt.is_empty());
         assert!(d.release.is_empty());

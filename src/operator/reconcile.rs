@@ -68,6 +68,7 @@ struct Summary {
     waiting_here: u32,
     /// Jobs refused for their grace period, and the longest one asked for.
     too_slow_to_stop: Option<(u32, i64)>,
+    held_too_slow: Option<(u32, i64)>,
     /// With `onControllerLoss: FailJobs` and Jobs running here: how often
     /// their deadlines must be looked at.
     deadline_every: Option<Duration>,
@@ -102,6 +103,7 @@ pub async fn reconcile(group: Arc<ConcurrencyGroup>, ctx: Arc<Context>) -> Resul
             observed.admitted_here = Some(s.admitted_here);
             observed.waiting_here = Some(s.waiting_here);
             observed.too_slow_to_stop = s.too_slow_to_stop;
+            observed.held_too_slow = s.held_too_slow;
             let m = &ctx.metrics;
             m.waiting
                 .get_or_create(&labels)
@@ -715,16 +717,21 @@ async fn summarize(
         in_use: after.holders.len() as u32,
         admitted_here: after.holders_of(&gl.agent).count() as u32,
         waiting_here,
-        too_slow_to_stop: decision.too_slow_to_stop.iter().fold(None, |acc, uid| {
-            let grace = pass
-                .views
-                .iter()
-                .find(|j| &j.uid == uid)
-                .map_or(0, |j| j.grace_seconds);
-            let (n, longest) = acc.unwrap_or((0, 0));
-            Some((n + 1, longest.max(grace)))
-        }),
+        too_slow_to_stop: longest_grace(&pass.views, &decision.too_slow_to_stop),
+        held_too_slow: longest_grace(&pass.views, &decision.held_too_slow),
         deadline_every: None,
+    })
+}
+
+/// How many of `uids` there are, and the longest grace period they ask for.
+fn longest_grace(views: &[JobView], uids: &[String]) -> Option<(u32, i64)> {
+    uids.iter().fold(None, |acc, uid| {
+        let grace = views
+            .iter()
+            .find(|j| &j.uid == uid)
+            .map_or(0, |j| j.grace_seconds);
+        let (n, longest) = acc.unwrap_or((0, 0));
+        Some((n + 1, longest.max(grace)))
     })
 }
 

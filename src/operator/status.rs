@@ -58,6 +58,9 @@ pub struct Observed {
     /// Jobs not admitted because their pods may take longer to stop than
     /// `maxGracePeriodSeconds`, with the longest grace period asked for.
     pub too_slow_to_stop: Option<(u32, i64)>,
+    /// Running Jobs holding a slot whose pods may take longer to stop than
+    /// `maxGracePeriodSeconds` (lowered since they were admitted).
+    pub held_too_slow: Option<(u32, i64)>,
     pub max_grace_seconds: u32,
 }
 
@@ -125,6 +128,19 @@ pub fn build(
                     obs.max_grace_seconds
                 ),
             ),
+            None if obs.held_too_slow.is_some() => {
+                let (n, longest) = obs.held_too_slow.unwrap_or_default();
+                let over = longest - i64::from(obs.max_grace_seconds);
+                condition(
+                    JOBS_FIT,
+                    false,
+                    "RunningJobsTooSlowToStop",
+                    format!(
+                        "{n} running Job(s) admitted before maxGracePeriodSeconds was lowered to {} ask for terminationGracePeriodSeconds up to {longest}: they keep running, but if this cluster cannot renew its lease their pods may outlive it by up to {over} s. Raise maxGracePeriodSeconds back, or let them finish",
+                        obs.max_grace_seconds
+                    ),
+                )
+            }
             None => condition(
                 JOBS_FIT,
                 true,
@@ -165,6 +181,7 @@ mod tests {
             waiting_here: Some(4),
             problem: None,
             too_slow_to_stop: None,
+            held_too_slow: None,
             max_grace_seconds: 30,
         }
     }
@@ -182,6 +199,15 @@ mod tests {
             ("False", "GracePeriodTooLong")
         );
         assert!(c.message.contains("up to 600") && c.message.contains("maxGracePeriodSeconds 30"));
+        let mut held = healthy();
+        held.held_too_slow = Some((1, 45));
+        let s = build(Some(&s), &held, "t2");
+        let c = cond(&s, JOBS_FIT);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "RunningJobsTooSlowToStop")
+        );
+        assert!(c.message.contains("by up to 15 s"), "{}", c.message);
         assert_eq!(c.last_transition_time, "t1");
     }
 
