@@ -257,10 +257,13 @@ async fn admit(
     };
     // This term's share of the process-wide channel.
     let (term_trigger, term_triggers) = mpsc::unbounded_channel();
+    let requeue = trigger.clone();
     let _forward = AbortOnDrop(tokio::spawn(async move {
         let mut triggers = triggers.lock().await;
         while let Some(group) = triggers.recv().await {
-            if term_trigger.send(group).is_err() {
+            if let Err(unsent) = term_trigger.send(group) {
+                // The term is ending: the next one takes it.
+                let _ = requeue.send(unsent.0);
                 break;
             }
         }

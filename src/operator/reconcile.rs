@@ -141,7 +141,7 @@ pub async fn reconcile(group: Arc<ConcurrencyGroup>, ctx: Arc<Context>) -> Resul
     Ok(Action::requeue(wait))
 }
 
-pub fn error_policy(_group: Arc<ConcurrencyGroup>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(group: Arc<ConcurrencyGroup>, error: &Error, ctx: Arc<Context>) -> Action {
     warn!(error = %error, kind = error.kind(), "reconciliation failed");
     ctx.metrics
         .reconcile_errors
@@ -149,7 +149,14 @@ pub fn error_policy(_group: Arc<ConcurrencyGroup>, error: &Error, ctx: Arc<Conte
             kind: error.kind().to_string(),
         })
         .inc();
-    Action::requeue(Duration::from_secs(5))
+    let retry = Duration::from_secs(5);
+    // Deadlines of `FailJobs` groups must be moved on however the rest of
+    // the pass fares.
+    let fail_jobs = group.spec.on_controller_loss == ControllerLossPolicy::FailJobs;
+    match group.spec.fence_after(ctx.settings.leader_lease) {
+        Ok(fence_after) if fail_jobs => Action::requeue(retry.min(fence_after / 4)),
+        _ => Action::requeue(retry),
+    }
 }
 
 /// The pipeline: gather → decide → fence → write the ledger → patch Jobs.
@@ -966,9 +973,11 @@ async fn unsuspend(
         patch["spec"]["activeDeadlineSeconds"] = json!(seconds);
         patch["metadata"]["annotations"][deadline::USER_DEADLINE_ANNOTATION] =
             json!(deadline::record(user));
-        ctx.metrics.deadline_patches.get_or_create(labels).inc();
     }
     patch_job(ctx, api, job, patch).await?;
+    if deadline.is_some() {
+        ctx.metrics.deadline_patches.get_or_create(labels).inc();
+    }
     info!(job = %job.name_any(), token, "admitted");
     ctx.metrics.admissions.get_or_create(labels).inc();
     if let Some(created) = &job.metadata.creation_timestamp {

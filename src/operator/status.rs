@@ -124,8 +124,11 @@ pub fn build(
                 false,
                 "GracePeriodTooLong",
                 format!(
-                    "{n} Job(s) ask for terminationGracePeriodSeconds up to {longest}, above maxGracePeriodSeconds {}: they are not admitted. Lower their grace period, or raise maxGracePeriodSeconds (and leaseSeconds with it)",
-                    obs.max_grace_seconds
+                    "{n} Job(s) ask for terminationGracePeriodSeconds up to {longest}, above maxGracePeriodSeconds {}: they are not admitted. Lower their grace period, or raise maxGracePeriodSeconds (and leaseSeconds with it){}",
+                    obs.max_grace_seconds,
+                    obs.held_too_slow.map_or_else(String::new, |(held, longest)| format!(
+                        "; {held} running Job(s) admitted earlier ask for up to {longest} and may outlive a lost lease"
+                    )),
                 ),
             ),
             None if obs.held_too_slow.is_some() => {
