@@ -29,6 +29,26 @@ fn events(cp: &ControlPlane, reason: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Cluster "east": group `shared` at limit 2 reaching S3 through a fault
+/// proxy, its Jobs watched by the checker and run by a stand-in Job
+/// controller that never completes them (they run until suspended).
+async fn east_behind_a_proxy() -> (Bed, FaultProxy, AdmissionLog, Sim) {
+    let bed = Bed::start(NS, false).await;
+    let proxy = FaultProxy::start(&bed.s3.endpoint, Faults::default()).await;
+    shared_group_behind(&bed, &proxy);
+    let checker = AdmissionLog::default();
+    let sim = Sim::new((100, 100));
+    sim.pause(true);
+    observe(
+        bed.kube.clone(),
+        "east",
+        NS,
+        checker.clone(),
+        Some(sim.clone()),
+    );
+    (bed, proxy, checker, sim)
+}
+
 /// Group `shared` at limit 2 in the bed's cluster, reaching S3 through
 /// `proxy`.
 fn shared_group_behind(bed: &Bed, proxy: &FaultProxy) {
@@ -60,22 +80,9 @@ struct Cut {
 /// request hangs) until west has taken the slots, or 30 s have passed.
 /// `extra`: flags for east's controller.
 async fn cut_east_off_from_s3(extra: &[&str]) -> Cut {
-    let bed = Bed::start(NS, false).await;
+    let (bed, proxy, checker, sim) = east_behind_a_proxy().await;
     let (west, west_kube) = cluster(NS, false).await;
-    let proxy = FaultProxy::start(&bed.s3.endpoint, Faults::default()).await;
-    shared_group_behind(&bed, &proxy);
     bed.group_in(&west, "shared", NS, 2, None, None);
-    let checker = AdmissionLog::default();
-    // No Job completes during the test: they run until suspended.
-    let sim = Sim::new((100, 100));
-    sim.pause(true);
-    observe(
-        bed.kube.clone(),
-        "east",
-        NS,
-        checker.clone(),
-        Some(sim.clone()),
-    );
     observe(
         west_kube.clone(),
         "west",
@@ -171,19 +178,7 @@ async fn the_checker_catches_the_limit_exceeded_when_fencing_waits_for_the_ledge
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_controller_that_cannot_read_the_ledger_suspends_the_jobs_it_cannot_vouch_for()
 {
-    let bed = Bed::start(NS, false).await;
-    let proxy = FaultProxy::start(&bed.s3.endpoint, Faults::default()).await;
-    shared_group_behind(&bed, &proxy);
-    let checker = AdmissionLog::default();
-    let sim = Sim::new((100, 100));
-    sim.pause(true);
-    observe(
-        bed.kube.clone(),
-        "east",
-        NS,
-        checker.clone(),
-        Some(sim.clone()),
-    );
+    let (bed, proxy, checker, _sim) = east_behind_a_proxy().await;
     create_jobs(&bed.kube, NS, "shared", &names("east", 2)).await;
     let mut controller = ControllerProcess::start(&bed.cp, &bed.s3, "east", NS, true);
     eventually(Duration::from_secs(60), "two Jobs run", || async {
