@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Builds the pinned test-bed binaries into a cache directory, once.
-# Usage: scripts/testbed.sh [seaweedfs|kubernetes|etcd|kwok|k8s|helm|all]   (default: seaweedfs)
+# Usage: scripts/testbed.sh [seaweedfs|kubernetes|kubelet|etcd|kwok|k8s|node|helm|all]   (default: seaweedfs)
 #   seaweedfs   the S3 server (weed) the tests use
 #   k8s         kubernetes + etcd + kwok: the control plane for operator tests
+#   kubelet     the kubelet, for tests that run real containers
+#   node        kubelet plus the Debian packages a real node needs (containerd,
+#               runc, CNI plugins, static busybox for the test images); root only
 #   helm        helm: lints and renders the chart in charts/jobgate
 # Cache: $JOBGATE_TESTBED_DIR, default ~/.cache/jobgate/testbed
 set -euo pipefail
@@ -53,10 +56,13 @@ cri-client csi-translation-lib dynamic-resource-allocation endpointslice externa
 kube-aggregator kube-controller-manager kube-proxy kube-scheduler kubectl kubelet metrics
 mount-utils pod-security-admission sample-apiserver sample-cli-plugin sample-controller"
 
-build_kubernetes() {
-  local names="kube-apiserver kube-controller-manager kube-scheduler kubectl" n all=1
-  for n in $names; do built "$n" "$KUBERNETES_VERSION" || all=0; done
-  if [ "$all" = 1 ]; then log "kubernetes $KUBERNETES_VERSION already built"; return; fi
+# build_k8s_cmds NAME...: the commands under k8s.io/kubernetes/cmd, pinned
+# and stamped with the version, each skipped when already built at it.
+build_k8s_cmds() {
+  local names="" n
+  for n in "$@"; do built "$n" "$KUBERNETES_VERSION" || names="$names $n"; done
+  names="${names# }"
+  if [ -z "$names" ]; then log "$* $KUBERNETES_VERSION already built"; return; fi
   log "building $names $KUBERNETES_VERSION (cold: about 20 minutes on 2 cores) ..."
   local w="$CACHE/src/kubernetes"
   rm -rf "$w"; mkdir -p "$w"; cd "$w"
@@ -77,6 +83,25 @@ build_kubernetes() {
     mark "$n" "$KUBERNETES_VERSION"
     log "built $BIN/$n"
   done
+}
+
+build_kubernetes() { build_k8s_cmds kube-apiserver kube-controller-manager kube-scheduler kubectl; }
+build_kubelet() { build_k8s_cmds kubelet; }
+
+# The packages a real node needs, installed only when missing: containerd and
+# runc run the containers, the CNI loopback plugin makes containerd's network
+# ready, and the static busybox is the base of the test images.
+NODE_PACKAGES="containerd runc containernetworking-plugins busybox-static"
+install_node_packages() {
+  local missing="" p
+  for p in $NODE_PACKAGES; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
+  done
+  if [ -z "$missing" ]; then log "node packages installed"; return; fi
+  log "installing$missing ..."
+  # The package lists may be stale or absent (fresh containers ship none).
+  apt-get install -y --no-install-recommends $missing \
+    || { apt-get update && apt-get install -y --no-install-recommends $missing; }
 }
 
 build_etcd() {
@@ -129,9 +154,11 @@ case "$what" in
   kubernetes) build_kubernetes ;;
   etcd) build_etcd ;;
   kwok) build_kwok ;;
+  kubelet) build_kubelet ;;
   k8s) build_etcd; build_kwok; build_kubernetes ;;
+  node) install_node_packages; build_kubelet ;;
   helm) build_helm ;;
-  all) build_seaweedfs; build_etcd; build_kwok; build_kubernetes; build_helm ;;
-  *) echo "usage: $0 [seaweedfs|kubernetes|etcd|kwok|k8s|helm|all]" >&2; exit 2 ;;
+  all) build_seaweedfs; build_etcd; build_kwok; build_kubernetes; build_kubelet; build_helm ;;
+  *) echo "usage: $0 [seaweedfs|kubernetes|kubelet|etcd|kwok|k8s|node|helm|all]" >&2; exit 2 ;;
 esac
 log "done; binaries in $BIN"

@@ -2,7 +2,8 @@
 //! the test bed on free loopback ports, with an admin token and a kubeconfig.
 //! `start_full` adds kube-controller-manager, kube-scheduler and kwok with
 //! fake Nodes, so ordinary Jobs get pods that are scheduled, "run" and
-//! succeed. Everything is killed and removed on drop.
+//! succeed. `start_real` runs real containers instead, on real nodes (see
+//! [`crate::node`]). Everything is killed and removed on drop.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use jobgate::process::die_with_parent;
 
+use crate::node::Node;
 use crate::testbed::{binary, cache_dir, free_port};
 
 /// kwok manages only nodes carrying this annotation (value `fake`), so a
@@ -33,8 +35,16 @@ const KWOK_STAGES: &[&str] = &[
 /// the apiserver's TaintNodesByCondition admission puts on every new node
 /// (without it nothing ever schedules). The rest of the default set would
 /// cost CPU on a 2-core CI runner for nothing a test here looks at.
-const KCM_CONTROLLERS: &str =
-    "job-controller,garbage-collector-controller,namespace-controller,node-lifecycle-controller";
+const KCM_CONTROLLERS: &str = "job-controller,cronjob-controller,garbage-collector-controller,namespace-controller,node-lifecycle-controller";
+
+/// The controllers a cluster with real nodes needs on top: Deployments, the
+/// default ServiceAccount and its token, the `kube-root-ca.crt` ConfigMap
+/// pods verify the apiserver with, and Endpoints for webhook Services.
+const KCM_REAL_CONTROLLERS: &str = "deployment-controller,replicaset-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller,endpoints-controller,endpointslice-controller";
+
+/// The cloud controller's taint that a kubelet with `--cloud-provider=external`
+/// registers with; the test plays the cloud controller and removes it.
+const UNINITIALIZED_TAINT: &str = "node.cloudprovider.kubernetes.io/uninitialized";
 
 /// How kwok's fake pods behave in a full cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +137,10 @@ pub struct ControlPlane {
     // A Mutex rather than a plain Vec so waits through `&self` can notice a
     // component that died and report it at once instead of timing out.
     components: Mutex<Vec<Component>>,
+    /// Real nodes of [`start_real`](Self::start_real); dropped before the
+    /// components.
+    nodes: Mutex<Vec<Node>>,
+    secure_port: u16,
     pub dir: tempfile::TempDir,
     pub kubeconfig: PathBuf,
 }
@@ -141,14 +155,24 @@ impl ControlPlane {
     /// etcd and kube-apiserver only: enough for CRDs and API objects, but
     /// nothing reconciles them.
     pub fn start() -> ControlPlane {
+        Self::start_apiserver(false)
+    }
+
+    /// `real`: for real nodes, with ServiceAccount admission (pods get a
+    /// token volume), webhooks called at their endpoints (there is no
+    /// kube-proxy for ClusterIPs) and kubelets reached at their InternalIP
+    /// (node host names resolve to nothing).
+    fn start_apiserver(real: bool) -> ControlPlane {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_path_buf();
+        let (client, peer, secure) = (free_port(), free_port(), free_port());
         let cp = ControlPlane {
             components: Mutex::new(Vec::new()),
+            nodes: Mutex::new(Vec::new()),
+            secure_port: secure,
             kubeconfig: d.join("kubeconfig"),
             dir,
         };
-        let (client, peer, secure) = (free_port(), free_port(), free_port());
         cp.spawn(
             "etcd",
             &[
@@ -172,6 +196,14 @@ impl ControlPlane {
         )
         .unwrap();
         std::fs::create_dir_all(d.join("certs")).unwrap();
+        let mode_args: Vec<String> = if real {
+            vec![
+                "--enable-aggregator-routing=true".into(),
+                "--kubelet-preferred-address-types=InternalIP".into(),
+            ]
+        } else {
+            vec!["--disable-admission-plugins=ServiceAccount".into()]
+        };
         cp.spawn(
             "kube-apiserver",
             &[
@@ -189,8 +221,10 @@ impl ControlPlane {
                     "--service-account-signing-key-file={}",
                     d.join("sa.key").display()
                 ),
-                "--disable-admission-plugins=ServiceAccount".into(),
-            ],
+            ]
+            .into_iter()
+            .chain(mode_args)
+            .collect::<Vec<_>>(),
         );
         std::fs::write(
             &cp.kubeconfig,
@@ -275,6 +309,183 @@ impl ControlPlane {
             cp.wait_node_ready(name);
         }
         cp
+    }
+
+    /// A cluster with real nodes `names`: kube-controller-manager (with
+    /// ServiceAccount tokens and the root CA published), kube-scheduler, and
+    /// per node a containerd and a kubelet (see [`crate::node`]). Node `i`
+    /// has the address `127.0.0.{i+2}`. On return every node is Ready and
+    /// schedulable and has the [`PAUSE_IMAGE`](crate::node::PAUSE_IMAGE) and
+    /// [`BUSYBOX_IMAGE`](crate::node::BUSYBOX_IMAGE) images.
+    pub fn start_real(names: &[&str]) -> ControlPlane {
+        Self::start_real_at(names, 2)
+    }
+
+    /// [`start_real`](Self::start_real) with node `i` at
+    /// `127.0.0.{first_host + i}`, so that several real clusters on one
+    /// machine can run `hostNetwork` pods on the same ports.
+    pub fn start_real_at(names: &[&str], first_host: u8) -> ControlPlane {
+        assert!(
+            !names.is_empty() && first_host >= 2 && usize::from(first_host) + names.len() <= 255,
+            "1 or more nodes at 127.0.0.2 to 127.0.0.254"
+        );
+        for name in ["kube-controller-manager", "kube-scheduler"] {
+            binary(name).unwrap_or_else(|e| panic!("{e}"));
+        }
+        crate::node::kubelet_binary();
+        let cp = Self::start_apiserver(true);
+        let d = cp.dir.path().to_path_buf();
+        let kubeconfig = format!("--kubeconfig={}", cp.kubeconfig.display());
+        cp.spawn(
+            "kube-controller-manager",
+            &[
+                kubeconfig.clone(),
+                "--leader-elect=false".into(),
+                "--secure-port=0".into(),
+                format!("--controllers={KCM_CONTROLLERS},{KCM_REAL_CONTROLLERS}"),
+                "--node-monitor-period=1s".into(),
+                // The apiserver's self-signed serving certificate comes with
+                // the CA that signed it: what pods must trust.
+                format!("--root-ca-file={}", d.join("certs/apiserver.crt").display()),
+                format!(
+                    "--service-account-private-key-file={}",
+                    d.join("sa.key").display()
+                ),
+            ],
+        );
+        cp.spawn(
+            "kube-scheduler",
+            &[
+                kubeconfig,
+                "--leader-elect=false".into(),
+                "--secure-port=0".into(),
+            ],
+        );
+        let images = crate::node::build_base_images(&d.join("images"));
+        for (i, name) in names.iter().enumerate() {
+            let ip = format!("127.0.0.{}", usize::from(first_host) + i);
+            let node = Node::start(name, &ip, &d.join("nodes").join(name), &cp.kubeconfig);
+            for image in &images {
+                node.import_image(image);
+            }
+            cp.nodes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(node);
+        }
+        for (i, name) in names.iter().enumerate() {
+            cp.initialize_node(name, &format!("127.0.0.{}", usize::from(first_host) + i));
+        }
+        for name in names {
+            cp.wait_node_ready(name);
+        }
+        cp
+    }
+
+    /// What a cloud controller does for a kubelet with
+    /// `--cloud-provider=external`, which the real nodes need because the
+    /// kubelet refuses a loopback `--node-ip`: sets the node's addresses
+    /// (the kubelet keeps addresses it finds) and removes the
+    /// uninitialized taint.
+    fn initialize_node(&self, name: &str, ip: &str) {
+        self.wait_for(
+            &format!("node {name} registered"),
+            Duration::from_secs(60),
+            |cp| cp.kubectl(&["get", "node", name]).status.success(),
+        );
+        let patch = format!(
+            r#"{{"status":{{"addresses":[{{"type":"InternalIP","address":"{ip}"}},{{"type":"Hostname","address":"{name}"}}]}}}}"#
+        );
+        self.wait_for(
+            &format!("node {name} addressed"),
+            Duration::from_secs(30),
+            |cp| {
+                cp.kubectl(&[
+                    "patch",
+                    "node",
+                    name,
+                    "--subresource=status",
+                    "--type=merge",
+                    "-p",
+                    &patch,
+                ])
+                .status
+                .success()
+            },
+        );
+        self.wait_for(
+            &format!("node {name} without the uninitialized taint"),
+            Duration::from_secs(30),
+            |cp| {
+                let out = cp.kubectl(&["get", "node", name, "-o", "json"]);
+                let Ok(node) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+                    return false;
+                };
+                let tainted = node["spec"]["taints"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|t| t["key"] == UNINITIALIZED_TAINT);
+                if !tainted {
+                    return true;
+                }
+                let taint = format!("{UNINITIALIZED_TAINT}-");
+                cp.kubectl(&["taint", "node", name, &taint]);
+                false
+            },
+        );
+    }
+
+    /// The apiserver's port on 127.0.0.1. Pods on real nodes reach it there
+    /// (they share the host's loopback) with `KUBERNETES_SERVICE_HOST` set to
+    /// `127.0.0.1` and `KUBERNETES_SERVICE_PORT` to this: the `kubernetes`
+    /// Service's ClusterIP leads nowhere without kube-proxy.
+    pub fn apiserver_port(&self) -> u16 {
+        self.secure_port
+    }
+
+    /// The address of real node `name` (its InternalIP).
+    pub fn node_ip(&self, name: &str) -> String {
+        let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no real node {name}"))
+            .ip
+            .clone()
+    }
+
+    /// Imports an image archive (from `scripts/image.sh`) into every real
+    /// node.
+    pub fn import_image(&self, archive: &std::path::Path) {
+        let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        assert!(!nodes.is_empty(), "no real nodes to import images into");
+        for node in nodes.iter() {
+            node.import_image(archive);
+        }
+    }
+
+    /// Builds an image of the jobgate binary `bin` named `reference` and
+    /// imports it into every real node.
+    pub fn import_jobgate_image(&self, bin: &std::path::Path, reference: &str) {
+        let archive =
+            crate::node::build_jobgate_image(&self.dir.path().join("images"), bin, reference);
+        self.import_image(&archive);
+    }
+
+    /// Waits for the ServiceAccount `default` of `namespace`: with
+    /// ServiceAccount admission (real nodes) pods are refused until it
+    /// exists.
+    pub fn wait_default_service_account(&self, namespace: &str) {
+        self.wait_for(
+            &format!("ServiceAccount default in {namespace}"),
+            Duration::from_secs(30),
+            |cp| {
+                cp.kubectl(&["get", "serviceaccount", "default", "-n", namespace])
+                    .status
+                    .success()
+            },
+        );
     }
 
     /// Creates a Node that kwok manages: 32 CPUs, 256Gi and 110 pods, so
@@ -370,6 +581,12 @@ status:
         if let Some((name, status)) = dead {
             panic!("{name} exited ({status}):\n{}", self.log_tail(name, 40));
         }
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        let dead_node = nodes.iter_mut().find_map(|n| n.check_alive().err());
+        drop(nodes);
+        if let Some(e) = dead_node {
+            panic!("{e}");
+        }
     }
 
     /// The last `lines` lines of a component's log (`"kwok"`,
@@ -391,6 +608,16 @@ status:
         };
         for name in names.into_iter().filter(|n| *n != "etcd") {
             report += &format!("--- {name} log ---\n{}\n", self.log_tail(name, 20));
+        }
+        let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        for node in nodes.iter() {
+            for component in ["kubelet", "containerd"] {
+                report += &format!(
+                    "--- {component} of {} log ---\n{}\n",
+                    node.name,
+                    node.log_tail(component, 20)
+                );
+            }
         }
         report
     }
@@ -501,6 +728,12 @@ fn kwok_stages() -> Vec<PathBuf> {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
+        // Nodes first: their kubelets talk to the apiserver, and their
+        // containers must go while containerd can still stop them.
+        self.nodes
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         let components = self.components.get_mut().unwrap_or_else(|e| e.into_inner());
         // Newest first: controllers go before the apiserver they talk to,
         // the apiserver before etcd.

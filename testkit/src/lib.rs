@@ -7,11 +7,13 @@
 //! It lives outside the `jobgate` library so that nothing shipped can start
 //! test servers or write a ledger unconditionally.
 
+pub mod chart;
 pub mod conformance;
 pub mod faultproxy;
 pub mod history;
 pub mod k8s;
 pub mod naive;
+pub mod node;
 pub mod operator;
 pub mod pods;
 pub mod seaweedfs;
