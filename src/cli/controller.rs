@@ -7,6 +7,7 @@ use clap::Args;
 
 use crate::error::{Error, Result};
 use crate::operator::controller::{self, LeaderSettings, Settings};
+use crate::operator::webhook::{self, CertSource, WebhookSettings};
 
 #[derive(Debug, Args)]
 pub struct ControllerArgs {
@@ -30,6 +31,38 @@ pub struct ControllerArgs {
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
+    /// Serve the Job webhook (HTTPS, path /mutate-jobs) here: labelled
+    /// Jobs are created suspended. Off when not given.
+    #[arg(long, value_name = "ADDR")]
+    webhook_listen: Option<SocketAddr>,
+    /// Serve the certificate in DIR/tls.crt and DIR/tls.key (for example
+    /// cert-manager's Secret, mounted), re-read when it changes. Without
+    /// it the controller makes its own CA and certificate (--webhook-secret).
+    #[arg(long, value_name = "DIR", requires = "webhook_listen")]
+    webhook_cert_dir: Option<std::path::PathBuf>,
+    /// The Secret (in this pod's namespace) that holds the webhook's own CA
+    /// and certificate, shared by all replicas.
+    #[arg(long, value_name = "NAME", default_value = "jobgate-webhook-tls")]
+    webhook_secret: String,
+    /// Namespace of that Secret and of the webhook's Service (in a pod: its own).
+    #[arg(
+        long,
+        env = "POD_NAMESPACE",
+        default_value = "default",
+        value_name = "NS"
+    )]
+    webhook_namespace: String,
+    /// The webhook's Service: its DNS names go into the certificate.
+    #[arg(long, value_name = "NAME", requires = "webhook_listen")]
+    webhook_service: Option<String>,
+    /// More names for the certificate (IP addresses or DNS names), for a
+    /// webhook configuration that calls a URL instead of a Service.
+    #[arg(long, value_name = "NAME", requires = "webhook_listen")]
+    webhook_host: Vec<String>,
+    /// The MutatingWebhookConfiguration whose caBundle is kept set to the
+    /// controller's own CA.
+    #[arg(long, value_name = "NAME", requires = "webhook_listen")]
+    webhook_configuration: Option<String>,
     /// Run only while holding a coordination.k8s.io Lease, so that several
     /// replicas are safe.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
@@ -71,6 +104,22 @@ pub async fn controller(args: ControllerArgs) -> Result<u8> {
         fence_without_ledger: !args.unsafe_fence_only_with_ledger,
         count_pods: !args.unsafe_release_without_pods,
         listen: args.listen,
+        webhook: args.webhook_listen.map(|listen| WebhookSettings {
+            listen,
+            certs: match args.webhook_cert_dir {
+                Some(dir) => CertSource::Dir(dir),
+                None => CertSource::SelfManaged {
+                    names: webhook::service_names(
+                        args.webhook_service.as_deref(),
+                        &args.webhook_namespace,
+                        &args.webhook_host,
+                    ),
+                    namespace: args.webhook_namespace,
+                    secret: args.webhook_secret,
+                    configuration: args.webhook_configuration,
+                },
+            },
+        }),
         leader_election: args.leader_elect.then_some(LeaderSettings {
             namespace: args.leader_election_namespace,
             name: args.leader_election_name,

@@ -26,10 +26,23 @@ pub const EXIT_NOT_FOUND: u8 = 127;
 /// The lease could not be renewed, so the command was stopped.
 pub const EXIT_LEASE_LOST: u8 = 123;
 
+/// What `--version` prints: the release's version (JOBGATE_VERSION at build
+/// time, as the Dockerfile passes it, else Cargo's) and the commit when the
+/// build was told it (JOBGATE_COMMIT). Empty values count as absent, since
+/// `--build-arg X=` passes an empty one.
+pub static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let given = |v: Option<&'static str>| v.filter(|s| !s.is_empty());
+    let version = given(option_env!("JOBGATE_VERSION")).unwrap_or(env!("CARGO_PKG_VERSION"));
+    match given(option_env!("JOBGATE_COMMIT")) {
+        Some(commit) => format!("{version} ({commit})"),
+        None => version.to_string(),
+    }
+});
+
 #[derive(Debug, Parser)]
 #[command(
     name = "jobgate",
-    version,
+    version = VERSION.as_str(),
     about = "At most N jobs at once, anywhere: a semaphore on one S3 object"
 )]
 pub struct Cli {
@@ -62,7 +75,7 @@ enum Command {
     /// Print the ConcurrencyGroup CustomResourceDefinition (YAML).
     Crd,
     /// Run the Kubernetes operator: admit suspended Jobs of ConcurrencyGroups.
-    Controller(controller::ControllerArgs),
+    Controller(Box<controller::ControllerArgs>),
     /// The guard that `jobgate run` puts between itself and the command.
     #[command(name = crate::process::GUARD_SUBCOMMAND, hide = true)]
     Guard(crate::process::GuardArgs),
@@ -190,7 +203,7 @@ pub fn main() -> ExitCode {
             Command::Release(args) => status::release(args).await,
             Command::Doctor(args) => doctor::doctor(args).await,
             Command::Crd => print_crd(),
-            Command::Controller(args) => controller::controller(args).await,
+            Command::Controller(args) => controller::controller(*args).await,
             // Handled above, before the runtime.
             Command::Guard(_) => Ok(EXIT_ERROR),
         }

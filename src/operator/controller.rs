@@ -26,6 +26,7 @@ use super::leader::{self, LeaseConfig};
 use super::ledgers::{LedgerSettings, Ledgers};
 use super::metrics::Metrics;
 use super::reconcile::{self, Context};
+use super::webhook::{self, WebhookSettings};
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -42,6 +43,8 @@ pub struct Settings {
     /// Off only in tests that show what goes wrong without it.
     pub count_pods: bool,
     pub listen: SocketAddr,
+    /// The Job webhook, served by every replica; `None`: off.
+    pub webhook: Option<WebhookSettings>,
     pub leader_election: Option<LeaderSettings>,
     /// Names this replica in Events and the leader Lease.
     pub identity: String,
@@ -72,6 +75,14 @@ pub async fn run(client: Client, settings: Settings) -> Result<()> {
         .await
         .map_err(|e| Error::Startup(format!("cannot listen on {}: {e}", settings.listen)))?;
     info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+    if let Some(wh) = settings.webhook.clone() {
+        let listen = wh.listen;
+        webhook::start(client.clone(), wh, metrics.clone(), health.clone())
+            .await
+            .map_err(|e| {
+                Error::Startup(format!("cannot listen on {listen} for the webhook: {e}"))
+            })?;
+    }
 
     let cluster = match &settings.cluster_name {
         Some(name) => name.clone(),
@@ -115,7 +126,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<()> {
         }
         info!("became the leader");
     }
-    info!(%cluster, "controller running");
+    info!(%cluster, version = %*crate::cli::VERSION, "controller running");
 
     // Passes asked for from outside the Controller (a slot's watcher saw it
     // lost) go through one channel for the whole process: watchers started

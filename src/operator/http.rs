@@ -1,4 +1,5 @@
 //! The controller's small HTTP server: `/metrics`, `/healthz`, `/readyz`.
+//! (The webhook has its own HTTPS server: `super::webhook`.)
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,6 +22,9 @@ use tracing::{debug, warn};
 #[derive(Debug, Default)]
 pub struct Health {
     ready: AtomicBool,
+    /// Set while the webhook is on but not serving yet (no certificate):
+    /// the Service then sends the API server to a replica that serves.
+    webhook_unready: AtomicBool,
 }
 
 impl Health {
@@ -28,8 +32,12 @@ impl Health {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
+    pub fn set_webhook_ready(&self, ready: bool) {
+        self.webhook_unready.store(!ready, Ordering::Relaxed);
+    }
+
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.ready.load(Ordering::Relaxed) && !self.webhook_unready.load(Ordering::Relaxed)
     }
 }
 

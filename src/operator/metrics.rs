@@ -34,6 +34,12 @@ pub struct ErrorLabels {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    /// suspended, unchanged, invalid
+    pub verdict: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -62,6 +68,7 @@ pub struct Metrics {
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub leader: Gauge,
     pub deadline_patches: Family<GroupLabels, Counter>,
+    pub webhook_reviews: Family<WebhookLabels, Counter>,
 }
 
 impl Metrics {
@@ -82,8 +89,14 @@ impl Metrics {
             reconcile_errors: Family::default(),
             leader: Gauge::default(),
             deadline_patches: Family::default(),
+            webhook_reviews: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("jobgate");
+        r.register(
+            "webhook_reviews",
+            "Job creations the webhook reviewed, by what it did",
+            m.webhook_reviews.clone(),
+        );
         r.register(
             "deadline_patches",
             "Job activeDeadlineSeconds set or moved on (onControllerLoss: FailJobs)",

@@ -12,5 +12,6 @@ pub mod ledgers;
 pub mod metrics;
 pub mod reconcile;
 pub mod status;
+pub mod webhook;
 
 pub use error::{Error, Result};

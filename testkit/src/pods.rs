@@ -89,8 +89,19 @@ pub struct PodLog {
 impl PodLog {
     /// Starts watching the Job pods of namespace `ns` in `cluster`.
     pub fn watch(&self, client: Client, cluster: &str, ns: &str) {
+        self.watch_selected(client, cluster, ns, "");
+    }
+
+    /// [`watch`](Self::watch) limited to the pods `selector` (a label
+    /// selector) picks, to leave out Jobs outside the limit under test.
+    pub fn watch_selected(&self, client: Client, cluster: &str, ns: &str, selector: &str) {
         let api: Api<Pod> = Api::namespaced(client, ns);
-        let config = watcher::Config::default().labels(JOB_UID_LABEL);
+        let labels = if selector.is_empty() {
+            JOB_UID_LABEL.to_string()
+        } else {
+            format!("{JOB_UID_LABEL},{selector}")
+        };
+        let config = watcher::Config::default().labels(&labels);
         let cluster = cluster.to_string();
         let log = self.clone();
         tokio::spawn(async move {

@@ -1,0 +1,167 @@
+//! The mutating admission webhook: labelled Jobs are created suspended.
+//!
+//! Every replica serves it, leader or not, so that a standby keeps Job
+//! creation working while leadership changes hands. The webhook
+//! configuration's `objectSelector` sends only Jobs with the group label
+//! here: an outage of jobgate never blocks anyone else's Jobs.
+
+pub mod certs;
+pub mod mutate;
+pub mod server;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum_server::tls_rustls::RustlsConfig;
+use kube::Client;
+use tracing::{info, warn};
+
+use super::http::Health;
+use super::metrics::Metrics;
+use tls::{SelfManaged, Serving, TlsError};
+
+/// Where the serving certificate comes from.
+#[derive(Debug, Clone)]
+pub enum CertSource {
+    /// `tls.crt` and `tls.key` in a directory (cert-manager's Secret,
+    /// mounted), re-read when they change.
+    Dir(PathBuf),
+    /// A CA and certificate the controller makes and keeps in a Secret,
+    /// publishing the CA in the webhook configuration.
+    SelfManaged {
+        namespace: String,
+        secret: String,
+        /// The names in the serving certificate.
+        names: Vec<String>,
+        /// The MutatingWebhookConfiguration whose `caBundle` to keep.
+        configuration: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    pub listen: SocketAddr,
+    pub certs: CertSource,
+}
+
+/// The names a certificate for Service `service` in `namespace` carries,
+/// as the API server asks for them, plus `extra` (IP addresses or DNS names
+/// for a URL-based configuration).
+pub fn service_names(service: Option<&str>, namespace: &str, extra: &[String]) -> Vec<String> {
+    let mut names = Vec::new();
+    if let Some(s) = service {
+        names.push(s.to_string());
+        names.push(format!("{s}.{namespace}"));
+        names.push(format!("{s}.{namespace}.svc"));
+        names.push(format!("{s}.{namespace}.svc.cluster.local"));
+    }
+    names.extend(extra.iter().cloned());
+    names
+}
+
+/// How often the certificate is looked at again: renewals happen a month
+/// ahead, so this only bounds how soon a replaced Secret or a changed CA
+/// is noticed.
+const REFRESH: Duration = Duration::from_secs(60);
+/// cert-manager renews by rewriting the mounted files.
+const REFRESH_DIR: Duration = Duration::from_secs(10);
+/// Until the first certificate is there, retry this often.
+const RETRY: Duration = Duration::from_secs(5);
+
+enum Source {
+    Dir(PathBuf),
+    SelfManaged(Box<SelfManaged>),
+}
+
+impl Source {
+    async fn load(&self) -> Result<Serving, TlsError> {
+        match self {
+            Source::Dir(dir) => tls::read_dir(dir),
+            Source::SelfManaged(m) => {
+                let material = m.current().await?;
+                m.publish(&material.ca_cert).await?;
+                Ok(Serving {
+                    cert: material.cert.into_bytes(),
+                    key: material.key.into_bytes(),
+                })
+            }
+        }
+    }
+}
+
+/// Binds now (a taken port fails startup), then in the background gets
+/// the first certificate, serves, and keeps the certificate current. The
+/// process reports ready only once the webhook serves.
+pub async fn start(
+    client: Client,
+    settings: WebhookSettings,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+) -> std::io::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind(settings.listen)?;
+    listener.set_nonblocking(true)?;
+    let bound = listener.local_addr()?;
+    let (source, refresh) = match settings.certs {
+        CertSource::Dir(dir) => (Source::Dir(dir), REFRESH_DIR),
+        CertSource::SelfManaged {
+            namespace,
+            secret,
+            names,
+            configuration,
+        } => (
+            Source::SelfManaged(Box::new(SelfManaged::new(
+                client,
+                namespace,
+                secret,
+                names,
+                configuration,
+            ))),
+            REFRESH,
+        ),
+    };
+    health.set_webhook_ready(false);
+    tokio::spawn(async move {
+        let (mut serving, config) = loop {
+            match source
+                .load()
+                .await
+                .and_then(|s| Ok((tls::server_config(&s)?, s)))
+            {
+                Ok((config, serving)) => break (serving, config),
+                Err(e) => {
+                    warn!(error = %e, "webhook: no serving certificate yet; retrying");
+                    tokio::time::sleep(RETRY).await;
+                }
+            }
+        };
+        let rustls = RustlsConfig::from_config(config);
+        if let Err(e) = server::serve(listener, rustls.clone(), metrics) {
+            warn!(error = %e, "webhook: cannot serve");
+            return;
+        }
+        info!(addr = %bound, path = mutate::PATH, "serving the Job webhook");
+        health.set_webhook_ready(true);
+        loop {
+            tokio::time::sleep(refresh).await;
+            match source.load().await {
+                Ok(next) if next != serving => match tls::server_config(&next) {
+                    Ok(config) => {
+                        rustls.reload_from_config(config);
+                        serving = next;
+                        info!("webhook: serving a new certificate");
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "webhook: new certificate unusable; keeping the old one")
+                    }
+                },
+                Ok(_) => {}
+                // The certificate in use stays valid for weeks: keep it.
+                Err(e) => warn!(error = %e, "webhook: could not check the certificate"),
+            }
+        }
+    });
+    Ok(bound)
+}

@@ -1,0 +1,63 @@
+//! The webhook's HTTPS server (axum on rustls).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::routing::post;
+use axum::{Json, Router};
+use axum_server::tls_rustls::RustlsConfig;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use tracing::{debug, error, warn};
+
+use super::mutate::{self, Verdict};
+use crate::operator::metrics::{Metrics, WebhookLabels};
+
+async fn review(
+    State(metrics): State<Arc<Metrics>>,
+    Json(review): Json<AdmissionReview<DynamicObject>>,
+) -> Json<AdmissionReview<DynamicObject>> {
+    let request: Result<AdmissionRequest<DynamicObject>, _> = review.try_into();
+    let (response, verdict) = match request {
+        Ok(req) => {
+            let (response, verdict) = mutate::respond(&req);
+            debug!(
+                namespace = req.namespace.as_deref().unwrap_or_default(),
+                name = %req.name,
+                verdict = verdict.as_str(),
+                "webhook review"
+            );
+            (response, verdict)
+        }
+        Err(e) => {
+            warn!(error = %e, "webhook: a review without a request");
+            (AdmissionResponse::invalid(e), Verdict::Invalid)
+        }
+    };
+    metrics
+        .webhook_reviews
+        .get_or_create(&WebhookLabels {
+            verdict: verdict.as_str().to_string(),
+        })
+        .inc();
+    Json(response.into_review())
+}
+
+/// Serves `POST /mutate-jobs` on `listener` in the background; `tls` can be
+/// reloaded with a new certificate while it runs.
+pub fn serve(
+    listener: std::net::TcpListener,
+    tls: RustlsConfig,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route(mutate::PATH, post(review))
+        .with_state(metrics);
+    let server = axum_server::from_tcp_rustls(listener, tls)?;
+    tokio::spawn(async move {
+        if let Err(e) = server.serve(app.into_make_service()).await {
+            error!(error = %e, "webhook server stopped");
+        }
+    });
+    Ok(())
+}
