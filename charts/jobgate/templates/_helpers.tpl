@@ -50,3 +50,33 @@ app.kubernetes.io/component: controller
 {{- 1 }}
 {{- end }}
 {{- end }}
+
+{{- define "jobgate.webhookServiceName" -}}
+{{- printf "%s-webhook" (include "jobgate.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Two names for the two modes' Secrets: switching modes in an upgrade
+deletes the one Helm no longer renders, which must not be the one
+cert-manager has just filled. */}}
+{{- define "jobgate.webhookSecretName" -}}
+{{- if .Values.webhook.certManager.enabled }}
+{{- printf "%s-webhook-cert" (include "jobgate.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-webhook-tls" (include "jobgate.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{/* Where the cert-manager Secret is mounted (--webhook-cert-dir). */}}
+{{- define "jobgate.webhookCertDir" -}}
+/etc/jobgate/webhook
+{{- end }}
+
+{{/* The address to listen on: the pod's IP on the host network, where
+0.0.0.0 would also take the port on every other address of the host. */}}
+{{- define "jobgate.listenAddress" -}}
+{{- if .Values.hostNetwork }}
+{{- "$(POD_IP)" }}
+{{- else }}
+{{- "0.0.0.0" }}
+{{- end }}
+{{- end }}
