@@ -1,5 +1,5 @@
 # The front door. `make test` is what CI runs.
-.PHONY: test testbed unit lint demo bench soak
+.PHONY: test testbed unit lint demo bench soak image playground
 
 # Build the pinned test-bed binaries (cached; skipped when present), then run
 # every test: unit, property, conformance, stress, lease, CLI end to end.
@@ -7,10 +7,13 @@ test: testbed
 	cargo test --workspace
 
 # SeaweedFS, etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl, kwok and helm, pinned, into ~/.cache/jobgate/testbed (cold: about
-# 15 minutes on 2 cores; then seconds).
+# kubelet, kubectl, kwok and helm, pinned, into ~/.cache/jobgate/testbed
+# (cold: about 15 minutes on 2 cores; then seconds), and for the real-node
+# tests containerd, runc, the CNI plugins and busybox-static from Debian
+# (installed only when missing; needs root).
 testbed:
 	scripts/testbed.sh all
+	scripts/testbed.sh node
 
 unit:
 	cargo test --workspace --lib
@@ -34,3 +37,16 @@ demo:
 bench:
 	scripts/testbed.sh seaweedfs
 	cargo bench --bench ledger
+
+# The controller image without Docker: the release binary on a minimal root
+# filesystem, as an OCI archive to import into containerd (charts/jobgate/README.md).
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+image:
+	JOBGATE_COMMIT=$$(git rev-parse --short HEAD 2>/dev/null) cargo build --release --bin jobgate
+	scripts/image.sh jobgate target/image target/release/jobgate jobgate.local/jobgate:$(VERSION)
+
+# SeaweedFS and two local clusters sharing one limit, with the chart
+# installed in each; shows Jobs waiting, admitted and complete, then cleans up.
+playground: testbed
+	cargo build --bin jobgate
+	cargo run -q -p jobgate-testkit --example playground
