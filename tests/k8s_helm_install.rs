@@ -7,6 +7,13 @@
 //! limit is counted on pods throughout, across a kill of the leader pod,
 //! then `helm upgrade` and `helm uninstall`.
 //!
+//! The leader is killed deterministically: its process is frozen (SIGSTOP),
+//! so it neither renews nor hands over its Lease, and its pod is
+//! force-deleted, so the kubelet kills the container instead of restarting
+//! it. The standby then takes over only once the 15 s Lease has run out;
+//! the test prints how long that took and asserts at least 10 s (the
+//! Lease minus the time since the last renewal).
+//!
 //! Pods use the host's network (the test bed has no pod network): each
 //! node has its own loopback address, and the controller binds its pod's.
 //! The API server calls the webhook at node-a's address (`webhook.url`):
@@ -213,11 +220,14 @@ async fn helm_install_on_real_nodes_admits_real_jobs_under_the_limit_through_a_l
         pods.iter().any(|p| p.name_any() == old),
         "leader {old:?} is not a pod of the release"
     );
-    // SIGKILL, so that it cannot hand the Lease over (the container's
-    // processes are the host's), then remove the pod so that its restart
-    // cannot take its own Lease back: the standby must wait the Lease out.
+    // Freeze it first (SIGSTOP; the container's processes are the host's):
+    // from then on it can neither renew nor hand the Lease over. Then
+    // force-delete the pod: the kubelet kills the frozen container and
+    // does not restart it, as it could after a plain SIGKILL, when the
+    // restarted container might retake its own Lease. So the standby must
+    // wait the Lease out.
     let out = std::process::Command::new("pkill")
-        .args(["-KILL", "-f", "--", &format!("--identity {old}")])
+        .args(["-STOP", "-f", "--", &format!("--identity {old}")])
         .output()
         .unwrap();
     assert!(
@@ -225,6 +235,7 @@ async fn helm_install_on_real_nodes_admits_real_jobs_under_the_limit_through_a_l
         "no process of pod {old}: {}",
         chart::text(&out)
     );
+    let frozen = std::time::Instant::now();
     let out = cp.kubectl(&[
         "delete",
         "pod",
@@ -235,15 +246,23 @@ async fn helm_install_on_real_nodes_admits_real_jobs_under_the_limit_through_a_l
         "--force",
     ]);
     assert!(out.status.success(), "{}", chart::text(&out));
-    let killed = std::time::Instant::now();
     let new = eventually(Duration::from_secs(90), "another replica leads", || async {
         let now = leader(&cp);
         (!now.is_empty() && now != old).then_some(now)
     })
     .await;
+    let takeover = frozen.elapsed();
     println!(
-        "leader {old} killed; {new} leads {:.1}s later",
-        killed.elapsed().as_secs_f64()
+        "leader {old} frozen and deleted; {new} leads {:.1}s later",
+        takeover.as_secs_f64()
+    );
+    // The Lease lasts 15 s from the frozen leader's last renewal, which
+    // may have come a renewal period before the freeze: a standby taking
+    // over sooner than 10 s did not wait the Lease out.
+    assert!(
+        takeover >= Duration::from_secs(10),
+        "{new} took the Lease {:.1}s after {old} froze, before it ran out",
+        takeover.as_secs_f64()
     );
     eventually(
         Duration::from_secs(180),

@@ -69,6 +69,22 @@ fn plain_job(name: &str, group: Option<&str>) -> String {
     )
 }
 
+/// The names of the succeeded Jobs of `group`.
+async fn succeeded(jobs: &Api<Job>, group: &str) -> Option<Vec<String>> {
+    let selector = format!("jobgate.dev/group={group}");
+    let list = jobs
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .ok()?;
+    Some(
+        list.items
+            .into_iter()
+            .filter(|j| j.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) > 0)
+            .filter_map(|j| j.metadata.name)
+            .collect(),
+    )
+}
+
 fn suspend_of(job: &serde_json::Value) -> Option<bool> {
     job["spec"]["suspend"].as_bool()
 }
@@ -177,18 +193,7 @@ async fn labelled_jobs_are_created_suspended_and_an_outage_blocks_only_them() {
     eventually(
         Duration::from_secs(90),
         "four labelled Jobs complete",
-        || async {
-            let list = jobs
-                .list(&ListParams::default().labels("jobgate.dev/group=etl"))
-                .await
-                .ok()?;
-            let done = list
-                .items
-                .iter()
-                .filter(|j| j.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) > 0)
-                .count();
-            (done == 4).then_some(())
-        },
+        || async { (succeeded(&jobs, "etl").await?.len() == 4).then_some(()) },
     )
     .await;
     bed.ledger_drains("jobgate/batch/etl.json").await;
@@ -290,20 +295,9 @@ async fn cronjob_jobs_are_gated_like_any_job() {
         Duration::from_secs(150),
         "a completed Job from each CronJob",
         || async {
-            let list = jobs
-                .list(&ListParams::default().labels("jobgate.dev/group=nightly"))
-                .await
-                .ok()?;
-            let done = |cron: &str| {
-                list.items.iter().any(|j| {
-                    j.metadata
-                        .name
-                        .as_deref()
-                        .is_some_and(|n| n.starts_with(cron))
-                        && j.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) > 0
-                })
-            };
-            (done("report-a-") && done("report-b-")).then_some(())
+            let done = succeeded(&jobs, "nightly").await?;
+            let of = |cron: &str| done.iter().any(|n| n.starts_with(cron));
+            (of("report-a-") && of("report-b-")).then_some(())
         },
     )
     .await;

@@ -92,10 +92,33 @@ pub struct ControllerArgs {
 }
 
 pub async fn controller(args: ControllerArgs) -> Result<u8> {
-    let client = client(args.kubeconfig.as_deref()).await?;
     let identity = args
         .identity
         .unwrap_or_else(|| format!("{}-{}", crate::agent::hostname(), std::process::id()));
+    let webhook = args.webhook_listen.map(|listen| WebhookSettings {
+        listen,
+        certs: match args.webhook_cert_dir {
+            Some(dir) => CertSource::Dir(dir),
+            None => CertSource::SelfManaged {
+                names: webhook::service_names(
+                    args.webhook_service.as_deref(),
+                    &args.webhook_namespace,
+                    &args.webhook_host,
+                ),
+                namespace: args.webhook_namespace,
+                secret: args.webhook_secret,
+                configuration: args.webhook_configuration,
+            },
+        },
+    });
+    if let Some(CertSource::SelfManaged { names, .. }) = webhook.as_ref().map(|w| &w.certs)
+        && names.is_empty()
+    {
+        return Err(Error::InvalidArgument(
+            "the webhook's own certificate needs a name: give --webhook-service (its Service) or --webhook-host (the host the API server calls)".into(),
+        ));
+    }
+    let client = client(args.kubeconfig.as_deref()).await?;
     let settings = Settings {
         cluster_name: args.cluster_name.filter(|s| !s.is_empty()),
         namespace: args.namespace.filter(|s| !s.is_empty()),
@@ -104,22 +127,7 @@ pub async fn controller(args: ControllerArgs) -> Result<u8> {
         fence_without_ledger: !args.unsafe_fence_only_with_ledger,
         count_pods: !args.unsafe_release_without_pods,
         listen: args.listen,
-        webhook: args.webhook_listen.map(|listen| WebhookSettings {
-            listen,
-            certs: match args.webhook_cert_dir {
-                Some(dir) => CertSource::Dir(dir),
-                None => CertSource::SelfManaged {
-                    names: webhook::service_names(
-                        args.webhook_service.as_deref(),
-                        &args.webhook_namespace,
-                        &args.webhook_host,
-                    ),
-                    namespace: args.webhook_namespace,
-                    secret: args.webhook_secret,
-                    configuration: args.webhook_configuration,
-                },
-            },
-        }),
+        webhook,
         leader_election: args.leader_elect.then_some(LeaderSettings {
             namespace: args.leader_election_namespace,
             name: args.leader_election_name,

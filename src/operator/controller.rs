@@ -122,7 +122,10 @@ pub async fn run(client: Client, settings: Settings) -> Result<()> {
         info!(lease = %format!("{}/{}", cfg.namespace, cfg.name), identity = %settings.identity, "waiting for leadership");
         tokio::select! {
             acquired = leader::acquire(client.clone(), cfg.clone()) => leadership = Some(acquired?),
-            _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
+            _ = stop.wait_for(|stopped| *stopped) => {
+                drain_webhook(&settings, &health).await;
+                return Ok(());
+            }
         }
         info!("became the leader");
     }
@@ -218,8 +221,27 @@ pub async fn run(client: Client, settings: Settings) -> Result<()> {
         // Let a successor take over now rather than after the lease.
         leadership.release().await;
     }
+    drain_webhook(&settings, &health).await;
     info!("controller stopped");
     Ok(())
+}
+
+/// How long a stopping replica keeps serving the webhook after it reports
+/// unready: endpoints are updated asynchronously, so the API server may
+/// still send it a Job creation for a moment, which `failurePolicy: Fail`
+/// would turn into a refused Job.
+const WEBHOOK_DRAIN: Duration = Duration::from_secs(5);
+
+async fn drain_webhook(settings: &Settings, health: &Health) {
+    if settings.webhook.is_none() {
+        return;
+    }
+    health.set_ready(false);
+    info!(
+        seconds = WEBHOOK_DRAIN.as_secs(),
+        "unready; still serving the webhook before exiting"
+    );
+    tokio::time::sleep(WEBHOOK_DRAIN).await;
 }
 
 /// The per-term Controller task ended without being asked to: a panic, or

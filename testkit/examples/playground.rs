@@ -5,7 +5,9 @@
 //! (examples/jobs.yaml) go into each cluster; the playground prints how
 //! they move from waiting to running to done, and the group as
 //! `kubectl get cg` shows it, then cleans everything up. Ctrl-C cleans up
-//! too. Nothing leaves the machine: every server listens on loopback.
+//! too, also during start-up. Nothing leaves the machine: every server
+//! listens on loopback, the nodes at 127.0.0.20 and 127.0.0.21, apart from
+//! the tests' 127.0.0.2 and 127.0.0.3.
 
 use std::time::{Duration, Instant};
 
@@ -30,8 +32,12 @@ struct Cluster {
     kube: Client,
 }
 
-fn step(what: &str) {
+/// Prints the next step and lets the `select!` in `main` look at Ctrl-C:
+/// the start-up calls (control plane, node, image import, helm) block the
+/// thread, so a Ctrl-C during one is noticed only once it has returned.
+async fn step(what: &str) {
     println!("\n==> {what}");
+    tokio::task::yield_now().await;
 }
 
 fn must(out: std::process::Output, what: &str) {
@@ -43,13 +49,15 @@ fn must(out: std::process::Output, what: &str) {
 async fn start_cluster(name: &'static str, host: u8, s3: &SeaweedFs) -> Cluster {
     step(&format!(
         "cluster {name}: control plane and a real node at 127.0.0.{host}"
-    ));
+    ))
+    .await;
     let node = format!("{name}-node");
     let cp = ControlPlane::start_real_at(&[&node], host);
     cp.import_jobgate_image(&jobgate_bin(), JOBGATE_IMAGE);
     step(&format!(
         "cluster {name}: helm install jobgate charts/jobgate"
-    ));
+    ))
+    .await;
     let (out, _, _) = chart::install(
         &cp,
         &Install {
@@ -104,7 +112,8 @@ async fn counts(kube: &Client) -> (usize, usize, usize) {
 async fn run(clusters: &[Cluster], pods: &PodLog) -> bool {
     step(&format!(
         "{JOBS_PER_CLUSTER} Jobs into each cluster: kubectl create -f examples/jobs.yaml"
-    ));
+    ))
+    .await;
     let jobs = repo_dir().join("examples/jobs.yaml").display().to_string();
     for c in clusters {
         for _ in 0..JOBS_PER_CLUSTER {
@@ -113,7 +122,8 @@ async fn run(clusters: &[Cluster], pods: &PodLog) -> bool {
     }
     step(&format!(
         "watching: at most {LIMIT} Jobs with live pods in both clusters together"
-    ));
+    ))
+    .await;
     let start = Instant::now();
     let total = JOBS_PER_CLUSTER * clusters.len();
     let mut last_cg = Instant::now() - Duration::from_secs(60);
@@ -161,29 +171,52 @@ async fn run(clusters: &[Cluster], pods: &PodLog) -> bool {
     pods.max() <= LIMIT
 }
 
-#[tokio::main]
-async fn main() {
-    step("SeaweedFS (S3) on loopback, bucket \"playground\"");
-    let s3 = SeaweedFs::start().await.unwrap_or_else(|e| panic!("{e}"));
+/// Starts everything and runs the Jobs. What has started is kept in `s3`
+/// and `clusters`, owned by `main`, so that `main` stops it whether this
+/// ends or is interrupted; a cluster still starting lives in this future
+/// and stops when `main` drops it.
+async fn start_and_run(s3: &mut Option<SeaweedFs>, clusters: &mut Vec<Cluster>) -> bool {
+    step("SeaweedFS (S3) on loopback, bucket \"playground\"").await;
+    let s3 = s3.insert(SeaweedFs::start().await.unwrap_or_else(|e| panic!("{e}")));
     s3.create_bucket("playground")
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let clusters = vec![
-        start_cluster("east", 2, &s3).await,
-        start_cluster("west", 3, &s3).await,
-    ];
+    // Not the tests' 127.0.0.2 and 127.0.0.3: a playground beside a test
+    // run would take the same node addresses and ports.
+    for (name, host) in [("east", 20), ("west", 21)] {
+        let cluster = start_cluster(name, host, s3).await;
+        clusters.push(cluster);
+    }
     let pods = PodLog::default();
-    for c in &clusters {
+    for c in clusters.iter() {
         pods.watch(c.kube.clone(), c.name, NS);
     }
+    run(clusters, &pods).await
+}
+
+#[tokio::main]
+async fn main() {
+    // Polled first (biased) in the select! below, so SIGINT is caught from
+    // before the first server starts: without it, Ctrl-C during start-up
+    // would kill the process and leave servers, nodes and their files
+    // behind.
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    println!(
+        "Ctrl-C stops and cleans up at any time; during start-up it takes \
+         effect once the step in progress returns (start-up steps block)."
+    );
+    let mut s3 = None;
+    let mut clusters = Vec::new();
     let ok = tokio::select! {
-        ok = run(&clusters, &pods) => ok,
-        _ = tokio::signal::ctrl_c() => {
+        biased;
+        _ = &mut interrupted => {
             println!("\ninterrupted");
             true
         }
+        ok = start_and_run(&mut s3, &mut clusters) => ok,
     };
-    step("cleaning up: clusters, nodes and SeaweedFS stop, their files go");
+    step("cleaning up: clusters, nodes and SeaweedFS stop, their files go").await;
     drop(clusters);
     drop(s3);
     if !ok {

@@ -71,7 +71,7 @@ pub fn values(cp: &ControlPlane, install: &Install) -> (String, u16, u16) {
          replicaCount: {replicas}\nclusterName: {cluster:?}\nhostNetwork: true\n\
          logLevel: \"info,jobgate=debug\"\nlogFormat: text\n\
          metrics:\n  port: {metrics}\nwebhook:\n  port: {webhook}\n\
-         \x20 url: \"https://{webhook_ip}:{webhook}/mutate-jobs\"\n  extraHosts: [\"{webhook_ip}\"]\n\
+         \x20 url: \"https://{webhook_ip}:{webhook}/mutate-jobs\"\n\
          # The test bed's etcd and API server share two cores with everything else.\n\
          resources:\n  requests:\n    cpu: 10m\n    memory: 32Mi\n\
          env:\n{env}",

@@ -417,8 +417,7 @@ impl ControlPlane {
             &format!("node {name} without the uninitialized taint"),
             Duration::from_secs(30),
             |cp| {
-                let out = cp.kubectl(&["get", "node", name, "-o", "json"]);
-                let Ok(node) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+                let Some(node) = cp.node_json(name) else {
                     return false;
                 };
                 let tainted = node["spec"]["taints"]
@@ -518,6 +517,12 @@ status:
         );
     }
 
+    /// Node `name` as JSON, if it can be read.
+    fn node_json(&self, name: &str) -> Option<serde_json::Value> {
+        let out = self.kubectl(&["get", "node", name, "-o", "json"]);
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
     /// Waits until node `name` is Ready, not cordoned and has no taint that
     /// keeps ordinary pods off it.
     pub fn wait_node_ready(&self, name: &str) {
@@ -525,8 +530,7 @@ status:
             &format!("node {name} Ready and schedulable"),
             Duration::from_secs(60),
             |cp| {
-                let out = cp.kubectl(&["get", "node", name, "-o", "json"]);
-                let Ok(node) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+                let Some(node) = cp.node_json(name) else {
                     return false;
                 };
                 let ready = node["status"]["conditions"]

@@ -9,9 +9,16 @@
 //! plays the cloud controller: it sets the node's InternalIP and removes the
 //! `uninitialized` taint.
 //!
-//! Needs root, cgroup v1 controllers under `/sys/fs/cgroup`, and the packages
+//! Needs root (containerd, runc, mounts and cgroups), cgroup v1: the
+//! controllers mounted under `/sys/fs/cgroup`, and the packages
 //! `scripts/testbed.sh node` installs. Everything (containers, mounts,
 //! cgroups, processes) is removed on drop.
+//!
+//! The kubelet changes the host too: when it starts, it sets the kernel
+//! settings it cannot run without, `vm.overcommit_memory=1`,
+//! `kernel.panic=10` and `kernel.panic_on_oops=1`, on the host (there is
+//! one kernel for every node and for the machine). They stay so after the
+//! node is dropped.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -66,6 +66,17 @@ cert-manager has just filled. */}}
 {{- end }}
 {{- end }}
 
+{{/* The host of webhook.url, for the controller's own certificate: the
+API server checks the certificate against it. urlParse's host keeps the
+port and an IPv6 address's brackets, which a certificate name has neither
+of. */}}
+{{- define "jobgate.webhookUrlHost" -}}
+{{- $host := (urlParse .Values.webhook.url).host }}
+{{- $host = regexReplaceAll ":[0-9]*$" $host "" }}
+{{- $host = $host | trimPrefix "[" | trimSuffix "]" }}
+{{- required (printf "webhook.url %q has no host" .Values.webhook.url) $host }}
+{{- end }}
+
 {{/* Where the cert-manager Secret is mounted (--webhook-cert-dir). */}}
 {{- define "jobgate.webhookCertDir" -}}
 /etc/jobgate/webhook

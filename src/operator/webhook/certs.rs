@@ -53,6 +53,8 @@ struct Parsed {
     names: Vec<String>,
     subject: Vec<u8>,
     issuer: Vec<u8>,
+    /// The SubjectPublicKeyInfo, to check that a key belongs to it.
+    spki: Vec<u8>,
 }
 
 fn parse(pem: &str) -> Option<Parsed> {
@@ -79,7 +81,34 @@ fn parse(pem: &str) -> Option<Parsed> {
         names,
         subject: cert.subject().as_raw().to_vec(),
         issuer: cert.issuer().as_raw().to_vec(),
+        spki: cert.public_key().raw.to_vec(),
     })
+}
+
+/// Whether `key_pem` is the private key of `cert`: rustls refuses a pair
+/// that does not match, so such a pair must be replaced, not kept.
+fn key_matches(cert: &Parsed, key_pem: &str) -> bool {
+    use rcgen::PublicKeyData;
+    KeyPair::from_pem(key_pem).is_ok_and(|k| k.subject_public_key_info() == cert.spki)
+}
+
+/// Names as they compare: IP addresses in their canonical form, DNS names
+/// in lower case, sorted, without repeats.
+pub fn normalize(names: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = names
+        .iter()
+        .map(|n| n.trim())
+        .filter(|n| !n.is_empty())
+        .map(
+            |n| match n.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+                Ok(ip) => ip.to_string(),
+                Err(_) => n.to_ascii_lowercase(),
+            },
+        )
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -95,14 +124,13 @@ pub fn plan(found: Option<&Material>, names: &[String], now: SystemTime) -> Plan
     };
     let now = unix(now);
     let renew = RENEW_BEFORE.as_secs();
-    let Some(ca) = parse(&found.ca_cert).filter(|_| KeyPair::from_pem(&found.ca_key).is_ok())
-    else {
+    let Some(ca) = parse(&found.ca_cert).filter(|c| key_matches(c, &found.ca_key)) else {
         return Plan::NewCa("the CA cannot be read");
     };
     if ca.not_after <= now + renew {
         return Plan::NewCa("the CA expires within 30 days");
     }
-    let Some(leaf) = parse(&found.cert).filter(|_| KeyPair::from_pem(&found.key).is_ok()) else {
+    let Some(leaf) = parse(&found.cert).filter(|c| key_matches(c, &found.key)) else {
         return Plan::NewLeaf("the serving certificate cannot be read");
     };
     if leaf.issuer != ca.subject {
@@ -111,16 +139,51 @@ pub fn plan(found: Option<&Material>, names: &[String], now: SystemTime) -> Plan
     if leaf.not_after <= now + renew {
         return Plan::NewLeaf("the serving certificate expires within 30 days");
     }
-    let mut want: Vec<&str> = names.iter().map(String::as_str).collect();
-    let mut have: Vec<&str> = leaf.names.iter().map(String::as_str).collect();
-    want.sort_unstable();
-    want.dedup();
-    have.sort_unstable();
-    have.dedup();
-    if want != have {
+    if normalize(names) != normalize(&leaf.names) {
         return Plan::NewLeaf("the names to serve changed");
     }
     Plan::Keep
+}
+
+/// At most this many CAs in a published caBundle.
+const MAX_CAS: usize = 2;
+
+/// The caBundle to publish for `ca`: `ca` first, then the CAs of `current`
+/// (the bundle the webhook configuration has now) that are still valid,
+/// at most [`MAX_CAS`] in all. Keeping the previous CA matters when the CA
+/// is replaced (its Secret was emptied, say): the other replicas serve a
+/// certificate from the old CA until they next read the Secret, and the API
+/// server must go on trusting them meanwhile.
+pub fn bundle(ca: &str, current: Option<&str>, now: SystemTime) -> String {
+    let now = unix(now);
+    let ca = ca.trim();
+    let mut out = vec![ca.to_string()];
+    for block in pem_blocks(current.unwrap_or_default()) {
+        if out.len() >= MAX_CAS {
+            break;
+        }
+        let valid = parse(&block).is_some_and(|c| c.not_after > now);
+        if valid && !out.contains(&block) {
+            out.push(block);
+        }
+    }
+    out.join("\n") + "\n"
+}
+
+/// The PEM certificates in `text`, each trimmed.
+fn pem_blocks(text: &str) -> Vec<String> {
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut blocks = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
+        let Some(len) = rest[start..].find(END) else {
+            break;
+        };
+        let end = start + len + END.len();
+        blocks.push(rest[start..end].trim().to_string());
+        rest = &rest[end..];
+    }
+    blocks
 }
 
 fn offset(t: u64) -> OffsetDateTime {
@@ -253,6 +316,69 @@ mod tests {
             plan(Some(&broken), &names(), at(0)),
             Plan::NewCa(_)
         ));
+    }
+
+    #[test]
+    fn names_compare_in_canonical_form() {
+        let m = issue(Plan::NewCa("test"), None, &names(), at(0)).unwrap();
+        let spelled = vec![
+            "JobGate-Webhook.jobgate.SVC".to_string(),
+            "[127.0.0.1]".into(),
+        ];
+        assert_eq!(plan(Some(&m), &spelled, at(0)), Plan::Keep);
+        let v6 = issue(Plan::NewCa("test"), None, &["0:0::1".to_string()], at(0)).unwrap();
+        assert_eq!(plan(Some(&v6), &["::1".to_string()], at(0)), Plan::Keep);
+    }
+
+    #[test]
+    fn a_key_that_does_not_match_its_certificate_is_replaced() {
+        let a = issue(Plan::NewCa("test"), None, &names(), at(0)).unwrap();
+        let b = issue(Plan::NewLeaf("test"), Some(&a), &names(), at(0)).unwrap();
+        let mismatched = Material {
+            key: b.key,
+            ..a.clone()
+        };
+        assert_eq!(
+            plan(Some(&mismatched), &names(), at(0)),
+            Plan::NewLeaf("the serving certificate cannot be read")
+        );
+        let bad_ca = Material {
+            ca_key: b.ca_key.clone(),
+            ..a
+        };
+        // b's CA key is a's CA key (same CA): still fine.
+        assert_eq!(plan(Some(&bad_ca), &names(), at(0)), Plan::Keep);
+    }
+
+    #[test]
+    fn a_new_ca_is_published_with_the_previous_one_while_it_is_valid() {
+        let old = issue(Plan::NewCa("test"), None, &names(), at(0)).unwrap();
+        let new = issue(Plan::NewCa("test"), None, &names(), at(1)).unwrap();
+        let first = bundle(&old.ca_cert, None, at(0));
+        assert_eq!(pem_blocks(&first), vec![old.ca_cert.trim().to_string()]);
+        // Publishing the same CA again changes nothing.
+        assert_eq!(bundle(&old.ca_cert, Some(&first), at(0)), first);
+        let both = bundle(&new.ca_cert, Some(&first), at(1));
+        assert_eq!(
+            pem_blocks(&both),
+            vec![
+                new.ca_cert.trim().to_string(),
+                old.ca_cert.trim().to_string()
+            ]
+        );
+        assert_eq!(bundle(&new.ca_cert, Some(&both), at(1)), both);
+        // A third CA pushes the oldest out; an expired one is dropped.
+        let third = issue(Plan::NewCa("test"), None, &names(), at(2)).unwrap();
+        let next = bundle(&third.ca_cert, Some(&both), at(2));
+        assert_eq!(
+            pem_blocks(&next),
+            vec![
+                third.ca_cert.trim().to_string(),
+                new.ca_cert.trim().to_string()
+            ]
+        );
+        let later = bundle(&third.ca_cert, Some(&both), at(3660 + 3));
+        assert_eq!(pem_blocks(&later), vec![third.ca_cert.trim().to_string()]);
     }
 
     #[test]

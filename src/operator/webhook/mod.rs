@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use axum_server::tls_rustls::RustlsConfig;
 use kube::Client;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::http::Health;
 use super::metrics::Metrics;
@@ -51,7 +51,7 @@ pub struct WebhookSettings {
 /// as the API server asks for them, plus `extra` (IP addresses or DNS names
 /// for a URL-based configuration).
 pub fn service_names(service: Option<&str>, namespace: &str, extra: &[String]) -> Vec<String> {
-    let mut names = Vec::new();
+    let mut names: Vec<String> = Vec::new();
     if let Some(s) = service {
         names.push(s.to_string());
         names.push(format!("{s}.{namespace}"));
@@ -59,7 +59,7 @@ pub fn service_names(service: Option<&str>, namespace: &str, extra: &[String]) -
         names.push(format!("{s}.{namespace}.svc.cluster.local"));
     }
     names.extend(extra.iter().cloned());
-    names
+    certs::normalize(&names)
 }
 
 /// How often the certificate is looked at again: renewals happen a month
@@ -138,9 +138,11 @@ pub async fn start(
             }
         };
         let rustls = RustlsConfig::from_config(config);
-        if let Err(e) = server::serve(listener, rustls.clone(), metrics) {
-            warn!(error = %e, "webhook: cannot serve");
-            return;
+        if let Err(e) = server::serve(listener, rustls.clone(), metrics, health.clone()) {
+            // Unready for good would only hide it: exit, so that the pod
+            // restarts and the failure shows.
+            error!(error = %e, "webhook: cannot serve; exiting");
+            std::process::exit(1);
         }
         info!(addr = %bound, path = mutate::PATH, "serving the Job webhook");
         health.set_webhook_ready(true);

@@ -101,7 +101,9 @@ pub fn respond(req: &AdmissionRequest<DynamicObject>) -> (AdmissionResponse, Ver
             .map_err(|e| format!("serializing the patch: {e}"))
     }) {
         Ok(patched) => (patched, Verdict::Suspended),
-        Err(e) => (AdmissionResponse::invalid(e), Verdict::Invalid),
+        // Denied with the request's uid, so the API server shows this
+        // message (a response without the uid is reported as a mismatch).
+        Err(e) => (AdmissionResponse::from(req).deny(e), Verdict::Invalid),
     }
 }
 

@@ -11,6 +11,7 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use tracing::{debug, error, warn};
 
 use super::mutate::{self, Verdict};
+use crate::operator::http::Health;
 use crate::operator::metrics::{Metrics, WebhookLabels};
 
 async fn review(
@@ -49,15 +50,22 @@ pub fn serve(
     listener: std::net::TcpListener,
     tls: RustlsConfig,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route(mutate::PATH, post(review))
         .with_state(metrics);
     let server = axum_server::from_tcp_rustls(listener, tls)?;
     tokio::spawn(async move {
-        if let Err(e) = server.serve(app.into_make_service()).await {
-            error!(error = %e, "webhook server stopped");
+        let ended = server.serve(app.into_make_service()).await;
+        // Serving is what readiness promises: without it, exit so that the
+        // pod restarts.
+        health.set_webhook_ready(false);
+        match ended {
+            Err(e) => error!(error = %e, "webhook server stopped; exiting"),
+            Ok(()) => error!("webhook server stopped; exiting"),
         }
+        std::process::exit(1);
     });
     Ok(())
 }

@@ -27,9 +27,7 @@ const KEY: &str = "tls.key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error(
-        "cannot read Secret {namespace}/{name} for the webhook's certificate: {reason} (the chart grants get and update on it)"
-    )]
+    #[error("cannot read Secret {namespace}/{name} for the webhook's certificate: {reason}")]
     ReadSecret {
         namespace: String,
         name: String,
@@ -42,8 +40,10 @@ pub enum TlsError {
         reason: String,
     },
     #[error(
-        "cannot set the caBundle of MutatingWebhookConfiguration {name}: {reason} (the chart grants get and patch on it)"
+        "Secret {namespace}/{name} for the webhook's certificate is missing and this identity may not create it; `helm upgrade` recreates it (the chart creates it empty)"
     )]
+    SecretMissing { namespace: String, name: String },
+    #[error("cannot set the caBundle of MutatingWebhookConfiguration {name}: {reason}")]
     PublishCa { name: String, reason: String },
     #[error(transparent)]
     Certificate(#[from] certs::CertError),
@@ -165,6 +165,13 @@ impl SelfManaged {
         }
     }
 
+    fn missing_error(&self) -> TlsError {
+        TlsError::SecretMissing {
+            namespace: self.namespace.clone(),
+            name: self.secret.clone(),
+        }
+    }
+
     fn write_error(&self, e: kube::Error) -> TlsError {
         TlsError::WriteSecret {
             namespace: self.namespace.clone(),
@@ -194,6 +201,7 @@ impl SelfManaged {
                 (Plan::NewCa(why) | Plan::NewLeaf(why), _) => why,
             };
             let fresh = certs::issue(plan, found.as_ref(), &self.names, now)?;
+            let created = existing.is_none();
             let written = match existing {
                 Some(mut secret) => {
                     secret.data = Some(data(&fresh));
@@ -218,57 +226,78 @@ impl SelfManaged {
                 }
                 // Another replica wrote first: use its certificate.
                 Err(kube::Error::Api(e)) if e.code == 409 && attempts < 5 => continue,
+                Err(kube::Error::Api(e)) if e.code == 403 && created => {
+                    return Err(self.missing_error());
+                }
                 Err(e) => return Err(self.write_error(e)),
             }
         }
     }
 
-    /// Sets every webhook's `caBundle` in the configuration to `ca`, unless
-    /// it already is. Returns whether it changed anything.
+    /// Publishes `ca` in every webhook's `caBundle` (with the previous CA
+    /// while it is valid, see [`certs::bundle`]), unless it is there
+    /// already. Returns whether it changed anything. A concurrent change
+    /// (another replica, Helm's upgrade) is retried at once from a fresh
+    /// read.
     pub async fn publish(&self, ca: &str) -> Result<bool, TlsError> {
         let Some(name) = &self.configuration else {
             return Ok(false);
         };
-        let publish_error = |e: kube::Error| TlsError::PublishCa {
-            name: name.clone(),
-            reason: describe(&e),
-        };
-        let config = self.configurations.get(name).await.map_err(publish_error)?;
-        let bundle = ByteString(ca.as_bytes().to_vec());
-        let stale: Vec<usize> = config
-            .webhooks
-            .iter()
-            .flatten()
-            .enumerate()
-            .filter(|(_, w)| w.client_config.ca_bundle.as_ref() != Some(&bundle))
-            .map(|(i, _)| i)
-            .collect();
-        let changed = !stale.is_empty();
-        if changed {
-            // A JSON patch (the chart grants patch, not update) that tests
-            // the resourceVersion read: a concurrent change (Helm's
-            // upgrade reordering webhooks, another replica) fails it, and
-            // the next round starts from what is there.
-            let mut ops = vec![json!({
-                "op": "test",
-                "path": "/metadata/resourceVersion",
-                "value": config.resource_version(),
-            })];
-            ops.extend(stale.iter().map(|i| {
-                json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": bundle})
-            }));
-            let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))
-                .map_err(|e| TlsError::PublishCa {
-                    name: name.clone(),
-                    reason: format!("building the patch: {e}"),
-                })?;
-            self.configurations
-                .patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
-                .await
-                .map_err(publish_error)?;
-            info!(configuration = %config.name_any(), "published the webhook's CA");
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.publish_once(name, ca).await {
+                Err(kube::Error::Api(e)) if matches!(e.code, 409 | 422) && attempts < 5 => {
+                    continue;
+                }
+                Err(e) => {
+                    return Err(TlsError::PublishCa {
+                        name: name.clone(),
+                        reason: describe(&e),
+                    });
+                }
+                Ok(changed) => return Ok(changed),
+            }
         }
-        Ok(changed)
+    }
+
+    async fn publish_once(&self, name: &str, ca: &str) -> Result<bool, kube::Error> {
+        let config = self.configurations.get(name).await?;
+        let now = SystemTime::now();
+        let mut ops = Vec::new();
+        for (i, webhook) in config.webhooks.iter().flatten().enumerate() {
+            let current = webhook
+                .client_config
+                .ca_bundle
+                .as_ref()
+                .and_then(|b| String::from_utf8(b.0.clone()).ok());
+            let want = certs::bundle(ca, current.as_deref(), now);
+            if current.as_deref() != Some(want.as_str()) {
+                let value = ByteString(want.into_bytes());
+                ops.push(json!({
+                    "op": "add",
+                    "path": format!("/webhooks/{i}/clientConfig/caBundle"),
+                    "value": value,
+                }));
+            }
+        }
+        if ops.is_empty() {
+            return Ok(false);
+        }
+        // A JSON patch (the chart grants patch, not update) that first
+        // tests the resourceVersion read, so that it applies to the
+        // webhooks as read: a concurrent change fails it with 422.
+        ops.insert(
+            0,
+            json!({"op": "test", "path": "/metadata/resourceVersion", "value": config.resource_version()}),
+        );
+        let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))
+            .map_err(kube::Error::SerdeError)?;
+        self.configurations
+            .patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
+            .await?;
+        info!(configuration = %config.name_any(), "published the webhook's CA");
+        Ok(true)
     }
 }
 
@@ -276,6 +305,10 @@ impl SelfManaged {
 /// the client's whole status object.
 fn describe(e: &kube::Error) -> String {
     match e {
+        kube::Error::Api(status) if status.code == 403 => format!(
+            "{} (the chart's RBAC grants it: get and update on the Secret, get and patch on the webhook configuration)",
+            status.message
+        ),
         kube::Error::Api(status) => status.message.clone(),
         other => other.to_string(),
     }
