@@ -2,10 +2,10 @@
 //! next ledger and each request's outcome. No I/O and no clocks; the caller
 //! passes the wall-clock label and the list of agents it has seen expire.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::ledger::{Holder, Ledger};
+use crate::ledger::{Holder, Ledger, LimitSet};
 
 /// Everything one commit of one agent may do at once (group commit).
 #[derive(Debug, Clone, Default)]
@@ -15,6 +15,8 @@ pub struct Batch {
     pub lease: Duration,
     /// Holders asking for a slot, in the order they should be served.
     pub acquires: Vec<String>,
+    /// Of those, the ones that take more than one unit of the limit.
+    pub slots: BTreeMap<String, u32>,
     /// Holders to free (ours or, for a manual release, anyone's).
     pub releases: Vec<String>,
     /// Holders this agent believes it holds: any that are missing are lost.
@@ -32,6 +34,43 @@ pub struct Batch {
     /// Record in the ledger how many of this agent's acquires wait, so that
     /// agents holding more slots leave free ones to it (see below).
     pub record_wait: bool,
+    /// Change the ledger's limit first (a deliberate change: a new spec or
+    /// `jobgate limit`).
+    pub set_limit: Option<LimitChange>,
+}
+
+/// A deliberate change of the ledger's limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitChange {
+    pub limit: u32,
+    /// Recorded as `limit_set.by`.
+    pub by: String,
+    pub generation: Option<i64>,
+}
+
+/// Applies a limit change. Idempotent: the same change again (same limit,
+/// author and generation) changes nothing. Lowering the limit frees no
+/// slot: grants stop until use falls below the new limit. `None` for a
+/// limit of 0, which no ledger may have.
+pub fn set_limit(ledger: &mut Ledger, change: &LimitChange, wall_now: &str) -> Option<bool> {
+    if change.limit == 0 {
+        return None;
+    }
+    let same_source = ledger
+        .limit_set
+        .as_ref()
+        .is_some_and(|s| s.by == change.by && s.generation == change.generation);
+    if ledger.limit == change.limit && same_source {
+        return Some(false);
+    }
+    ledger.limit_set = Some(LimitSet {
+        by: change.by.clone(),
+        generation: change.generation,
+        previous: ledger.limit,
+        at: wall_now.to_string(),
+    });
+    ledger.limit = change.limit;
+    Some(true)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -57,6 +96,11 @@ pub fn apply(current: &Ledger, batch: &Batch) -> Outcome {
     let mut next = current.clone();
     let mut out = Outcome::default();
     let mut changed = false;
+
+    if let Some(change) = &batch.set_limit {
+        // A limit of 0 is refused before it gets here (`Error::InvalidLimit`).
+        changed |= set_limit(&mut next, change, &batch.wall_now).unwrap_or(false);
+    }
 
     for agent in &batch.evict {
         if agent == &batch.agent {
@@ -97,8 +141,9 @@ pub fn apply(current: &Ledger, batch: &Batch) -> Outcome {
     // (plus what it gains in it), and a free slot goes first to waiting
     // agents that hold fewer. Equal holdings race as usual (first write
     // wins), so agents that each want one slot never wait for each other.
-    let held_by =
-        |ledger: &Ledger, agent: &str| ledger.holders.values().filter(|h| h.agent == agent).count();
+    //
+    // Everything here counts units of the limit: a holder takes `slots`.
+    let held_by = |ledger: &Ledger, agent: &str| ledger.used_by(agent);
     let rivals: Vec<(usize, usize)> = next
         .agents
         .iter()
@@ -108,6 +153,12 @@ pub fn apply(current: &Ledger, batch: &Batch) -> Outcome {
     let mine = next.agents.get(&batch.agent).cloned();
     let mut my_rank = held_by(current, &batch.agent);
 
+    // Within one batch holders are served strictly in order: one that does
+    // not fit holds back those behind it, so that a heavy holder is never
+    // passed for ever by lighter ones. One that could not fit even in an
+    // empty ledger (more slots than the limit) waits without holding back.
+    let mut blocked = false;
+    let mut wanted = 0u32;
     let mut seen = BTreeSet::new();
     for holder in &batch.acquires {
         if !seen.insert(holder) {
@@ -128,12 +179,19 @@ pub fn apply(current: &Ledger, batch: &Batch) -> Outcome {
             .filter(|(held, _)| *held < my_rank)
             .map(|(_, waiting)| waiting)
             .sum();
-        let free = (next.limit as usize).saturating_sub(next.holders.len());
-        if free == 0 || free <= ahead {
+        let weight = batch.slots.get(holder).copied().unwrap_or(1).max(1);
+        if weight > next.limit {
             out.waiting.push(holder.clone());
             continue;
         }
-        my_rank += 1;
+        let free = next.free();
+        if blocked || free < weight as usize + ahead {
+            blocked = true;
+            wanted = wanted.saturating_add(weight);
+            out.waiting.push(holder.clone());
+            continue;
+        }
+        my_rank += weight as usize;
         let token = next.next_token;
         next.next_token += 1;
         next.holders.insert(
@@ -143,6 +201,7 @@ pub fn apply(current: &Ledger, batch: &Batch) -> Outcome {
                 token,
                 granted_seq: current.seq + 1,
                 granted_at: batch.wall_now.clone(),
+                slots: weight,
             },
         );
         out.granted.push((holder.clone(), token));
@@ -155,7 +214,7 @@ pub fn apply(current: &Ledger, batch: &Batch) -> Outcome {
     } else if batch.acquires.is_empty() && !batch.withdraw_wait {
         mine.as_ref().map_or(0, |a| a.waiting)
     } else {
-        out.waiting.len() as u32
+        wanted
     };
     let was_waiting = mine.as_ref().is_some_and(|a| a.waiting > 0);
     if holds_any || wants > 0 {
@@ -178,6 +237,7 @@ pub fn apply(current: &Ledger, batch: &Batch) -> Outcome {
     }
 
     if changed {
+        next.schema = next.schema_needed().to_string();
         next.seq = current.seq + 1;
         next.written_by = Some(batch.agent.clone());
         next.written_at = Some(batch.wall_now.clone());
@@ -471,45 +531,69 @@ mod tests {
 
         #[derive(Debug, Clone)]
         enum Step {
-            Acquire(usize, Vec<u8>),
+            /// Holders with the units each asks for.
+            Acquire(usize, Vec<(u8, u32)>),
             Release(usize, Vec<u8>),
             Evict(usize, usize),
+            SetLimit(u32),
         }
 
         fn step() -> impl Strategy<Value = Step> {
             let holders = prop::collection::vec(0u8..12, 0..5);
+            let weighted =
+                prop::collection::vec((0u8..12, prop_oneof![3 => Just(1u32), 2 => 1u32..7]), 0..5);
             prop_oneof![
-                (0usize..3, holders.clone()).prop_map(|(a, h)| Step::Acquire(a, h)),
-                (0usize..3, holders).prop_map(|(a, h)| Step::Release(a, h)),
-                (0usize..3, 0usize..3).prop_map(|(a, b)| Step::Evict(a, b)),
+                4 => (0usize..3, weighted).prop_map(|(a, h)| Step::Acquire(a, h)),
+                3 => (0usize..3, holders).prop_map(|(a, h)| Step::Release(a, h)),
+                1 => (0usize..3, 0usize..3).prop_map(|(a, b)| Step::Evict(a, b)),
+                1 => (1u32..8).prop_map(Step::SetLimit),
             ]
         }
 
         proptest! {
-            /// Whatever the interleaving of agents' batches: never more holders
-            /// than the limit, tokens unique and below `next_token`, `seq` +1
-            /// per write, and re-applying a batch writes nothing new.
+            /// Whatever the interleaving of agents' batches, weights and limit
+            /// changes: a write that grants anything leaves the weighted sum
+            /// within the limit, and no write raises it above a lowered limit;
+            /// tokens unique and below `next_token`, `seq` +1 per write, and
+            /// re-applying a batch writes nothing new.
             #[test]
-            fn invariants_hold(limit in 1u32..5, steps in prop::collection::vec(step(), 1..40)) {
+            fn invariants_hold(limit in 1u32..6, steps in prop::collection::vec(step(), 1..60)) {
                 let mut l = Ledger::new(limit);
                 for s in steps {
                     let mut b = batch("");
                     match s {
-                        Step::Acquire(a, hs) => { b.agent = format!("a{a}"); b.acquires = hs.iter().map(|h| format!("h{h}")).collect(); }
+                        Step::Acquire(a, hs) => {
+                            b.agent = format!("a{a}");
+                            b.acquires = hs.iter().map(|(h, _)| format!("h{h}")).collect();
+                            b.slots = hs.iter().map(|(h, w)| (format!("h{h}"), *w)).collect();
+                        }
                         Step::Release(a, hs) => { b.agent = format!("a{a}"); b.releases = hs.iter().map(|h| format!("h{h}")).collect(); }
                         Step::Evict(a, v) => { b.agent = format!("a{a}"); b.evict = vec![format!("a{v}")]; }
+                        Step::SetLimit(n) => {
+                            b.agent = "admin".into();
+                            b.set_limit = Some(LimitChange { limit: n, by: "admin".into(), generation: None });
+                        }
                     }
                     let out = apply(&l, &b);
                     if let Some(next) = out.next.clone() {
                         prop_assert_eq!(next.seq, l.seq + 1);
                         prop_assert!(next.next_token >= l.next_token);
-                        prop_assert!(next.holders.len() <= limit as usize);
+                        let new_grants = out.granted.iter().any(|(h, _)| !l.holders.contains_key(h));
+                        if new_grants {
+                            prop_assert!(next.in_use() <= next.limit as usize, "{} > {}", next.in_use(), next.limit);
+                        }
+                        prop_assert!(next.in_use() <= (next.limit as usize).max(l.in_use()));
+                        for (h, w) in &b.slots {
+                            if let Some(granted) = next.holders.get(h).filter(|_| !l.holders.contains_key(h)) {
+                                prop_assert_eq!(granted.slots, (*w).max(1));
+                            }
+                        }
                         let mut tokens: Vec<u64> = next.holders.values().map(|h| h.token).collect();
                         tokens.sort();
                         tokens.dedup();
                         prop_assert_eq!(tokens.len(), next.holders.len());
                         prop_assert!(next.holders.values().all(|h| h.token < next.next_token && next.agents.contains_key(&h.agent)));
-                        prop_assert!(Ledger::parse(&next.to_bytes()).is_ok());
+                        prop_assert_eq!(Ledger::parse(&next.to_bytes()), Ok(next.clone()));
                         let again = apply(&next, &b);
                         prop_assert_eq!(again.next, None, "re-applying a landed batch must not write");
                         prop_assert_eq!(again.granted, out.granted.clone());
@@ -517,6 +601,43 @@ mod tests {
                     }
                 }
             }
+        }
+
+        #[test]
+        fn a_heavy_holder_at_the_head_holds_back_lighter_ones_behind_it() {
+            let l = acquire(&Ledger::new(4), "a", &["x1", "x2"]).next.unwrap();
+            let mut b = batch("a");
+            b.acquires = vec!["heavy".into(), "light".into()];
+            b.slots = BTreeMap::from([("heavy".to_string(), 3)]);
+            let out = apply(&l, &b);
+            assert!(out.granted.is_empty(), "light passed heavy: {out:?}");
+            assert_eq!(out.waiting, vec!["heavy".to_string(), "light".to_string()]);
+            assert_eq!(out.next.unwrap().agents["a"].waiting, 4, "units wanted");
+            // Once enough is free, heavy goes first.
+            let mut free = batch("a");
+            free.releases = vec!["x1".into(), "x2".into()];
+            let l = apply(&l, &free).next.unwrap();
+            let out = apply(&l, &b);
+            let order: Vec<&str> = out.granted.iter().map(|(h, _)| h.as_str()).collect();
+            assert_eq!(order, vec!["heavy", "light"]);
+            let next = out.next.unwrap();
+            assert_eq!(
+                (next.in_use(), next.schema.as_str()),
+                (4, crate::ledger::SCHEMA_V2)
+            );
+            // One that can never fit waits without blocking the queue.
+            let mut b = batch("b");
+            b.acquires = vec!["huge".into(), "one".into()];
+            b.slots = BTreeMap::from([("huge".to_string(), 9)]);
+            let out = apply(&Ledger::new(4), &b);
+            assert_eq!(
+                out.granted
+                    .iter()
+                    .map(|(h, _)| h.as_str())
+                    .collect::<Vec<_>>(),
+                vec!["one"]
+            );
+            assert_eq!(out.waiting, vec!["huge".to_string()]);
         }
     }
 }

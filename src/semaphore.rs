@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, sleep_until};
 use tracing::{debug, info, warn};
 
-use crate::decide::{self, Batch, Outcome};
+use crate::decide::{self, Batch, LimitChange, Outcome};
 use crate::error::{Error, Result};
 use crate::lease::{Observations, self_fence_after};
 use crate::ledger::Ledger;
@@ -117,6 +117,8 @@ impl Permit {
 enum Request {
     Acquire {
         holder: String,
+        /// Units of the limit it takes.
+        slots: u32,
         wait: bool,
         reply: oneshot::Sender<Result<Option<Permit>>>,
     },
@@ -131,6 +133,14 @@ enum Request {
     Many(Vec<Request>),
     /// Nothing of ours waits any more: clear our recorded wait.
     WithdrawWait,
+    SetLimit {
+        change: LimitChange,
+        reply: oneshot::Sender<Result<Ledger>>,
+    },
+    /// Remove our agent entry (we hold and want nothing), then reply.
+    Leave {
+        reply: oneshot::Sender<Result<Ledger>>,
+    },
 }
 
 pub struct Semaphore {
@@ -155,6 +165,8 @@ impl Semaphore {
             waiting: VecDeque::new(),
             releasing: Vec::new(),
             snapshots: Vec::new(),
+            limit_changes: Vec::new(),
+            leaving: Vec::new(),
             held: BTreeMap::new(),
             last_renewal_sent: None,
             inflight: None,
@@ -191,31 +203,43 @@ impl Semaphore {
     /// this agent already holds returns the same token. Cancel by dropping
     /// the future (e.g. with `tokio::time::timeout`).
     pub async fn acquire(&self, holder: &str) -> Result<Permit> {
-        self.acquire_inner(holder, true).await?.ok_or(Error::Closed)
+        self.acquire_slots(holder, 1).await
+    }
+
+    /// Waits until `slots` units of the limit are free for `holder`.
+    pub async fn acquire_slots(&self, holder: &str, slots: u32) -> Result<Permit> {
+        self.acquire_inner(holder, slots, true)
+            .await?
+            .ok_or(Error::Closed)
     }
 
     /// Takes a slot if one is free now; `None` if not.
     pub async fn try_acquire(&self, holder: &str) -> Result<Option<Permit>> {
-        self.acquire_inner(holder, false).await
+        self.acquire_inner(holder, 1, false).await
     }
 
-    async fn acquire_inner(&self, holder: &str, wait: bool) -> Result<Option<Permit>> {
+    async fn acquire_inner(&self, holder: &str, slots: u32, wait: bool) -> Result<Option<Permit>> {
+        if slots == 0 {
+            return Err(Error::InvalidLimit(0));
+        }
         let (reply, rx) = oneshot::channel();
         self.send(Request::Acquire {
             holder: holder.to_string(),
+            slots,
             wait,
             reply,
         })?;
         rx.await.map_err(|_| Error::Closed)?
     }
 
-    /// Frees `releases` and takes slots for `acquires` (first come, first
-    /// served, without waiting) in one batch, so in one ledger write when
-    /// anything changes. One answer per acquire, in order.
+    /// Frees `releases` and takes slots for `acquires` (holders with the
+    /// units each takes; strictly in order, without waiting) in one batch,
+    /// so in one ledger write when anything changes. One answer per
+    /// acquire, in order.
     pub async fn release_and_try_acquire(
         &self,
         releases: &[String],
-        acquires: &[String],
+        acquires: &[(String, u32)],
     ) -> Result<Vec<Result<Option<Permit>>>> {
         let mut requests = Vec::new();
         let mut released = Vec::new();
@@ -228,10 +252,11 @@ impl Semaphore {
             released.push(rx);
         }
         let mut granted = Vec::new();
-        for holder in acquires {
+        for (holder, slots) in acquires {
             let (reply, rx) = oneshot::channel();
             requests.push(Request::Acquire {
                 holder: holder.clone(),
+                slots: (*slots).max(1),
                 wait: false,
                 reply,
             });
@@ -264,6 +289,26 @@ impl Semaphore {
         rx.await.map_err(|_| Error::Closed)?
     }
 
+    /// Changes the ledger's limit (with the next write; see
+    /// `decide::set_limit`) and returns the ledger as written.
+    pub async fn set_limit(&self, change: LimitChange) -> Result<Ledger> {
+        if change.limit == 0 {
+            return Err(Error::InvalidLimit(0));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::SetLimit { change, reply })?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// For an agent that holds nothing and wants nothing any more (a
+    /// deleted group): writes the ledger without its agent entry and
+    /// returns it. An agent still holding slots stays in it.
+    pub async fn leave(&self) -> Result<Ledger> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Leave { reply })?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
     /// The ledger as of a fresh read.
     pub async fn snapshot(&self) -> Result<Ledger> {
         let (reply, rx) = oneshot::channel();
@@ -285,6 +330,7 @@ impl Semaphore {
 
 struct Waiter {
     holder: String,
+    slots: u32,
     wait: bool,
     reply: oneshot::Sender<Result<Option<Permit>>>,
     since: Instant,
@@ -300,6 +346,10 @@ struct Committer {
     waiting: VecDeque<Waiter>,
     releasing: Vec<(String, Option<oneshot::Sender<Result<()>>>)>,
     snapshots: Vec<oneshot::Sender<Result<Ledger>>>,
+    /// Limit changes to write; the last one asked for wins.
+    limit_changes: Vec<(LimitChange, oneshot::Sender<Result<Ledger>>)>,
+    /// Callers of `leave`, answered once a write (or none needed) settled it.
+    leaving: Vec<oneshot::Sender<Result<Ledger>>>,
     held: BTreeMap<String, watch::Sender<bool>>,
     /// Send time of our last write known to have landed while holding slots.
     last_renewal_sent: Option<Instant>,
@@ -433,12 +483,14 @@ impl Committer {
         match req {
             Request::Acquire {
                 holder,
+                slots,
                 wait,
                 reply,
             } => {
                 self.last_acquire = Some(Instant::now());
                 self.waiting.push_back(Waiter {
                     holder,
+                    slots,
                     wait,
                     reply,
                     since: Instant::now(),
@@ -452,6 +504,11 @@ impl Committer {
                 }
             }
             Request::WithdrawWait => self.withdraw = true,
+            Request::SetLimit { change, reply } => self.limit_changes.push((change, reply)),
+            Request::Leave { reply } => {
+                self.withdraw = true;
+                self.leaving.push(reply);
+            }
         }
     }
 
@@ -494,6 +551,8 @@ impl Committer {
         !self.waiting.is_empty()
             || !self.releasing.is_empty()
             || !self.snapshots.is_empty()
+            || !self.limit_changes.is_empty()
+            || !self.leaving.is_empty()
             || self.withdraw
     }
 
@@ -590,7 +649,11 @@ impl Committer {
         if !self.has_work() && !self.renew_due(now) {
             return;
         }
-        if poll_due || !self.snapshots.is_empty() {
+        if poll_due
+            || !self.snapshots.is_empty()
+            || !self.limit_changes.is_empty()
+            || !self.leaving.is_empty()
+        {
             self.cache_refresh_needed();
         }
         let mut errors = 0u32;
@@ -773,6 +836,7 @@ impl Committer {
         let batch = self.batch(&ledger, now);
         let outcome = decide::apply(&ledger, &batch);
         let Some(next) = outcome.next.clone() else {
+            self.answer_limit_changes(&ledger);
             self.resolve(outcome, false);
             return Ok(());
         };
@@ -790,6 +854,7 @@ impl Committer {
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
                 self.inflight = None;
                 self.see(&next);
+                self.answer_limit_changes(&next);
                 self.cache = Some((next, etag));
                 // Grants in a write answered after the fence period may
                 // already be taken elsewhere.
@@ -840,6 +905,12 @@ impl Committer {
             agent: self.cfg.agent.clone(),
             agent_description: self.cfg.description.clone(),
             lease: self.cfg.lease,
+            slots: self
+                .waiting
+                .iter()
+                .filter(|w| w.slots > 1)
+                .map(|w| (w.holder.clone(), w.slots))
+                .collect(),
             acquires,
             releases,
             held: self.held.keys().cloned().collect(),
@@ -853,6 +924,18 @@ impl Committer {
             // batch with no acquires would keep their wait recorded.
             withdraw_wait: self.withdraw,
             record_wait: self.records_wait(now),
+            set_limit: self.limit_changes.last().map(|(c, _)| c.clone()),
+        }
+    }
+
+    /// Tells the callers of `set_limit` and `leave` that `written` (the
+    /// ledger now stored) carries what they asked for.
+    fn answer_limit_changes(&mut self, written: &Ledger) {
+        for (_, reply) in self.limit_changes.drain(..) {
+            let _ = reply.send(Ok(written.clone()));
+        }
+        for reply in self.leaving.drain(..) {
+            let _ = reply.send(Ok(written.clone()));
         }
     }
 
@@ -975,6 +1058,12 @@ impl Committer {
         for reply in self.snapshots.drain(..) {
             let _ = reply.send(Err(e.clone()));
         }
+        for (_, reply) in self.limit_changes.drain(..) {
+            let _ = reply.send(Err(e.clone()));
+        }
+        for reply in self.leaving.drain(..) {
+            let _ = reply.send(Err(e.clone()));
+        }
     }
 }
 
@@ -1008,6 +1097,57 @@ pub async fn read_ledger(store: &DynStore, key: &str) -> Result<Option<(Ledger, 
             Ok(Some((ledger, v.etag)))
         }
         Fetched::Missing | Fetched::NotModified => Ok(None),
+    }
+}
+
+/// `jobgate limit`: changes the ledger's limit by compare-and-swap,
+/// recorded as set by `who`. Returns the limit before and after. An
+/// ambiguous write is settled by the re-read: the change is idempotent.
+pub async fn set_limit_by_hand(
+    store: &DynStore,
+    key: &str,
+    limit: u32,
+    who: &str,
+) -> Result<(u32, Ledger)> {
+    if limit == 0 {
+        return Err(Error::InvalidLimit(0));
+    }
+    let change = LimitChange {
+        limit,
+        by: who.to_string(),
+        generation: None,
+    };
+    let mut attempt = 0u32;
+    let mut before = None;
+    loop {
+        attempt += 1;
+        let (mut ledger, etag) = read_ledger(store, key)
+            .await?
+            .ok_or_else(|| Error::LedgerMissing(key.to_string()))?;
+        // The limit before our first attempt, not one our lost answer set.
+        let previous = *before.get_or_insert(ledger.limit);
+        let wall = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        if ledger.limit == limit || decide::set_limit(&mut ledger, &change, &wall) != Some(true) {
+            return Ok((previous, ledger));
+        }
+        ledger.seq += 1;
+        ledger.written_by = Some(who.to_string());
+        ledger.written_at = Some(wall);
+        match store
+            .put(key, Bytes::from(ledger.to_bytes()), Condition::Match(etag))
+            .await
+        {
+            Ok(_) => return Ok((previous, ledger)),
+            Err(e) if e.is_transient() && attempt < 10 => {
+                sleep(backoff(
+                    attempt,
+                    Duration::from_millis(20),
+                    Duration::from_secs(1),
+                ))
+                .await;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
@@ -1075,6 +1215,75 @@ mod tests {
         // 2026 in microseconds since 1970, give or take.
         assert!(a > 1_700_000_000_000_000, "{a}");
         assert!(creation_floor() >= a);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_raised_limit_admits_waiters_and_a_lowered_one_preempts_nothing() {
+        let store: DynStore = Arc::new(MemoryStore::new());
+        let mut cfg = Config::new("a");
+        cfg.limit = Some(1);
+        let a = Semaphore::new(store.clone(), "k", cfg);
+        let _first = a.acquire("h1").await.unwrap();
+        assert!(a.try_acquire("h2").await.unwrap().is_none());
+        let change = |limit| LimitChange {
+            limit,
+            by: "east/ns/g".into(),
+            generation: Some(2),
+        };
+        let written = a.set_limit(change(3)).await.unwrap();
+        assert_eq!(written.limit, 3);
+        let set = written.limit_set.clone().unwrap();
+        assert_eq!(
+            (set.by.as_str(), set.generation, set.previous),
+            ("east/ns/g", Some(2), 1)
+        );
+        assert!(a.try_acquire("h2").await.unwrap().is_some());
+        assert!(a.try_acquire("h3").await.unwrap().is_some());
+        // Lowered below the three in use: all three keep their slots.
+        let written = a.set_limit(change(1)).await.unwrap();
+        assert_eq!((written.limit, written.in_use()), (1, 3));
+        assert!(a.try_acquire("h4").await.unwrap().is_none());
+        a.release("h1").await.unwrap();
+        a.release("h2").await.unwrap();
+        assert!(
+            a.try_acquire("h4").await.unwrap().is_none(),
+            "1 of 1 still in use"
+        );
+        a.release("h3").await.unwrap();
+        assert!(a.try_acquire("h4").await.unwrap().is_some());
+        assert!(matches!(
+            a.set_limit(change(0)).await,
+            Err(Error::InvalidLimit(0))
+        ));
+        a.shutdown().await;
+        // From the CLI: by compare-and-swap, recorded as a person's change.
+        let (before, after) = set_limit_by_hand(&store, "k", 5, "jobgate-limit@h")
+            .await
+            .unwrap();
+        assert_eq!((before, after.limit), (1, 5));
+        assert_eq!(after.limit_set.unwrap().generation, None);
+        let (before, _) = set_limit_by_hand(&store, "k", 5, "jobgate-limit@h")
+            .await
+            .unwrap();
+        assert_eq!(before, 5, "setting the same limit again changes nothing");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_agent_that_leaves_is_gone_from_the_ledger_unless_it_holds_slots() {
+        let store: DynStore = Arc::new(MemoryStore::new());
+        let mut cfg = Config::new("a");
+        cfg.limit = Some(2);
+        cfg.record_wait = true;
+        let a = Semaphore::new(store.clone(), "k", cfg);
+        let _held = a.acquire("h").await.unwrap();
+        let kept = a.leave().await.unwrap();
+        assert!(kept.agents.contains_key("a"), "it still holds h");
+        a.release("h").await.unwrap();
+        let gone = a.leave().await.unwrap();
+        assert!(!gone.agents.contains_key("a"), "{gone:?}");
+        let (stored, _) = read_ledger(&store, "k").await.unwrap().unwrap();
+        assert!(stored.agents.is_empty() && stored.holders.is_empty());
+        a.shutdown().await;
     }
 
     #[tokio::test(start_paused = true)]
@@ -1170,7 +1379,7 @@ mod tests {
         let operator = Semaphore::new(store.clone(), "k", cfg);
         let mut held = "job-0".to_string();
         let got = operator
-            .release_and_try_acquire(&[], &ids(&[&held]))
+            .release_and_try_acquire(&[], &ones(&[&held]))
             .await
             .unwrap();
         assert!(matches!(got[0], Ok(Some(_))));
@@ -1189,7 +1398,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(500)).await;
             let next = format!("job-{}", swaps + 1);
             let got = operator
-                .release_and_try_acquire(&ids(&[&held]), &ids(&[&next]))
+                .release_and_try_acquire(&ids(&[&held]), &ones(&[&next]))
                 .await
                 .unwrap();
             if matches!(got[0], Ok(Some(_))) {
@@ -1230,12 +1439,12 @@ mod tests {
         };
         let (a, b) = (agent("a"), agent("b"));
         let got = b
-            .release_and_try_acquire(&[], &ids(&["b1", "b2", "b3"]))
+            .release_and_try_acquire(&[], &ones(&["b1", "b2", "b3"]))
             .await
             .unwrap();
         assert!(got.iter().all(|g| matches!(g, Ok(Some(_)))));
         let got = a
-            .release_and_try_acquire(&[], &ids(&["a1", "a2"]))
+            .release_and_try_acquire(&[], &ones(&["a1", "a2"]))
             .await
             .unwrap();
         assert!(matches!(got[0], Ok(Some(_))) && matches!(got[1], Ok(None)));
@@ -1255,7 +1464,7 @@ mod tests {
                 ids(&[&held])
             };
             let got = b
-                .release_and_try_acquire(&release, &ids(&[&next]))
+                .release_and_try_acquire(&release, &ones(&[&next]))
                 .await
                 .unwrap();
             held.clear();
@@ -1292,17 +1501,25 @@ mod tests {
         v.iter().map(|s| s.to_string()).collect()
     }
 
+    /// Holders taking one unit each.
+    fn ones(v: &[&str]) -> Vec<(String, u32)> {
+        v.iter().map(|s| (s.to_string(), 1)).collect()
+    }
+
     #[tokio::test]
     async fn an_agent_that_frees_a_slot_yields_it_to_a_waiting_agent() {
         let store: DynStore = Arc::new(MemoryStore::new());
         let a = client(&store, "a");
         let b = client(&store, "b");
         let got = a
-            .release_and_try_acquire(&[], &ids(&["a1", "a2", "a3"]))
+            .release_and_try_acquire(&[], &ones(&["a1", "a2", "a3"]))
             .await
             .unwrap();
         assert_eq!(got.iter().filter(|g| matches!(g, Ok(Some(_)))).count(), 2);
-        let got = b.release_and_try_acquire(&[], &ids(&["b1"])).await.unwrap();
+        let got = b
+            .release_and_try_acquire(&[], &ones(&["b1"]))
+            .await
+            .unwrap();
         assert!(matches!(got[0], Ok(None)));
         // Polling (a snapshot) keeps b's place.
         let ledger = b.snapshot().await.unwrap();
@@ -1310,7 +1527,7 @@ mod tests {
         let ledger = b.snapshot().await.unwrap();
         assert_eq!(ledger.agents["b"].waiting, 1, "{ledger:?}");
         let got = a
-            .release_and_try_acquire(&ids(&["a1"]), &ids(&["a3"]))
+            .release_and_try_acquire(&ids(&["a1"]), &ones(&["a3"]))
             .await
             .unwrap();
         let l = a.snapshot().await.unwrap();
@@ -1320,7 +1537,10 @@ mod tests {
         );
         // A try reads the cache; b's next poll (a fresh read) sees the slot.
         b.snapshot().await.unwrap();
-        let got = b.release_and_try_acquire(&[], &ids(&["b1"])).await.unwrap();
+        let got = b
+            .release_and_try_acquire(&[], &ones(&["b1"]))
+            .await
+            .unwrap();
         assert!(matches!(got[0], Ok(Some(_))));
     }
 }

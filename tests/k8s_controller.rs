@@ -69,7 +69,7 @@ async fn limit_three_admits_ten_jobs_oldest_first_and_frees_every_slot() {
     assert!(events.contains("LedgerReachable"), "{events}");
     let events = events_of(cp, "involvedObject.name=job-05");
     assert!(
-        events.contains("Waiting") && events.contains("3/3 in use"),
+        events.contains("Waiting") && events.contains("in use 3/3 in all clusters"),
         "{events}"
     );
 

@@ -28,6 +28,10 @@ pub struct ControllerArgs {
     /// How often to refresh a group when nothing waits.
     #[arg(long, default_value = "60s", value_parser = super::parse_duration)]
     poll_idle: Duration,
+    /// How long a deleted group waits for a ledger it cannot read before
+    /// its finalizer is removed anyway (its slots then run out with the lease).
+    #[arg(long, default_value = "10m", value_parser = super::parse_duration)]
+    deletion_timeout: Duration,
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
@@ -124,6 +128,7 @@ pub async fn controller(args: ControllerArgs) -> Result<u8> {
         namespace: args.namespace.filter(|s| !s.is_empty()),
         poll_waiting: args.poll_waiting,
         poll_idle: args.poll_idle,
+        deletion_timeout: args.deletion_timeout,
         fence_without_ledger: !args.unsafe_fence_only_with_ledger,
         count_pods: !args.unsafe_release_without_pods,
         listen: args.listen,

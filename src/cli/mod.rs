@@ -12,6 +12,7 @@ use crate::store::{DynStore, FileStore, LedgerUrl, S3Options, S3Store};
 
 mod controller;
 mod doctor;
+mod limit;
 mod run;
 mod status;
 
@@ -70,6 +71,8 @@ enum Command {
     Status(status::StatusArgs),
     /// Release a holder's slot by hand (e.g. after a crash, before the lease ends).
     Release(status::ReleaseArgs),
+    /// Change a ledger's limit now, for every agent and cluster that shares it.
+    Limit(limit::LimitArgs),
     /// Check that a bucket really enforces conditional writes, atomically.
     Doctor(doctor::DoctorArgs),
     /// Print the ConcurrencyGroup CustomResourceDefinition (YAML).
@@ -201,6 +204,7 @@ pub fn main() -> ExitCode {
             Command::Run(args) => run::run(args).await,
             Command::Status(args) => status::status(args).await,
             Command::Release(args) => status::release(args).await,
+            Command::Limit(args) => limit::limit(args).await,
             Command::Doctor(args) => doctor::doctor(args).await,
             Command::Crd => print_crd(),
             Command::Controller(args) => controller::controller(*args).await,

@@ -31,6 +31,11 @@ pub struct RunArgs {
     /// The most commands that may hold a slot at once (creates the ledger if needed).
     #[arg(long)]
     limit: Option<u64>,
+    /// How many units of the limit this command takes (for commands that
+    /// cost more than others). It waits until that many are free; ones
+    /// that asked before it are served first.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    slots: u32,
     /// Give up waiting for a slot after this long (exit 124). Default: wait forever.
     #[arg(long, value_parser = parse_duration)]
     wait: Option<Duration>,
@@ -63,6 +68,12 @@ pub async fn run(args: RunArgs) -> Result<u8> {
         Some(n) => Some(u32::try_from(n).map_err(|_| Error::InvalidLimit(n))?),
         None => None,
     };
+    if let Some(limit) = limit.filter(|l| args.slots > *l) {
+        return Err(Error::InvalidArgument(format!(
+            "--slots {} is more than --limit {limit}: it could never run; lower --slots or raise --limit",
+            args.slots
+        )));
+    }
     if args.lease < MIN_LEASE {
         return Err(Error::InvalidArgument(format!(
             "--lease {} is too short: at least {} (renewals must fit well inside it)",
@@ -98,7 +109,7 @@ pub async fn run(args: RunArgs) -> Result<u8> {
     let mut signals = Signals::new()?;
 
     info!(holder, ledger = %url, "waiting for a slot");
-    let acquire = sem.acquire(&holder);
+    let acquire = sem.acquire_slots(&holder, args.slots);
     let waited = async {
         match args.wait {
             Some(d) => tokio::time::timeout(d, acquire).await.ok(),

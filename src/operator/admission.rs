@@ -27,6 +27,9 @@ pub struct JobView {
     /// The pod template's `terminationGracePeriodSeconds` (Kubernetes'
     /// default, 30, when unset): how long its pods may take to stop.
     pub grace_seconds: i64,
+    /// Units of the limit it takes (`jobgate.dev/slots`); 0 when the
+    /// annotation is not a positive integer.
+    pub slots: u32,
 }
 
 /// Everything one pass decides from.
@@ -50,6 +53,11 @@ pub struct Inputs<'a> {
     /// have pods that may run (pending, running or terminating): their slot
     /// is kept until those pods end.
     pub live_pods: &'a BTreeSet<String>,
+    /// False while the group is suspended or being deleted: no Job gets a
+    /// new slot; held slots are kept and freed as usual.
+    pub admit_new: bool,
+    /// The ledger's limit: a Job asking for more slots could never run.
+    pub limit: u32,
 }
 
 /// Why a slot is given up.
@@ -111,6 +119,15 @@ pub struct Decision {
     pub held_too_slow: Vec<String>,
     /// Nothing waits here any more: stop asking other clusters to defer.
     pub withdraw_wait: bool,
+    /// Waiting Jobs, in admission order, not asked for because the group
+    /// admits nothing new.
+    pub held_back: Vec<String>,
+    /// Running without a slot while the group admits nothing new: suspended.
+    pub unslotted: Vec<String>,
+    /// Jobs without a slot whose `jobgate.dev/slots` is not a positive
+    /// integer or is more than the limit: not admitted (suspended if
+    /// running), and told why.
+    pub bad_slots: Vec<String>,
 }
 
 impl Decision {
@@ -212,6 +229,10 @@ pub fn decide(inputs: &Inputs) -> Decision {
             out.too_slow_to_stop.push(j.uid.clone());
             continue;
         }
+        if (j.slots == 0 || j.slots > inputs.limit) && !(j.suspended && j.admitted) {
+            out.bad_slots.push(j.uid.clone());
+            continue;
+        }
         if !j.suspended {
             // A Job fenced for a lost slot is being suspended: it waits for
             // a slot again once it is, rather than being re-admitted while
@@ -230,6 +251,10 @@ pub fn decide(inputs: &Inputs) -> Decision {
             .then_with(|| a.name.cmp(&b.name))
     });
     out.admit = waiting.into_iter().map(|j| j.uid.clone()).collect();
+    if !inputs.admit_new {
+        out.held_back = std::mem::take(&mut out.admit);
+        out.unslotted = std::mem::take(&mut out.adopt);
+    }
     out.withdraw_wait = inputs.wait_recorded && out.admit.is_empty() && out.adopt.is_empty();
     out
 }
@@ -293,7 +318,7 @@ pub fn on_grants(
             None => JobAction::Wait { uid },
         });
     }
-    for uid in &decision.adopt {
+    for uid in decision.adopt.iter().chain(&decision.unslotted) {
         let uid = uid.clone();
         out.push(match granted.get(&uid) {
             Some(&token) => JobAction::Adopt { uid, token },
@@ -321,6 +346,7 @@ mod tests {
             finished: false,
             active_pods: false,
             grace_seconds: 30,
+            slots: 1,
         }
     }
 
@@ -352,9 +378,70 @@ mod tests {
             lost_permits: &BTreeSet::new(),
             suspend_on_loss: true,
             wait_recorded: false,
+            admit_new: true,
+            limit: 100,
             max_grace_seconds: 30,
             live_pods: &BTreeSet::new(),
         })
+    }
+
+    #[test]
+    fn a_group_that_admits_nothing_new_keeps_held_slots_and_frees_finished_ones() {
+        let mut done = running("done");
+        done.finished = true;
+        let mut unslotted = running("created-running");
+        unslotted.admitted = false;
+        let jobs = [
+            running("runs"),
+            done,
+            unslotted,
+            job("w2", "2026-01-02T00:00:00Z"),
+            job("w1", "2026-01-01T00:00:00Z"),
+        ];
+        let held = set(&["runs", "done"]);
+        let d = decide(&Inputs {
+            jobs: &jobs,
+            held_in_ledger: &held,
+            permits: &held,
+            lost_permits: &BTreeSet::new(),
+            suspend_on_loss: true,
+            wait_recorded: true,
+            admit_new: false,
+            limit: 100,
+            max_grace_seconds: 30,
+            live_pods: &BTreeSet::new(),
+        });
+        assert_eq!(
+            d.release,
+            vec![("done".to_string(), ReleaseReason::Finished)]
+        );
+        assert!(d.acquire().is_empty(), "nothing new is asked for: {d:?}");
+        assert_eq!(d.held_back, ids(&["w1", "w2"]), "in admission order");
+        assert_eq!(d.unslotted, ids(&["created-running"]));
+        assert!(
+            d.withdraw_wait,
+            "other clusters stop deferring to a paused one"
+        );
+        let actions = on_grants(&d, &jobs, &BTreeMap::new(), false);
+        assert_eq!(
+            actions,
+            vec![JobAction::SuspendNoSlot {
+                uid: "created-running".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn jobs_asking_for_impossible_slots_are_not_admitted() {
+        let mut zero = job("zero", "1");
+        zero.slots = 0;
+        let mut huge = job("huge", "2");
+        huge.slots = 101;
+        let mut fits = job("fits", "3");
+        fits.slots = 100;
+        let d = decide_with(&[zero, huge, fits], &[]);
+        assert_eq!(d.bad_slots, ids(&["zero", "huge"]));
+        assert_eq!(d.admit, ids(&["fits"]));
     }
 
     #[test]
@@ -452,6 +539,8 @@ mod tests {
             lost_permits: &BTreeSet::new(),
             suspend_on_loss: true,
             wait_recorded: false,
+            admit_new: true,
+            limit: 100,
             max_grace_seconds: 30,
             live_pods: &BTreeSet::new(),
         });
@@ -471,6 +560,8 @@ mod tests {
             lost_permits: &held,
             suspend_on_loss,
             wait_recorded: false,
+            admit_new: true,
+            limit: 100,
             max_grace_seconds: 30,
             live_pods: &BTreeSet::new(),
         })
@@ -515,6 +606,8 @@ mod tests {
             lost_permits: &set(&["a"]),
             suspend_on_loss: true,
             wait_recorded: false,
+            admit_new: true,
+            limit: 100,
             max_grace_seconds: 30,
             live_pods: &BTreeSet::new(),
         });
@@ -551,6 +644,8 @@ mod tests {
                 lost_permits: &BTreeSet::new(),
                 suspend_on_loss: true,
                 wait_recorded: true,
+                admit_new: true,
+                limit: 100,
                 max_grace_seconds: 30,
                 live_pods: &BTreeSet::new(),
             })
@@ -569,6 +664,8 @@ mod tests {
             lost_permits: &set(&["a"]),
             suspend_on_loss: true,
             wait_recorded: false,
+            admit_new: true,
+            limit: 100,
             max_grace_seconds: 30,
             live_pods: &BTreeSet::new(),
         });
@@ -636,6 +733,8 @@ mod tests {
             lost_permits: &BTreeSet::new(),
             suspend_on_loss: true,
             wait_recorded: false,
+            admit_new: true,
+            limit: 100,
             max_grace_seconds: 30,
             live_pods: &live,
         });

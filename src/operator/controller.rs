@@ -25,6 +25,7 @@ use super::http::{self, Health};
 use super::leader::{self, LeaseConfig};
 use super::ledgers::{LedgerSettings, Ledgers};
 use super::metrics::Metrics;
+use super::orphans;
 use super::reconcile::{self, Context};
 use super::webhook::{self, WebhookSettings};
 
@@ -36,6 +37,8 @@ pub struct Settings {
     pub namespace: Option<String>,
     pub poll_waiting: Duration,
     pub poll_idle: Duration,
+    /// How long a deleted group waits for an unreadable ledger.
+    pub deletion_timeout: Duration,
     /// Suspend Jobs whose slot is lost even when the ledger cannot be read.
     /// Off only in tests that show what goes wrong without it.
     pub fence_without_ledger: bool,
@@ -322,17 +325,28 @@ async fn admit(
         fence_without_ledger: settings.fence_without_ledger,
         count_pods: settings.count_pods,
         trigger,
+        deletion_timeout: settings.deletion_timeout,
     });
 
-    // A deleted group is not reconciled again: drop its ledger client, so
-    // that its lease stops being renewed and runs out at the others.
+    // Groups deleted without our finalizer (removed by hand) are not
+    // reconciled again: drop their ledger clients, so that their leases
+    // stop being renewed and run out at the others. The same sweep finds
+    // labelled Jobs whose group does not exist; a Job event for a missing
+    // group wakes it early.
+    let missing_group = Arc::new(tokio::sync::Notify::new());
     let sweeper = tokio::spawn({
         let ctx = ctx.clone();
         let groups = groups.clone();
+        let jobs = jobs.clone();
         let every = settings.poll_idle;
+        let wake = missing_group.clone();
         async move {
+            let mut told = std::collections::BTreeSet::new();
             loop {
-                tokio::time::sleep(every).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = wake.notified() => {}
+                }
                 if let Ok(list) = groups.list(&ListParams::default()).await {
                     let existing = list
                         .items
@@ -340,6 +354,9 @@ async fn admit(
                         .map(|g| (g.namespace().unwrap_or_default(), g.name_any()))
                         .collect();
                     ctx.ledgers.retain(&existing).await;
+                }
+                if let Err(e) = orphans::sweep(&ctx, &groups, &jobs, &mut told).await {
+                    warn!(error = %e, "could not look for Jobs whose group does not exist");
                 }
             }
         }
@@ -362,11 +379,17 @@ async fn admit(
             let _ = shutdown.wait_for(|stopped| *stopped).await;
         })
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                // Reconciler errors are logged by the error policy.
-                if !matches!(e, kube::runtime::controller::Error::ReconcilerFailed(..)) {
-                    warn!(error = %e, "controller event");
+        .for_each(|result| {
+            let missing_group = missing_group.clone();
+            async move {
+                match result {
+                    // A Job names a group that does not exist.
+                    Err(kube::runtime::controller::Error::ObjectNotFound(_)) => {
+                        missing_group.notify_one();
+                    }
+                    // Reconciler errors are logged by the error policy.
+                    Err(kube::runtime::controller::Error::ReconcilerFailed(..)) | Ok(_) => {}
+                    Err(e) => warn!(error = %e, "controller event"),
                 }
             }
         })

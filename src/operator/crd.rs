@@ -16,21 +16,30 @@ use serde::{Deserialize, Serialize};
     shortname = "cg",
     namespaced,
     status = "ConcurrencyGroupStatus",
-    printcolumn = r#"{"name":"LIMIT","type":"integer","jsonPath":".spec.limit"}"#,
+    printcolumn = r#"{"name":"LIMIT","type":"integer","jsonPath":".status.limit","description":"The limit in force: the shared ledger's"}"#,
     printcolumn = r#"{"name":"IN-USE","type":"integer","jsonPath":".status.inUse","description":"Slots in use in all clusters"}"#,
     printcolumn = r#"{"name":"HERE","type":"integer","jsonPath":".status.admittedHere","description":"Jobs admitted in this cluster"}"#,
     printcolumn = r#"{"name":"WAITING","type":"integer","jsonPath":".status.waitingHere","description":"Jobs waiting in this cluster"}"#,
     printcolumn = r#"{"name":"READY","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"SUSPENDED","type":"string","jsonPath":".status.conditions[?(@.type==\"Suspended\")].status","description":"Admits nothing new (spec.suspend, or being deleted)"}"#,
     printcolumn = r#"{"name":"AGE","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"SPEC-LIMIT","type":"integer","jsonPath":".spec.limit","priority":1,"description":"The limit this cluster's spec asks for"}"#,
     printcolumn = r#"{"name":"BUCKET","type":"string","jsonPath":".spec.ledger.bucket","priority":1}"#,
     printcolumn = r#"{"name":"KEY","type":"string","jsonPath":".status.ledgerKey","priority":1}"#,
     printcolumn = r#"{"name":"REASON","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason","priority":1}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ConcurrencyGroupSpec {
-    /// The most Jobs of this group that may run at once, in all clusters together.
+    /// The most Jobs of this group that may run at once, in all clusters
+    /// together. A change is written to the shared ledger and applies in
+    /// every cluster; lowering it stops nothing that runs (new Jobs wait
+    /// until fewer than the new limit are in use).
     #[schemars(range(min = 1, max = 100000))]
     pub limit: u32,
+    /// Admit no new Jobs while true; admitted ones run on and free their
+    /// slots as they end. Waiting Jobs keep their place.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend: bool,
     /// Where the shared ledger object lives.
     pub ledger: LedgerSpec,
     /// How long a cluster that stops renewing keeps its slots.
@@ -185,6 +194,10 @@ pub struct ConcurrencyGroupStatus {
     /// The limit in force: the ledger's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
+    /// The spec.limit this cluster last wrote to the ledger or accepted from
+    /// it; a different spec.limit is a change to write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_limit_applied: Option<u32>,
     /// Slots in use in all clusters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_use: Option<u32>,
@@ -223,7 +236,17 @@ pub const GROUP_LABEL: &str = "jobgate.dev/group";
 /// Optional integer annotation; higher is admitted first.
 pub const PRIORITY_ANNOTATION: &str = "jobgate.dev/priority";
 pub const ADMITTED_AT_ANNOTATION: &str = "jobgate.dev/admitted-at";
+/// Optional integer annotation (default 1): how many units of the group's
+/// limit the Job takes, for Jobs whose parallelism or cost differs.
+pub const SLOTS_ANNOTATION: &str = "jobgate.dev/slots";
 pub const TOKEN_ANNOTATION: &str = "jobgate.dev/fencing-token";
+/// Held by every group while this cluster may hold slots for it: a deleted
+/// group gives its slots back before it goes.
+pub const FINALIZER: &str = "jobgate.dev/release-slots";
+/// On a group being deleted: drop the finalizer without waiting for the
+/// ledger (for a ledger that cannot be reached any more). Slots still held
+/// then run out with the lease at the other agents.
+pub const ABANDON_ANNOTATION: &str = "jobgate.dev/abandon-slots";
 
 impl ConcurrencyGroup {
     /// The ledger key: `spec.ledger.key`, else `jobgate/<namespace>/<name>.json`.
@@ -255,6 +278,7 @@ mod tests {
             on_lease_loss: LeaseLossPolicy::Suspend,
             max_grace_period_seconds: grace,
             on_controller_loss: ControllerLossPolicy::Reclaim,
+            suspend: false,
         }
     }
 
@@ -338,6 +362,7 @@ mod tests {
                 on_lease_loss: LeaseLossPolicy::Suspend,
                 max_grace_period_seconds: 30,
                 on_controller_loss: ControllerLossPolicy::Reclaim,
+                suspend: false,
             },
         );
         g.metadata.namespace = Some("batch".into());

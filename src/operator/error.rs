@@ -43,6 +43,9 @@ pub enum Error {
     #[error("updating the group's status: {0}")]
     UpdateStatus(#[source] kube::Error),
 
+    #[error("updating the group's finalizer: {0}")]
+    Finalizer(#[source] kube::Error),
+
     #[error("the object has no {0}")]
     MissingField(&'static str),
 
@@ -78,6 +81,7 @@ impl Error {
             Error::ReadLedger(_) => "read_ledger",
             Error::WriteLedger(_) => "write_ledger",
             Error::PatchJob { .. } => "patch_job",
+            Error::Finalizer(_) => "finalizer",
             Error::UpdateStatus(_) => "update_status",
             Error::MissingField(_) => "invalid_object",
             Error::Leader(_) => "leader_election",

@@ -38,6 +38,12 @@ pub struct GroupLedger {
     pub announced_waiting: Mutex<BTreeSet<String>>,
     /// Semaphore counters already exported to metrics.
     pub exported: Mutex<(u64, u64)>,
+    /// The spec.limit this process wrote or accepted last (see
+    /// `limits::plan`); ahead of the status, whose update may fail.
+    pub limit_applied: Mutex<Option<u32>>,
+    /// Waiting Jobs already told why nothing is admitted (suspended or
+    /// deleted group).
+    pub announced_held: Mutex<BTreeSet<String>>,
 }
 
 impl GroupLedger {
@@ -148,6 +154,8 @@ impl Ledgers {
             permits: Mutex::new(BTreeMap::new()),
             announced_waiting: Mutex::new(BTreeSet::new()),
             exported: Mutex::new((0, 0)),
+            limit_applied: Mutex::new(None),
+            announced_held: Mutex::new(BTreeSet::new()),
         });
         // Reconciliations of one group never overlap, so nobody else built
         // a client for it meanwhile. A replaced client stops once the last

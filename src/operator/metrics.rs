@@ -69,6 +69,7 @@ pub struct Metrics {
     pub leader: Gauge,
     pub deadline_patches: Family<GroupLabels, Counter>,
     pub webhook_reviews: Family<WebhookLabels, Counter>,
+    pub jobs_without_group: Family<GroupLabels, Gauge>,
 }
 
 impl Metrics {
@@ -90,12 +91,18 @@ impl Metrics {
             leader: Gauge::default(),
             deadline_patches: Family::default(),
             webhook_reviews: Family::default(),
+            jobs_without_group: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("jobgate");
         r.register(
             "webhook_reviews",
             "Job creations the webhook reviewed, by what it did",
             m.webhook_reviews.clone(),
+        );
+        r.register(
+            "jobs_without_group",
+            "Unfinished Jobs labelled with a group that does not exist, by namespace and group name",
+            m.jobs_without_group.clone(),
         );
         r.register(
             "deadline_patches",

@@ -25,12 +25,15 @@ use tracing::{debug, info, warn};
 
 use super::admission::{self, Decision, Inputs, JobAction, JobView, ReleaseReason};
 use super::crd::{
-    ADMITTED_AT_ANNOTATION, ConcurrencyGroup, ControllerLossPolicy, GROUP_LABEL, LeaseLossPolicy,
-    PRIORITY_ANNOTATION, TOKEN_ANNOTATION,
+    ABANDON_ANNOTATION, ADMITTED_AT_ANNOTATION, ConcurrencyGroup, ControllerLossPolicy, FINALIZER,
+    GROUP_LABEL, LeaseLossPolicy, PRIORITY_ANNOTATION, SLOTS_ANNOTATION, TOKEN_ANNOTATION,
 };
 use super::deadline;
+use super::deletion::{self, Step};
 use super::error::{Error, Result};
+use super::explain;
 use super::ledgers::{Credentials, GroupLedger, LedgerSettings, Ledgers, lock};
+use super::limits;
 use super::metrics::{GroupLabels, Metrics, ReleaseLabels};
 use super::status::{self, Observed, Problem};
 use crate::ledger::Ledger;
@@ -58,6 +61,9 @@ pub struct Context {
     pub count_pods: bool,
     /// Asks for a reconciliation of a group (e.g. when a slot is lost).
     pub trigger: mpsc::UnboundedSender<ObjectRef<ConcurrencyGroup>>,
+    /// How long a deleted group waits for a ledger it cannot read before
+    /// its finalizer is dropped anyway.
+    pub deletion_timeout: Duration,
 }
 
 /// What a pass did, for the status and the requeue interval.
@@ -72,6 +78,9 @@ struct Summary {
     /// With `onControllerLoss: FailJobs` and Jobs running here: how often
     /// their deadlines must be looked at.
     deadline_every: Option<Duration>,
+    /// Who set the ledger's limit, for the LimitAgreed message.
+    limit_source: String,
+    spec_limit_applied: u32,
 }
 
 pub async fn reconcile(group: Arc<ConcurrencyGroup>, ctx: Arc<Context>) -> Result<Action> {
@@ -80,24 +89,46 @@ pub async fn reconcile(group: Arc<ConcurrencyGroup>, ctx: Arc<Context>) -> Resul
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let name = group.name_any();
-    if group.metadata.deletion_timestamp.is_some() {
+    let finalized = group.finalizers().iter().any(|f| f == FINALIZER);
+    let deleting = group.metadata.deletion_timestamp.is_some();
+    if deleting && !finalized {
         ctx.ledgers.forget(&ns, &name).await;
         return Ok(Action::await_change());
+    }
+    if !finalized {
+        set_finalizer(&ctx, &group, &ns, true).await?;
+    }
+    if deleting && group.annotations().contains_key(ABANDON_ANNOTATION) {
+        // What this process holds for it, for the message.
+        let held = ctx
+            .ledgers
+            .current(&ns, &name)
+            .await
+            .map(|gl| gl.permits().0.len() as u32);
+        if let Step::Abandon(why) = deletion::step(held, Duration::ZERO, ctx.deletion_timeout, true)
+        {
+            return finish_deletion(&ctx, &group, &ns, Some(why)).await;
+        }
     }
     let labels = GroupLabels {
         namespace: ns.clone(),
         group: name.clone(),
     };
-    let result = admit(&group, &ns, &name, &ctx, &labels).await;
+    let admit_new = !deleting && !group.spec.suspend;
+    let result = admit(&group, &ns, &name, &ctx, &labels, admit_new).await;
     let mut observed = Observed {
         generation: group.metadata.generation,
         ledger_key: group.ledger_key(),
         spec_limit: group.spec.limit,
         max_grace_seconds: group.spec.max_grace_period_seconds,
+        suspended: group.spec.suspend,
+        deleting: deleting.then(|| result.as_ref().map_or(0, |s| s.admitted_here)),
         ..Default::default()
     };
     match &result {
         Ok(s) => {
+            observed.limit_source = Some(s.limit_source.clone());
+            observed.spec_limit_applied = Some(s.spec_limit_applied);
             observed.ledger_limit = Some(s.ledger_limit);
             observed.in_use = Some(s.in_use);
             observed.admitted_here = Some(s.admitted_here);
@@ -130,9 +161,26 @@ pub async fn reconcile(group: Arc<ConcurrencyGroup>, ctx: Arc<Context>) -> Resul
         }
     }
     let status_result = update_status(&group, &ns, &name, &observed, &ctx).await;
+    if deleting {
+        let held = result.as_ref().ok().map(|s| s.admitted_here);
+        let waited = group
+            .metadata
+            .deletion_timestamp
+            .as_ref()
+            .and_then(|t| {
+                let since = k8s_openapi::jiff::Timestamp::now().duration_since(t.0);
+                Duration::try_from(since).ok()
+            })
+            .unwrap_or_default();
+        match deletion::step(held, waited, ctx.deletion_timeout, false) {
+            Step::Drain => {}
+            Step::Leave => return finish_deletion(&ctx, &group, &ns, None).await,
+            Step::Abandon(why) => return finish_deletion(&ctx, &group, &ns, Some(why)).await,
+        }
+    }
     let summary = result?;
     status_result?;
-    let wait = if summary.waiting_here > 0 {
+    let wait = if summary.waiting_here > 0 && admit_new || deleting {
         ctx.poll_waiting
     } else {
         ctx.poll_idle
@@ -167,6 +215,7 @@ async fn admit(
     name: &str,
     ctx: &Arc<Context>,
     labels: &GroupLabels,
+    admit_new: bool,
 ) -> Result<Summary> {
     // Lost slots are fenced from this process's own state first: reading
     // the ledger may take longer than the lease has left, or fail.
@@ -226,13 +275,14 @@ async fn admit(
         }
         Err(e) => return Err(e),
     };
-    let decision = decide(&pass, group);
+    let decision = decide(&pass, group, admit_new);
     debug!(group = name, ?decision, "decided");
     fence(ctx, &pass, &decision).await?;
     let granted = write_ledger(ctx, &pass, group, &decision).await?;
     let (waiting_here, read) = patch_jobs(ctx, &pass, group, &decision, &granted, labels).await?;
     export_counters(ctx, &pass.gl, labels);
     let mut summary = summarize(&pass, &decision, waiting_here, read).await?;
+    summary.spec_limit_applied = pass.spec_limit_applied;
     summary.deadline_every = deadline_every;
     Ok(summary)
 }
@@ -342,6 +392,9 @@ struct Pass {
     /// Of the held slots whose Job is gone or finished, those with pods that
     /// may still run.
     live_pods: BTreeSet<String>,
+    spec_limit_applied: u32,
+    /// The ledger's limit as read.
+    limit: u32,
 }
 
 /// Suspends the running Jobs that nothing vouches for without a ledger read:
@@ -401,7 +454,28 @@ async fn gather(
         .map_err(Error::OpenLedger)?;
     // The ledger first, then the Jobs: every slot held in this snapshot was
     // granted before the list, so the list shows its Job unless it is gone.
-    let ledger = gl.sem.snapshot().await.map_err(Error::ReadLedger)?;
+    let mut ledger = gl.sem.snapshot().await.map_err(Error::ReadLedger)?;
+    // A new spec.limit goes into the ledger before anything is admitted
+    // under the old one.
+    let applied = (*lock(&gl.limit_applied))
+        .or_else(|| group.status.as_ref().and_then(|s| s.spec_limit_applied));
+    let plan = limits::plan(
+        group.spec.limit,
+        group.metadata.generation,
+        applied,
+        Some(&ledger),
+        &gl.agent,
+    );
+    if let Some(change) = plan.change {
+        info!(
+            group = name,
+            from = ledger.limit,
+            to = change.limit,
+            "writing the new limit to the ledger"
+        );
+        ledger = gl.sem.set_limit(change).await.map_err(Error::WriteLedger)?;
+    }
+    *lock(&gl.limit_applied) = Some(plan.applied);
     let selector = ListParams::default().labels(&format!("{GROUP_LABEL}={name}"));
     let listed = timed(ctx, "list_jobs", jobs_api.list(&selector))
         .await
@@ -424,6 +498,8 @@ async fn gather(
         BTreeSet::new()
     };
     Ok(Pass {
+        spec_limit_applied: plan.applied,
+        limit: ledger.limit,
         views: jobs.values().filter_map(job_view).collect(),
         held_in_ledger,
         live_pods,
@@ -467,7 +543,7 @@ async fn live_pods(ctx: &Context, ns: &str, jobs: &[&String]) -> Result<BTreeSet
 
 /// Decide: the pure `admission::decide` over what was gathered and the
 /// permits this process holds.
-fn decide(pass: &Pass, group: &ConcurrencyGroup) -> Decision {
+fn decide(pass: &Pass, group: &ConcurrencyGroup, admit_new: bool) -> Decision {
     let (permits, lost_permits) = pass.gl.permits();
     admission::decide(&Inputs {
         jobs: &pass.views,
@@ -478,6 +554,8 @@ fn decide(pass: &Pass, group: &ConcurrencyGroup) -> Decision {
         wait_recorded: pass.wait_recorded,
         max_grace_seconds: i64::from(group.spec.max_grace_period_seconds),
         live_pods: &pass.live_pods,
+        admit_new,
+        limit: pass.limit,
     })
 }
 
@@ -517,9 +595,20 @@ async fn write_ledger(
     }
     let releases = decision.release_ids();
     let acquires = decision.acquire();
+    let weighted: Vec<(String, u32)> = acquires
+        .iter()
+        .map(|uid| {
+            let slots = pass
+                .views
+                .iter()
+                .find(|j| &j.uid == uid)
+                .map_or(1, |j| j.slots);
+            (uid.clone(), slots.max(1))
+        })
+        .collect();
     let answers = gl
         .sem
-        .release_and_try_acquire(&releases, &acquires)
+        .release_and_try_acquire(&releases, &weighted)
         .await
         .map_err(Error::WriteLedger)?;
     // Forget released permits before tracking grants: a lost slot given up
@@ -571,6 +660,8 @@ async fn patch_jobs(
     lock(&gl.announced_waiting).retain(|uid| pass.jobs.contains_key(uid));
     report_releases(ctx, pass, decision, labels).await;
     refuse_too_slow(ctx, pass, group, decision).await?;
+    refuse_bad_slots(ctx, pass, decision).await?;
+    let held_back = hold_back(ctx, pass, group, decision).await;
     let actions = admission::on_grants(
         decision,
         &pass.views,
@@ -578,13 +669,13 @@ async fn patch_jobs(
         group.spec.on_lease_loss == LeaseLossPolicy::Keep,
     );
     if actions.is_empty() {
-        return Ok((0, None));
+        return Ok((held_back, None));
     }
     // For the messages: the ledger as it is now (a conditional GET; usually
     // unchanged).
     let now = gl.sem.snapshot().await.map_err(Error::ReadLedger)?;
-    let (in_use, limit, name) = (now.holders.len(), now.limit, group.name_any());
-    let mut waiting = 0;
+    let (in_use, limit, name) = (now.in_use(), now.limit, group.name_any());
+    let mut waiting = held_back;
     for action in actions {
         match action {
             JobAction::Unsuspend { uid, token } => {
@@ -605,9 +696,15 @@ async fn patch_jobs(
                     continue;
                 };
                 waiting += 1;
-                if lock(&gl.announced_waiting).insert(uid) {
-                    let note =
-                        format!("waiting for a slot: {in_use}/{limit} in use in all clusters");
+                if lock(&gl.announced_waiting).insert(uid.clone()) {
+                    // The queue as it is after this pass's grants.
+                    let queue: Vec<&String> = decision
+                        .admit
+                        .iter()
+                        .filter(|u| !granted.contains_key(*u))
+                        .collect();
+                    let position = queue.iter().position(|u| **u == uid).unwrap_or(0);
+                    let note = explain::waiting(position + 1, queue.len(), &now, &gl.agent);
                     publish(ctx, job, EventType::Normal, "Waiting", "Admit", note).await;
                 }
             }
@@ -650,6 +747,87 @@ async fn patch_jobs(
         }
     }
     Ok((waiting, Some(now)))
+}
+
+/// Jobs whose `jobgate.dev/slots` cannot be served are not admitted:
+/// running ones are suspended, waiting ones told once why.
+async fn refuse_bad_slots(ctx: &Context, pass: &Pass, decision: &Decision) -> Result<()> {
+    for uid in &decision.bad_slots {
+        let (Some(job), Some(view)) = (
+            pass.jobs.get(uid),
+            pass.views.iter().find(|j| &j.uid == uid),
+        ) else {
+            continue;
+        };
+        let asked = job
+            .annotations()
+            .get(SLOTS_ANNOTATION)
+            .cloned()
+            .unwrap_or_default();
+        let note = if view.slots == 0 {
+            format!(
+                "annotation {SLOTS_ANNOTATION}: {asked:?} is not a positive whole number; not admitted. Set it to how many units of the group's limit the Job takes, e.g. \"2\""
+            )
+        } else {
+            format!(
+                "annotation {SLOTS_ANNOTATION}: {asked:?} is more than the group's limit {}, so it could never run; not admitted. Lower it, or raise the limit",
+                pass.limit
+            )
+        };
+        if !view.suspended {
+            suspend(ctx, &pass.jobs_api, job, "InvalidSlots", note).await?;
+        } else if lock(&pass.gl.announced_waiting).insert(uid.clone()) {
+            publish(ctx, job, EventType::Warning, "InvalidSlots", "Admit", note).await;
+        }
+    }
+    Ok(())
+}
+
+/// Waiting Jobs of a group that admits nothing new are told once why.
+/// Returns how many there are.
+async fn hold_back(
+    ctx: &Context,
+    pass: &Pass,
+    group: &ConcurrencyGroup,
+    decision: &Decision,
+) -> u32 {
+    let mut told = lock(&pass.gl.announced_held).clone();
+    if decision.held_back.is_empty() {
+        // Admitting again: tell them again next time.
+        lock(&pass.gl.announced_held).clear();
+        return 0;
+    }
+    let (reason, note) = if group.metadata.deletion_timestamp.is_some() {
+        (
+            "GroupDeleting",
+            format!(
+                "group {} is being deleted: this Job is not admitted. Recreate the group to admit it, or delete the Job",
+                group.name_any()
+            ),
+        )
+    } else {
+        (
+            "GroupSuspended",
+            format!(
+                "group {} is suspended (spec.suspend: true): this Job keeps its place and is admitted once the group is resumed",
+                group.name_any()
+            ),
+        )
+    };
+    for uid in &decision.held_back {
+        let Some(job) = pass.jobs.get(uid) else {
+            continue;
+        };
+        if told.insert(format!("{reason}/{uid}")) {
+            publish(ctx, job, EventType::Normal, reason, "Admit", note.clone()).await;
+        }
+    }
+    told.retain(|key| {
+        key.split_once('/')
+            .is_some_and(|(_, uid)| pass.jobs.contains_key(uid))
+    });
+    *lock(&pass.gl.announced_held) = told;
+    decision.held_back.len() as u32
 }
 
 /// Jobs whose pods may take longer to stop than the group allows are not
@@ -721,12 +899,14 @@ async fn summarize(
     };
     Ok(Summary {
         ledger_limit: after.limit,
-        in_use: after.holders.len() as u32,
+        in_use: after.in_use() as u32,
         admitted_here: after.holders_of(&gl.agent).count() as u32,
         waiting_here,
         too_slow_to_stop: longest_grace(&pass.views, &decision.too_slow_to_stop),
         held_too_slow: longest_grace(&pass.views, &decision.held_too_slow),
         deadline_every: None,
+        limit_source: limits::describe_source(after.limit_set.as_ref()),
+        spec_limit_applied: 0,
     })
 }
 
@@ -837,7 +1017,7 @@ async fn credentials(
     }))
 }
 
-fn is_finished(job: &Job) -> bool {
+pub fn is_finished(job: &Job) -> bool {
     job.metadata.deletion_timestamp.is_some()
         || job
             .status
@@ -882,6 +1062,11 @@ pub fn job_view(job: &Job) -> Option<JobView> {
             .and_then(|s| s.template.spec.as_ref())
             .and_then(|s| s.termination_grace_period_seconds)
             .unwrap_or(DEFAULT_GRACE_SECONDS),
+        slots: job
+            .annotations()
+            .get(SLOTS_ANNOTATION)
+            .map_or(Some(1), |n| n.trim().parse().ok())
+            .unwrap_or(0),
     })
 }
 
@@ -1176,4 +1361,89 @@ async fn update_status(
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(e) => Err(Error::UpdateStatus(e)),
     }
+}
+
+/// Adds (or removes) this controller's finalizer, guarded by the group's
+/// resourceVersion so that a concurrent change of the list is never lost.
+async fn set_finalizer(ctx: &Context, group: &ConcurrencyGroup, ns: &str, on: bool) -> Result<()> {
+    let mut finalizers: Vec<String> = group
+        .finalizers()
+        .iter()
+        .filter(|f| f.as_str() != FINALIZER)
+        .cloned()
+        .collect();
+    if on {
+        finalizers.push(FINALIZER.to_string());
+    }
+    let patch = json!({
+        "metadata": {
+            "finalizers": finalizers,
+            "resourceVersion": group.resource_version(),
+        }
+    });
+    let api: Api<ConcurrencyGroup> = Api::namespaced(ctx.client.clone(), ns);
+    let result = timed(
+        ctx,
+        "patch_group",
+        api.patch(
+            &group.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        ),
+    )
+    .await;
+    match result {
+        Ok(_) => Ok(()),
+        // Gone already: nothing to hold any more.
+        Err(kube::Error::Api(e)) if e.code == 404 && !on => Ok(()),
+        Err(e) => Err(Error::Finalizer(e)),
+    }
+}
+
+/// The last step of a deleted group: this cluster's agent leaves the ledger
+/// (unless `abandon` says why it cannot), its client stops, and the
+/// finalizer goes.
+async fn finish_deletion(
+    ctx: &Context,
+    group: &ConcurrencyGroup,
+    ns: &str,
+    abandon: Option<String>,
+) -> Result<Action> {
+    let name = group.name_any();
+    match abandon {
+        Some(why) => {
+            warn!(group = %format!("{ns}/{name}"), %why, "dropping the finalizer");
+            publish_on(
+                ctx,
+                group.object_ref(&()),
+                EventType::Warning,
+                "SlotsAbandoned",
+                "Delete",
+                why,
+            )
+            .await;
+        }
+        None => {
+            if let Some(gl) = ctx.ledgers.current(ns, &name).await {
+                let left = gl.sem.leave().await.map_err(Error::WriteLedger)?;
+                if left.agents.contains_key(&gl.agent) {
+                    // A slot was granted meanwhile (cannot happen with
+                    // admissions stopped, but never drop it silently).
+                    return Ok(Action::requeue(ctx.poll_waiting));
+                }
+            }
+            publish_on(
+                ctx,
+                group.object_ref(&()),
+                EventType::Normal,
+                "SlotsReleased",
+                "Delete",
+                "every slot this cluster held for the group was given back and its agent left the ledger; removing the finalizer".into(),
+            )
+            .await;
+        }
+    }
+    ctx.ledgers.forget(ns, &name).await;
+    set_finalizer(ctx, group, ns, false).await?;
+    Ok(Action::await_change())
 }

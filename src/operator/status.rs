@@ -9,6 +9,7 @@ use super::crd::{ConcurrencyGroupStatus, GroupCondition};
 pub const READY: &str = "Ready";
 pub const LIMIT_AGREED: &str = "LimitAgreed";
 pub const JOBS_FIT: &str = "JobsFit";
+pub const SUSPENDED: &str = "Suspended";
 
 /// Why the ledger cannot be used, as a condition reason and a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +63,14 @@ pub struct Observed {
     /// `maxGracePeriodSeconds` (lowered since they were admitted).
     pub held_too_slow: Option<(u32, i64)>,
     pub max_grace_seconds: u32,
+    /// Who set the ledger's limit, for people (`limits::describe_source`).
+    pub limit_source: Option<String>,
+    /// The spec.limit this cluster has written or accepted (`limits::plan`).
+    pub spec_limit_applied: Option<u32>,
+    /// Admits nothing new: `spec.suspend`.
+    pub suspended: bool,
+    /// Admits nothing new: being deleted; how many slots it still holds here.
+    pub deleting: Option<u32>,
 }
 
 pub fn build(
@@ -108,8 +117,11 @@ pub fn build(
                 false,
                 "LimitMismatch",
                 format!(
-                    "spec.limit is {} but the shared ledger's limit is {ledger_limit}, set by the cluster that created it; the ledger's limit applies",
-                    obs.spec_limit
+                    "spec.limit is {} but the shared ledger's limit is {ledger_limit}, set {}; the ledger's limit applies. Set spec.limit again to apply it everywhere",
+                    obs.spec_limit,
+                    obs.limit_source
+                        .as_deref()
+                        .unwrap_or("by the cluster that created the ledger"),
                 ),
             )
         });
@@ -157,9 +169,35 @@ pub fn build(
     } else if let Some(c) = old(JOBS_FIT) {
         conditions.push(c.clone());
     }
+    conditions.push(match (obs.deleting, obs.suspended) {
+        (Some(held), _) => condition(
+            SUSPENDED,
+            true,
+            "Deleting",
+            format!(
+                "the group is being deleted: nothing new is admitted; {held} slot(s) held here are given back as their Jobs' pods stop, then the finalizer is removed"
+            ),
+        ),
+        (None, true) => condition(
+            SUSPENDED,
+            true,
+            "SuspendedBySpec",
+            "spec.suspend is true: nothing new is admitted; admitted Jobs run on and free their slots as they end".to_string(),
+        ),
+        (None, false) => condition(
+            SUSPENDED,
+            false,
+            "Admitting",
+            "Jobs are admitted as slots free up".to_string(),
+        ),
+    });
     let keep = |now: Option<u32>, before: Option<u32>| now.or(before);
     ConcurrencyGroupStatus {
         limit: keep(obs.ledger_limit, prev.and_then(|s| s.limit)),
+        spec_limit_applied: keep(
+            obs.spec_limit_applied,
+            prev.and_then(|s| s.spec_limit_applied),
+        ),
         in_use: keep(obs.in_use, prev.and_then(|s| s.in_use)),
         admitted_here: keep(obs.admitted_here, prev.and_then(|s| s.admitted_here)),
         waiting_here: keep(obs.waiting_here, prev.and_then(|s| s.waiting_here)),
@@ -186,6 +224,7 @@ mod tests {
             too_slow_to_stop: None,
             held_too_slow: None,
             max_grace_seconds: 30,
+            ..Default::default()
         }
     }
 
@@ -254,6 +293,40 @@ mod tests {
             ("False", "LimitMismatch")
         );
         assert_eq!(s.limit, Some(3));
+        assert!(
+            c.message
+                .contains("set by the cluster that created the ledger"),
+            "{}",
+            c.message
+        );
+        obs.limit_source = Some("by west/ns/g from generation 4 at t (was 2)".into());
+        let c = build(None, &obs, "t2").conditions;
+        let c = c.iter().find(|c| c.type_ == LIMIT_AGREED).unwrap();
+        assert!(
+            c.message.contains("spec.limit is 5 but the shared ledger's limit is 3, set by west/ns/g from generation 4"),
+            "{}",
+            c.message
+        );
+    }
+
+    #[test]
+    fn a_suspended_or_deleting_group_says_it_admits_nothing_new() {
+        let s = build(None, &healthy(), "t1");
+        assert_eq!(cond(&s, SUSPENDED).status, "False");
+        let mut obs = healthy();
+        obs.suspended = true;
+        let s = build(Some(&s), &obs, "t2");
+        let c = cond(&s, SUSPENDED);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "SuspendedBySpec")
+        );
+        obs.deleting = Some(2);
+        let s = build(Some(&s), &obs, "t3");
+        let c = cond(&s, SUSPENDED);
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Deleting"));
+        assert!(c.message.contains("2 slot(s)"), "{}", c.message);
+        assert_eq!(c.last_transition_time, "t2", "still suspended");
     }
 
     #[test]

@@ -155,6 +155,18 @@ impl PodLog {
         s.timeline.iter().map(|(_, n)| *n).max().unwrap_or(0)
     }
 
+    /// Every rise of the count after `since` that took it above `limit`:
+    /// the counts reached. Empty when no Job got a pod over the limit then
+    /// (Jobs already running above it may stop at their own pace).
+    pub fn rises_above(&self, limit: usize, since: Instant) -> Vec<usize> {
+        let s = self.state.lock().unwrap();
+        s.timeline
+            .windows(2)
+            .filter(|w| w[1].0 >= since && w[1].1 > w[0].1 && w[1].1 > limit)
+            .map(|w| w[1].1)
+            .collect()
+    }
+
     /// How long, in total, more than `limit` Jobs had pods that may run.
     pub fn time_over(&self, limit: usize) -> Duration {
         let s = self.state.lock().unwrap();

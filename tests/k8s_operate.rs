@@ -1,0 +1,601 @@
+//! Day-2 operations end to end, counted on pods: full clusters
+//! (kube-apiserver, kube-controller-manager's Job controller,
+//! kube-scheduler, kwok with held pods), SeaweedFS, and the controller.
+//! Changing a limit at runtime (from the spec and from `jobgate limit`,
+//! with a second cluster whose spec is stale), suspending a group,
+//! deleting one cleanly (and the escapes when its ledger is gone), and a
+//! Job whose group does not exist. The checker (`PodLog`) counts Jobs with
+//! pods that may still run.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use jobgate_testkit::k8s::{ControlPlane, Pods};
+use jobgate_testkit::operator::{
+    ControllerProcess, GroupSpec, apply_credentials, apply_group_with, client, create_held_job,
+    eventually, prepare, read_ledger,
+};
+use jobgate_testkit::pods::PodLog;
+use jobgate_testkit::{SeaweedFs, bucket, seaweed};
+use kube::Client;
+use serde_json::json;
+
+const NS: &str = "batch";
+
+/// One scenario at a time: a full cluster per scenario is what 2 cores carry.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn held_cluster() -> (ControlPlane, Client) {
+    let cp = ControlPlane::start_full_with(1, Pods::Held);
+    let kube = client(&cp).await;
+    prepare(&cp, &kube, NS).await;
+    (cp, kube)
+}
+
+fn group(
+    cp: &ControlPlane,
+    s3: &SeaweedFs,
+    bucket: &str,
+    name: &str,
+    limit: u32,
+    extra: serde_json::Value,
+) {
+    apply_group_with(
+        cp,
+        &GroupSpec {
+            name,
+            ns: NS,
+            limit,
+            bucket,
+            endpoint: &s3.endpoint,
+            key: None,
+            secret: None,
+        },
+        extra,
+    );
+}
+
+fn kubectl_ok(cp: &ControlPlane, args: &[&str]) -> String {
+    let out = cp.kubectl(args);
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `kubectl get cg NAME` columns: NAME LIMIT IN-USE HERE WAITING READY SUSPENDED AGE.
+fn cg_columns(cp: &ControlPlane, name: &str) -> Vec<String> {
+    let out = cp.kubectl(&["get", "cg", name, "-n", NS, "--no-headers"]);
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+fn condition(cp: &ControlPlane, name: &str, type_: &str, field: &str) -> String {
+    let path = format!("{{.status.conditions[?(@.type==\"{type_}\")].{field}}}");
+    let out = cp.kubectl(&[
+        "get",
+        "cg",
+        name,
+        "-n",
+        NS,
+        "-o",
+        &format!("jsonpath={path}"),
+    ]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn events_of(cp: &ControlPlane, object: &str) -> String {
+    let out = cp.kubectl(&[
+        "get",
+        "events",
+        "-n",
+        NS,
+        "--field-selector",
+        &format!("involvedObject.name={object}"),
+        "-o",
+        "custom-columns=REASON:.reason,MESSAGE:.message",
+    ]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn has_pod(cp: &ControlPlane, job: &str) -> bool {
+    let out = cp.kubectl(&[
+        "get",
+        "pods",
+        "-n",
+        NS,
+        "-l",
+        &format!("batch.kubernetes.io/job-name={job}"),
+        "-o",
+        "name",
+    ]);
+    !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+}
+
+fn controller(
+    cp: &ControlPlane,
+    s3: &SeaweedFs,
+    cluster: &str,
+    extra: &[&str],
+) -> ControllerProcess {
+    let mut flags = vec!["--leader-elect=false"];
+    flags.extend_from_slice(extra);
+    ControllerProcess::start_with(cp, s3, cluster, NS, true, &flags, "")
+}
+
+fn jobgate_limit(s3: &SeaweedFs, url: &str, limit: &str) -> std::process::Output {
+    Command::new(jobgate_testkit::jobgate_bin())
+        .args(["limit", "--ledger", url, limit])
+        .envs(s3.env())
+        .output()
+        .unwrap()
+}
+
+/// Limit 2 with six Jobs. East's spec is raised to 4: the ledger takes it
+/// (recorded as east's), four Jobs run, and west (whose spec still says 2)
+/// reports the disagreement without setting it back. `jobgate limit 1`
+/// then lowers it with four running: nothing is stopped, and no Job starts
+/// until fewer than one run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_changed_at_runtime_applies_everywhere_and_a_stale_cluster_does_not_set_it_back() {
+    let _turn = SERIAL.lock().await;
+    let s3 = seaweed().await;
+    let bucket = bucket(&s3).await;
+    let (east, kube) = held_cluster().await;
+    // West shares the ledger but runs no Jobs: a control plane is enough.
+    let west = ControlPlane::start();
+    let west_kube = client(&west).await;
+    prepare(&west, &west_kube, NS).await;
+    group(&east, &s3, &bucket, "lim", 2, json!({}));
+    group(&west, &s3, &bucket, "lim", 2, json!({}));
+    let pods = PodLog::default();
+    pods.watch(kube.clone(), "east", NS);
+    let _east_ctl = controller(&east, &s3, "east", &[]);
+    let _west_ctl = controller(&west, &s3, "west", &[]);
+    // The first two end after a while; the rest run until the end.
+    for i in 0..6 {
+        let run_for = (i < 2).then_some(Duration::from_secs(20));
+        create_held_job(&kube, NS, &format!("job-{i}"), "lim", 0, run_for).await;
+    }
+    eventually(Duration::from_secs(60), "two Jobs with pods", || async {
+        (pods.running() == 2).then_some(())
+    })
+    .await;
+    let waiting = eventually(Duration::from_secs(20), "a Waiting event", || async {
+        let e = events_of(&east, "job-3");
+        e.contains("Waiting").then_some(e)
+    })
+    .await;
+    assert!(
+        // The queue's length depends on how many Jobs existed at that pass.
+        waiting.contains("position 2 of ")
+            && waiting.contains("in this cluster's queue (1 ahead here)")
+            && waiting.contains("in use 2/2 in all clusters (east 2)"),
+        "{waiting}"
+    );
+    eventually(
+        Duration::from_secs(20),
+        "both clusters agree on 2",
+        || async { (condition(&west, "lim", "LimitAgreed", "status") == "True").then_some(()) },
+    )
+    .await;
+
+    let raised = Instant::now();
+    kubectl_ok(
+        &east,
+        &[
+            "patch",
+            "cg",
+            "lim",
+            "-n",
+            NS,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"limit":4}}"#,
+        ],
+    );
+    eventually(Duration::from_secs(30), "four Jobs with pods", || async {
+        (pods.running() == 4).then_some(())
+    })
+    .await;
+    eprintln!(
+        "raised to 4: four Jobs had pods {:?} later",
+        raised.elapsed()
+    );
+    let key = "jobgate/batch/lim.json";
+    let ledger = read_ledger(&s3, &bucket, key).await.unwrap();
+    let set = ledger.limit_set.clone().unwrap();
+    assert_eq!(ledger.limit, 4);
+    assert!(
+        set.by.starts_with("east/batch/lim") && set.previous == 2,
+        "{set:?}"
+    );
+    // The limit in force in both clusters' `kubectl get cg`; the spec's in -o wide.
+    eventually(
+        Duration::from_secs(20),
+        "LIMIT 4 in both clusters",
+        || async {
+            (cg_columns(&east, "lim").get(1).map(String::as_str) == Some("4")
+                && cg_columns(&west, "lim").get(1).map(String::as_str) == Some("4"))
+            .then_some(())
+        },
+    )
+    .await;
+    let wide = kubectl_ok(&west, &["get", "cg", "lim", "-n", NS, "-o", "wide"]);
+    assert!(
+        wide.contains("SPEC-LIMIT") && wide.contains("SUSPENDED"),
+        "{wide}"
+    );
+    let message = eventually(Duration::from_secs(20), "west disagrees", || async {
+        (condition(&west, "lim", "LimitAgreed", "status") == "False")
+            .then(|| condition(&west, "lim", "LimitAgreed", "message"))
+    })
+    .await;
+    assert!(
+        message.contains("spec.limit is 2 but the shared ledger's limit is 4, set by east/batch/lim from generation 2"),
+        "{message}"
+    );
+    // West keeps passing (its poll is 300 ms) and must not set 2 back.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(read_ledger(&s3, &bucket, key).await.unwrap().limit, 4);
+    assert_eq!(condition(&east, "lim", "LimitAgreed", "status"), "True");
+
+    // Lowered below the four in use, from the CLI.
+    let url = format!("s3://{bucket}/{key}");
+    let out = jobgate_limit(&s3, &url, "1");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("limit 4 -> 1 (4 in use); nothing is stopped"),
+        "{said}"
+    );
+    let lowered = Instant::now();
+    let message = eventually(
+        Duration::from_secs(20),
+        "east reports the CLI's change",
+        || async {
+            (condition(&east, "lim", "LimitAgreed", "status") == "False")
+                .then(|| condition(&east, "lim", "LimitAgreed", "message"))
+        },
+    )
+    .await;
+    assert!(message.contains("set by jobgate-limit@"), "{message}");
+    // The two Jobs that end after 20 s leave two running; nothing new may
+    // start while one or more run.
+    eventually(
+        Duration::from_secs(60),
+        "the two short Jobs ended",
+        || async { (pods.running() == 2).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(pods.running(), 2, "a Job started above the lowered limit");
+    assert_eq!(pods.rises_above(1, lowered), Vec::<usize>::new());
+    assert_eq!(pods.rises_above(4, raised), Vec::<usize>::new());
+    assert_eq!(pods.max(), 4, "{}", pods.summary(4));
+    let bad = jobgate_limit(&s3, &url, "0");
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(
+        read_ledger(&s3, &bucket, key).await.unwrap().limit,
+        1,
+        "{err}"
+    );
+}
+
+/// A suspended group admits nothing new while admitted Jobs run to their
+/// end; waiting Jobs are told why and keep their place; resumed, it admits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspended_group_lets_admitted_jobs_finish_and_admits_nothing_until_resumed() {
+    let _turn = SERIAL.lock().await;
+    let s3 = seaweed().await;
+    let bucket = bucket(&s3).await;
+    let (cp, kube) = held_cluster().await;
+    group(&cp, &s3, &bucket, "pause", 2, json!({}));
+    let pods = PodLog::default();
+    pods.watch(kube.clone(), "one", NS);
+    let _ctl = controller(&cp, &s3, "one", &[]);
+    for i in 0..4 {
+        create_held_job(
+            &kube,
+            NS,
+            &format!("p-{i}"),
+            "pause",
+            0,
+            Some(Duration::from_secs(6)),
+        )
+        .await;
+    }
+    eventually(Duration::from_secs(60), "two Jobs with pods", || async {
+        (pods.running() == 2).then_some(())
+    })
+    .await;
+    kubectl_ok(
+        &cp,
+        &[
+            "patch",
+            "cg",
+            "pause",
+            "-n",
+            NS,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"suspend":true}}"#,
+        ],
+    );
+    let suspended = Instant::now();
+    eventually(Duration::from_secs(20), "SUSPENDED True", || async {
+        (cg_columns(&cp, "pause").get(6).map(String::as_str) == Some("True")).then_some(())
+    })
+    .await;
+    assert_eq!(
+        condition(&cp, "pause", "Suspended", "reason"),
+        "SuspendedBySpec"
+    );
+    eventually(
+        Duration::from_secs(60),
+        "the admitted Jobs ended",
+        || async { (pods.running() == 0).then_some(()) },
+    )
+    .await;
+    // Slots are free, and still nothing is admitted.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        !has_pod(&cp, "p-2") && !has_pod(&cp, "p-3"),
+        "admitted while suspended"
+    );
+    assert_eq!(
+        pods.rises_above(0, suspended + Duration::from_secs(1)),
+        Vec::<usize>::new()
+    );
+    let events = events_of(&cp, "p-3");
+    assert!(events.contains("GroupSuspended"), "{events}");
+    let ledger = read_ledger(&s3, &bucket, "jobgate/batch/pause.json")
+        .await
+        .unwrap();
+    assert!(ledger.holders.is_empty(), "{ledger:?}");
+    assert!(
+        ledger.agents.values().all(|a| a.waiting == 0),
+        "a suspended group must not make others defer: {ledger:?}"
+    );
+
+    kubectl_ok(
+        &cp,
+        &[
+            "patch",
+            "cg",
+            "pause",
+            "-n",
+            NS,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"suspend":false}}"#,
+        ],
+    );
+    eventually(Duration::from_secs(30), "resumed and admitting", || async {
+        (has_pod(&cp, "p-2") && has_pod(&cp, "p-3")).then_some(())
+    })
+    .await;
+    assert_eq!(condition(&cp, "pause", "Suspended", "status"), "False");
+    assert!(pods.max() <= 2, "{}", pods.summary(2));
+}
+
+/// A deleted group admits nothing new, waits for its admitted Jobs' pods
+/// to stop, gives each slot back, takes its agent out of the ledger, and
+/// only then goes. The escapes: a group whose ledger cannot be read goes
+/// after `--deletion-timeout`, and `jobgate.dev/abandon-slots` lets one go at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_group_gives_its_slots_back_before_it_goes() {
+    let _turn = SERIAL.lock().await;
+    let s3 = seaweed().await;
+    let bucket = bucket(&s3).await;
+    let (cp, kube) = held_cluster().await;
+    group(&cp, &s3, &bucket, "gone", 2, json!({}));
+    let pods = PodLog::default();
+    pods.watch(kube.clone(), "one", NS);
+    let ctl = controller(&cp, &s3, "one", &["--deletion-timeout=8s"]);
+    for i in 0..3 {
+        create_held_job(
+            &kube,
+            NS,
+            &format!("d-{i}"),
+            "gone",
+            0,
+            Some(Duration::from_secs(8)),
+        )
+        .await;
+    }
+    eventually(Duration::from_secs(60), "two Jobs with pods", || async {
+        (pods.running() == 2).then_some(())
+    })
+    .await;
+    let finalizers = kubectl_ok(
+        &cp,
+        &[
+            "get",
+            "cg",
+            "gone",
+            "-n",
+            NS,
+            "-o",
+            "jsonpath={.metadata.finalizers}",
+        ],
+    );
+    assert!(
+        finalizers.contains("jobgate.dev/release-slots"),
+        "{finalizers}"
+    );
+    kubectl_ok(&cp, &["delete", "cg", "gone", "-n", NS, "--wait=false"]);
+    let deleted = Instant::now();
+    eventually(Duration::from_secs(20), "Suspended: Deleting", || async {
+        (condition(&cp, "gone", "Suspended", "reason") == "Deleting").then_some(())
+    })
+    .await;
+    let events = eventually(
+        Duration::from_secs(20),
+        "the waiting Job is told",
+        || async {
+            let e = events_of(&cp, "d-2");
+            e.contains("GroupDeleting").then_some(e)
+        },
+    )
+    .await;
+    assert!(events.contains("is being deleted"), "{events}");
+    // Still there while its Jobs run: the finalizer holds it.
+    let key = "jobgate/batch/gone.json";
+    assert_eq!(
+        read_ledger(&s3, &bucket, key).await.unwrap().holders.len(),
+        2
+    );
+    eventually(Duration::from_secs(60), "the group is gone", || async {
+        let out = cp.kubectl(&["get", "cg", "gone", "-n", NS]);
+        (!out.status.success()).then_some(())
+    })
+    .await;
+    let took = deleted.elapsed();
+    assert_eq!(pods.running(), 0, "the group went while its Jobs' pods ran");
+    let ledger = read_ledger(&s3, &bucket, key).await.unwrap();
+    assert!(
+        ledger.holders.is_empty() && ledger.agents.is_empty(),
+        "{ledger:?}"
+    );
+    assert!(!has_pod(&cp, "d-2"), "admitted while being deleted");
+    assert!(pods.max() <= 2, "{}", pods.summary(2));
+    eprintln!("deleted with two running Jobs: gone {took:?} later, ledger empty");
+
+    // The ledger cannot be read (its credentials Secret is gone): the
+    // finalizer goes after the timeout, with a Warning.
+    apply_credentials(&cp, NS, "creds", &s3);
+    apply_group_with(
+        &cp,
+        &GroupSpec {
+            name: "lost",
+            ns: NS,
+            limit: 1,
+            bucket: &bucket,
+            endpoint: &s3.endpoint,
+            key: None,
+            secret: Some("creds"),
+        },
+        json!({}),
+    );
+    create_held_job(&kube, NS, "l-0", "lost", 0, None).await;
+    eventually(Duration::from_secs(30), "l-0 runs", || async {
+        has_pod(&cp, "l-0").then_some(())
+    })
+    .await;
+    kubectl_ok(&cp, &["delete", "secret", "creds", "-n", NS]);
+    kubectl_ok(&cp, &["delete", "cg", "lost", "-n", NS, "--wait=false"]);
+    let deleted = Instant::now();
+    eventually(
+        Duration::from_secs(40),
+        "the unreadable group is gone",
+        || async {
+            (!cp.kubectl(&["get", "cg", "lost", "-n", NS])
+                .status
+                .success())
+            .then_some(())
+        },
+    )
+    .await;
+    let took = deleted.elapsed();
+    assert!(
+        took >= Duration::from_secs(7),
+        "went before the timeout: {took:?}"
+    );
+    let events = events_of(&cp, "lost");
+    assert!(
+        events.contains("SlotsAbandoned") && events.contains("could not be read"),
+        "{events}"
+    );
+
+    // The annotation: at once, whatever is held.
+    group(&cp, &s3, &bucket, "quick", 1, json!({}));
+    create_held_job(&kube, NS, "q-0", "quick", 0, None).await;
+    eventually(Duration::from_secs(30), "q-0 runs", || async {
+        has_pod(&cp, "q-0").then_some(())
+    })
+    .await;
+    kubectl_ok(
+        &cp,
+        &[
+            "annotate",
+            "cg",
+            "quick",
+            "-n",
+            NS,
+            "jobgate.dev/abandon-slots=true",
+        ],
+    );
+    kubectl_ok(&cp, &["delete", "cg", "quick", "-n", NS, "--wait=false"]);
+    eventually(
+        Duration::from_secs(20),
+        "the abandoned group is gone",
+        || async {
+            (!cp.kubectl(&["get", "cg", "quick", "-n", NS])
+                .status
+                .success())
+            .then_some(())
+        },
+    )
+    .await;
+    let events = events_of(&cp, "quick");
+    assert!(
+        events.contains("SlotsAbandoned") && events.contains("1 held here"),
+        "{events}"
+    );
+    drop(ctl);
+}
+
+/// A Job naming a group that does not exist gets a Warning and is counted
+/// in `jobgate_jobs_without_group`; once the group exists it is admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_group_does_not_exist_is_warned_and_counted() {
+    let _turn = SERIAL.lock().await;
+    let s3 = seaweed().await;
+    let bucket = bucket(&s3).await;
+    let (cp, kube) = held_cluster().await;
+    let pods = PodLog::default();
+    pods.watch(kube.clone(), "one", NS);
+    let ctl = controller(&cp, &s3, "one", &[]);
+    create_held_job(&kube, NS, "orphan", "typo", 0, None).await;
+    let events = eventually(
+        Duration::from_secs(30),
+        "a GroupNotFound warning",
+        || async {
+            let e = events_of(&cp, "orphan");
+            e.contains("GroupNotFound").then_some(e)
+        },
+    )
+    .await;
+    assert!(
+        events.contains("\"typo\" does not exist in namespace batch"),
+        "{events}"
+    );
+    let metric = r#"jobgate_jobs_without_group{namespace="batch",group="typo"} 1"#;
+    eventually(Duration::from_secs(20), "the metric", || async {
+        ctl.metrics().contains(metric).then_some(())
+    })
+    .await;
+    group(&cp, &s3, &bucket, "typo", 1, json!({}));
+    eventually(
+        Duration::from_secs(30),
+        "admitted once the group exists",
+        || async { has_pod(&cp, "orphan").then_some(()) },
+    )
+    .await;
+    eventually(Duration::from_secs(20), "the metric cleared", || async {
+        (!ctl.metrics().contains(metric)).then_some(())
+    })
+    .await;
+    assert_eq!(pods.max(), 1);
+}
