@@ -14,6 +14,10 @@ pub enum Error {
     #[error("listing the pods of Jobs whose slots would be freed: {0}")]
     GatherPods(#[source] kube::Error),
 
+    /// Outside the admin's `--allowed-ledger` list: nothing was read.
+    #[error("{0}")]
+    LedgerNotAllowed(String),
+
     #[error("reading credentials Secret {name:?}: {source}")]
     Credentials {
         name: String,
@@ -60,6 +64,7 @@ impl Error {
         matches!(
             self,
             Error::InvalidTiming(_)
+                | Error::LedgerNotAllowed(_)
                 | Error::Credentials { .. }
                 | Error::CredentialsIncomplete { .. }
                 | Error::OpenLedger(_)
@@ -71,6 +76,7 @@ impl Error {
     pub fn kind(&self) -> &'static str {
         match self {
             Error::InvalidTiming(_) => "validate",
+            Error::LedgerNotAllowed(_) => "ledger_not_allowed",
             Error::GatherJobs(_) => "gather_jobs",
             Error::GatherPods(_) => "gather_pods",
             Error::Credentials { .. } | Error::CredentialsIncomplete { .. } => "credentials",

@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::admission::{self, Decision, Inputs, JobAction, JobView, ReleaseReason};
+use super::allowlist::Allowlist;
 use super::crd::{
     ADMITTED_AT_ANNOTATION, ConcurrencyGroup, ControllerLossPolicy, GROUP_LABEL, LeaseLossPolicy,
     PRIORITY_ANNOTATION, TOKEN_ANNOTATION,
@@ -49,6 +50,9 @@ pub struct Context {
     /// Outlives a leadership term: the slots stay renewed between terms.
     pub ledgers: Arc<Ledgers>,
     pub settings: LedgerSettings,
+    /// The ledger locations groups may use, checked before anything of a
+    /// group's ledger or credentials is read.
+    pub allowlist: Allowlist,
     /// How often to look again while Jobs wait, and when nothing waits.
     pub poll_waiting: Duration,
     pub poll_idle: Duration,
@@ -125,6 +129,7 @@ pub async fn reconcile(group: Arc<ConcurrencyGroup>, ctx: Arc<Context>) -> Resul
                     Problem::new("CredentialsUnavailable", e.to_string())
                 }
                 Error::InvalidTiming(_) => Problem::new("LeaseTooShort", e.to_string()),
+                Error::LedgerNotAllowed(why) => Problem::new("LedgerNotAllowed", why.clone()),
                 other => Problem::new("ReconcileFailed", other.to_string()),
             });
         }
@@ -385,7 +390,8 @@ async fn fence_without_ledger(
     Ok(())
 }
 
-/// Gather: credentials, the ledger client, the ledger, then the Jobs.
+/// Gather: the allowlist check, credentials, the ledger client, the
+/// ledger, then the Jobs.
 async fn gather(
     group: &ConcurrencyGroup,
     ns: &str,
@@ -393,6 +399,12 @@ async fn gather(
     ctx: &Context,
     jobs_api: Api<Job>,
 ) -> Result<Pass> {
+    // First of all: a group outside the allowlist gets neither its
+    // credentials Secret read nor a single S3 request made for it, so that
+    // naming another tenant's ledger reveals and changes nothing.
+    ctx.allowlist
+        .allowed(&group.spec.ledger.bucket, &group.ledger_key(), ns, name)
+        .map_err(Error::LedgerNotAllowed)?;
     let creds = credentials(group, ns, ctx).await?;
     let gl = ctx
         .ledgers
@@ -813,6 +825,8 @@ async fn credentials(
     let Some(secret_ref) = &group.spec.ledger.credentials_secret_ref else {
         return Ok(None);
     };
+    // Only ever the group's own namespace: a group must not borrow the
+    // credentials of another tenant (the CRD has no field to name one).
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let secret = timed(ctx, "get_secret", api.get(&secret_ref.name)).await;
     let secret = secret.map_err(|source| Error::Credentials {
