@@ -25,6 +25,11 @@ pub enum Error {
         source: kube::Error,
     },
 
+    #[error(
+        "credentials Secret {name:?} was not found in namespace {namespace}: a group reads its Secret from its own namespace only, so create it there (or drop credentialsSecretRef to use the controller's own AWS identity)"
+    )]
+    CredentialsMissing { name: String, namespace: String },
+
     #[error("credentials Secret {name:?} lacks key {key}")]
     CredentialsIncomplete { name: String, key: &'static str },
 
@@ -66,6 +71,7 @@ impl Error {
             Error::InvalidTiming(_)
                 | Error::LedgerNotAllowed(_)
                 | Error::Credentials { .. }
+                | Error::CredentialsMissing { .. }
                 | Error::CredentialsIncomplete { .. }
                 | Error::OpenLedger(_)
                 | Error::ReadLedger(_)
@@ -79,7 +85,9 @@ impl Error {
             Error::LedgerNotAllowed(_) => "ledger_not_allowed",
             Error::GatherJobs(_) => "gather_jobs",
             Error::GatherPods(_) => "gather_pods",
-            Error::Credentials { .. } | Error::CredentialsIncomplete { .. } => "credentials",
+            Error::Credentials { .. }
+            | Error::CredentialsMissing { .. }
+            | Error::CredentialsIncomplete { .. } => "credentials",
             Error::OpenLedger(_) => "open_ledger",
             Error::ReadLedger(_) => "read_ledger",
             Error::WriteLedger(_) => "write_ledger",

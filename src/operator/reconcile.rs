@@ -125,7 +125,9 @@ pub async fn reconcile(group: Arc<ConcurrencyGroup>, ctx: Arc<Context>) -> Resul
                 Error::OpenLedger(inner) | Error::ReadLedger(inner) | Error::WriteLedger(inner) => {
                     Problem::from_ledger(inner)
                 }
-                Error::Credentials { .. } | Error::CredentialsIncomplete { .. } => {
+                Error::Credentials { .. }
+                | Error::CredentialsMissing { .. }
+                | Error::CredentialsIncomplete { .. } => {
                     Problem::new("CredentialsUnavailable", e.to_string())
                 }
                 Error::InvalidTiming(_) => Problem::new("LeaseTooShort", e.to_string()),
@@ -829,9 +831,15 @@ async fn credentials(
     // credentials of another tenant (the CRD has no field to name one).
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let secret = timed(ctx, "get_secret", api.get(&secret_ref.name)).await;
-    let secret = secret.map_err(|source| Error::Credentials {
-        name: secret_ref.name.clone(),
-        source,
+    let secret = secret.map_err(|source| match source {
+        kube::Error::Api(e) if e.code == 404 => Error::CredentialsMissing {
+            name: secret_ref.name.clone(),
+            namespace: ns.to_string(),
+        },
+        source => Error::Credentials {
+            name: secret_ref.name.clone(),
+            source,
+        },
     })?;
     let data = secret.data.unwrap_or_default();
     let field = |key: &'static str| {
