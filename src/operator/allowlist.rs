@@ -191,8 +191,10 @@ impl Allowlist {
                 "ledger {location} is refused: its key {why}; use a plain key such as jobgate/{namespace}/{name}.json"
             ));
         }
-        // A namespace or name with a slash could climb out of its prefix;
-        // Kubernetes never issues one, so refuse rather than reason about it.
+        // A namespace or name with a slash could climb out of its prefix,
+        // and one with a brace would be expanded again as a placeholder;
+        // Kubernetes never issues either, so refuse rather than reason
+        // about them.
         if [namespace, name]
             .iter()
             .any(|s| s.is_empty() || s.contains('/') || s.contains('{'))
