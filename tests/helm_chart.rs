@@ -401,6 +401,33 @@ fn values_set_cluster_namespace_and_leader_election() {
     );
 }
 
+/// `allowedLedgers` becomes one `--allowed-ledger` per entry, in order,
+/// with the `{namespace}` placeholder passed through untouched; none by
+/// default (the controller's own default applies).
+#[test]
+fn allowed_ledgers_become_allowed_ledger_flags() {
+    let flags = |docs: &[Value]| -> Vec<String> {
+        let args = strings(&container(docs)["args"]);
+        args.windows(2)
+            .filter(|w| w[0] == "--allowed-ledger")
+            .map(|w| w[1].to_string())
+            .collect()
+    };
+    assert!(flags(&documents(&render(&[]))).is_empty());
+    let entries = [
+        "s3://jobgate-ledgers/jobgate/{namespace}/",
+        "s3://shared-bucket/shared/",
+    ];
+    let set = format!("allowedLedgers={}", serde_json::json!(entries));
+    let docs = documents(&render(&["--set-json", &set]));
+    assert_eq!(flags(&docs), entries);
+    let msg = render_error(&["--set-json", r#"allowedLedgers=["jobgate/{namespace}/"]"#]);
+    assert!(
+        msg.contains("/allowedLedgers/0") && msg.contains("pattern"),
+        "{msg}"
+    );
+}
+
 #[test]
 fn the_api_server_accepts_the_crd_and_every_rendered_object() {
     let cp = k8s::ControlPlane::start();
@@ -482,6 +509,7 @@ fn every_rendered_flag_is_accepted_by_the_controller() {
         &["--set", CERT_MANAGER][..],
         &["--set", HOST_NETWORK][..],
         &["--set", "webhook.url=https://127.0.0.2:9443/mutate-jobs"][..],
+        &["--set-json", r#"allowedLedgers=["s3://b-1/x/"]"#][..],
     ] {
         let docs = documents(&render(extra));
         let c = container(&docs);

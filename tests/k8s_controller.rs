@@ -106,7 +106,16 @@ async fn limit_three_admits_ten_jobs_oldest_first_and_frees_every_slot() {
 async fn deleting_an_admitted_job_frees_its_slot_and_a_job_created_running_is_handled() {
     let bed = Bed::start(NS, false).await;
     let (s3, bucket, cp, kube) = (&bed.s3, &bed.bucket, &bed.cp, &bed.kube);
-    bed.group_in(cp, "solo", NS, 1, Some("groups/solo.json"), None);
+    // A key of its own, under the namespace's prefix that the controller
+    // allows by default.
+    bed.group_in(
+        cp,
+        "solo",
+        NS,
+        1,
+        Some("jobgate/batch/custom/solo.json"),
+        None,
+    );
     let jobs: Api<Job> = Api::namespaced(kube.clone(), NS);
     let checker = AdmissionLog::default();
     // Nothing completes in this test: slots are freed by deletion only.
@@ -120,7 +129,7 @@ async fn deleting_an_admitted_job_frees_its_slot_and_a_job_created_running_is_ha
         move || {
             let uid = uid.clone();
             async move {
-                ledger_holders(s3, bucket, "groups/solo.json")
+                ledger_holders(s3, bucket, "jobgate/batch/custom/solo.json")
                     .await
                     .filter(|h| h.len() == 1 && h.contains_key(&uid))
             }
@@ -190,7 +199,7 @@ async fn deleting_an_admitted_job_frees_its_slot_and_a_job_created_running_is_ha
         .await
         .unwrap();
     eventually(Duration::from_secs(30), "an empty ledger", || async {
-        ledger_holders(s3, bucket, "groups/solo.json")
+        ledger_holders(s3, bucket, "jobgate/batch/custom/solo.json")
             .await
             .filter(|h| h.is_empty())
     })

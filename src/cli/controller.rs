@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::error::{Error, Result};
+use crate::operator::allowlist::Allowlist;
 use crate::operator::controller::{self, LeaderSettings, Settings};
 use crate::operator::webhook::{self, CertSource, WebhookSettings};
 
@@ -22,6 +23,13 @@ pub struct ControllerArgs {
     /// Watch ConcurrencyGroups and Jobs in this namespace only (default: all).
     #[arg(long, env = "JOBGATE_NAMESPACE")]
     namespace: Option<String>,
+    /// A ledger location groups may use, as s3://BUCKET/PREFIX (repeat
+    /// for more). BUCKET may be * (any bucket); PREFIX may hold {namespace}
+    /// and {name} (the group's), and allows every key below it when it
+    /// ends in /, else that one key. Groups elsewhere are not admitted and
+    /// nothing of theirs is read. Default: s3://*/jobgate/{namespace}/.
+    #[arg(long = "allowed-ledger", value_name = "TEMPLATE")]
+    allowed_ledgers: Vec<String>,
     /// How often to look for free slots while Jobs wait.
     #[arg(long, default_value = "2s", value_parser = super::parse_duration)]
     poll_waiting: Duration,
@@ -122,6 +130,9 @@ pub async fn controller(args: ControllerArgs) -> Result<u8> {
             "the webhook's own certificate needs a name: give --webhook-service (its Service) or --webhook-host (the host the API server calls)".into(),
         ));
     }
+    // Refused before connecting: a typo must not leave groups unchecked.
+    let allowlist = Allowlist::parse(&args.allowed_ledgers)
+        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
     let client = client(args.kubeconfig.as_deref()).await?;
     let settings = Settings {
         cluster_name: args.cluster_name.filter(|s| !s.is_empty()),
@@ -129,6 +140,7 @@ pub async fn controller(args: ControllerArgs) -> Result<u8> {
         poll_waiting: args.poll_waiting,
         poll_idle: args.poll_idle,
         deletion_timeout: args.deletion_timeout,
+        allowlist,
         fence_without_ledger: !args.unsafe_fence_only_with_ledger,
         count_pods: !args.unsafe_release_without_pods,
         listen: args.listen,

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tracing::{error, info, warn};
 
+use super::allowlist::Allowlist;
 use super::crd::{ConcurrencyGroup, GROUP_LABEL};
 use super::error::{Error, Result};
 use super::http::{self, Health};
@@ -39,6 +40,8 @@ pub struct Settings {
     pub poll_idle: Duration,
     /// How long a deleted group waits for an unreadable ledger.
     pub deletion_timeout: Duration,
+    /// The ledger locations groups may use (`--allowed-ledger`).
+    pub allowlist: Allowlist,
     /// Suspend Jobs whose slot is lost even when the ledger cannot be read.
     /// Off only in tests that show what goes wrong without it.
     pub fence_without_ledger: bool,
@@ -132,7 +135,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<()> {
         }
         info!("became the leader");
     }
-    info!(%cluster, version = %*crate::cli::VERSION, "controller running");
+    info!(%cluster, version = %*crate::cli::VERSION, allowed_ledgers = %settings.allowlist.describe(), "controller running");
 
     // Passes asked for from outside the Controller (a slot's watcher saw it
     // lost) go through one channel for the whole process: watchers started
@@ -320,6 +323,7 @@ async fn admit(
             poll: settings.poll_waiting,
             leader_lease: settings.leader_election.as_ref().map(|le| le.lease),
         },
+        allowlist: settings.allowlist.clone(),
         poll_waiting: settings.poll_waiting,
         poll_idle: settings.poll_idle,
         fence_without_ledger: settings.fence_without_ledger,

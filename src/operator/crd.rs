@@ -158,7 +158,9 @@ pub enum ControllerLossPolicy {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.endpoint) || self.endpoint.startsWith('http://') || self.endpoint.startsWith('https://')").message("endpoint must be an http:// or https:// URL"))]
 pub struct LedgerSpec {
-    /// The S3 bucket.
+    /// The S3 bucket. Bucket and key must be a location the controller
+    /// allows (`--allowed-ledger`); by default any bucket, with a key under
+    /// `jobgate/<namespace>/`.
     #[schemars(
         length(min = 3, max = 63),
         regex(pattern = r"^[a-z0-9][a-z0-9.\-]*[a-z0-9]$")
@@ -175,8 +177,8 @@ pub struct LedgerSpec {
     pub endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub force_path_style: Option<bool>,
-    /// A Secret in the same namespace with `AWS_ACCESS_KEY_ID` and
-    /// `AWS_SECRET_ACCESS_KEY`. Default: the controller's own AWS credentials
+    /// A Secret in the group's own namespace (never another) with
+    /// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`. Default: the controller's own AWS credentials
     /// (IRSA, EKS Pod Identity, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretRef>,

@@ -14,12 +14,21 @@ pub enum Error {
     #[error("listing the pods of Jobs whose slots would be freed: {0}")]
     GatherPods(#[source] kube::Error),
 
+    /// Outside the admin's `--allowed-ledger` list: nothing was read.
+    #[error("{0}")]
+    LedgerNotAllowed(String),
+
     #[error("reading credentials Secret {name:?}: {source}")]
     Credentials {
         name: String,
         #[source]
         source: kube::Error,
     },
+
+    #[error(
+        "credentials Secret {name:?} was not found in namespace {namespace}: a group reads its Secret from its own namespace only, so create it there (or drop credentialsSecretRef to use the controller's own AWS identity)"
+    )]
+    CredentialsMissing { name: String, namespace: String },
 
     #[error("credentials Secret {name:?} lacks key {key}")]
     CredentialsIncomplete { name: String, key: &'static str },
@@ -63,7 +72,9 @@ impl Error {
         matches!(
             self,
             Error::InvalidTiming(_)
+                | Error::LedgerNotAllowed(_)
                 | Error::Credentials { .. }
+                | Error::CredentialsMissing { .. }
                 | Error::CredentialsIncomplete { .. }
                 | Error::OpenLedger(_)
                 | Error::ReadLedger(_)
@@ -74,9 +85,12 @@ impl Error {
     pub fn kind(&self) -> &'static str {
         match self {
             Error::InvalidTiming(_) => "validate",
+            Error::LedgerNotAllowed(_) => "ledger_not_allowed",
             Error::GatherJobs(_) => "gather_jobs",
             Error::GatherPods(_) => "gather_pods",
-            Error::Credentials { .. } | Error::CredentialsIncomplete { .. } => "credentials",
+            Error::Credentials { .. }
+            | Error::CredentialsMissing { .. }
+            | Error::CredentialsIncomplete { .. } => "credentials",
             Error::OpenLedger(_) => "open_ledger",
             Error::ReadLedger(_) => "read_ledger",
             Error::WriteLedger(_) => "write_ledger",

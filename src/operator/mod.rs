@@ -2,6 +2,7 @@
 //! decision, and the controller that drives them.
 
 pub mod admission;
+pub mod allowlist;
 pub mod controller;
 pub mod crd;
 pub mod deadline;

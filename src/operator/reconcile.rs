@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::admission::{self, Decision, Inputs, JobAction, JobView, ReleaseReason};
+use super::allowlist::Allowlist;
 use super::crd::{
     ABANDON_ANNOTATION, ADMITTED_AT_ANNOTATION, ConcurrencyGroup, ControllerLossPolicy, FINALIZER,
     GROUP_LABEL, LeaseLossPolicy, PRIORITY_ANNOTATION, SLOTS_ANNOTATION, TOKEN_ANNOTATION,
@@ -52,6 +53,9 @@ pub struct Context {
     /// Outlives a leadership term: the slots stay renewed between terms.
     pub ledgers: Arc<Ledgers>,
     pub settings: LedgerSettings,
+    /// The ledger locations groups may use, checked before anything of a
+    /// group's ledger or credentials is read.
+    pub allowlist: Allowlist,
     /// How often to look again while Jobs wait, and when nothing waits.
     pub poll_waiting: Duration,
     pub poll_idle: Duration,
@@ -152,17 +156,26 @@ pub async fn reconcile(group: Arc<ConcurrencyGroup>, ctx: Arc<Context>) -> Resul
                 Error::OpenLedger(inner) | Error::ReadLedger(inner) | Error::WriteLedger(inner) => {
                     Problem::from_ledger(inner)
                 }
-                Error::Credentials { .. } | Error::CredentialsIncomplete { .. } => {
+                Error::Credentials { .. }
+                | Error::CredentialsMissing { .. }
+                | Error::CredentialsIncomplete { .. } => {
                     Problem::new("CredentialsUnavailable", e.to_string())
                 }
                 Error::InvalidTiming(_) => Problem::new("LeaseTooShort", e.to_string()),
+                Error::LedgerNotAllowed(why) => Problem::new("LedgerNotAllowed", why.clone()),
                 other => Problem::new("ReconcileFailed", other.to_string()),
             });
         }
     }
     let status_result = update_status(&group, &ns, &name, &observed, &ctx).await;
     if deleting {
-        let held = result.as_ref().ok().map(|s| s.admitted_here);
+        let never_opened = ctx.ledgers.current(&ns, &name).await.is_none();
+        let held = match &result {
+            Ok(s) => Some(s.admitted_here),
+            // Refused before it was ever opened here: it holds nothing.
+            Err(Error::LedgerNotAllowed(_)) if never_opened => Some(0),
+            Err(_) => None,
+        };
         let waited = group
             .metadata
             .deletion_timestamp
@@ -438,7 +451,8 @@ async fn fence_without_ledger(
     Ok(())
 }
 
-/// Gather: credentials, the ledger client, the ledger, then the Jobs.
+/// Gather: the allowlist check, credentials, the ledger client, the
+/// ledger, then the Jobs.
 async fn gather(
     group: &ConcurrencyGroup,
     ns: &str,
@@ -446,6 +460,12 @@ async fn gather(
     ctx: &Context,
     jobs_api: Api<Job>,
 ) -> Result<Pass> {
+    // First of all: a group outside the allowlist gets neither its
+    // credentials Secret read nor a single S3 request made for it, so that
+    // naming another tenant's ledger reveals and changes nothing.
+    ctx.allowlist
+        .allowed(&group.spec.ledger.bucket, &group.ledger_key(), ns, name)
+        .map_err(Error::LedgerNotAllowed)?;
     let creds = credentials(group, ns, ctx).await?;
     let gl = ctx
         .ledgers
@@ -993,11 +1013,19 @@ async fn credentials(
     let Some(secret_ref) = &group.spec.ledger.credentials_secret_ref else {
         return Ok(None);
     };
+    // Only ever the group's own namespace: a group must not borrow the
+    // credentials of another tenant (the CRD has no field to name one).
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let secret = timed(ctx, "get_secret", api.get(&secret_ref.name)).await;
-    let secret = secret.map_err(|source| Error::Credentials {
-        name: secret_ref.name.clone(),
-        source,
+    let secret = secret.map_err(|source| match source {
+        kube::Error::Api(e) if e.code == 404 => Error::CredentialsMissing {
+            name: secret_ref.name.clone(),
+            namespace: ns.to_string(),
+        },
+        source => Error::Credentials {
+            name: secret_ref.name.clone(),
+            source,
+        },
     })?;
     let data = secret.data.unwrap_or_default();
     let field = |key: &'static str| {

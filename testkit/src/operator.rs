@@ -113,13 +113,31 @@ pub fn apply_group_with(cp: &ControlPlane, g: &GroupSpec, spec: serde_json::Valu
 /// A Secret with the SeaweedFS test credentials.
 pub fn apply_credentials(cp: &ControlPlane, ns: &str, name: &str, s3: &SeaweedFs) {
     let env: BTreeMap<_, _> = s3.env().into_iter().collect();
+    apply_secret(
+        cp,
+        ns,
+        name,
+        &env["AWS_ACCESS_KEY_ID"],
+        &env["AWS_SECRET_ACCESS_KEY"],
+    );
+}
+
+/// A credentials Secret with the given keys (for example SeaweedFS's
+/// second identity, `seaweedfs::TENANT_ACCESS_KEY`).
+pub fn apply_secret(
+    cp: &ControlPlane,
+    ns: &str,
+    name: &str,
+    access_key_id: &str,
+    secret_access_key: &str,
+) {
     let secret = json!({
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {"name": name, "namespace": ns},
         "stringData": {
-            "AWS_ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"],
-            "AWS_SECRET_ACCESS_KEY": env["AWS_SECRET_ACCESS_KEY"],
+            "AWS_ACCESS_KEY_ID": access_key_id,
+            "AWS_SECRET_ACCESS_KEY": secret_access_key,
         },
     });
     let out = cp.kubectl_stdin(&["apply", "-f", "-"], &secret.to_string());

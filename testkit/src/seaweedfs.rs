@@ -15,6 +15,10 @@ use crate::testbed::{binary, free_port};
 
 pub const ACCESS_KEY: &str = "jobgate-test";
 pub const SECRET_KEY: &str = "jobgate-test-secret";
+/// A second identity whose keys appear nowhere else, so that a test can
+/// search logs and API objects for them and be sure a hit is a leak.
+pub const TENANT_ACCESS_KEY: &str = "JGTENANTQ7X3ZKEYID";
+pub const TENANT_SECRET_KEY: &str = "jg-tenant-Vq8rN2sW5yT1secret";
 
 /// A single-process SeaweedFS (master, volume, filer and S3 gateway) on
 /// loopback ports with a temporary data directory. Killed on drop.
@@ -34,6 +38,10 @@ impl SeaweedFs {
             "identities": [{
                 "name": "jobgate",
                 "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"]
+            }, {
+                "name": "tenant",
+                "credentials": [{"accessKey": TENANT_ACCESS_KEY, "secretKey": TENANT_SECRET_KEY}],
                 "actions": ["Admin", "Read", "Write", "List", "Tagging"]
             }]
         });

@@ -27,7 +27,7 @@ use messages::{
 
 /// How to reach the store. Unset fields fall back to the standard AWS
 /// configuration chain (`AWS_REGION`, `AWS_ENDPOINT_URL`, profiles, IRSA, ...).
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct S3Options {
     pub endpoint: Option<String>,
     pub region: Option<String>,
@@ -38,6 +38,23 @@ pub struct S3Options {
     pub secret_access_key: Option<String>,
     pub connect_timeout: Option<Duration>,
     pub request_timeout: Option<Duration>,
+}
+
+/// Written out so that the static credentials never reach a log through
+/// `{:?}`: the controller fills them from tenants' Secrets.
+impl std::fmt::Debug for S3Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |v: &Option<String>| v.as_ref().map(|_| "<redacted>");
+        f.debug_struct("S3Options")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("force_path_style", &self.force_path_style)
+            .field("access_key_id", &redacted(&self.access_key_id))
+            .field("secret_access_key", &redacted(&self.secret_access_key))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]
