@@ -1,0 +1,44 @@
+//! The Kubernetes client of `jobgate controller` and `jobgate status`,
+//! from a kubeconfig (and context) or the environment, as kubectl finds it.
+
+use std::path::Path;
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use crate::error::{Error, Result};
+
+/// The client, and the namespace the configuration's context names
+/// (`default` when it names none).
+pub async fn client(
+    kubeconfig: Option<&Path>,
+    context: Option<&str>,
+) -> Result<(kube::Client, String)> {
+    let options = KubeConfigOptions {
+        context: context.map(str::to_string),
+        ..Default::default()
+    };
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = Kubeconfig::read_from(path).map_err(|e| {
+                Error::InvalidArgument(format!("reading kubeconfig {}: {e}", path.display()))
+            })?;
+            kube::Config::from_custom_kubeconfig(file, &options)
+                .await
+                .map_err(|e| {
+                    Error::InvalidArgument(format!("kubeconfig {}: {e}", path.display()))
+                })?
+        }
+        // A context names an entry of a kubeconfig file, so with one only
+        // the files (KUBECONFIG, ~/.kube/config) are looked at.
+        None if context.is_some() => kube::Config::from_kubeconfig(&options)
+            .await
+            .map_err(|e| Error::InvalidArgument(format!("kubeconfig: {e}")))?,
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| Error::InvalidArgument(format!("no Kubernetes configuration: {e}")))?,
+    };
+    let namespace = config.default_namespace.clone();
+    let client = kube::Client::try_from(config)
+        .map_err(|e| Error::InvalidArgument(format!("Kubernetes client: {e}")))?;
+    Ok((client, namespace))
+}
