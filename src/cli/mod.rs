@@ -12,6 +12,8 @@ use crate::store::{DynStore, FileStore, LedgerUrl, S3Options, S3Store};
 
 mod controller;
 mod doctor;
+mod kube;
+mod kube_status;
 mod run;
 mod status;
 

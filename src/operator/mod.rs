@@ -7,6 +7,7 @@ pub mod crd;
 pub mod deadline;
 pub mod error;
 pub mod http;
+pub mod inspect;
 pub mod leader;
 pub mod ledgers;
 pub mod metrics;
