@@ -1,13 +1,15 @@
 //! The chart's RBAC proven by use: its ServiceAccount, ClusterRole, Roles
-//! and bindings (rendered by `helm template`, nothing else of the chart)
-//! applied to a full cluster (kube-controller-manager and kwok run the
-//! Jobs), and the controller run as that ServiceAccount, with a token and
-//! no admin credentials, the way the chart runs it: every namespace, the
-//! default cluster name (the kube-system UID), leader election on a Lease
-//! in the release's namespace, S3 credentials from a group's Secret. It
-//! must take three Jobs through a limit of one without a refused request.
-//! Not covered: the webhook's Role and caBundle patch (the controller runs
-//! without the webhook here).
+//! and bindings (rendered by `helm template`; of the rest of the chart only
+//! the webhook's empty Secret and its configuration, which those rules
+//! name) applied to a full cluster (kube-controller-manager and kwok run
+//! the Jobs), and the controller run as that ServiceAccount, with a token
+//! and no admin credentials, the way the chart runs it: every namespace,
+//! the default cluster name (the kube-system UID), leader election on a
+//! Lease in the release's namespace, the webhook with its own certificate
+//! in the Secret and its CA in the configuration, S3 credentials from a
+//! group's Secret. Three Jobs created without `suspend` must pass a limit
+//! of one without a refused request. The webhook is called at a loopback
+//! URL (`webhook.url`), as the controller runs as a process here.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -17,9 +19,10 @@ use jobgate_testkit::chart::{chart_dir, helm, text};
 use jobgate_testkit::k8s::ControlPlane;
 use jobgate_testkit::operator::{
     AdmissionLog, Bed, ControllerProcess, GroupSpec, apply_credentials, apply_group_with,
-    eventually, observe,
+    create_job, eventually, observe,
 };
 use jobgate_testkit::pods::PodLog;
+use jobgate_testkit::testbed::free_port;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -29,6 +32,10 @@ const RELEASE_NS: &str = "jobgate-system";
 /// What the chart names the ServiceAccount and the leader Lease for RELEASE.
 const SERVICE_ACCOUNT: &str = "jobgate";
 const LEASE: &str = "jobgate-controller";
+/// And its webhook Secret, Service and configuration.
+const WEBHOOK_SECRET: &str = "jobgate-webhook-tls";
+const WEBHOOK_SERVICE: &str = "jobgate-webhook";
+const WEBHOOK_CONFIGURATION: &str = "jobgate";
 
 const RBAC_KINDS: &[&str] = &[
     "ServiceAccount",
@@ -96,6 +103,17 @@ fn ok(out: Output, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The HTTP status of GET `path` on 127.0.0.1:`port`.
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// The text without terminal colour codes (the controller's log has them).
 fn plain(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -155,9 +173,11 @@ async fn the_charts_rbac_is_enough_for_a_full_admission_cycle() {
     let (s3, cp, kube) = (&bed.s3, &bed.cp, &bed.kube);
     eprintln!("full cluster up: {:?}", started.elapsed());
 
-    // No wildcard anywhere, with the defaults (webhook on) or as run here.
+    // No wildcard anywhere, with the defaults or as run here.
+    let port = free_port();
+    let url = format!("webhook.url=https://127.0.0.1:{port}/mutate-jobs");
     let defaults = render(cp, &[]);
-    let ours = render(cp, &["webhook.enabled=false"]);
+    let ours = render(cp, &[&url]);
     for docs in [&defaults, &ours] {
         let rbac: Vec<_> = docs
             .iter()
@@ -171,17 +191,21 @@ async fn the_charts_rbac_is_enough_for_a_full_admission_cycle() {
         assert_eq!(wildcards(&rbac), Vec::<String>::new(), "wildcards in RBAC");
     }
 
-    // Only the RBAC objects, applied by the admin.
+    // Only the RBAC objects, and the two objects the webhook's rules name,
+    // applied by the admin.
     let rbac: Vec<_> = ours
         .into_iter()
-        .filter(|d| RBAC_KINDS.contains(&kind(d)))
+        .filter(|d| {
+            RBAC_KINDS.contains(&kind(d))
+                || ["Secret", "MutatingWebhookConfiguration"].contains(&kind(d))
+        })
         .collect();
     let kinds: Vec<&str> = rbac.iter().map(kind).collect();
     eprintln!("applying {kinds:?}");
     assert_eq!(
         kinds.iter().filter(|k| **k == "Role").count(),
-        1,
-        "the leader-election Role"
+        2,
+        "the leader-election and webhook Roles"
     );
     ok(
         cp.kubectl(&["create", "namespace", RELEASE_NS]),
@@ -260,14 +284,13 @@ async fn the_charts_rbac_is_enough_for_a_full_admission_cycle() {
         },
         json!({"leaseSeconds": 30}),
     );
-    let names: Vec<String> = (0..3).map(|i| format!("job-{i:02}")).collect();
-    bed.jobs(NS, "rbac", &names).await;
     let pods = PodLog::default();
     pods.watch(kube.clone(), "one", NS);
     let checker = AdmissionLog::default();
     observe(kube.clone(), "one", NS, checker.clone(), None);
 
-    // As the chart's Deployment runs it, without the webhook.
+    // As the chart's Deployment runs it (POD_NAMESPACE's defaults given as
+    // flags).
     let identity = "jobgate-rbac-0";
     let mut controller = ControllerProcess::start_as(
         cp,
@@ -279,9 +302,53 @@ async fn the_charts_rbac_is_enough_for_a_full_admission_cycle() {
             &format!("--leader-election-namespace={RELEASE_NS}"),
             &format!("--leader-election-name={LEASE}"),
             &format!("--identity={identity}"),
+            &format!("--webhook-listen=127.0.0.1:{port}"),
+            &format!("--webhook-secret={WEBHOOK_SECRET}"),
+            &format!("--webhook-service={WEBHOOK_SERVICE}"),
+            &format!("--webhook-configuration={WEBHOOK_CONFIGURATION}"),
+            "--webhook-host=127.0.0.1",
+            &format!("--webhook-namespace={RELEASE_NS}"),
         ],
         "rbac",
     );
+    // The webhook serves once its CA is in the configuration and the
+    // certificate in the Secret: creating labelled Jobs fails until then
+    // (failurePolicy Fail).
+    let webhook_up = Instant::now();
+    eventually(Duration::from_secs(60), "the webhook serving", || async {
+        let ca = cp.kubectl(&[
+            "get",
+            "mutatingwebhookconfiguration",
+            WEBHOOK_CONFIGURATION,
+            "-o",
+            "jsonpath={.webhooks[0].clientConfig.caBundle}",
+        ]);
+        (!ca.stdout.is_empty() && http_status(controller.metrics_port, "/readyz") == Some(200))
+            .then_some(())
+    })
+    .await;
+    eprintln!("webhook serving after {:?}", webhook_up.elapsed());
+    let secret = ok(
+        cp.kubectl(&[
+            "get",
+            "secret",
+            WEBHOOK_SECRET,
+            "-n",
+            RELEASE_NS,
+            "-o",
+            "jsonpath={.data}",
+        ]),
+        "webhook Secret",
+    );
+    assert!(
+        secret.contains("tls.crt"),
+        "the Secret was not filled: {secret}"
+    );
+    // Written without `suspend`: the webhook creates them suspended.
+    for i in 0..3 {
+        let job = create_job(kube, NS, &format!("job-{i:02}"), "rbac", false).await;
+        assert_eq!(job.spec.and_then(|s| s.suspend), Some(true), "job-{i:02}");
+    }
     let cycle = Instant::now();
     // A refused request fails the test at once, with what was refused.
     let refused = eventually(Duration::from_secs(120), "three Jobs finished", || async {
