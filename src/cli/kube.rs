@@ -20,25 +20,42 @@ pub async fn client(
     let config = match kubeconfig {
         Some(path) => {
             let file = Kubeconfig::read_from(path).map_err(|e| {
-                Error::InvalidArgument(format!("reading kubeconfig {}: {e}", path.display()))
+                Error::InvalidArgument(format!(
+                    "cannot read kubeconfig {}: {e}; check the path given to --kubeconfig",
+                    path.display()
+                ))
             })?;
             kube::Config::from_custom_kubeconfig(file, &options)
                 .await
                 .map_err(|e| {
-                    Error::InvalidArgument(format!("kubeconfig {}: {e}", path.display()))
+                    Error::InvalidArgument(format!(
+                        "kubeconfig {} cannot be used: {e}; check its current context or pass --context",
+                        path.display()
+                    ))
                 })?
         }
         // A context names an entry of a kubeconfig file, so with one only
         // the files (KUBECONFIG, ~/.kube/config) are looked at.
         None if context.is_some() => kube::Config::from_kubeconfig(&options)
             .await
-            .map_err(|e| Error::InvalidArgument(format!("kubeconfig: {e}")))?,
+            .map_err(|e| {
+                Error::InvalidArgument(format!(
+                    "the kubeconfig (KUBECONFIG or ~/.kube/config) cannot be used: {e}; check --context or pass --kubeconfig"
+                ))
+            })?,
         None => kube::Config::infer()
             .await
-            .map_err(|e| Error::InvalidArgument(format!("no Kubernetes configuration: {e}")))?,
+            .map_err(|e| {
+                Error::InvalidArgument(format!(
+                    "no Kubernetes configuration found ({e}); pass --kubeconfig or set KUBECONFIG"
+                ))
+            })?,
     };
     let namespace = config.default_namespace.clone();
-    let client = kube::Client::try_from(config)
-        .map_err(|e| Error::InvalidArgument(format!("Kubernetes client: {e}")))?;
+    let client = kube::Client::try_from(config).map_err(|e| {
+        Error::InvalidArgument(format!(
+            "cannot build a Kubernetes client from the configuration: {e}"
+        ))
+    })?;
     Ok((client, namespace))
 }
