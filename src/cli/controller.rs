@@ -133,7 +133,7 @@ pub async fn controller(args: ControllerArgs) -> Result<u8> {
     // Refused before connecting: a typo must not leave groups unchecked.
     let allowlist = Allowlist::parse(&args.allowed_ledgers)
         .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-    let client = client(args.kubeconfig.as_deref()).await?;
+    let (client, _) = super::kube::client(args.kubeconfig.as_deref(), None).await?;
     let settings = Settings {
         cluster_name: args.cluster_name.filter(|s| !s.is_empty()),
         namespace: args.namespace.filter(|s| !s.is_empty()),
@@ -156,24 +156,4 @@ pub async fn controller(args: ControllerArgs) -> Result<u8> {
         .await
         .map(|()| 0)
         .map_err(|e| Error::InvalidArgument(e.to_string()))
-}
-
-async fn client(path: Option<&std::path::Path>) -> Result<kube::Client> {
-    let config = match path {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| {
-                Error::InvalidArgument(format!("reading kubeconfig {}: {e}", path.display()))
-            })?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-                .await
-                .map_err(|e| {
-                    Error::InvalidArgument(format!("kubeconfig {}: {e}", path.display()))
-                })?
-        }
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| Error::InvalidArgument(format!("no Kubernetes configuration: {e}")))?,
-    };
-    kube::Client::try_from(config)
-        .map_err(|e| Error::InvalidArgument(format!("Kubernetes client: {e}")))
 }

@@ -12,6 +12,8 @@ use crate::store::{DynStore, FileStore, LedgerUrl, S3Options, S3Store};
 
 mod controller;
 mod doctor;
+mod kube;
+mod kube_status;
 mod limit;
 mod run;
 mod status;
@@ -67,7 +69,8 @@ enum LogFormat {
 enum Command {
     /// Wait for a slot, run a command in it, release the slot when it exits.
     Run(run::RunArgs),
-    /// Show the limit, the holders and the agents of a ledger.
+    /// Show the limit, the holders and the agents of a ledger; with GROUP, a
+    /// ConcurrencyGroup's ledger beside this cluster's view of it.
     Status(status::StatusArgs),
     /// Release a holder's slot by hand (e.g. after a crash, before the lease ends).
     Release(status::ReleaseArgs),
@@ -160,7 +163,9 @@ fn default_filter(verbose: u8, service: bool) -> &'static str {
         // A long-running service reports what it does (and keeps the SDK's
         // errors); a command stays quiet.
         0 if service => "info,aws=error,hyper=error,h2=error,rustls=error",
-        0 => "warn,aws=off,hyper=off,h2=off,rustls=off",
+        // kube's client logs a failed request itself; `jobgate status`
+        // reports it in its one line.
+        0 => "warn,aws=off,hyper=off,h2=off,rustls=off,kube_client=off",
         1 => "info,jobgate=info,jobgate::store=debug",
         _ => "debug,jobgate=debug,aws=info,hyper=info",
     }

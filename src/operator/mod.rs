@@ -10,6 +10,7 @@ pub mod deletion;
 pub mod error;
 pub mod explain;
 pub mod http;
+pub mod inspect;
 pub mod leader;
 pub mod ledgers;
 pub mod limits;

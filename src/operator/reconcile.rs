@@ -1027,6 +1027,13 @@ async fn credentials(
             source,
         },
     })?;
+    credentials_from_secret(&secret_ref.name, secret).map(Some)
+}
+
+/// The static credentials in a group's credentials Secret (`name`): its
+/// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`. Shared with `jobgate
+/// status`, which must read the ledger the way the controller does.
+pub fn credentials_from_secret(name: &str, secret: Secret) -> Result<Credentials> {
     let data = secret.data.unwrap_or_default();
     let field = |key: &'static str| {
         data.get(key)
@@ -1034,15 +1041,15 @@ async fn credentials(
             .map(|v| v.trim().to_string())
             .filter(|v| !v.is_empty())
             .ok_or_else(|| Error::CredentialsIncomplete {
-                name: secret_ref.name.clone(),
+                name: name.to_string(),
                 key,
             })
     };
-    Ok(Some(Credentials {
+    Ok(Credentials {
         access_key_id: field("AWS_ACCESS_KEY_ID")?,
         secret_access_key: field("AWS_SECRET_ACCESS_KEY")?,
         version: secret.metadata.resource_version.unwrap_or_default(),
-    }))
+    })
 }
 
 pub fn is_finished(job: &Job) -> bool {

@@ -4,7 +4,7 @@
 //! watches Jobs in one or more clusters and records every admission.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -234,17 +234,54 @@ impl ControllerProcess {
         extra: &[&str],
         replica: &str,
     ) -> Self {
+        let mut flags = vec![
+            format!("--cluster-name={cluster}"),
+            format!("--namespace={ns}"),
+        ];
+        flags.extend(extra.iter().map(|a| a.to_string()));
+        Self::launch(
+            cp,
+            s3,
+            &cp.kubeconfig,
+            s3_env,
+            flags,
+            &format!("{cluster}{replica}"),
+        )
+    }
+
+    /// As another identity: with `kubeconfig` instead of the admin one, and
+    /// with only `flags` besides `--kubeconfig`, `--listen` and the poll
+    /// periods (no `--cluster-name` or `--namespace`), so that a test can run
+    /// it the way the chart does. `name` names its log file.
+    pub fn start_as(
+        cp: &ControlPlane,
+        s3: &SeaweedFs,
+        kubeconfig: &Path,
+        s3_env: bool,
+        flags: &[&str],
+        name: &str,
+    ) -> Self {
+        let flags = flags.iter().map(|a| a.to_string()).collect();
+        Self::launch(cp, s3, kubeconfig, s3_env, flags, name)
+    }
+
+    fn launch(
+        cp: &ControlPlane,
+        s3: &SeaweedFs,
+        kubeconfig: &Path,
+        s3_env: bool,
+        flags: Vec<String>,
+        name: &str,
+    ) -> Self {
         let metrics_port = free_port();
         let mut args = vec![
             "controller".to_string(),
-            format!("--kubeconfig={}", cp.kubeconfig.display()),
-            format!("--cluster-name={cluster}"),
-            format!("--namespace={ns}"),
+            format!("--kubeconfig={}", kubeconfig.display()),
             format!("--listen=127.0.0.1:{metrics_port}"),
             "--poll-waiting=300ms".into(),
             "--poll-idle=5s".into(),
         ];
-        args.extend(extra.iter().map(|a| a.to_string()));
+        args.extend(flags);
         let mut env: Vec<(String, String)> = vec![
             ("RUST_LOG".into(), "info,jobgate=debug".into()),
             ("AWS_REGION".into(), "us-east-1".into()),
@@ -254,10 +291,7 @@ impl ControllerProcess {
         if s3_env {
             env.extend(s3.env().into_iter().map(|(k, v)| (k.to_string(), v)));
         }
-        let log = cp
-            .dir
-            .path()
-            .join(format!("controller-{cluster}{replica}.log"));
+        let log = cp.dir.path().join(format!("controller-{name}.log"));
         let mut me = ControllerProcess {
             child: None,
             args,
