@@ -351,3 +351,62 @@ async fn s3_errors_get_one_line() {
     ));
     assert!(err.contains("access denied"), "{err}");
 }
+
+/// `--slots`: commands taking 2 and 1 units of a limit of 3 never hold more
+/// than 3 units at once, counted by the commands themselves, and every one
+/// runs. `--slots` above `--limit` is refused in one line.
+#[test]
+fn weighted_runs_never_exceed_the_limit_in_units() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = format!("file://{}/ledger.json", dir.path().display());
+    let slots = dir.path().join("slots");
+    let peaks = dir.path().join("peaks");
+    std::fs::create_dir_all(&slots).unwrap();
+    std::fs::create_dir_all(&peaks).unwrap();
+    // Each command writes its units into slots/, sums everyone's, stays a
+    // moment, sums again and leaves.
+    let child = r#"echo "$UNITS" > "$SLOTS/$JOBGATE_HOLDER" && cat "$SLOTS"/* | awk '{s+=$1} END {print s}' >> "$PEAKS/$JOBGATE_HOLDER" && sleep 0.4 && cat "$SLOTS"/* | awk '{s+=$1} END {print s}' >> "$PEAKS/$JOBGATE_HOLDER" && rm "$SLOTS/$JOBGATE_HOLDER""#;
+    let units = [2, 1, 2, 1, 2, 1];
+    let children: Vec<_> = units
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            Command::new(jobgate_testkit::jobgate_bin())
+                .args(["run", "--ledger", &ledger, "--limit", "3", "--poll", "50ms"])
+                .args(["--slots", &u.to_string(), "--holder", &format!("w-{i}")])
+                .args(["--", "sh", "-c", child])
+                .env("SLOTS", &slots)
+                .env("PEAKS", &peaks)
+                .env("UNITS", u.to_string())
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    let mut peak = 0;
+    for entry in std::fs::read_dir(&peaks).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for line in text.lines() {
+            peak = peak.max(line.trim().parse::<u32>().unwrap());
+        }
+    }
+    assert_eq!(std::fs::read_dir(&peaks).unwrap().count(), units.len());
+    assert!(peak <= 3, "{peak} units held at once with limit 3");
+    assert!(
+        peak >= 2,
+        "never more than one command at once: proves little"
+    );
+    let out = jobgate(
+        &[
+            "run", "--ledger", &ledger, "--limit", "3", "--slots", "4", "--", "true",
+        ],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("--slots 4 is more than --limit 3"), "{err}");
+}

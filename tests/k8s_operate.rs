@@ -3,8 +3,8 @@
 //! kube-scheduler, kwok with held pods), SeaweedFS, and the controller.
 //! Changing a limit at runtime (from the spec and from `jobgate limit`,
 //! with a second cluster whose spec is stale), suspending a group,
-//! deleting one cleanly (and the escapes when its ledger is gone), and a
-//! Job whose group does not exist. The checker (`PodLog`) counts Jobs with
+//! deleting one cleanly (and the escapes when its ledger is gone), weighted
+//! Jobs, and a Job whose group does not exist. The checker (`PodLog`) counts Jobs with
 //! pods that may still run.
 
 use std::process::Command;
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use jobgate_testkit::k8s::{ControlPlane, Pods};
 use jobgate_testkit::operator::{
     ControllerProcess, GroupSpec, apply_credentials, apply_group_with, client, create_held_job,
-    eventually, prepare, read_ledger,
+    create_weighted_held_job, eventually, prepare, read_ledger,
 };
 use jobgate_testkit::pods::PodLog;
 use jobgate_testkit::{SeaweedFs, bucket, seaweed};
@@ -598,4 +598,77 @@ async fn a_job_whose_group_does_not_exist_is_warned_and_counted() {
     })
     .await;
     assert_eq!(pods.max(), 1);
+}
+
+/// Weighted Jobs at limit 4, counted in units on pods: a (2 units) runs;
+/// b (3) does not fit beside it, and the light Jobs created after b wait
+/// behind it rather than pass it; when a ends, b and c (1) run together.
+/// A Job asking for more units than the limit is refused and holds no one
+/// back. While b holds its units the ledger is schema v2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_jobs_take_their_units_in_order_and_never_exceed_the_limit() {
+    let _turn = SERIAL.lock().await;
+    let s3 = seaweed().await;
+    let bucket = bucket(&s3).await;
+    let (cp, kube) = held_cluster().await;
+    group(&cp, &s3, &bucket, "heavy", 4, json!({}));
+    let pods = PodLog::default();
+    pods.watch(kube.clone(), "one", NS);
+    let run = Some(Duration::from_secs(6));
+    create_weighted_held_job(&kube, NS, "huge", "heavy", 0, None, Some(9)).await;
+    for (name, units) in [("a", 2), ("b", 3), ("c", 1), ("d", 1), ("e", 1)] {
+        create_weighted_held_job(&kube, NS, name, "heavy", 0, run, Some(units)).await;
+    }
+    let _ctl = controller(&cp, &s3, "one", &[]);
+    eventually(Duration::from_secs(60), "a's pod", || async {
+        has_pod(&cp, "a").then_some(())
+    })
+    .await;
+    // a runs alone: b needs 3 of the 2 free, and c, d, e wait behind b.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for waiting in ["b", "c", "d", "e"] {
+        assert!(
+            !has_pod(&cp, waiting),
+            "{waiting} started while a ran alone"
+        );
+    }
+    assert_eq!(pods.running(), 2, "{}", pods.summary(4));
+    let events = events_of(&cp, "huge");
+    assert!(
+        events.contains("InvalidSlots") && events.contains("more than the group's limit 4"),
+        "{events}"
+    );
+    eventually(Duration::from_secs(30), "b and c run together", || async {
+        (has_pod(&cp, "b") && has_pod(&cp, "c") && pods.running() == 4).then_some(())
+    })
+    .await;
+    let key = "jobgate/batch/heavy.json";
+    let ledger = read_ledger(&s3, &bucket, key).await.unwrap();
+    assert_eq!(ledger.schema, "jobgate.dev/ledger/v2", "{ledger:?}");
+    assert_eq!(ledger.in_use(), 4, "{ledger:?}");
+    eventually(Duration::from_secs(60), "d and e done", || async {
+        let done = |j: &str| {
+            let out = cp.kubectl(&[
+                "get",
+                "job",
+                j,
+                "-n",
+                NS,
+                "-o",
+                "jsonpath={.status.succeeded}",
+            ]);
+            String::from_utf8_lossy(&out.stdout).trim() == "1"
+        };
+        (done("d") && done("e")).then_some(())
+    })
+    .await;
+    let cg = cg_columns(&cp, "heavy");
+    assert_eq!(cg.get(1).map(String::as_str), Some("4"), "{cg:?}");
+    eprintln!("{}", pods.summary(4));
+    assert_eq!(pods.max(), 4, "units in use never reached the limit");
+    assert_eq!(pods.time_over(4), Duration::ZERO, "{}", pods.summary(4));
+    assert!(!has_pod(&cp, "huge"));
+    // Back to one unit per holder: schema v1 again, readable by older binaries.
+    let ledger = read_ledger(&s3, &bucket, key).await.unwrap();
+    assert_eq!(ledger.schema, "jobgate.dev/ledger/v1", "{ledger:?}");
 }

@@ -131,9 +131,16 @@ fn table(rows: Vec<Vec<String>>) -> String {
 }
 
 pub fn render(url: &str, l: &Ledger, now: SystemTime) -> String {
+    let limit = match &l.limit_set {
+        Some(_) => format!(
+            "{} (set {})",
+            l.limit,
+            crate::operator::limits::describe_source(l.limit_set.as_ref())
+        ),
+        None => l.limit.to_string(),
+    };
     let mut out = format!(
-        "ledger  {url}\nlimit   {}\nin use  {}\nfree    {}\ncommit  {}\n\n",
-        l.limit,
+        "ledger  {url}\nlimit   {limit}\nin use  {}\nfree    {}\ncommit  {}\n\n",
         l.in_use(),
         l.free(),
         l.seq
@@ -141,19 +148,21 @@ pub fn render(url: &str, l: &Ledger, now: SystemTime) -> String {
     if l.holders.is_empty() {
         out.push_str("no holders\n");
     } else {
-        let mut rows = vec![vec![
-            "HOLDER".into(),
-            "TOKEN".into(),
-            "AGENT".into(),
-            "GRANTED".into(),
-        ]];
+        // The SLOTS column only when some holder takes more than one.
+        let weighted = l.holders.values().any(|h| h.slots > 1);
+        let mut header = vec!["HOLDER".to_string(), "TOKEN".into()];
+        if weighted {
+            header.push("SLOTS".into());
+        }
+        header.extend(["AGENT".to_string(), "GRANTED".into()]);
+        let mut rows = vec![header];
         for (id, h) in &l.holders {
-            rows.push(vec![
-                id.clone(),
-                h.token.to_string(),
-                h.agent.clone(),
-                age(&h.granted_at, now),
-            ]);
+            let mut row = vec![id.clone(), h.token.to_string()];
+            if weighted {
+                row.push(h.slots.to_string());
+            }
+            row.extend([h.agent.clone(), age(&h.granted_at, now)]);
+            rows.push(row);
         }
         out.push_str(&table(rows));
     }
@@ -308,6 +317,40 @@ mod tests {
         assert!(text.contains("etl-1"), "{text}");
         assert!(text.contains("1m 5s ago"), "{text}");
         assert!(text.contains("30s"), "{text}");
+        assert!(!text.contains("SLOTS"), "{text}");
+    }
+
+    #[test]
+    fn renders_weighted_holders_and_who_set_the_limit() {
+        let b = Batch {
+            agent: "host-1".into(),
+            lease: Duration::from_secs(30),
+            acquires: vec!["big".into(), "small".into()],
+            slots: [("big".to_string(), 3)].into(),
+            set_limit: Some(crate::decide::LimitChange {
+                limit: 5,
+                by: "jobgate-limit@ops".into(),
+                generation: None,
+            }),
+            wall_now: "2026-11-27T10:00:00Z".into(),
+            ..Default::default()
+        };
+        let l = apply(&Ledger::new(3), &b).next.unwrap();
+        let text = render("s3://b/k", &l, SystemTime::now());
+        assert!(
+            text.contains("limit   5 (set by jobgate-limit@ops at 2026-11-27T10:00:00Z (was 3))"),
+            "{text}"
+        );
+        assert!(
+            text.contains("in use  4") && text.contains("free    1"),
+            "{text}"
+        );
+        assert!(text.contains("SLOTS"), "{text}");
+        let big = text
+            .lines()
+            .find(|l| l.starts_with("big"))
+            .unwrap_or_default();
+        assert!(big.split_whitespace().nth(2) == Some("3"), "{text}");
     }
 
     fn view() -> ClusterView {

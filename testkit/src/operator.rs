@@ -159,6 +159,20 @@ pub async fn create_held_job(
     grace_seconds: u32,
     run_for: Option<Duration>,
 ) -> Job {
+    create_weighted_held_job(client, ns, name, group, grace_seconds, run_for, None).await
+}
+
+/// [`create_held_job`] taking `slots` units of the group's limit
+/// (`jobgate.dev/slots` on the Job, and on its pods for the checker).
+pub async fn create_weighted_held_job(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    group: &str,
+    grace_seconds: u32,
+    run_for: Option<Duration>,
+    slots: Option<u32>,
+) -> Job {
     let mut annotations = serde_json::Map::new();
     if let Some(run_for) = run_for {
         annotations.insert(
@@ -166,8 +180,13 @@ pub async fn create_held_job(
             json!(format!("{}ms", run_for.as_millis())),
         );
     }
+    let mut job_annotations = serde_json::Map::new();
+    if let Some(slots) = slots {
+        annotations.insert("jobgate.dev/slots".into(), json!(slots.to_string()));
+        job_annotations.insert("jobgate.dev/slots".into(), json!(slots.to_string()));
+    }
     let job: Job = serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": {"jobgate.dev/group": group}},
+        "metadata": {"name": name, "labels": {"jobgate.dev/group": group}, "annotations": job_annotations},
         "spec": {
             "suspend": true,
             "backoffLimit": 0,

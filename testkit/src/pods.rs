@@ -7,6 +7,10 @@
 //! Pods are grouped by the `batch.kubernetes.io/controller-uid` label the
 //! Job controller puts on them; it stays on pods whose Job was deleted or
 //! orphaned them, so their work still counts.
+//!
+//! A Job counts as the units its pods' `jobgate.dev/slots` annotation says
+//! (1 without it), so weighted Jobs are checked against the limit in units;
+//! tests put the annotation on the pod template as well as on the Job.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -19,6 +23,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
 const JOB_UID_LABEL: &str = "batch.kubernetes.io/controller-uid";
+const SLOTS_ANNOTATION: &str = "jobgate.dev/slots";
 
 /// (cluster, Job UID)
 type JobKey = (String, String);
@@ -33,11 +38,16 @@ struct State {
     relisting: BTreeMap<String, BTreeMap<JobKey, BTreeSet<String>>>,
     /// Every change of the count: when, and the count from then on.
     timeline: Vec<(Instant, usize)>,
+    /// Units each Job takes, from its pods' annotation.
+    weights: BTreeMap<JobKey, usize>,
 }
 
 impl State {
     fn count(&self) -> usize {
-        self.live.len()
+        self.live
+            .keys()
+            .map(|k| self.weights.get(k).copied().unwrap_or(1))
+            .sum()
     }
 
     fn record(&mut self) {
@@ -115,6 +125,20 @@ impl PodLog {
 
     fn on_event(&self, cluster: &str, event: watcher::Event<Pod>) {
         let mut s = self.state.lock().unwrap();
+        let pod = match &event {
+            watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => Some(pod),
+            _ => None,
+        };
+        if let Some(pod) = pod
+            && let Some((job, _)) = keyed(cluster, pod)
+        {
+            let units = pod
+                .annotations()
+                .get(SLOTS_ANNOTATION)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1);
+            s.weights.insert(job, units);
+        }
         match event {
             watcher::Event::Apply(pod) => apply(&mut s.live, cluster, &pod),
             watcher::Event::Delete(pod) => {
@@ -259,6 +283,32 @@ mod tests {
         log.on_event("a", watcher::Event::InitDone);
         assert_eq!(log.running(), 2);
         assert_eq!(log.running_in("a"), 1);
+    }
+
+    #[test]
+    fn weighted_jobs_count_their_units_and_an_overrun_is_caught() {
+        let weighted = |uid: &str, job: &str, units: &str| {
+            let mut p = pod(uid, job, "Running");
+            p.metadata.annotations =
+                Some([(SLOTS_ANNOTATION.to_string(), units.to_string())].into());
+            p
+        };
+        let log = PodLog::default();
+        let start = Instant::now();
+        log.on_event("a", watcher::Event::Apply(weighted("p1", "j1", "3")));
+        log.on_event("a", watcher::Event::Apply(pod("p2", "j2", "Running")));
+        assert_eq!(log.running(), 4, "3 units and 1");
+        assert_eq!(log.rises_above(4, start), Vec::<usize>::new());
+        // One more unit at limit 4: the checker sees 5.
+        log.on_event("a", watcher::Event::Apply(pod("p3", "j3", "Pending")));
+        assert_eq!(log.rises_above(4, start), vec![5]);
+        assert_eq!(log.max(), 5);
+        log.on_event(
+            "a",
+            watcher::Event::Apply(weighted("p1", "j1", "3")).clone(),
+        );
+        log.on_event("a", watcher::Event::Delete(weighted("p1", "j1", "3")));
+        assert_eq!(log.running(), 2);
     }
 
     #[test]
