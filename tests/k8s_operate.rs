@@ -55,16 +55,6 @@ fn group(
     );
 }
 
-fn kubectl_ok(cp: &ControlPlane, args: &[&str]) -> String {
-    let out = cp.kubectl(args);
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// `kubectl get cg NAME` columns: NAME LIMIT IN-USE HERE WAITING READY SUSPENDED AGE.
 fn cg_columns(cp: &ControlPlane, name: &str) -> Vec<String> {
     let out = cp.kubectl(&["get", "cg", name, "-n", NS, "--no-headers"]);
@@ -185,19 +175,16 @@ async fn a_limit_changed_at_runtime_applies_everywhere_and_a_stale_cluster_does_
     .await;
 
     let raised = Instant::now();
-    kubectl_ok(
-        &east,
-        &[
-            "patch",
-            "cg",
-            "lim",
-            "-n",
-            NS,
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"limit":4}}"#,
-        ],
-    );
+    east.kubectl_ok(&[
+        "patch",
+        "cg",
+        "lim",
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"limit":4}}"#,
+    ]);
     eventually(Duration::from_secs(30), "four Jobs with pods", || async {
         (pods.running() == 4).then_some(())
     })
@@ -225,7 +212,7 @@ async fn a_limit_changed_at_runtime_applies_everywhere_and_a_stale_cluster_does_
         },
     )
     .await;
-    let wide = kubectl_ok(&west, &["get", "cg", "lim", "-n", NS, "-o", "wide"]);
+    let wide = west.kubectl_ok(&["get", "cg", "lim", "-n", NS, "-o", "wide"]);
     assert!(
         wide.contains("SPEC-LIMIT") && wide.contains("SUSPENDED"),
         "{wide}"
@@ -319,19 +306,16 @@ async fn a_suspended_group_lets_admitted_jobs_finish_and_admits_nothing_until_re
         (pods.running() == 2).then_some(())
     })
     .await;
-    kubectl_ok(
-        &cp,
-        &[
-            "patch",
-            "cg",
-            "pause",
-            "-n",
-            NS,
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"suspend":true}}"#,
-        ],
-    );
+    cp.kubectl_ok(&[
+        "patch",
+        "cg",
+        "pause",
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"suspend":true}}"#,
+    ]);
     let suspended = Instant::now();
     eventually(Duration::from_secs(20), "SUSPENDED True", || async {
         (cg_columns(&cp, "pause").get(6).map(String::as_str) == Some("True")).then_some(())
@@ -368,19 +352,16 @@ async fn a_suspended_group_lets_admitted_jobs_finish_and_admits_nothing_until_re
         "a suspended group must not make others defer: {ledger:?}"
     );
 
-    kubectl_ok(
-        &cp,
-        &[
-            "patch",
-            "cg",
-            "pause",
-            "-n",
-            NS,
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"suspend":false}}"#,
-        ],
-    );
+    cp.kubectl_ok(&[
+        "patch",
+        "cg",
+        "pause",
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"suspend":false}}"#,
+    ]);
     eventually(Duration::from_secs(30), "resumed and admitting", || async {
         (has_pod(&cp, "p-2") && has_pod(&cp, "p-3")).then_some(())
     })
@@ -418,23 +399,20 @@ async fn a_deleted_group_gives_its_slots_back_before_it_goes() {
         (pods.running() == 2).then_some(())
     })
     .await;
-    let finalizers = kubectl_ok(
-        &cp,
-        &[
-            "get",
-            "cg",
-            "gone",
-            "-n",
-            NS,
-            "-o",
-            "jsonpath={.metadata.finalizers}",
-        ],
-    );
+    let finalizers = cp.kubectl_ok(&[
+        "get",
+        "cg",
+        "gone",
+        "-n",
+        NS,
+        "-o",
+        "jsonpath={.metadata.finalizers}",
+    ]);
     assert!(
         finalizers.contains("jobgate.dev/release-slots"),
         "{finalizers}"
     );
-    kubectl_ok(&cp, &["delete", "cg", "gone", "-n", NS, "--wait=false"]);
+    cp.kubectl_ok(&["delete", "cg", "gone", "-n", NS, "--wait=false"]);
     let deleted = Instant::now();
     eventually(Duration::from_secs(20), "Suspended: Deleting", || async {
         (condition(&cp, "gone", "Suspended", "reason") == "Deleting").then_some(())
@@ -493,8 +471,8 @@ async fn a_deleted_group_gives_its_slots_back_before_it_goes() {
         has_pod(&cp, "l-0").then_some(())
     })
     .await;
-    kubectl_ok(&cp, &["delete", "secret", "creds", "-n", NS]);
-    kubectl_ok(&cp, &["delete", "cg", "lost", "-n", NS, "--wait=false"]);
+    cp.kubectl_ok(&["delete", "secret", "creds", "-n", NS]);
+    cp.kubectl_ok(&["delete", "cg", "lost", "-n", NS, "--wait=false"]);
     let deleted = Instant::now();
     eventually(
         Duration::from_secs(40),
@@ -525,18 +503,15 @@ async fn a_deleted_group_gives_its_slots_back_before_it_goes() {
         has_pod(&cp, "q-0").then_some(())
     })
     .await;
-    kubectl_ok(
-        &cp,
-        &[
-            "annotate",
-            "cg",
-            "quick",
-            "-n",
-            NS,
-            "jobgate.dev/abandon-slots=true",
-        ],
-    );
-    kubectl_ok(&cp, &["delete", "cg", "quick", "-n", NS, "--wait=false"]);
+    cp.kubectl_ok(&[
+        "annotate",
+        "cg",
+        "quick",
+        "-n",
+        NS,
+        "jobgate.dev/abandon-slots=true",
+    ]);
+    cp.kubectl_ok(&["delete", "cg", "quick", "-n", NS, "--wait=false"]);
     eventually(
         Duration::from_secs(20),
         "the abandoned group is gone",

@@ -77,16 +77,6 @@ fn group_with(
     );
 }
 
-fn kubectl_ok(cp: &ControlPlane, args: &[&str]) -> String {
-    let out = cp.kubectl(args);
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn job_field(cp: &ControlPlane, job: &str, path: &str) -> String {
     let out = cp.kubectl(&[
         "get",
@@ -228,7 +218,7 @@ async fn end_a_running_job(rng: &mut StdRng, extra: &[&str], ending: Ending) -> 
     };
     let mut full = vec!["-n", NS];
     full.extend(args);
-    kubectl_ok(&cp, &full);
+    cp.kubectl_ok(&full);
     let ended = Instant::now();
     let earliest = match ending {
         Ending::Deleted | Ending::Failed => grace_at_least,
@@ -236,18 +226,15 @@ async fn end_a_running_job(rng: &mut StdRng, extra: &[&str], ending: Ending) -> 
             // The orphaned pod runs on by itself for a while, then is
             // deleted (and takes its grace period to stop).
             tokio::time::sleep(orphan_for).await;
-            kubectl_ok(
-                &cp,
-                &[
-                    "delete",
-                    "-n",
-                    NS,
-                    "pods",
-                    "-l",
-                    "batch.kubernetes.io/job-name=first",
-                    "--wait=false",
-                ],
-            );
+            cp.kubectl_ok(&[
+                "delete",
+                "-n",
+                NS,
+                "pods",
+                "-l",
+                "batch.kubernetes.io/job-name=first",
+                "--wait=false",
+            ]);
             orphan_for + grace_at_least
         }
         Ending::Unlabelled => (running + run_for).saturating_duration_since(ended),
@@ -517,17 +504,14 @@ async fn a_cluster_cut_off_from_s3_stops_its_pods_before_the_others_start_theirs
         // must count from its old start time, which the Job controller
         // checks it against before resetting it).
         bed.proxy.partition(false);
-        kubectl_ok(
-            &bed.west_cp,
-            &[
-                "delete",
-                "-n",
-                NS,
-                "job/west-0",
-                "job/west-1",
-                "--wait=false",
-            ],
-        );
+        bed.west_cp.kubectl_ok(&[
+            "delete",
+            "-n",
+            NS,
+            "job/west-0",
+            "job/west-1",
+            "--wait=false",
+        ]);
         eventually(
             Duration::from_secs(90),
             "east runs its Jobs again",
@@ -653,17 +637,14 @@ async fn a_cluster_whose_api_server_is_down_keeps_its_slots() {
             bed.east.log_text().contains("leader again").then_some(())
         })
         .await;
-        kubectl_ok(
-            &bed.east_cp,
-            &[
-                "delete",
-                "-n",
-                NS,
-                "job/east-0",
-                "job/east-1",
-                "--wait=false",
-            ],
-        );
+        bed.east_cp.kubectl_ok(&[
+            "delete",
+            "-n",
+            NS,
+            "job/east-0",
+            "job/east-1",
+            "--wait=false",
+        ]);
         let deleted = Instant::now();
         let seen = bed.handover(deleted, Duration::from_secs(60)).await;
         eprintln!(

@@ -84,16 +84,6 @@ fn suspended(job: &Job) -> bool {
     job.spec.as_ref().and_then(|s| s.suspend) == Some(true)
 }
 
-fn kubectl_text(cp: &ControlPlane, args: &[&str]) -> String {
-    let out = cp.kubectl(args);
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Cases 1, 3 and 4 under the default allowlist, then case 2 with
 /// `--allowed-ledger` on the same control plane and bucket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,7 +91,7 @@ async fn groups_reach_only_allowed_ledgers_and_their_own_namespaces_secrets() {
     let started = std::time::Instant::now();
     let bed = Bed::start(TEAM_A, false).await;
     let (cp, kube) = (&bed.cp, &bed.kube);
-    kubectl_text(cp, &["create", "namespace", TEAM_B]);
+    cp.kubectl_ok(&["create", "namespace", TEAM_B]);
     // Credentials only from Secrets: the controller has none of its own,
     // so nothing can fall back to them.
     apply_secret(cp, TEAM_A, "s3-creds", TENANT_ACCESS_KEY, TENANT_SECRET_KEY);
@@ -232,17 +222,14 @@ async fn groups_reach_only_allowed_ledgers_and_their_own_namespaces_secrets() {
         want,
         "only the allowed groups' ledgers exist"
     );
-    let events = kubectl_text(
-        cp,
-        &[
-            "get",
-            "events",
-            "-n",
-            TEAM_A,
-            "--field-selector",
-            "involvedObject.kind=ConcurrencyGroup,involvedObject.name=intruder",
-        ],
-    );
+    let events = cp.kubectl_ok(&[
+        "get",
+        "events",
+        "-n",
+        TEAM_A,
+        "--field-selector",
+        "involvedObject.kind=ConcurrencyGroup,involvedObject.name=intruder",
+    ]);
     assert!(
         events.contains("LedgerNotAllowed") && events.contains("Warning"),
         "{events}"
@@ -259,11 +246,11 @@ async fn groups_reach_only_allowed_ledgers_and_their_own_namespaces_secrets() {
         ("the controller's log", controller.log_text()),
         (
             "Events",
-            kubectl_text(cp, &["get", "events", "-A", "-o", "yaml"]),
+            cp.kubectl_ok(&["get", "events", "-A", "-o", "yaml"]),
         ),
         (
             "ConcurrencyGroups",
-            kubectl_text(cp, &["get", "cg", "-A", "-o", "yaml"]),
+            cp.kubectl_ok(&["get", "cg", "-A", "-o", "yaml"]),
         ),
     ];
     // What is scanned is what should be: the log at debug, the refused
