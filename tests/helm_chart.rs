@@ -280,6 +280,8 @@ fn default_values_render_a_leader_elected_controller() {
             "2s",
             "--poll-idle",
             "60s",
+            "--deletion-timeout",
+            "10m",
             "--listen",
             "0.0.0.0:8080",
             "--webhook-listen",
