@@ -48,15 +48,33 @@ fn crd_installs_and_the_api_server_validates_groups() {
     let table = text(&out);
     assert!(out.status.success(), "{table}");
     let header = table.lines().next().unwrap_or_default();
-    for column in ["NAME", "LIMIT", "IN-USE", "HERE", "WAITING", "READY", "AGE"] {
+    for column in [
+        "NAME",
+        "LIMIT",
+        "IN-USE",
+        "HERE",
+        "WAITING",
+        "READY",
+        "SUSPENDED",
+        "AGE",
+    ] {
         assert!(header.contains(column), "missing column {column}: {table}");
     }
-    assert!(table.contains("nightly") && table.contains('3'), "{table}");
+    // LIMIT is the limit in force, which only a controller knows; the
+    // spec's is in -o wide.
+    assert!(table.contains("nightly"), "{table}");
     let wide = text(&cp.kubectl(&["get", "cg", "-o", "wide"]));
     assert!(
-        wide.contains("BUCKET") && wide.contains("my-bucket"),
+        wide.contains("SPEC-LIMIT") && wide.contains("BUCKET") && wide.contains("my-bucket"),
         "{wide}"
     );
+    // Empty columns leave blanks: read SPEC-LIMIT at its header's offset.
+    let at = wide.lines().next().and_then(|h| h.find("SPEC-LIMIT"));
+    let spec_limit = at.and_then(|at| {
+        let row = wide.lines().nth(1)?;
+        row.get(at..)?.split_whitespace().next()
+    });
+    assert_eq!(spec_limit, Some("3"), "{wide}");
 
     let out = cp.kubectl(&[
         "get",
