@@ -34,8 +34,9 @@ pub struct Ledger {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub written_at: Option<String>,
     /// The last deliberate change of `limit`: who made it and from which
-    /// spec generation. Lets a cluster whose spec is older tell that it must
-    /// not set its own limit back (see `operator::limits`).
+    /// spec generation, so that a cluster whose spec disagrees can say who
+    /// set the limit in force (`operator::limits` decides from its own
+    /// record whether its spec is a new change).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit_set: Option<LimitSet>,
 }

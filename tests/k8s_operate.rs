@@ -10,6 +10,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use jobgate_testkit::faultproxy::{FaultProxy, Faults};
 use jobgate_testkit::k8s::{ControlPlane, Pods};
 use jobgate_testkit::operator::{
     ControllerProcess, GroupSpec, apply_credentials, apply_group_with, client, create_held_job,
@@ -450,41 +451,79 @@ async fn a_deleted_group_gives_its_slots_back_before_it_goes() {
     assert!(pods.max() <= 2, "{}", pods.summary(2));
     eprintln!("deleted with two running Jobs: gone {took:?} later, ledger empty");
 
-    // The ledger cannot be read (its credentials Secret is gone): the
-    // finalizer goes after the timeout, with a Warning.
+    // Its credentials Secret deleted with it (as when a namespace goes): the
+    // client it has gives its slot back once the Job's pod has stopped.
     apply_credentials(&cp, NS, "creds", &s3);
-    apply_group_with(
-        &cp,
-        &GroupSpec {
-            name: "lost",
-            ns: NS,
-            limit: 1,
-            bucket: &bucket,
-            endpoint: &s3.endpoint,
-            key: None,
-            secret: Some("creds"),
-        },
-        json!({}),
+    let with_secret = |name: &'static str, endpoint: &str| {
+        apply_group_with(
+            &cp,
+            &GroupSpec {
+                name,
+                ns: NS,
+                limit: 1,
+                bucket: &bucket,
+                endpoint,
+                key: None,
+                secret: Some("creds"),
+            },
+            json!({}),
+        )
+    };
+    with_secret("sec", &s3.endpoint);
+    create_held_job(&kube, NS, "s-0", "sec", 0, Some(Duration::from_secs(4))).await;
+    eventually(Duration::from_secs(30), "s-0 runs", || async {
+        has_pod(&cp, "s-0").then_some(())
+    })
+    .await;
+    cp.kubectl_ok(&["delete", "secret", "creds", "-n", NS]);
+    cp.kubectl_ok(&["delete", "cg", "sec", "-n", NS, "--wait=false"]);
+    eventually(
+        Duration::from_secs(40),
+        "the group with no Secret is gone",
+        || async { (!cp.kubectl(&["get", "cg", "sec", "-n", NS]).status.success()).then_some(()) },
+    )
+    .await;
+    let events = events_of(&cp, "sec");
+    assert!(
+        events.contains("SlotsReleased") && !events.contains("SlotsAbandoned"),
+        "{events}"
     );
+    let ledger = read_ledger(&s3, &bucket, "jobgate/batch/sec.json")
+        .await
+        .unwrap();
+    assert!(
+        ledger.holders.is_empty() && ledger.agents.is_empty(),
+        "{ledger:?}"
+    );
+
+    // The ledger cannot be reached (a partition between the controller and
+    // S3): the finalizer goes after the timeout, with a Warning.
+    apply_credentials(&cp, NS, "creds", &s3);
+    let proxy = FaultProxy::start(&s3.endpoint, Faults::default()).await;
+    with_secret("lost", &proxy.endpoint);
     create_held_job(&kube, NS, "l-0", "lost", 0, None).await;
     eventually(Duration::from_secs(30), "l-0 runs", || async {
         has_pod(&cp, "l-0").then_some(())
     })
     .await;
-    cp.kubectl_ok(&["delete", "secret", "creds", "-n", NS]);
+    proxy.partition(true);
     cp.kubectl_ok(&["delete", "cg", "lost", "-n", NS, "--wait=false"]);
     let deleted = Instant::now();
-    eventually(
-        Duration::from_secs(40),
-        "the unreadable group is gone",
-        || async {
-            (!cp.kubectl(&["get", "cg", "lost", "-n", NS])
-                .status
-                .success())
-            .then_some(())
-        },
-    )
-    .await;
+    while cp
+        .kubectl(&["get", "cg", "lost", "-n", NS])
+        .status
+        .success()
+    {
+        if deleted.elapsed() > Duration::from_secs(60) {
+            let log = ctl.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!(
+                "the unreachable group is still there after 60 s:\n{}",
+                tail.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let took = deleted.elapsed();
     assert!(
         took >= Duration::from_secs(7),
@@ -492,9 +531,10 @@ async fn a_deleted_group_gives_its_slots_back_before_it_goes() {
     );
     let events = events_of(&cp, "lost");
     assert!(
-        events.contains("SlotsAbandoned") && events.contains("could not be read"),
+        events.contains("SlotsAbandoned") && events.contains("could not be used"),
         "{events}"
     );
+    eprintln!("unreachable ledger: the group went {took:?} after its deletion (timeout 8 s)");
 
     // The annotation: at once, whatever is held.
     group(&cp, &s3, &bucket, "quick", 1, json!({}));

@@ -32,8 +32,8 @@ pub struct RunArgs {
     #[arg(long)]
     limit: Option<u64>,
     /// How many units of the limit this command takes (for commands that
-    /// cost more than others). It waits until that many are free; ones
-    /// that asked before it are served first.
+    /// cost more than others). It waits until that many are free. Other
+    /// commands do not wait behind it: a stream of lighter ones can delay it.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     slots: u32,
     /// Give up waiting for a slot after this long (exit 124). Default: wait forever.

@@ -349,7 +349,12 @@ async fn admit(
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(every) => {}
-                    _ = wake.notified() => {}
+                    _ = wake.notified() => {
+                        // Every event of a Job whose group is missing
+                        // wakes it (a namespace being torn down sends
+                        // many): at most one early sweep per 2 s.
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
                 }
                 if let Ok(list) = groups.list(&ListParams::default()).await {
                     let existing = list

@@ -18,22 +18,36 @@ pub enum Step {
     Abandon(String),
 }
 
-/// `held_here`: slots the ledger says this cluster holds for the group, or
-/// `None` when the ledger could not be read in this pass. `waited`: since
-/// the deletion. `abandon`: the group carries `jobgate.dev/abandon-slots`.
-pub fn step(held_here: Option<u32>, waited: Duration, timeout: Duration, abandon: bool) -> Step {
-    match held_here {
+/// What the pass learnt of the slots this cluster holds for the group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// The ledger says this many.
+    Known(u32),
+    /// The ledger could not be read or written (store, credentials).
+    LedgerUnusable,
+    /// The pass failed elsewhere (an API call): the ledger is fine, so
+    /// the deletion waits for the next pass without a deadline.
+    Unknown,
+}
+
+/// `waited`: since the deletion. `abandon`: the group carries
+/// `jobgate.dev/abandon-slots`.
+pub fn step(held: Held, waited: Duration, timeout: Duration, abandon: bool) -> Step {
+    match held {
         _ if abandon => Step::Abandon(format!(
             "removed without giving back its slots (annotation jobgate.dev/abandon-slots{}); any still held run out after leaseSeconds at the other agents",
-            held_here.map_or_else(String::new, |n| format!(", {n} held here"))
+            match held {
+                Held::Known(n) => format!(", {n} held here"),
+                _ => String::new(),
+            }
         )),
-        Some(0) => Step::Leave,
-        Some(_) => Step::Drain,
-        None if waited >= timeout => Step::Abandon(format!(
-            "the ledger could not be read for {} s since the group was deleted; removed without giving back its slots, which run out after leaseSeconds at the other agents",
+        Held::Known(0) => Step::Leave,
+        Held::Known(_) | Held::Unknown => Step::Drain,
+        Held::LedgerUnusable if waited >= timeout => Step::Abandon(format!(
+            "the ledger could not be used for {} s since the group was deleted; removed without giving back its slots, which run out after leaseSeconds at the other agents",
             waited.as_secs()
         )),
-        None => Step::Drain,
+        Held::LedgerUnusable => Step::Drain,
     }
 }
 
@@ -46,33 +60,38 @@ mod tests {
     #[test]
     fn slots_are_given_back_before_the_finalizer_goes() {
         let early = Duration::from_secs(5);
-        assert_eq!(step(Some(2), early, TIMEOUT, false), Step::Drain);
-        assert_eq!(step(Some(0), early, TIMEOUT, false), Step::Leave);
-        // Running Jobs are waited for however long they take.
-        assert_eq!(step(Some(1), TIMEOUT * 10, TIMEOUT, false), Step::Drain);
+        assert_eq!(step(Held::Known(2), early, TIMEOUT, false), Step::Drain);
+        assert_eq!(step(Held::Known(0), early, TIMEOUT, false), Step::Leave);
+        // Running Jobs are waited for however long they take, and so is an
+        // API server that fails a pass while the ledger is fine.
+        assert_eq!(
+            step(Held::Known(1), TIMEOUT * 10, TIMEOUT, false),
+            Step::Drain
+        );
+        assert_eq!(
+            step(Held::Unknown, TIMEOUT * 10, TIMEOUT, false),
+            Step::Drain
+        );
     }
 
     #[test]
-    fn an_unreachable_ledger_blocks_deletion_only_for_the_timeout() {
-        assert_eq!(
-            step(None, Duration::from_secs(30), TIMEOUT, false),
-            Step::Drain
-        );
-        let Step::Abandon(why) = step(None, TIMEOUT, TIMEOUT, false) else {
+    fn an_unusable_ledger_blocks_deletion_only_for_the_timeout() {
+        let unusable = Held::LedgerUnusable;
+        let early = Duration::from_secs(30);
+        assert_eq!(step(unusable, early, TIMEOUT, false), Step::Drain);
+        let Step::Abandon(why) = step(unusable, TIMEOUT, TIMEOUT, false) else {
             panic!("kept waiting")
         };
-        assert!(why.contains("could not be read for 600 s"), "{why}");
+        assert!(why.contains("could not be used for 600 s"), "{why}");
     }
 
     #[test]
     fn the_annotation_abandons_at_once() {
-        let Step::Abandon(why) = step(Some(3), Duration::ZERO, TIMEOUT, true) else {
+        let Step::Abandon(why) = step(Held::Known(3), Duration::ZERO, TIMEOUT, true) else {
             panic!("kept waiting")
         };
         assert!(why.contains("3 held here"), "{why}");
-        assert!(matches!(
-            step(None, Duration::ZERO, TIMEOUT, true),
-            Step::Abandon(_)
-        ));
+        let unknown = step(Held::Unknown, Duration::ZERO, TIMEOUT, true);
+        assert!(matches!(unknown, Step::Abandon(_)));
     }
 }

@@ -55,6 +55,14 @@ pub enum Error {
     #[error("updating the group's finalizer: {0}")]
     Finalizer(#[source] kube::Error),
 
+    #[error("building the finalizer patch: {0}")]
+    FinalizerPatch(String),
+
+    #[error(
+        "the pass of a deleted group took longer than the {0:?} left before its deletion timeout"
+    )]
+    PassTimedOut(std::time::Duration),
+
     #[error("the object has no {0}")]
     MissingField(&'static str),
 
@@ -81,6 +89,14 @@ impl Error {
         )
     }
 
+    /// The ledger cannot be read or written with what this process has
+    /// (no client, no credentials, the store refuses or does not answer):
+    /// a deleted group waits for it only so long.
+    pub fn is_ledger_unusable(&self) -> bool {
+        self.leaves_ledger_unread()
+            || matches!(self, Error::WriteLedger(_) | Error::PassTimedOut(_))
+    }
+
     /// A stable label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -95,7 +111,8 @@ impl Error {
             Error::ReadLedger(_) => "read_ledger",
             Error::WriteLedger(_) => "write_ledger",
             Error::PatchJob { .. } => "patch_job",
-            Error::Finalizer(_) => "finalizer",
+            Error::Finalizer(_) | Error::FinalizerPatch(_) => "finalizer",
+            Error::PassTimedOut(_) => "deletion_timeout",
             Error::UpdateStatus(_) => "update_status",
             Error::MissingField(_) => "invalid_object",
             Error::Leader(_) => "leader_election",

@@ -15,7 +15,7 @@ fn owner(agent: &str) -> &str {
 pub fn usage(ledger: &Ledger, me: &str) -> String {
     let mut in_use: BTreeMap<&str, usize> = BTreeMap::new();
     for h in ledger.holders.values() {
-        *in_use.entry(owner(&h.agent)).or_default() += 1;
+        *in_use.entry(owner(&h.agent)).or_default() += h.slots as usize;
     }
     let per = in_use
         .iter()

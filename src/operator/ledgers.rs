@@ -44,6 +44,8 @@ pub struct GroupLedger {
     /// Waiting Jobs already told why nothing is admitted (suspended or
     /// deleted group).
     pub announced_held: Mutex<BTreeSet<String>>,
+    /// Jobs already told why they are refused, as `reason/uid`.
+    pub announced_refused: Mutex<BTreeSet<String>>,
 }
 
 impl GroupLedger {
@@ -156,6 +158,7 @@ impl Ledgers {
             exported: Mutex::new((0, 0)),
             limit_applied: Mutex::new(None),
             announced_held: Mutex::new(BTreeSet::new()),
+            announced_refused: Mutex::new(BTreeSet::new()),
         });
         // Reconciliations of one group never overlap, so nobody else built
         // a client for it meanwhile. A replaced client stops once the last

@@ -30,7 +30,7 @@ use super::crd::{
     GROUP_LABEL, LeaseLossPolicy, PRIORITY_ANNOTATION, SLOTS_ANNOTATION, TOKEN_ANNOTATION,
 };
 use super::deadline;
-use super::deletion::{self, Step};
+use super::deletion::{self, Held, Step};
 use super::error::{Error, Result};
 use super::explain;
 use super::ledgers::{Credentials, GroupLedger, LedgerSettings, Ledgers, lock};
@@ -104,11 +104,10 @@ pub async fn reconcile(group: Arc<ConcurrencyGroup>, ctx: Arc<Context>) -> Resul
     }
     if deleting && group.annotations().contains_key(ABANDON_ANNOTATION) {
         // What this process holds for it, for the message.
-        let held = ctx
-            .ledgers
-            .current(&ns, &name)
-            .await
-            .map(|gl| gl.permits().0.len() as u32);
+        let held = match ctx.ledgers.current(&ns, &name).await {
+            Some(gl) => Held::Known(gl.permits().0.len() as u32),
+            None => Held::Unknown,
+        };
         if let Step::Abandon(why) = deletion::step(held, Duration::ZERO, ctx.deletion_timeout, true)
         {
             return finish_deletion(&ctx, &group, &ns, Some(why)).await;
@@ -119,7 +118,32 @@ pub async fn reconcile(group: Arc<ConcurrencyGroup>, ctx: Arc<Context>) -> Resul
         group: name.clone(),
     };
     let admit_new = !deleting && !group.spec.suspend;
-    let result = admit(&group, &ns, &name, &ctx, &labels, admit_new).await;
+    let waited = group
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .and_then(|t| {
+            let since = k8s_openapi::jiff::Timestamp::now().duration_since(t.0);
+            Duration::try_from(since).ok()
+        })
+        .unwrap_or_default();
+    let started = std::time::Instant::now();
+    let pass = admit(&group, &ns, &name, &ctx, &labels, admit_new);
+    let result = if deleting {
+        // A store that does not answer can hold a pass for minutes (request
+        // timeouts times retries): the deletion's deadline must not wait
+        // for it.
+        let left = ctx
+            .deletion_timeout
+            .saturating_sub(waited)
+            .max(Duration::from_secs(1));
+        match tokio::time::timeout(left, pass).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::PassTimedOut(left)),
+        }
+    } else {
+        pass.await
+    };
     let mut observed = Observed {
         generation: group.metadata.generation,
         ledger_key: group.ledger_key(),
@@ -169,22 +193,19 @@ pub async fn reconcile(group: Arc<ConcurrencyGroup>, ctx: Arc<Context>) -> Resul
     }
     let status_result = update_status(&group, &ns, &name, &observed, &ctx).await;
     if deleting {
-        let never_opened = ctx.ledgers.current(&ns, &name).await.is_none();
+        let open_here = ctx.ledgers.current(&ns, &name).await.is_some();
         let held = match &result {
-            Ok(s) => Some(s.admitted_here),
-            // Refused before it was ever opened here: it holds nothing.
-            Err(Error::LedgerNotAllowed(_)) if never_opened => Some(0),
-            Err(_) => None,
+            Ok(s) => Held::Known(s.admitted_here),
+            // Refused with no client in this process: nothing was admitted
+            // through it here (Jobs admitted before a restart with a
+            // narrower allowlist were suspended by the pass that refused it).
+            Err(Error::LedgerNotAllowed(_)) if !open_here => Held::Known(0),
+            Err(e) if e.is_ledger_unusable() => Held::LedgerUnusable,
+            // Anything else (an API call failed): keep trying, with no
+            // timeout, since the ledger itself is fine.
+            Err(_) => Held::Unknown,
         };
-        let waited = group
-            .metadata
-            .deletion_timestamp
-            .as_ref()
-            .and_then(|t| {
-                let since = k8s_openapi::jiff::Timestamp::now().duration_since(t.0);
-                Duration::try_from(since).ok()
-            })
-            .unwrap_or_default();
+        let waited = waited + started.elapsed();
         match deletion::step(held, waited, ctx.deletion_timeout, false) {
             Step::Drain => {}
             Step::Leave => return finish_deletion(&ctx, &group, &ns, None).await,
@@ -466,12 +487,20 @@ async fn gather(
     ctx.allowlist
         .allowed(&group.spec.ledger.bucket, &group.ledger_key(), ns, name)
         .map_err(Error::LedgerNotAllowed)?;
-    let creds = credentials(group, ns, ctx).await?;
-    let gl = ctx
-        .ledgers
-        .get(group, creds, &ctx.settings, &ctx.metrics)
-        .await
-        .map_err(Error::OpenLedger)?;
+    let gl = match credentials(group, ns, ctx).await {
+        Ok(creds) => ctx
+            .ledgers
+            .get(group, creds, &ctx.settings, &ctx.metrics)
+            .await
+            .map_err(Error::OpenLedger)?,
+        // A group being deleted keeps the client it has: its Secret may go
+        // with it (a namespace being deleted), and its slots must still be
+        // given back as its Jobs' pods stop.
+        Err(e) => match ctx.ledgers.current(ns, name).await {
+            Some(gl) if group.metadata.deletion_timestamp.is_some() => gl,
+            _ => return Err(e),
+        },
+    };
     // The ledger first, then the Jobs: every slot held in this snapshot was
     // granted before the list, so the list shows its Job unless it is gone.
     let mut ledger = gl.sem.snapshot().await.map_err(Error::ReadLedger)?;
@@ -678,6 +707,10 @@ async fn patch_jobs(
 ) -> Result<(u32, Option<Ledger>)> {
     let gl = &pass.gl;
     lock(&gl.announced_waiting).retain(|uid| pass.jobs.contains_key(uid));
+    lock(&gl.announced_refused).retain(|key| {
+        key.split_once('/')
+            .is_some_and(|(_, uid)| pass.jobs.contains_key(uid))
+    });
     report_releases(ctx, pass, decision, labels).await;
     refuse_too_slow(ctx, pass, group, decision).await?;
     refuse_bad_slots(ctx, pass, decision).await?;
@@ -723,8 +756,14 @@ async fn patch_jobs(
                         .iter()
                         .filter(|u| !granted.contains_key(*u))
                         .collect();
-                    let position = queue.iter().position(|u| **u == uid).unwrap_or(0);
-                    let note = explain::waiting(position + 1, queue.len(), &now, &gl.agent);
+                    let note = match queue.iter().position(|u| **u == uid) {
+                        Some(at) => explain::waiting(at + 1, queue.len(), &now, &gl.agent),
+                        // Holds a slot not confirmed yet (not in the queue).
+                        None => format!(
+                            "waiting for its slot to be confirmed; {}",
+                            explain::usage(&now, &gl.agent)
+                        ),
+                    };
                     publish(ctx, job, EventType::Normal, "Waiting", "Admit", note).await;
                 }
             }
@@ -796,7 +835,7 @@ async fn refuse_bad_slots(ctx: &Context, pass: &Pass, decision: &Decision) -> Re
         };
         if !view.suspended {
             suspend(ctx, &pass.jobs_api, job, "InvalidSlots", note).await?;
-        } else if lock(&pass.gl.announced_waiting).insert(uid.clone()) {
+        } else if lock(&pass.gl.announced_refused).insert(format!("InvalidSlots/{uid}")) {
             publish(ctx, job, EventType::Warning, "InvalidSlots", "Admit", note).await;
         }
     }
@@ -1398,36 +1437,48 @@ async fn update_status(
     }
 }
 
-/// Adds (or removes) this controller's finalizer, guarded by the group's
-/// resourceVersion so that a concurrent change of the list is never lost.
+/// Adds (or removes) this controller's finalizer. Adding is guarded by the
+/// group's resourceVersion; removing by a test of the finalizer list
+/// itself, which status updates earlier in the pass do not change, so that a
+/// concurrent change of the list is never lost either way.
 async fn set_finalizer(ctx: &Context, group: &ConcurrencyGroup, ns: &str, on: bool) -> Result<()> {
-    let mut finalizers: Vec<String> = group
-        .finalizers()
+    let current = group.finalizers().to_vec();
+    let mut finalizers: Vec<String> = current
         .iter()
         .filter(|f| f.as_str() != FINALIZER)
         .cloned()
         .collect();
-    if on {
-        finalizers.push(FINALIZER.to_string());
-    }
-    let patch = json!({
-        "metadata": {
-            "finalizers": finalizers,
-            "resourceVersion": group.resource_version(),
-        }
-    });
     let api: Api<ConcurrencyGroup> = Api::namespaced(ctx.client.clone(), ns);
-    let result = timed(
-        ctx,
-        "patch_group",
-        api.patch(
-            &group.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        ),
-    )
-    .await;
-    match result {
+    let name = group.name_any();
+    let call = if on {
+        finalizers.push(FINALIZER.to_string());
+        let patch = json!({
+            "metadata": {
+                "finalizers": finalizers,
+                "resourceVersion": group.resource_version(),
+            }
+        });
+        timed(
+            ctx,
+            "patch_group",
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)),
+        )
+        .await
+    } else {
+        let patch: json_patch::Patch = serde_json::from_value(json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": current},
+            {"op": "replace", "path": "/metadata/finalizers", "value": finalizers},
+        ]))
+        // Built from strings only: cannot fail, but is never unwrapped.
+        .map_err(|e| Error::FinalizerPatch(e.to_string()))?;
+        timed(
+            ctx,
+            "patch_group",
+            api.patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch)),
+        )
+        .await
+    };
+    match call {
         Ok(_) => Ok(()),
         // Gone already: nothing to hold any more.
         Err(kube::Error::Api(e)) if e.code == 404 && !on => Ok(()),

@@ -117,7 +117,7 @@ pub fn build(
                 false,
                 "LimitMismatch",
                 format!(
-                    "spec.limit is {} but the shared ledger's limit is {ledger_limit}, set {}; the ledger's limit applies. Set spec.limit again to apply it everywhere",
+                    "spec.limit is {} but the shared ledger's limit is {ledger_limit}, set {}; the ledger's limit applies. To apply another, set spec.limit to a new value or run jobgate limit",
                     obs.spec_limit,
                     obs.limit_source
                         .as_deref()
