@@ -73,6 +73,8 @@ struct Cut {
     /// From the cut until east ran no Job (None: it never stopped them).
     east_stopped: Option<Duration>,
     lease_lost_events: usize,
+    /// The LeaseLost events as kubectl lists them, for a failure message.
+    lease_lost_text: String,
     logs: String,
 }
 
@@ -132,6 +134,7 @@ async fn cut_east_off_from_s3(extra: &[&str]) -> Cut {
         max_running: checker.snapshot(|s| s.max_running),
         east_stopped,
         lease_lost_events: events(&bed.cp, "LeaseLost").matches("east-").count(),
+        lease_lost_text: events(&bed.cp, "LeaseLost"),
         logs: format!("{}\n----\n{}", east.log_text(), west_controller.log_text()),
     }
 }
@@ -155,7 +158,11 @@ async fn a_cluster_cut_off_from_s3_suspends_its_jobs_before_the_others_take_thei
         cut.max_running,
         cut.logs
     );
-    assert_eq!(cut.lease_lost_events, 2, "one LeaseLost event per east Job");
+    assert_eq!(
+        cut.lease_lost_events, 2,
+        "one LeaseLost event per east Job:\n{}\n{}",
+        cut.lease_lost_text, cut.logs
+    );
 }
 
 /// The same cut with east fencing only after a ledger read, as before
