@@ -49,6 +49,9 @@ pub enum Error {
         source: kube::Error,
     },
 
+    #[error("Job {name} changed under every attempt to suspend it; the next pass tries again")]
+    JobKeepsChanging { name: String },
+
     #[error("updating the group's status: {0}")]
     UpdateStatus(#[source] kube::Error),
 
@@ -110,7 +113,7 @@ impl Error {
             Error::OpenLedger(_) => "open_ledger",
             Error::ReadLedger(_) => "read_ledger",
             Error::WriteLedger(_) => "write_ledger",
-            Error::PatchJob { .. } => "patch_job",
+            Error::PatchJob { .. } | Error::JobKeepsChanging { .. } => "patch_job",
             Error::Finalizer(_) | Error::FinalizerPatch(_) => "finalizer",
             Error::PassTimedOut(_) => "deletion_timeout",
             Error::UpdateStatus(_) => "update_status",

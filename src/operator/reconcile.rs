@@ -1296,6 +1296,11 @@ async fn adopt(
     Ok(())
 }
 
+/// Suspends a Job that still runs, and tells it why. The patch carries the
+/// resourceVersion it was decided on: the watcher of a lost permit and a
+/// pass can decide to suspend the same Job at once, and only the one whose
+/// patch lands tells the Job (one Event, not two). On a conflict the Job is
+/// read again and suspended only if it still runs.
 async fn suspend(
     ctx: &Context,
     api: &Api<Job>,
@@ -1303,14 +1308,50 @@ async fn suspend(
     reason: &str,
     note: String,
 ) -> Result<()> {
-    let patch = json!({
-        "metadata": {"annotations": not_admitted()},
-        "spec": {"suspend": true},
-    });
-    patch_job(ctx, api, job, patch).await?;
-    warn!(job = %job.name_any(), reason, "suspended");
-    publish(ctx, job, EventType::Warning, reason, "Suspend", note).await;
-    Ok(())
+    // A few rounds: other writers (the Job controller's status updates)
+    // change the resourceVersion too, but not many times in a row.
+    const ROUNDS: usize = 5;
+    let name = job.name_any();
+    let mut seen = job.clone();
+    for _ in 0..ROUNDS {
+        if seen.spec.as_ref().and_then(|s| s.suspend) == Some(true) {
+            // Suspended meanwhile by someone else, who told it.
+            return Ok(());
+        }
+        let patch = json!({
+            "metadata": {
+                "annotations": not_admitted(),
+                "uid": seen.uid(),
+                "resourceVersion": seen.resource_version(),
+            },
+            "spec": {"suspend": true},
+        });
+        let result = timed(
+            ctx,
+            "patch_job",
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)),
+        )
+        .await;
+        match result {
+            Ok(_) => {
+                warn!(job = %name, reason, "suspended");
+                publish(ctx, job, EventType::Warning, reason, "Suspend", note).await;
+                return Ok(());
+            }
+            // Deleted meanwhile: the next pass frees its slot.
+            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                match timed(ctx, "get_job", api.get_opt(&name)).await {
+                    Ok(Some(now)) if now.uid() == job.uid() => seen = now,
+                    // Deleted, or re-created under the same name.
+                    Ok(_) => return Ok(()),
+                    Err(source) => return Err(Error::PatchJob { name, source }),
+                }
+            }
+            Err(source) => return Err(Error::PatchJob { name, source }),
+        }
+    }
+    Err(Error::JobKeepsChanging { name })
 }
 
 /// Counts every release and tells the Jobs that still exist.
