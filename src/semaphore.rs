@@ -1117,64 +1117,87 @@ pub async fn set_limit_by_hand(
         by: who.to_string(),
         generation: None,
     };
-    let mut attempt = 0u32;
     let mut before = None;
-    loop {
-        attempt += 1;
-        let (mut ledger, etag) = read_ledger(store, key)
-            .await?
-            .ok_or_else(|| Error::LedgerMissing(key.to_string()))?;
+    let outcome = change_by_hand(store, key, |ledger, wall| {
         // The limit before our first attempt, not one our lost answer set.
-        let previous = *before.get_or_insert(ledger.limit);
-        let wall = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-        if ledger.limit == limit || decide::set_limit(&mut ledger, &change, &wall) != Some(true) {
-            return Ok((previous, ledger));
+        before.get_or_insert(ledger.limit);
+        let mut next = ledger.clone();
+        if ledger.limit == limit || decide::set_limit(&mut next, &change, wall) != Some(true) {
+            return None;
         }
-        ledger.seq += 1;
-        ledger.written_by = Some(who.to_string());
-        ledger.written_at = Some(wall);
-        match store
-            .put(key, Bytes::from(ledger.to_bytes()), Condition::Match(etag))
-            .await
-        {
-            Ok(_) => return Ok((previous, ledger)),
-            Err(e) if e.is_transient() && attempt < 10 => {
-                sleep(backoff(
-                    attempt,
-                    Duration::from_millis(20),
-                    Duration::from_secs(1),
-                ))
-                .await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+        next.seq += 1;
+        next.written_by = Some(who.to_string());
+        next.written_at = Some(wall.to_string());
+        Some(next)
+    })
+    .await?;
+    let ledger = match outcome {
+        ByHand::Written(ledger) | ByHand::Unneeded { ledger, .. } => ledger,
+    };
+    Ok((before.unwrap_or(ledger.limit), ledger))
 }
 
 /// An operator's manual release of one holder, whoever holds it.
 /// Returns whether the holder was present.
 pub async fn release_by_hand(store: &DynStore, key: &str, holder: &str) -> Result<bool> {
     let who = format!("manual-release@{}", crate::agent::hostname());
+    let outcome = change_by_hand(store, key, |ledger, wall| {
+        decide::release_by_hand(ledger, holder, &who, wall)
+    })
+    .await?;
+    Ok(match outcome {
+        ByHand::Written(_) => true,
+        // Only a write whose answer was lost may have been the one that
+        // freed it; after a plain lost race, someone else did.
+        ByHand::Unneeded {
+            after_ambiguous, ..
+        } => after_ambiguous,
+    })
+}
+
+/// How a change made by hand ended.
+enum ByHand {
+    /// This call's write landed; the ledger as written.
+    Written(Ledger),
+    /// The ledger as last read needed no change. `after_ambiguous`: an
+    /// earlier write of this call may have landed without an answer.
+    Unneeded {
+        ledger: Ledger,
+        after_ambiguous: bool,
+    },
+}
+
+/// A change made by hand (the CLI, outside any agent): read, change, write
+/// by compare-and-swap, and on a lost race or a transient failure read
+/// again and decide again. `change` gets the ledger and the wall-clock
+/// time, and returns the ledger to write, or `None` when nothing is left to
+/// do.
+async fn change_by_hand(
+    store: &DynStore,
+    key: &str,
+    mut change: impl FnMut(&Ledger, &str) -> Option<Ledger>,
+) -> Result<ByHand> {
     let mut attempt = 0u32;
-    // Only a write whose answer was lost may have been the one that freed it;
-    // after a plain lost race, someone else did.
-    let mut maybe_ours = false;
+    let mut after_ambiguous = false;
     loop {
         attempt += 1;
         let (ledger, etag) = read_ledger(store, key)
             .await?
             .ok_or_else(|| Error::LedgerMissing(key.to_string()))?;
         let wall = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-        let Some(next) = decide::release_by_hand(&ledger, holder, &who, &wall) else {
-            return Ok(maybe_ours);
+        let Some(next) = change(&ledger, &wall) else {
+            return Ok(ByHand::Unneeded {
+                ledger,
+                after_ambiguous,
+            });
         };
         match store
             .put(key, Bytes::from(next.to_bytes()), Condition::Match(etag))
             .await
         {
-            Ok(_) => return Ok(true),
+            Ok(_) => return Ok(ByHand::Written(next)),
             Err(e) if e.is_transient() && attempt < 10 => {
-                maybe_ours |= matches!(e, StoreError::Ambiguous(_));
+                after_ambiguous |= matches!(e, StoreError::Ambiguous(_));
                 sleep(backoff(
                     attempt,
                     Duration::from_millis(20),

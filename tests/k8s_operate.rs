@@ -11,27 +11,19 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use jobgate_testkit::faultproxy::{FaultProxy, Faults};
-use jobgate_testkit::k8s::{ControlPlane, Pods};
+use jobgate_testkit::k8s::ControlPlane;
 use jobgate_testkit::operator::{
     ControllerProcess, GroupSpec, apply_credentials, apply_group_with, client, create_held_job,
-    create_weighted_held_job, eventually, prepare, read_ledger,
+    create_weighted_held_job, eventually, held_cluster, prepare, read_ledger,
 };
 use jobgate_testkit::pods::PodLog;
 use jobgate_testkit::{SeaweedFs, bucket, seaweed};
-use kube::Client;
 use serde_json::json;
 
 const NS: &str = "batch";
 
 /// One scenario at a time: a full cluster per scenario is what 2 cores carry.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-async fn held_cluster() -> (ControlPlane, Client) {
-    let cp = ControlPlane::start_full_with(1, Pods::Held);
-    let kube = client(&cp).await;
-    prepare(&cp, &kube, NS).await;
-    (cp, kube)
-}
 
 fn group(
     cp: &ControlPlane,
@@ -136,7 +128,7 @@ async fn a_limit_changed_at_runtime_applies_everywhere_and_a_stale_cluster_does_
     let _turn = SERIAL.lock().await;
     let s3 = seaweed().await;
     let bucket = bucket(&s3).await;
-    let (east, kube) = held_cluster().await;
+    let (east, kube) = held_cluster(NS).await;
     // West shares the ledger but runs no Jobs: a control plane is enough.
     let west = ControlPlane::start();
     let west_kube = client(&west).await;
@@ -287,7 +279,7 @@ async fn a_suspended_group_lets_admitted_jobs_finish_and_admits_nothing_until_re
     let _turn = SERIAL.lock().await;
     let s3 = seaweed().await;
     let bucket = bucket(&s3).await;
-    let (cp, kube) = held_cluster().await;
+    let (cp, kube) = held_cluster(NS).await;
     group(&cp, &s3, &bucket, "pause", 2, json!({}));
     let pods = PodLog::default();
     pods.watch(kube.clone(), "one", NS);
@@ -380,7 +372,7 @@ async fn a_deleted_group_gives_its_slots_back_before_it_goes() {
     let _turn = SERIAL.lock().await;
     let s3 = seaweed().await;
     let bucket = bucket(&s3).await;
-    let (cp, kube) = held_cluster().await;
+    let (cp, kube) = held_cluster(NS).await;
     group(&cp, &s3, &bucket, "gone", 2, json!({}));
     let pods = PodLog::default();
     pods.watch(kube.clone(), "one", NS);
@@ -578,7 +570,7 @@ async fn a_job_whose_group_does_not_exist_is_warned_and_counted() {
     let _turn = SERIAL.lock().await;
     let s3 = seaweed().await;
     let bucket = bucket(&s3).await;
-    let (cp, kube) = held_cluster().await;
+    let (cp, kube) = held_cluster(NS).await;
     let pods = PodLog::default();
     pods.watch(kube.clone(), "one", NS);
     let ctl = controller(&cp, &s3, "one", &[]);
@@ -625,7 +617,7 @@ async fn weighted_jobs_take_their_units_in_order_and_never_exceed_the_limit() {
     let _turn = SERIAL.lock().await;
     let s3 = seaweed().await;
     let bucket = bucket(&s3).await;
-    let (cp, kube) = held_cluster().await;
+    let (cp, kube) = held_cluster(NS).await;
     group(&cp, &s3, &bucket, "heavy", 4, json!({}));
     let pods = PodLog::default();
     pods.watch(kube.clone(), "one", NS);

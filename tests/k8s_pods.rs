@@ -14,14 +14,13 @@
 use std::time::{Duration, Instant};
 
 use jobgate_testkit::faultproxy::{FaultProxy, Faults};
-use jobgate_testkit::k8s::{ControlPlane, Pods};
+use jobgate_testkit::k8s::ControlPlane;
 use jobgate_testkit::operator::{
-    ControllerProcess, GroupSpec, apply_group_with, client, create_held_job, eventually, prepare,
+    ControllerProcess, GroupSpec, apply_group_with, create_held_job, eventually, held_cluster,
     read_ledger,
 };
 use jobgate_testkit::pods::PodLog;
 use jobgate_testkit::{SeaweedFs, bucket, seaweed, seed};
-use kube::Client;
 use rand::Rng;
 use rand::rngs::StdRng;
 use serde_json::json;
@@ -36,13 +35,6 @@ const MAX_GRACE_SECONDS: u32 = 5;
 
 /// One scenario at a time in this binary (see the module comment).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-async fn held_cluster() -> (ControlPlane, Client) {
-    let cp = ControlPlane::start_full_with(1, Pods::Held);
-    let kube = client(&cp).await;
-    prepare(&cp, &kube, NS).await;
-    (cp, kube)
-}
 
 fn group(cp: &ControlPlane, name: &str, limit: u32, bucket: &str, endpoint: &str) {
     group_with(cp, name, limit, bucket, endpoint, json!({}));
@@ -164,7 +156,7 @@ struct Deleted {
 async fn end_a_running_job(rng: &mut StdRng, extra: &[&str], ending: Ending) -> Deleted {
     let s3 = seaweed().await;
     let bucket = bucket(&s3).await;
-    let (cp, kube) = held_cluster().await;
+    let (cp, kube) = held_cluster(NS).await;
     group(&cp, "del", 1, &bucket, &s3.endpoint);
     let grace = rng.random_range(3..=MAX_GRACE_SECONDS);
     let orphan_for = Duration::from_millis(rng.random_range(1500..=4000));
@@ -348,8 +340,8 @@ impl TwoClusters {
     ) -> TwoClusters {
         let s3 = seaweed().await;
         let bucket = bucket(&s3).await;
-        let (east_cp, east_kube) = held_cluster().await;
-        let (west_cp, west_kube) = held_cluster().await;
+        let (east_cp, east_kube) = held_cluster(NS).await;
+        let (west_cp, west_kube) = held_cluster(NS).await;
         let proxy = FaultProxy::start(&s3.endpoint, Faults::default()).await;
         group_with(
             &east_cp,

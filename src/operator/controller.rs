@@ -356,15 +356,19 @@ async fn admit(
                         tokio::time::sleep(Duration::from_secs(2)).await;
                     }
                 }
-                if let Ok(list) = groups.list(&ListParams::default()).await {
-                    let existing = list
+                let existing = match groups.list(&ListParams::default()).await {
+                    Ok(list) => list
                         .items
                         .iter()
                         .map(|g| (g.namespace().unwrap_or_default(), g.name_any()))
-                        .collect();
-                    ctx.ledgers.retain(&existing).await;
-                }
-                if let Err(e) = orphans::sweep(&ctx, &groups, &jobs, &mut told).await {
+                        .collect(),
+                    Err(e) => {
+                        warn!(error = %e, "could not list the groups to sweep");
+                        continue;
+                    }
+                };
+                ctx.ledgers.retain(&existing).await;
+                if let Err(e) = orphans::sweep(&ctx, &existing, &jobs, &mut told).await {
                     warn!(error = %e, "could not look for Jobs whose group does not exist");
                 }
             }

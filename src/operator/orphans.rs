@@ -10,7 +10,7 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use tracing::debug;
 
-use super::crd::{ConcurrencyGroup, GROUP_LABEL};
+use super::crd::GROUP_LABEL;
 use super::metrics::GroupLabels;
 use super::reconcile::Context;
 
@@ -42,17 +42,10 @@ pub fn without_group(
 /// warns each newly found Job once (`told` holds the UIDs warned).
 pub async fn sweep(
     ctx: &Context,
-    groups: &Api<ConcurrencyGroup>,
+    existing: &HashSet<(String, String)>,
     jobs: &Api<Job>,
     told: &mut BTreeSet<String>,
 ) -> Result<(), kube::Error> {
-    let existing: HashSet<(String, String)> = groups
-        .list(&ListParams::default())
-        .await?
-        .items
-        .iter()
-        .map(|g| (g.namespace().unwrap_or_default(), g.name_any()))
-        .collect();
     let listed = jobs
         .list(&ListParams::default().labels(GROUP_LABEL))
         .await?;
@@ -68,7 +61,7 @@ pub async fn sweep(
             })
         })
         .collect();
-    let missing = without_group(&views, &existing);
+    let missing = without_group(&views, existing);
     ctx.metrics.jobs_without_group.clear();
     for ((namespace, group), uids) in &missing {
         let labels = GroupLabels {

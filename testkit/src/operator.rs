@@ -33,6 +33,15 @@ pub async fn client(cp: &ControlPlane) -> Client {
     Client::try_from(config).unwrap()
 }
 
+/// A full cluster (one node of kwok "held" pods, which run until their Job
+/// is suspended or deleted) with the CRD installed and `ns` created.
+pub async fn held_cluster(ns: &str) -> (ControlPlane, Client) {
+    let cp = ControlPlane::start_full_with(1, crate::k8s::Pods::Held);
+    let kube = client(&cp).await;
+    prepare(&cp, &kube, ns).await;
+    (cp, kube)
+}
+
 /// Installs the CRD and creates `ns`.
 pub async fn prepare(cp: &ControlPlane, client: &Client, ns: &str) {
     let crds = crate::repo_dir().join("crds");
