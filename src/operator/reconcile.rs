@@ -142,7 +142,13 @@ pub async fn reconcile(group: Arc<ConcurrencyGroup>, ctx: Arc<Context>) -> Resul
             Err(_) => Err(Error::PassTimedOut(left)),
         }
     } else {
-        pass.await
+        match unless_deleted(&ctx, &ns, &name, pass).await {
+            Some(result) => result,
+            None => {
+                info!(group = %name, "the group is being deleted; this pass gives way to the deletion's");
+                return Ok(Action::requeue(Duration::ZERO));
+            }
+        }
     };
     let mut observed = Observed {
         generation: group.metadata.generation,
@@ -221,6 +227,39 @@ pub async fn reconcile(group: Arc<ConcurrencyGroup>, ctx: Arc<Context>) -> Resul
     };
     let wait = summary.deadline_every.map_or(wait, |every| wait.min(every));
     Ok(Action::requeue(wait))
+}
+
+/// Runs a pass of a group that is not being deleted, and gives it up
+/// (`None`) if the group's deletion begins meanwhile. A pass can be held for
+/// minutes by a store that does not answer (request timeouts times
+/// retries), and passes of one group never overlap: the deletion's own
+/// pass, which is bounded by the deletion timeout, would wait behind it.
+/// Giving a pass up is safe: each pass decides afresh from the ledger and
+/// the Jobs, and a grant it leaves unused is taken up again by holder id.
+async fn unless_deleted<T>(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    pass: impl Future<Output = T>,
+) -> Option<T> {
+    // Only a pass that is already slow asks: most end within milliseconds.
+    const EVERY: Duration = Duration::from_secs(1);
+    let api: Api<ConcurrencyGroup> = Api::namespaced(ctx.client.clone(), ns);
+    let deleted = async {
+        loop {
+            tokio::time::sleep(EVERY).await;
+            match timed(ctx, "get_group", api.get_opt(name)).await {
+                Ok(Some(g)) if g.metadata.deletion_timestamp.is_none() => {}
+                Ok(_) => return,
+                // Unknown: let the pass go on.
+                Err(e) => debug!(error = %e, "could not read the group during a slow pass"),
+            }
+        }
+    };
+    tokio::select! {
+        result = pass => Some(result),
+        () = deleted => None,
+    }
 }
 
 pub fn error_policy(group: Arc<ConcurrencyGroup>, error: &Error, ctx: Arc<Context>) -> Action {
