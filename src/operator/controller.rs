@@ -156,16 +156,25 @@ pub async fn run(client: Client, settings: Settings) -> Result<()> {
             },
             stop_rx.clone(),
         ));
-        let lost = match leadership.as_mut() {
+        let end = match leadership.as_mut() {
             Some(l) => tokio::select! {
-                _ = stop.wait_for(|stopped| *stopped) => false,
-                _ = l.lost() => true,
-                ended = &mut term => term_ended(ended),
+                _ = stop.wait_for(|stopped| *stopped) => TermEnd::Stop,
+                _ = l.lost() => TermEnd::Lost,
+                ended = &mut term => TermEnd::Ended(ended),
             },
             None => tokio::select! {
-                _ = stop.wait_for(|stopped| *stopped) => false,
-                ended = &mut term => term_ended(ended),
+                _ = stop.wait_for(|stopped| *stopped) => TermEnd::Stop,
+                ended = &mut term => TermEnd::Ended(ended),
             },
+        };
+        let lost = match end {
+            TermEnd::Stop => false,
+            TermEnd::Lost => true,
+            // A signal ends the term too (graceful shutdown), and the
+            // select may see the term's end before the signal: that is a
+            // stop like any other.
+            TermEnd::Ended(Ok(())) if *stop.borrow() => break 'terms,
+            TermEnd::Ended(ended) => term_ended(ended),
         };
         if !lost {
             // A signal: let the reconciliations in flight finish, unless
@@ -248,6 +257,16 @@ async fn drain_webhook(settings: &Settings, health: &Health) {
         "unready; still serving the webhook before exiting"
     );
     tokio::time::sleep(WEBHOOK_DRAIN).await;
+}
+
+/// What ended a term's wait.
+enum TermEnd {
+    /// SIGTERM or SIGINT.
+    Stop,
+    /// Leadership ran out.
+    Lost,
+    /// The Controller task itself.
+    Ended(std::result::Result<(), tokio::task::JoinError>),
 }
 
 /// The per-term Controller task ended without being asked to: a panic, or
