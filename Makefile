@@ -1,5 +1,5 @@
 # The front door. `make test` is what CI runs.
-.PHONY: test testbed unit lint lint-docker demo bench soak image playground
+.PHONY: test testbed unit lint lint-docker demo bench bench-operator soak image playground
 
 # Build the pinned test-bed binaries (cached; skipped when present), then run
 # every test: unit, property, conformance, stress, lease, CLI end to end.
@@ -42,6 +42,13 @@ demo:
 bench:
 	scripts/testbed.sh seaweedfs
 	cargo bench --bench ledger
+
+# The controller at depth (10,000 waiting Jobs), in full mode, and across
+# two clusters; a table for docs/benchmarks.md. About 30 minutes on 2 cores.
+# SCALE=0.1 runs a tenth of the Jobs; ONLY=name,... picks scenarios.
+bench-operator:
+	scripts/testbed.sh all
+	JOBGATE_BENCH_SCALE=$(or $(SCALE),1) JOBGATE_BENCH_ONLY=$(ONLY) cargo bench --bench operator
 
 # The controller image without Docker: the release binary on a minimal root
 # filesystem, as an OCI archive to import into containerd (charts/jobgate/README.md).

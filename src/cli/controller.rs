@@ -133,7 +133,7 @@ pub async fn controller(args: ControllerArgs) -> Result<u8> {
     // Refused before connecting: a typo must not leave groups unchecked.
     let allowlist = Allowlist::parse(&args.allowed_ledgers)
         .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-    let (client, _) = super::kube::client(args.kubeconfig.as_deref(), None).await?;
+    let config = super::kube::config(args.kubeconfig.as_deref(), None).await?;
     let settings = Settings {
         cluster_name: args.cluster_name.filter(|s| !s.is_empty()),
         namespace: args.namespace.filter(|s| !s.is_empty()),
@@ -152,7 +152,7 @@ pub async fn controller(args: ControllerArgs) -> Result<u8> {
         }),
         identity,
     };
-    controller::run(client, settings)
+    controller::run(config, settings)
         .await
         .map(|()| 0)
         .map_err(|e| Error::InvalidArgument(e.to_string()))

@@ -13,6 +13,19 @@ pub async fn client(
     kubeconfig: Option<&Path>,
     context: Option<&str>,
 ) -> Result<(kube::Client, String)> {
+    let config = config(kubeconfig, context).await?;
+    let namespace = config.default_namespace.clone();
+    let client = kube::Client::try_from(config).map_err(|e| {
+        Error::InvalidArgument(format!(
+            "cannot build a Kubernetes client from the configuration: {e}"
+        ))
+    })?;
+    Ok((client, namespace))
+}
+
+/// The client's configuration, from a kubeconfig (and context) or the
+/// environment.
+pub async fn config(kubeconfig: Option<&Path>, context: Option<&str>) -> Result<kube::Config> {
     let options = KubeConfigOptions {
         context: context.map(str::to_string),
         ..Default::default()
@@ -51,11 +64,5 @@ pub async fn client(
                 ))
             })?,
     };
-    let namespace = config.default_namespace.clone();
-    let client = kube::Client::try_from(config).map_err(|e| {
-        Error::InvalidArgument(format!(
-            "cannot build a Kubernetes client from the configuration: {e}"
-        ))
-    })?;
-    Ok((client, namespace))
+    Ok(config)
 }

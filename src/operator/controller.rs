@@ -73,9 +73,14 @@ pub struct LeaderSettings {
 /// gets the Lease back, and exits (so that its renewals stop) as soon as it
 /// sees another replica holding the Lease; that replica renews the same
 /// slots under the same agent ids.
-pub async fn run(client: Client, settings: Settings) -> Result<()> {
+pub async fn run(config: kube::Config, settings: Settings) -> Result<()> {
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
+    // Every request counted, watches and Events included.
+    let client = kube::client::ClientBuilder::try_from(config)
+        .map_err(|e| Error::Startup(format!("cannot build a Kubernetes client: {e}")))?
+        .with_layer(&super::requests::counting(metrics.kube_requests.clone()))
+        .build();
     let health = Arc::new(Health::default());
     let bound = http::serve(settings.listen, Arc::new(registry), health.clone())
         .await

@@ -29,6 +29,12 @@ pub struct OpLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerbLabels {
+    /// get, list, watch, create, update, patch, delete, deletecollection, other
+    pub verb: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     /// The pipeline step that failed (see `operator::Error::kind`).
     pub kind: String,
@@ -70,6 +76,7 @@ pub struct Metrics {
     pub deadline_patches: Family<GroupLabels, Counter>,
     pub webhook_reviews: Family<WebhookLabels, Counter>,
     pub jobs_without_group: Family<GroupLabels, Gauge>,
+    pub kube_requests: Family<VerbLabels, Counter>,
 }
 
 impl Metrics {
@@ -92,6 +99,7 @@ impl Metrics {
             deadline_patches: Family::default(),
             webhook_reviews: Family::default(),
             jobs_without_group: Family::default(),
+            kube_requests: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("jobgate");
         r.register(
@@ -103,6 +111,11 @@ impl Metrics {
             "jobs_without_group",
             "Unfinished Jobs labelled with a group that does not exist, by namespace and group name",
             m.jobs_without_group.clone(),
+        );
+        r.register(
+            "kube_requests",
+            "Requests sent to the Kubernetes API server, by verb (watches count once each)",
+            m.kube_requests.clone(),
         );
         r.register(
             "deadline_patches",

@@ -17,6 +17,7 @@ pub mod limits;
 pub mod metrics;
 pub mod orphans;
 pub mod reconcile;
+pub mod requests;
 pub mod status;
 pub mod webhook;
 

@@ -293,7 +293,49 @@ impl ControllerProcess {
         Self::launch(cp, s3, kubeconfig, s3_env, flags, name)
     }
 
+    /// As a user would run it, for benchmarks: the default poll periods,
+    /// `flags` besides `--kubeconfig` and `--listen`, and warnings only in
+    /// the log, so that logging does not weigh on what is measured.
+    pub fn start_plain(cp: &ControlPlane, s3: &SeaweedFs, flags: &[&str], name: &str) -> Self {
+        let mut me = Self::configure(
+            cp,
+            s3,
+            &cp.kubeconfig,
+            true,
+            flags.iter().map(|a| a.to_string()).collect(),
+            name,
+        );
+        me.args
+            .retain(|a| !a.starts_with("--poll-waiting=") && !a.starts_with("--poll-idle="));
+        for (k, v) in &mut me.env {
+            if k == "RUST_LOG" {
+                *v = "warn".into();
+            }
+        }
+        me.spawn();
+        me
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     fn launch(
+        cp: &ControlPlane,
+        s3: &SeaweedFs,
+        kubeconfig: &Path,
+        s3_env: bool,
+        flags: Vec<String>,
+        name: &str,
+    ) -> Self {
+        let mut me = Self::configure(cp, s3, kubeconfig, s3_env, flags, name);
+        me.spawn();
+        me
+    }
+
+    /// The process's arguments and environment, not started yet.
+    fn configure(
         cp: &ControlPlane,
         s3: &SeaweedFs,
         kubeconfig: &Path,
@@ -320,16 +362,14 @@ impl ControllerProcess {
             env.extend(s3.env().into_iter().map(|(k, v)| (k.to_string(), v)));
         }
         let log = cp.dir.path().join(format!("controller-{name}.log"));
-        let mut me = ControllerProcess {
+        ControllerProcess {
             child: None,
             args,
             env,
             log,
             metrics_port,
             starts: 0,
-        };
-        me.spawn();
-        me
+        }
     }
 
     fn spawn(&mut self) {

@@ -1,0 +1,542 @@
+//! `make bench-operator`: the controller at depth, on local clusters built
+//! from the test bed and SeaweedFS. See docs/benchmarks.md for what each
+//! scenario measures and how to read it.
+//!
+//! Every Job has one pod's worth of work held for 0.3–1.5 s. In stand-in
+//! mode no Job controller runs: this program completes each Job that way
+//! after it is seen running (pure admission: the test bed's own ceiling is
+//! far above the limit's). In full mode kube-controller-manager runs the
+//! Jobs, kube-scheduler places their pods and kwok runs them for that long.
+//!
+//! Knobs: `JOBGATE_BENCH_SCALE` (a factor on the number of Jobs, default 1),
+//! `JOBGATE_BENCH_ONLY` (a scenario's name, or a comma-separated list).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use jobgate_testkit::bench::{
+    Seen, cost_per_million_jobs, freed_to_admitted, metric_sum, quantile, rate,
+};
+use jobgate_testkit::k8s::{ControlPlane, Pods};
+use jobgate_testkit::operator::{
+    AdmissionLog, ControllerProcess, GroupSpec, Sim, apply_group_with, client, create_held_job,
+    observe, prepare,
+};
+use jobgate_testkit::pods::PodLog;
+use jobgate_testkit::{SeaweedFs, bucket, seaweed};
+use k8s_openapi::api::batch::v1::Job;
+use kube::api::{Api, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+const NS: &str = "bench";
+/// How long each Job's work lasts (ms): the 0.3–1.5 s.
+const HOLD_MS: (u64, u64) = (300, 1500);
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    /// No Job controller; this program completes each running Job.
+    StandIn,
+    /// kube-controller-manager, kube-scheduler and kwok.
+    Full,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum System {
+    Jobgate,
+    /// No admission controller and no limit: Jobs created running.
+    Unlimited,
+}
+
+struct Scenario {
+    name: &'static str,
+    system: System,
+    mode: Mode,
+    clusters: usize,
+    groups: usize,
+    jobs_per_group: usize,
+    /// Per group.
+    limit: u32,
+}
+
+/// What one scenario measured.
+struct Figures {
+    jobs: usize,
+    took: Duration,
+    admissions_per_s: f64,
+    completions_per_s: f64,
+    latency: Vec<Duration>,
+    peak: usize,
+    peak_counted_on: &'static str,
+    s3_gets: f64,
+    s3_puts: f64,
+    api_requests: f64,
+    ledger_writes: f64,
+    cpu_seconds: f64,
+    peak_rss_mib: f64,
+    /// S3 requests per 10 s of one idle group in one cluster.
+    idle_s3_per_10s: f64,
+}
+
+/// Times of what the watcher saw, since the start.
+#[derive(Default)]
+struct Timeline {
+    admitted: BTreeMap<String, Duration>,
+    finished: BTreeMap<String, Duration>,
+    /// Suspended when last seen, by Job name: an admission is a change
+    /// from suspended to running.
+    suspended: BTreeMap<String, bool>,
+}
+
+fn is_finished(job: &Job) -> bool {
+    job.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+        })
+}
+
+/// Watches the Jobs of `NS` in one cluster and timestamps admissions and
+/// completions (names are unique across clusters: they carry the cluster).
+fn timestamp(kube: Client, start: Instant, timeline: Arc<Mutex<Timeline>>) {
+    let api: Api<Job> = Api::namespaced(kube, NS);
+    tokio::spawn(async move {
+        let mut events = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .applied_objects()
+            .boxed();
+        while let Some(job) = events.next().await {
+            let Ok(job) = job else { continue };
+            let now = start.elapsed();
+            let name = job.name_any();
+            let suspended = job.spec.as_ref().and_then(|s| s.suspend) == Some(true);
+            let mut t = timeline.lock().unwrap();
+            let was = t.suspended.insert(name.clone(), suspended);
+            if !suspended && was != Some(false) && !t.admitted.contains_key(&name) {
+                t.admitted.insert(name.clone(), now);
+            }
+            if is_finished(&job) && !t.finished.contains_key(&name) {
+                t.finished.insert(name, now);
+            }
+        }
+    });
+}
+
+/// One cluster of the scenario.
+struct Cluster {
+    name: String,
+    cp: ControlPlane,
+    kube: Client,
+}
+
+async fn start_cluster(name: &str, mode: Mode) -> Cluster {
+    let cp = match mode {
+        Mode::StandIn => ControlPlane::start(),
+        Mode::Full => ControlPlane::start_full_with(1, Pods::Held),
+    };
+    let kube = client(&cp).await;
+    prepare(&cp, &kube, NS).await;
+    Cluster {
+        name: name.to_string(),
+        cp,
+        kube,
+    }
+}
+
+/// Creates the Jobs, `parallel` at a time.
+async fn create_jobs(kube: &Client, names: Vec<(String, String)>, mode: Mode, suspend: bool) {
+    const PARALLEL: usize = 16;
+    let kube = kube.clone();
+    futures::stream::iter(names)
+        .map(|(name, group)| {
+            let kube = kube.clone();
+            async move {
+                let hold = HOLD_MS.0 + rand::random::<u64>() % (HOLD_MS.1 - HOLD_MS.0 + 1);
+                match mode {
+                    Mode::Full => {
+                        let job = create_held_job(
+                            &kube,
+                            NS,
+                            &name,
+                            &group,
+                            0,
+                            Some(Duration::from_millis(hold)),
+                        )
+                        .await;
+                        if !suspend {
+                            let api: Api<Job> = Api::namespaced(kube.clone(), NS);
+                            let patch = json!({"spec": {"suspend": false}});
+                            api.patch(
+                                &job.name_any(),
+                                &kube::api::PatchParams::default(),
+                                &kube::api::Patch::Merge(&patch),
+                            )
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                        } else {
+                            Ok(())
+                        }
+                    }
+                    Mode::StandIn => {
+                        let job: Job = serde_json::from_value(json!({
+                            "metadata": {"name": name, "labels": {"jobgate.dev/group": group}},
+                            "spec": {
+                                "suspend": suspend,
+                                "template": {"spec": {
+                                    "restartPolicy": "Never",
+                                    "terminationGracePeriodSeconds": 0,
+                                    "containers": [{"name": "work", "image": "busybox", "command": ["true"]}],
+                                }},
+                            },
+                        }))
+                        .map_err(|e| e.to_string())?;
+                        Api::<Job>::namespaced(kube, NS)
+                            .create(&PostParams::default(), &job)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    }
+                }
+            }
+        })
+        .buffer_unordered(PARALLEL)
+        .try_collect::<Vec<()>>()
+        .await
+        .unwrap_or_else(|e| panic!("creating Jobs: {e}"));
+}
+
+/// CPU seconds (user + system) and peak RSS in MiB of a process.
+fn usage(pid: u32) -> (f64, f64) {
+    let Ok(process) = procfs::process::Process::new(pid as i32) else {
+        return (0.0, 0.0);
+    };
+    let hz = procfs::ticks_per_second() as f64;
+    let cpu = process
+        .stat()
+        .map(|s| (s.utime + s.stime) as f64 / hz)
+        .unwrap_or(0.0);
+    let rss = process
+        .status()
+        .ok()
+        .and_then(|s| s.vmhwm)
+        .map_or(0.0, |kib| kib as f64 / 1024.0);
+    (cpu, rss)
+}
+
+async fn run(sc: &Scenario, scale: f64, s3: &SeaweedFs) -> Figures {
+    let jobs_per_group = ((sc.jobs_per_group as f64 * scale).round() as usize).max(1);
+    let mut clusters = Vec::new();
+    for i in 0..sc.clusters {
+        clusters.push(start_cluster(&format!("c{i}"), sc.mode).await);
+    }
+    let bucket = bucket(s3).await;
+    let groups: Vec<String> = (0..sc.groups).map(|g| format!("g{g}")).collect();
+    if sc.system == System::Jobgate {
+        for c in &clusters {
+            for g in &groups {
+                apply_group_with(
+                    &c.cp,
+                    &GroupSpec {
+                        name: g,
+                        ns: NS,
+                        limit: sc.limit,
+                        bucket: &bucket,
+                        endpoint: &s3.endpoint,
+                        key: None,
+                        secret: None,
+                    },
+                    json!({}),
+                );
+            }
+        }
+    }
+    // Watched from before the first Job is created: without a limit, Jobs
+    // run as soon as they are.
+    let start = Instant::now();
+    let timeline = Arc::new(Mutex::new(Timeline::default()));
+    let checker = AdmissionLog::default();
+    let pods = PodLog::default();
+    for c in &clusters {
+        timestamp(c.kube.clone(), start, timeline.clone());
+        match sc.mode {
+            Mode::StandIn => observe(
+                c.kube.clone(),
+                &c.name,
+                NS,
+                checker.clone(),
+                Some(Sim::new(HOLD_MS)),
+            ),
+            Mode::Full => pods.watch(c.kube.clone(), &c.name, NS),
+        }
+    }
+    // Jobs are spread over the clusters; each group gets jobs_per_group in
+    // all. Created before the controllers start: they wait at depth.
+    let mut per_group: BTreeMap<String, usize> = BTreeMap::new();
+    let mut owner: BTreeMap<String, String> = BTreeMap::new();
+    let created = Instant::now();
+    for (ci, c) in clusters.iter().enumerate() {
+        let mut names = Vec::new();
+        for g in &groups {
+            for j in (ci..jobs_per_group).step_by(sc.clusters) {
+                let name = format!("{}-{g}-{j:05}", c.name);
+                owner.insert(name.clone(), g.clone());
+                *per_group.entry(g.clone()).or_default() += 1;
+                names.push((name, g.clone()));
+            }
+        }
+        create_jobs(&c.kube, names, sc.mode, sc.system == System::Jobgate).await;
+    }
+    let jobs = owner.len();
+    eprintln!(
+        "  {}: created {jobs} Jobs in {:.1?}",
+        sc.name,
+        created.elapsed()
+    );
+
+    let controllers: Vec<ControllerProcess> = match sc.system {
+        System::Jobgate => clusters
+            .iter()
+            .map(|c| {
+                let cluster = format!("--cluster-name={}", c.name);
+                let ns = format!("--namespace={NS}");
+                ControllerProcess::start_plain(
+                    &c.cp,
+                    s3,
+                    &[&cluster, &ns, "--leader-elect=false"],
+                    &c.name,
+                )
+            })
+            .collect(),
+        System::Unlimited => Vec::new(),
+    };
+
+    // Until every Job finished, or no progress for two minutes.
+    let mut last_done = 0;
+    let mut last_progress = Instant::now();
+    loop {
+        let done = timeline.lock().unwrap().finished.len();
+        if done >= jobs {
+            break;
+        }
+        if done > last_done {
+            last_done = done;
+            last_progress = Instant::now();
+        }
+        assert!(
+            last_progress.elapsed() < Duration::from_secs(120),
+            "{}: stuck at {done} of {jobs} Jobs finished",
+            sc.name
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let took = start.elapsed();
+
+    // The controllers' own counts, then their idle S3 rate.
+    let mut s3_gets = 0.0;
+    let mut s3_puts = 0.0;
+    let mut api_requests = 0.0;
+    let mut ledger_writes = 0.0;
+    let mut cpu_seconds = 0.0;
+    let mut peak_rss_mib: f64 = 0.0;
+    let s3_count = |text: &str, op: &str| {
+        metric_sum(
+            text,
+            "jobgate_s3_request_duration_seconds_count",
+            &[&format!("op=\"{op}\"")],
+        )
+    };
+    for c in &controllers {
+        let text = c.metrics();
+        s3_gets += s3_count(&text, "get");
+        s3_puts += s3_count(&text, "put");
+        api_requests += metric_sum(&text, "jobgate_kube_requests_total", &[]);
+        ledger_writes += metric_sum(&text, "jobgate_ledger_writes_total", &[]);
+        if let Some(pid) = c.pid() {
+            let (cpu, rss) = usage(pid);
+            cpu_seconds += cpu;
+            peak_rss_mib = peak_rss_mib.max(rss);
+        }
+    }
+    let idle_s3_per_10s = if controllers.is_empty() {
+        0.0
+    } else {
+        // Let the last releases land, then count for 30 s.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let total = |cs: &[ControllerProcess]| -> f64 {
+            cs.iter()
+                .map(|c| {
+                    let text = c.metrics();
+                    s3_count(&text, "get") + s3_count(&text, "put")
+                })
+                .sum()
+        };
+        let before = total(&controllers);
+        let window = Duration::from_secs(30);
+        tokio::time::sleep(window).await;
+        let after = total(&controllers);
+        (after - before) / (sc.groups * sc.clusters) as f64 / window.as_secs_f64() * 10.0
+    };
+
+    let t = timeline.lock().unwrap();
+    let admitted: Vec<Duration> = t.admitted.values().copied().collect();
+    let finished: Vec<Duration> = t.finished.values().copied().collect();
+    let mut events = Vec::new();
+    for (name, at) in &t.admitted {
+        events.push((owner[name].clone(), *at, Seen::Admitted));
+    }
+    for (name, at) in &t.finished {
+        events.push((owner[name].clone(), *at, Seen::Finished));
+    }
+    let (peak, peak_counted_on) = match sc.mode {
+        Mode::StandIn => (checker.snapshot(|s| s.max_running), "Jobs"),
+        Mode::Full => (pods.max(), "pods"),
+    };
+    Figures {
+        jobs,
+        took,
+        admissions_per_s: rate(&admitted),
+        completions_per_s: rate(&finished),
+        latency: if sc.system == System::Jobgate {
+            freed_to_admitted(&events, &per_group)
+        } else {
+            Vec::new()
+        },
+        peak,
+        peak_counted_on,
+        s3_gets,
+        s3_puts,
+        api_requests,
+        ledger_writes,
+        cpu_seconds,
+        peak_rss_mib,
+        idle_s3_per_10s,
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0}", d.as_secs_f64() * 1000.0)
+}
+
+fn report(sc: &Scenario, f: &Figures) -> String {
+    let per_job = |x: f64| x / f.jobs as f64;
+    let limit = match sc.system {
+        System::Jobgate if sc.groups > 1 => format!("{} per group", sc.limit),
+        System::Jobgate => sc.limit.to_string(),
+        System::Unlimited => "–".into(),
+    };
+    let (p50, p99, max) = if f.latency.is_empty() {
+        ("–".into(), "–".into(), "–".into())
+    } else {
+        (
+            ms(quantile(&f.latency, 0.5)),
+            ms(quantile(&f.latency, 0.99)),
+            ms(quantile(&f.latency, 1.0)),
+        )
+    };
+    let jobgate = sc.system == System::Jobgate;
+    let dash = |x: String| if jobgate { x } else { "–".into() };
+    format!(
+        "| {} | {:?} | {} | {} | {} | {:.1} | {:.1} | {p50} | {p99} | {max} | {} ({}) | {} | {} | {} | {} | {} | {} | {} | {:.0} s |",
+        sc.name,
+        sc.mode,
+        sc.clusters,
+        f.jobs,
+        limit,
+        f.admissions_per_s,
+        f.completions_per_s,
+        f.peak,
+        f.peak_counted_on,
+        dash(format!(
+            "{:.3} / {:.3}",
+            per_job(f.s3_gets),
+            per_job(f.s3_puts)
+        )),
+        dash(format!("{:.2}", per_job(f.api_requests))),
+        dash(format!("{:.1}", f.cpu_seconds)),
+        dash(format!("{:.0}", f.peak_rss_mib)),
+        dash(format!("{:.2}", f.idle_s3_per_10s)),
+        dash(format!(
+            "${:.2}",
+            cost_per_million_jobs(per_job(f.s3_gets), per_job(f.s3_puts))
+        )),
+        dash(format!("{:.2}", per_job(f.ledger_writes))),
+        f.took.as_secs_f64(),
+    )
+}
+
+fn scenarios() -> Vec<Scenario> {
+    let one = |name, mode, jobs, limit| Scenario {
+        name,
+        system: System::Jobgate,
+        mode,
+        clusters: 1,
+        groups: 1,
+        jobs_per_group: jobs,
+        limit,
+    };
+    vec![
+        one("depth-10k-limit-100", Mode::StandIn, 10_000, 100),
+        one("depth-10k-limit-1000", Mode::StandIn, 10_000, 1_000),
+        one("full-limit-100", Mode::Full, 1_000, 100),
+        Scenario {
+            name: "full-unlimited",
+            system: System::Unlimited,
+            mode: Mode::Full,
+            clusters: 1,
+            groups: 1,
+            jobs_per_group: 1_000,
+            limit: 0,
+        },
+        Scenario {
+            name: "two-clusters-20-groups",
+            system: System::Jobgate,
+            mode: Mode::StandIn,
+            clusters: 2,
+            groups: 20,
+            jobs_per_group: 500,
+            limit: 10,
+        },
+    ]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let scale: f64 = std::env::var("JOBGATE_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    let only: Option<Vec<String>> = std::env::var("JOBGATE_BENCH_ONLY")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.split(',').map(str::to_string).collect());
+    let s3 = seaweed().await;
+    let mut rows = Vec::new();
+    for sc in scenarios() {
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.iter().any(|n| n == sc.name))
+        {
+            continue;
+        }
+        eprintln!("running {} (scale {scale})", sc.name);
+        let f = run(&sc, scale, &s3).await;
+        let row = report(&sc, &f);
+        eprintln!("{row}");
+        rows.push(row);
+    }
+    println!(
+        "| scenario | mode | clusters | Jobs | limit | admissions/s | completions/s | freed→admitted p50 ms | p99 ms | max ms | peak running (counted on) | S3 GET / PUT per Job | API requests per Job | controller CPU s | peak RSS MiB | idle S3 requests per 10 s per group | S3 cost per million Jobs | ledger writes per Job | took |"
+    );
+    println!(
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for row in rows {
+        println!("{row}");
+    }
+}
