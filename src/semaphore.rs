@@ -148,6 +148,14 @@ pub struct Semaphore {
     task: JoinHandle<()>,
     stats: Arc<Stats>,
     safe_until: watch::Receiver<Option<Instant>>,
+    known: watch::Receiver<Option<Known>>,
+}
+
+/// The ledger as this client last read or wrote it, and when.
+#[derive(Debug, Clone)]
+pub struct Known {
+    pub ledger: Ledger,
+    pub at: Instant,
 }
 
 impl Semaphore {
@@ -155,6 +163,7 @@ impl Semaphore {
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(Stats::default());
         let (safe_until_tx, safe_until) = watch::channel(None);
+        let (known_tx, known) = watch::channel(None);
         let committer = Committer {
             store,
             key: key.into(),
@@ -177,6 +186,7 @@ impl Semaphore {
             high_water: None,
             stats: stats.clone(),
             safe_until: safe_until_tx,
+            known: known_tx,
         };
         let task = tokio::spawn(committer.run());
         Semaphore {
@@ -184,6 +194,7 @@ impl Semaphore {
             task,
             stats,
             safe_until,
+            known,
         }
     }
 
@@ -309,6 +320,13 @@ impl Semaphore {
         rx.await.map_err(|_| Error::Closed)?
     }
 
+    /// The ledger as this client last read or wrote it, without a request:
+    /// current as far as this agent's own writes go, and as of `at` for
+    /// everyone else's. `None` before the first read.
+    pub fn known(&self) -> Option<Known> {
+        self.known.borrow().clone()
+    }
+
     /// The ledger as of a fresh read.
     pub async fn snapshot(&self) -> Result<Ledger> {
         let (reply, rx) = oneshot::channel();
@@ -342,6 +360,8 @@ struct Committer {
     cfg: Config,
     rx: mpsc::UnboundedReceiver<Request>,
     cache: Option<(Ledger, ETag)>,
+    /// The cached ledger, published for `Semaphore::known`.
+    known: watch::Sender<Option<Known>>,
     obs: Observations,
     waiting: VecDeque<Waiter>,
     releasing: Vec<(String, Option<oneshot::Sender<Result<()>>>)>,
@@ -725,6 +745,13 @@ impl Committer {
         }
     }
 
+    fn publish(&self, ledger: Ledger) {
+        self.known.send_replace(Some(Known {
+            ledger,
+            at: Instant::now(),
+        }));
+    }
+
     fn cache_refresh_needed(&mut self) {
         // Keep the ETag for a cheap conditional GET; mark the entry stale.
         self.last_refresh = None;
@@ -737,7 +764,11 @@ impl Committer {
             .await;
         let now = Instant::now();
         match fetched {
-            Ok(Fetched::NotModified) => {}
+            Ok(Fetched::NotModified) => {
+                if let Some((ledger, _)) = &self.cache {
+                    self.publish(ledger.clone());
+                }
+            }
             Ok(Fetched::Found(v)) => {
                 let ledger = Ledger::parse(&v.body).map_err(|source| {
                     Failure::Fatal(Error::Ledger {
@@ -760,10 +791,12 @@ impl Committer {
                     self.obs = Observations::default();
                 }
                 self.see(&ledger);
+                self.publish(ledger.clone());
                 self.cache = Some((ledger, v.etag));
             }
             Ok(Fetched::Missing) => {
                 self.cache = None;
+                self.known.send_replace(None);
                 if history(self.high_water, None) == History::Vanished {
                     warn!(key = %self.key, "the ledger was deleted; every slot held here is given up and it is not created again");
                     self.fence_all();
@@ -855,6 +888,7 @@ impl Committer {
                 self.inflight = None;
                 self.see(&next);
                 self.answer_limit_changes(&next);
+                self.publish(next.clone());
                 self.cache = Some((next, etag));
                 // Grants in a write answered after the fence period may
                 // already be taken elsewhere.

@@ -11,8 +11,8 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
@@ -23,6 +23,7 @@ use super::allowlist::Allowlist;
 use super::crd::{ConcurrencyGroup, GROUP_LABEL};
 use super::error::{Error, Result};
 use super::http::{self, Health};
+use super::job_cache::{self, JobCache};
 use super::leader::{self, LeaseConfig};
 use super::ledgers::{LedgerSettings, Ledgers};
 use super::metrics::Metrics;
@@ -318,6 +319,15 @@ async fn admit(
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
+    // One watch of the labelled Jobs for every group: it triggers their
+    // passes and keeps the cache they read instead of listing Jobs.
+    let (job_store, job_writer) = reflector::store();
+    let job_events = watcher(jobs, watcher::Config::default().labels(GROUP_LABEL))
+        .default_backoff()
+        .modify(job_cache::prune)
+        .reflect(job_writer)
+        .touched_objects();
+    let job_cache = JobCache::new(job_store);
     // This term's share of the process-wide channel.
     let (term_trigger, term_triggers) = mpsc::unbounded_channel();
     let requeue = trigger.clone();
@@ -354,6 +364,7 @@ async fn admit(
         count_pods: settings.count_pods,
         trigger,
         deletion_timeout: settings.deletion_timeout,
+        jobs: job_cache.clone(),
     });
 
     // Groups deleted without our finalizer (removed by hand) are not
@@ -365,7 +376,6 @@ async fn admit(
     let sweeper = tokio::spawn({
         let ctx = ctx.clone();
         let groups = groups.clone();
-        let jobs = jobs.clone();
         let every = settings.poll_idle;
         let wake = missing_group.clone();
         async move {
@@ -392,9 +402,7 @@ async fn admit(
                     }
                 };
                 ctx.ledgers.retain(&existing).await;
-                if let Err(e) = orphans::sweep(&ctx, &existing, &jobs, &mut told).await {
-                    warn!(error = %e, "could not look for Jobs whose group does not exist");
-                }
+                orphans::sweep(&ctx, &existing, &mut told).await;
             }
         }
     });
@@ -402,15 +410,11 @@ async fn admit(
     let _sweeper = AbortOnDrop(sweeper);
     let mut shutdown = stop;
     Controller::new(groups, watcher::Config::default())
-        .watches(
-            jobs,
-            watcher::Config::default().labels(GROUP_LABEL),
-            |job: Job| {
-                let group = job.labels().get(GROUP_LABEL)?.clone();
-                let ns = job.namespace()?;
-                Some(ObjectRef::<ConcurrencyGroup>::new(&group).within(&ns))
-            },
-        )
+        .watches_stream(job_events, |job: Job| {
+            let group = job.labels().get(GROUP_LABEL)?.clone();
+            let ns = job.namespace()?;
+            Some(ObjectRef::<ConcurrencyGroup>::new(&group).within(&ns))
+        })
         .reconcile_on(UnboundedReceiverStream::new(term_triggers))
         .graceful_shutdown_on(async move {
             let _ = shutdown.wait_for(|stopped| *stopped).await;

@@ -11,6 +11,7 @@ pub mod error;
 pub mod explain;
 pub mod http;
 pub mod inspect;
+pub mod job_cache;
 pub mod leader;
 pub mod ledgers;
 pub mod limits;

@@ -4,8 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use k8s_openapi::api::batch::v1::Job;
-use kube::api::{Api, ListParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use tracing::debug;
@@ -43,14 +41,13 @@ pub fn without_group(
 pub async fn sweep(
     ctx: &Context,
     existing: &HashSet<(String, String)>,
-    jobs: &Api<Job>,
     told: &mut BTreeSet<String>,
-) -> Result<(), kube::Error> {
-    let listed = jobs
-        .list(&ListParams::default().labels(GROUP_LABEL))
-        .await?;
+) {
+    if !ctx.jobs.ready().await {
+        return;
+    }
+    let listed = ctx.jobs.all();
     let views: Vec<Labelled> = listed
-        .items
         .iter()
         .filter_map(|j| {
             Some(Labelled {
@@ -75,7 +72,7 @@ pub async fn sweep(
     }
     let waiting: BTreeSet<&String> = missing.values().flatten().collect();
     told.retain(|uid| waiting.contains(uid));
-    for job in &listed.items {
+    for job in &listed {
         let Some(uid) = job.uid() else { continue };
         if !waiting.contains(&uid) || !told.insert(uid) {
             continue;
@@ -95,7 +92,6 @@ pub async fn sweep(
             debug!(error = %e, "could not publish an event");
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ use super::deadline;
 use super::deletion::{self, Held, Step};
 use super::error::{Error, Result};
 use super::explain;
+use super::job_cache::JobCache;
 use super::ledgers::{Credentials, GroupLedger, LedgerSettings, Ledgers, lock};
 use super::limits;
 use super::metrics::{GroupLabels, Metrics, ReleaseLabels};
@@ -68,6 +69,8 @@ pub struct Context {
     /// How long a deleted group waits for a ledger it cannot read before
     /// its finalizer is dropped anyway.
     pub deletion_timeout: Duration,
+    /// The labelled Jobs, from the controller's watch.
+    pub jobs: JobCache,
 }
 
 /// What a pass did, for the status and the requeue interval.
@@ -290,6 +293,11 @@ async fn admit(
     labels: &GroupLabels,
     admit_new: bool,
 ) -> Result<Summary> {
+    // Every decision reads the Jobs from the cache: not before its first
+    // LIST is complete.
+    if !ctx.jobs.ready().await {
+        return Err(Error::JobWatchEnded);
+    }
     // Lost slots are fenced from this process's own state first: reading
     // the ledger may take longer than the lease has left, or fail.
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
@@ -354,7 +362,7 @@ async fn admit(
     let granted = write_ledger(ctx, &pass, group, &decision).await?;
     let (waiting_here, read) = patch_jobs(ctx, &pass, group, &decision, &granted, labels).await?;
     export_counters(ctx, &pass.gl, labels);
-    let mut summary = summarize(&pass, &decision, waiting_here, read).await?;
+    let mut summary = summarize(&pass, &decision, waiting_here, read, ctx.poll_idle).await?;
     summary.spec_limit_applied = pass.spec_limit_applied;
     summary.deadline_every = deadline_every;
     Ok(summary)
@@ -373,17 +381,12 @@ async fn keep_deadlines(
 ) -> Option<Duration> {
     let fail_jobs = group.spec.on_controller_loss == ControllerLossPolicy::FailJobs;
     let fence_after = group.spec.fence_after(ctx.settings.leader_lease).ok()?;
-    let selector = ListParams::default().labels(&format!("{GROUP_LABEL}={}", group.name_any()));
-    let jobs = match timed(ctx, "list_jobs", jobs_api.list(&selector)).await {
-        Ok(list) => list.items,
-        Err(e) => {
-            warn!(error = %e, "could not list Jobs to keep their deadlines");
-            return fail_jobs.then_some(fence_after / 4);
-        }
-    };
+    let jobs = ctx
+        .jobs
+        .of_group(&group.namespace().unwrap_or_default(), &group.name_any());
     let (permits, lost) = gl.permits();
     let mut managing = false;
-    for job in &jobs {
+    for job in jobs.iter().map(|j| j.as_ref()) {
         let Some(uid) = job.uid() else { continue };
         let recorded = job
             .annotations()
@@ -485,11 +488,9 @@ async fn fence_without_ledger(
         return Ok(());
     }
     let (permits, lost) = current.map(GroupLedger::permits).unwrap_or_default();
-    let selector = ListParams::default().labels(&format!("{GROUP_LABEL}={}", group.name_any()));
-    let jobs = timed(ctx, "list_jobs", jobs_api.list(&selector))
-        .await
-        .map_err(Error::GatherJobs)?;
-    let views: Vec<JobView> = jobs.items.iter().filter_map(job_view).collect();
+    let ns = group.namespace().unwrap_or_default();
+    let jobs = ctx.jobs.of_group(&ns, &group.name_any());
+    let views: Vec<JobView> = jobs.iter().filter_map(|j| job_view(j)).collect();
     let permits = if lost_only {
         &views.iter().map(|j| j.uid.clone()).collect()
     } else {
@@ -497,7 +498,6 @@ async fn fence_without_ledger(
     };
     let fence = admission::fence_without_ledger(&views, permits, &lost, suspend_on_loss);
     for job in jobs
-        .items
         .iter()
         .filter(|j| j.uid().is_some_and(|u| fence.contains(&u)))
     {
@@ -541,8 +541,10 @@ async fn gather(
         },
     };
     // The ledger first, then the Jobs: every slot held in this snapshot was
-    // granted before the list, so the list shows its Job unless it is gone.
-    let mut ledger = gl.sem.snapshot().await.map_err(Error::ReadLedger)?;
+    // granted for a Job already in the cache (by this process, or by one
+    // before it, whose Jobs the cache's first LIST took in), so the cache
+    // shows its Job unless it is gone.
+    let mut ledger = known_ledger(&gl, ctx.poll_idle).await?;
     // A new spec.limit goes into the ledger before anything is admitted
     // under the old one.
     let applied = (*lock(&gl.limit_applied))
@@ -564,14 +566,11 @@ async fn gather(
         ledger = gl.sem.set_limit(change).await.map_err(Error::WriteLedger)?;
     }
     *lock(&gl.limit_applied) = Some(plan.applied);
-    let selector = ListParams::default().labels(&format!("{GROUP_LABEL}={name}"));
-    let listed = timed(ctx, "list_jobs", jobs_api.list(&selector))
-        .await
-        .map_err(Error::GatherJobs)?;
-    let jobs: BTreeMap<String, Job> = listed
-        .items
+    let jobs: BTreeMap<String, Job> = ctx
+        .jobs
+        .of_group(ns, name)
         .into_iter()
-        .filter_map(|j| j.uid().map(|uid| (uid, j)))
+        .filter_map(|j| j.uid().map(|uid| (uid, Job::clone(&j))))
         .collect();
     let held_in_ledger: BTreeSet<String> = ledger.holders_of(&gl.agent).cloned().collect();
     // Only slots about to be freed need their pods looked at: one list
@@ -763,9 +762,8 @@ async fn patch_jobs(
     if actions.is_empty() {
         return Ok((held_back, None));
     }
-    // For the messages: the ledger as it is now (a conditional GET; usually
-    // unchanged).
-    let now = gl.sem.snapshot().await.map_err(Error::ReadLedger)?;
+    // For the messages: the ledger as of this pass's write.
+    let now = known_ledger(gl, ctx.poll_idle).await?;
     let (in_use, limit, name) = (now.in_use(), now.limit, group.name_any());
     let mut waiting = held_back;
     for action in actions {
@@ -989,11 +987,12 @@ async fn summarize(
     decision: &Decision,
     waiting_here: u32,
     read: Option<Ledger>,
+    max_age: Duration,
 ) -> Result<Summary> {
     let gl = &pass.gl;
     let after = match read {
         Some(ledger) => ledger,
-        None => gl.sem.snapshot().await.map_err(Error::ReadLedger)?,
+        None => known_ledger(gl, max_age).await?,
     };
     Ok(Summary {
         ledger_limit: after.limit,
@@ -1018,6 +1017,21 @@ fn longest_grace(views: &[JobView], uids: &[String]) -> Option<(u32, i64)> {
         let (n, longest) = acc.unwrap_or((0, 0));
         Some((n + 1, longest.max(grace)))
     })
+}
+
+/// The ledger as this process knows it, read again only when that is older
+/// than `max_age`. A pass needs no fresher ledger: its writes are
+/// compare-and-swaps that fail on a stale one (and the client then reads
+/// again), its own agent's holders are current as of its last write, and
+/// Jobs that wait make the client poll for slots freed elsewhere. Reading
+/// at least every `max_age` keeps an idle group's status (the limit in
+/// force, slots in use) within that of the ledger, at one GET per
+/// `max_age`.
+async fn known_ledger(gl: &GroupLedger, max_age: Duration) -> Result<Ledger> {
+    match gl.sem.known() {
+        Some(known) if known.at.elapsed() < max_age => Ok(known.ledger),
+        _ => gl.sem.snapshot().await.map_err(Error::ReadLedger),
+    }
 }
 
 /// Runs an API call and records its latency.

@@ -1,0 +1,138 @@
+//! The labelled Jobs as the controller's one watch sees them, in memory and
+//! pruned to what admission decides on. A pass reads its group's Jobs here
+//! instead of listing them: a LIST per pass costs the API server and the
+//! controller in proportion to the Jobs waiting, and passes come as often
+//! as Jobs change.
+//!
+//! The cache lags the API server by a watch event, as a LIST's answer lags
+//! by the time it takes to act on it; every decision made from it is
+//! re-checked where it matters (slots by compare-and-swap on the ledger,
+//! suspensions by compare-and-swap on the Job). Passes wait until its first
+//! LIST is complete, so that no slot held in a ledger is taken for a
+//! deleted Job's merely because its Job was not seen yet.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec};
+use kube::ResourceExt;
+use kube::runtime::reflector::Store;
+
+use super::crd::GROUP_LABEL;
+
+/// Annotations that can be large and that no decision reads.
+const DROPPED_ANNOTATIONS: &[&str] = &["kubectl.kubernetes.io/last-applied-configuration"];
+
+#[derive(Clone)]
+pub struct JobCache {
+    store: Store<Job>,
+}
+
+impl JobCache {
+    pub fn new(store: Store<Job>) -> Self {
+        JobCache { store }
+    }
+
+    /// Waits until the first LIST is in; `false` if the watch is gone.
+    pub async fn ready(&self) -> bool {
+        self.store.wait_until_ready().await.is_ok()
+    }
+
+    /// The Jobs of group `group` in namespace `ns`.
+    pub fn of_group(&self, ns: &str, group: &str) -> Vec<Arc<Job>> {
+        self.store.state_filter(|job| {
+            job.metadata.namespace.as_deref() == Some(ns)
+                && job.labels().get(GROUP_LABEL).map(String::as_str) == Some(group)
+        })
+    }
+
+    /// Every labelled Job.
+    pub fn all(&self) -> Vec<Arc<Job>> {
+        self.store.state()
+    }
+}
+
+/// Drops what no decision reads before a Job is kept: managed fields, the
+/// pod template (all but the grace period, which says how long its pods
+/// take to stop) and large annotations. Most of a Job's size is there.
+pub fn prune(job: &mut Job) {
+    job.metadata.managed_fields = None;
+    if let Some(annotations) = job.metadata.annotations.as_mut() {
+        for key in DROPPED_ANNOTATIONS {
+            annotations.remove(*key);
+        }
+    }
+    if let Some(spec) = job.spec.as_mut() {
+        let grace = spec
+            .template
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds);
+        spec.template = PodTemplateSpec {
+            metadata: None,
+            spec: Some(PodSpec {
+                termination_grace_period_seconds: grace,
+                ..Default::default()
+            }),
+        };
+        spec.selector = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::reconcile::job_view;
+    use serde_json::json;
+
+    fn job() -> Job {
+        serde_json::from_value(json!({
+            "metadata": {
+                "name": "etl", "namespace": "team", "uid": "u1",
+                "creationTimestamp": "2026-11-27T10:00:00Z",
+                "labels": {"jobgate.dev/group": "g"},
+                "annotations": {
+                    "jobgate.dev/slots": "3",
+                    "jobgate.dev/priority": "7",
+                    "kubectl.kubernetes.io/last-applied-configuration": "x".repeat(10_000),
+                },
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}],
+            },
+            "spec": {
+                "suspend": true,
+                "activeDeadlineSeconds": 60,
+                "selector": {"matchLabels": {"batch.kubernetes.io/controller-uid": "u1"}},
+                "template": {
+                    "metadata": {"labels": {"app": "etl"}},
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "terminationGracePeriodSeconds": 45,
+                        "containers": [{"name": "w", "image": "busybox", "command": ["sh", "-c", "x".repeat(10_000)]}],
+                    },
+                },
+            },
+            "status": {"active": 1, "conditions": [{"type": "Complete", "status": "True"}]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn pruning_keeps_everything_a_decision_reads() {
+        let full = job();
+        let mut pruned = full.clone();
+        prune(&mut pruned);
+        assert_eq!(job_view(&pruned), job_view(&full));
+        assert_eq!(
+            pruned.spec.as_ref().and_then(|s| s.active_deadline_seconds),
+            Some(60)
+        );
+        assert_eq!(pruned.metadata.labels, full.metadata.labels);
+        let size = |j: &Job| serde_json::to_vec(j).unwrap().len();
+        assert!(
+            size(&pruned) < 1_000,
+            "pruned to {} bytes from {}",
+            size(&pruned),
+            size(&full)
+        );
+    }
+}
