@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Builds the pinned test-bed binaries into a cache directory, once.
-# Usage: scripts/testbed.sh [seaweedfs|kubernetes|kubelet|etcd|kwok|k8s|node|helm|all]   (default: seaweedfs)
+# Usage: scripts/testbed.sh [seaweedfs|kubernetes|kubelet|etcd|kwok|k8s|node|helm|kueue|all]   (default: seaweedfs)
 #   seaweedfs   the S3 server (weed) the tests use
 #   k8s         kubernetes + etcd + kwok: the control plane for operator tests
 #   kubelet     the kubelet, for tests that run real containers
 #   node        kubelet plus the Debian packages a real node needs (containerd,
 #               runc, CNI plugins, static busybox for the test images); root only
 #   helm        helm: lints and renders the chart in charts/jobgate
+#   kueue       Kueue's manager and CRDs, for the side-by-side benchmark only
+#               (make bench-operator); not part of `all`
 # Cache: $JOBGATE_TESTBED_DIR, default ~/.cache/jobgate/testbed
 set -euo pipefail
 
@@ -16,6 +18,7 @@ KUBERNETES_STAGING_VERSION="v0.35.4"
 ETCD_VERSION="v3.6.16"
 KWOK_VERSION="v0.8.0"
 HELM_VERSION="v3.22.0"
+KUEUE_VERSION="v0.17.0"
 # Parallel Go compile jobs; the machine has two cores.
 GO_JOBS="${JOBGATE_GO_JOBS:-2}"
 
@@ -127,6 +130,21 @@ build_kwok() {
   log "built $BIN/kwok (stages in $CACHE/kwok-stages)"
 }
 
+build_kueue() {
+  if built kueue "$KUEUE_VERSION"; then log "kueue $KUEUE_VERSION already built"; return; fi
+  log "building kueue $KUEUE_VERSION ..."
+  GOBIN="$BIN" go install -p "$GO_JOBS" -trimpath -ldflags "-s -w" "sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION"
+  # Its CRDs as the module ships them (the kustomize output adds conversion
+  # webhooks that only a Kueue running in the cluster can serve).
+  local crds
+  crds="$(go env GOMODCACHE)/sigs.k8s.io/kueue@$KUEUE_VERSION/config/components/crd/bases"
+  rm -rf "$CACHE/kueue-crds"; mkdir -p "$CACHE/kueue-crds"
+  cp "$crds"/*.yaml "$CACHE/kueue-crds/"
+  chmod -R u+w "$CACHE/kueue-crds"
+  mark kueue "$KUEUE_VERSION"
+  log "built $BIN/kueue"
+}
+
 build_helm() {
   if built helm "$HELM_VERSION"; then log "helm $HELM_VERSION already built"; return; fi
   log "building helm $HELM_VERSION ..."
@@ -158,6 +176,7 @@ case "$what" in
   k8s) build_etcd; build_kwok; build_kubernetes ;;
   node) install_node_packages; build_kubelet ;;
   helm) build_helm ;;
+  kueue) build_kueue ;;
   all) build_seaweedfs; build_etcd; build_kwok; build_kubernetes; build_kubelet; build_helm ;;
   *) echo "usage: $0 [seaweedfs|kubernetes|kubelet|etcd|kwok|k8s|node|helm|all]" >&2; exit 2 ;;
 esac

@@ -282,6 +282,8 @@ fn default_values_render_a_leader_elected_controller() {
             "60s",
             "--deletion-timeout",
             "10m",
+            "--max-concurrent-passes",
+            "32",
             "--listen",
             "0.0.0.0:8080",
             "--webhook-listen",

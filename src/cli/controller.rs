@@ -40,6 +40,10 @@ pub struct ControllerArgs {
     /// its finalizer is removed anyway (its slots then run out with the lease).
     #[arg(long, default_value = "10m", value_parser = super::parse_duration)]
     deletion_timeout: Duration,
+    /// How many groups may be reconciled at once. Each group's passes run
+    /// one at a time; a group whose ledger is slow holds only its own.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    max_concurrent_passes: u16,
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
@@ -140,6 +144,7 @@ pub async fn controller(args: ControllerArgs) -> Result<u8> {
         poll_waiting: args.poll_waiting,
         poll_idle: args.poll_idle,
         deletion_timeout: args.deletion_timeout,
+        max_concurrent_passes: args.max_concurrent_passes,
         allowlist,
         fence_without_ledger: !args.unsafe_fence_only_with_ledger,
         count_pods: !args.unsafe_release_without_pods,

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ListParams};
-use kube::runtime::controller::Controller;
+use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -41,6 +41,8 @@ pub struct Settings {
     pub poll_idle: Duration,
     /// How long a deleted group waits for an unreadable ledger.
     pub deletion_timeout: Duration,
+    /// Groups reconciled at once (`--max-concurrent-passes`).
+    pub max_concurrent_passes: u16,
     /// The ledger locations groups may use (`--allowed-ledger`).
     pub allowlist: Allowlist,
     /// Suspend Jobs whose slot is lost even when the ledger cannot be read.
@@ -410,6 +412,7 @@ async fn admit(
     let _sweeper = AbortOnDrop(sweeper);
     let mut shutdown = stop;
     Controller::new(groups, watcher::Config::default())
+        .with_config(controller::Config::default().concurrency(settings.max_concurrent_passes))
         .watches_stream(job_events, |job: Job| {
             let group = job.labels().get(GROUP_LABEL)?.clone();
             let ns = job.namespace()?;
