@@ -887,8 +887,8 @@ impl Committer {
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
                 self.inflight = None;
                 self.see(&next);
-                self.answer_limit_changes(&next);
                 self.publish(next.clone());
+                self.answer_limit_changes(&next);
                 self.cache = Some((next, etag));
                 // Grants in a write answered after the fence period may
                 // already be taken elsewhere.

@@ -283,7 +283,7 @@ fn default_values_render_a_leader_elected_controller() {
             "--deletion-timeout",
             "10m",
             "--max-concurrent-passes",
-            "32",
+            "0",
             "--listen",
             "0.0.0.0:8080",
             "--webhook-listen",

@@ -40,9 +40,12 @@ pub struct ControllerArgs {
     /// its finalizer is removed anyway (its slots then run out with the lease).
     #[arg(long, default_value = "10m", value_parser = super::parse_duration)]
     deletion_timeout: Duration,
-    /// How many groups may be reconciled at once. Each group's passes run
-    /// one at a time; a group whose ledger is slow holds only its own.
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    /// How many groups may be reconciled at once; 0: no bound. Each
+    /// group's passes run one at a time, so a group whose ledger is slow
+    /// holds up only itself, unless this bound is reached: passes past it
+    /// wait, and with them the suspension of Jobs whose ledger cannot be
+    /// read at start-up. Keep it above the number of groups.
+    #[arg(long, default_value_t = 0)]
     max_concurrent_passes: u16,
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]

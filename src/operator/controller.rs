@@ -367,6 +367,7 @@ async fn admit(
         trigger,
         deletion_timeout: settings.deletion_timeout,
         jobs: job_cache.clone(),
+        term_started: tokio::time::Instant::now(),
     });
 
     // Groups deleted without our finalizer (removed by hand) are not

@@ -49,9 +49,6 @@ pub enum Error {
         source: kube::Error,
     },
 
-    #[error("the watch of Jobs ended (leadership is changing hands); the next term takes over")]
-    JobWatchEnded,
-
     #[error("Job {name} changed under every attempt to suspend it; the next pass tries again")]
     JobKeepsChanging { name: String },
 
@@ -108,7 +105,7 @@ impl Error {
         match self {
             Error::InvalidTiming(_) => "validate",
             Error::LedgerNotAllowed(_) => "ledger_not_allowed",
-            Error::GatherJobs(_) | Error::JobWatchEnded => "gather_jobs",
+            Error::GatherJobs(_) => "gather_jobs",
             Error::GatherPods(_) => "gather_pods",
             Error::Credentials { .. }
             | Error::CredentialsMissing { .. }

@@ -4,15 +4,16 @@
 //! controller in proportion to the Jobs waiting, and passes come as often
 //! as Jobs change.
 //!
-//! The cache lags the API server by a watch event, as a LIST's answer lags
-//! by the time it takes to act on it; every decision made from it is
-//! re-checked where it matters (slots by compare-and-swap on the ledger,
-//! suspensions by compare-and-swap on the Job). Passes wait until its first
-//! LIST is complete, so that no slot held in a ledger is taken for a
-//! deleted Job's merely because its Job was not seen yet.
+//! The cache lags the API server by a watch event, and may lag behind this
+//! process's own patches. Decisions that could free a slot whose pods may
+//! still run are made again from a LIST (see `reconcile::admit`); grants
+//! are compare-and-swaps on the ledger, and Job patches carry the
+//! resourceVersion they were decided on, so a stale copy makes a patch
+//! fail rather than act twice. Until the first LIST is in, passes list.
 
 use std::sync::Arc;
 
+use futures::FutureExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec};
 use kube::ResourceExt;
@@ -33,9 +34,9 @@ impl JobCache {
         JobCache { store }
     }
 
-    /// Waits until the first LIST is in; `false` if the watch is gone.
-    pub async fn ready(&self) -> bool {
-        self.store.wait_until_ready().await.is_ok()
+    /// Whether the first LIST is in (never waits: callers list instead).
+    pub fn is_ready(&self) -> bool {
+        matches!(self.store.wait_until_ready().now_or_never(), Some(Ok(())))
     }
 
     /// The Jobs of group `group` in namespace `ns`.

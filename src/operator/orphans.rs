@@ -43,7 +43,7 @@ pub async fn sweep(
     existing: &HashSet<(String, String)>,
     told: &mut BTreeSet<String>,
 ) {
-    if !ctx.jobs.ready().await {
+    if !ctx.jobs.is_ready() {
         return;
     }
     let listed = ctx.jobs.all();

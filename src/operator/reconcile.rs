@@ -33,7 +33,7 @@ use super::deadline;
 use super::deletion::{self, Held, Step};
 use super::error::{Error, Result};
 use super::explain;
-use super::job_cache::JobCache;
+use super::job_cache::{self, JobCache};
 use super::ledgers::{Credentials, GroupLedger, LedgerSettings, Ledgers, lock};
 use super::limits;
 use super::metrics::{GroupLabels, Metrics, ReleaseLabels};
@@ -71,6 +71,9 @@ pub struct Context {
     pub deletion_timeout: Duration,
     /// The labelled Jobs, from the controller's watch.
     pub jobs: JobCache,
+    /// When this leadership term began: a ledger known from before it may
+    /// lack what another replica wrote under this cluster's agent id.
+    pub term_started: tokio::time::Instant,
 }
 
 /// What a pass did, for the status and the requeue interval.
@@ -293,11 +296,6 @@ async fn admit(
     labels: &GroupLabels,
     admit_new: bool,
 ) -> Result<Summary> {
-    // Every decision reads the Jobs from the cache: not before its first
-    // LIST is complete.
-    if !ctx.jobs.ready().await {
-        return Err(Error::JobWatchEnded);
-    }
     // Lost slots are fenced from this process's own state first: reading
     // the ledger may take longer than the lease has left, or fail.
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
@@ -356,13 +354,31 @@ async fn admit(
         }
         Err(e) => return Err(e),
     };
-    let decision = decide(&pass, group, admit_new);
+    let mut pass = pass;
+    let mut decision = decide(&pass, group, admit_new);
+    // The cache can lag behind this process's own writes (a Job it just
+    // unsuspended still shown suspended and without pods) or miss a Job
+    // another replica admitted: a slot freed on such a view would be taken
+    // elsewhere while the Job's pods run. Finished is final; every other
+    // release, and any lost slot, is decided again from a LIST made now,
+    // after the ledger read as before. Such passes are few.
+    let unsure = !decision.lost.is_empty()
+        || decision
+            .release
+            .iter()
+            .any(|(_, why)| *why != ReleaseReason::Finished);
+    if unsure && ctx.jobs.is_ready() {
+        pass.jobs = by_uid(list_jobs(ctx, &pass.jobs_api, name).await?);
+        pass.views = pass.jobs.values().filter_map(job_view).collect();
+        pass.live_pods = pods_left(ctx, ns, &pass.held_in_ledger, &pass.jobs).await?;
+        decision = decide(&pass, group, admit_new);
+    }
     debug!(group = name, ?decision, "decided");
     fence(ctx, &pass, &decision).await?;
     let granted = write_ledger(ctx, &pass, group, &decision).await?;
     let (waiting_here, read) = patch_jobs(ctx, &pass, group, &decision, &granted, labels).await?;
     export_counters(ctx, &pass.gl, labels);
-    let mut summary = summarize(&pass, &decision, waiting_here, read, ctx.poll_idle).await?;
+    let mut summary = summarize(&pass, &decision, waiting_here, read, ctx).await?;
     summary.spec_limit_applied = pass.spec_limit_applied;
     summary.deadline_every = deadline_every;
     Ok(summary)
@@ -381,12 +397,17 @@ async fn keep_deadlines(
 ) -> Option<Duration> {
     let fail_jobs = group.spec.on_controller_loss == ControllerLossPolicy::FailJobs;
     let fence_after = group.spec.fence_after(ctx.settings.leader_lease).ok()?;
-    let jobs = ctx
-        .jobs
-        .of_group(&group.namespace().unwrap_or_default(), &group.name_any());
+    let ns = group.namespace().unwrap_or_default();
+    let jobs = match group_jobs(ctx, jobs_api, &ns, &group.name_any()).await {
+        Ok(jobs) => jobs,
+        Err(e) => {
+            warn!(error = %e, "could not list Jobs to keep their deadlines");
+            return fail_jobs.then_some(fence_after / 4);
+        }
+    };
     let (permits, lost) = gl.permits();
     let mut managing = false;
-    for job in jobs.iter().map(|j| j.as_ref()) {
+    for job in &jobs {
         let Some(uid) = job.uid() else { continue };
         let recorded = job
             .annotations()
@@ -489,8 +510,20 @@ async fn fence_without_ledger(
     }
     let (permits, lost) = current.map(GroupLedger::permits).unwrap_or_default();
     let ns = group.namespace().unwrap_or_default();
-    let jobs = ctx.jobs.of_group(&ns, &group.name_any());
-    let views: Vec<JobView> = jobs.iter().filter_map(|j| job_view(j)).collect();
+    // Listed now: the cache may still show a Job this process unsuspended
+    // as suspended. The cache's copy only if the API server does not answer.
+    let jobs = match list_jobs(ctx, jobs_api, &group.name_any()).await {
+        Ok(listed) => listed,
+        Err(e) => {
+            warn!(error = %e, "could not list Jobs to fence; using the watch's copy");
+            ctx.jobs
+                .of_group(&ns, &group.name_any())
+                .iter()
+                .map(|j| Job::clone(j))
+                .collect()
+        }
+    };
+    let views: Vec<JobView> = jobs.iter().filter_map(job_view).collect();
     let permits = if lost_only {
         &views.iter().map(|j| j.uid.clone()).collect()
     } else {
@@ -544,11 +577,16 @@ async fn gather(
     // granted for a Job already in the cache (by this process, or by one
     // before it, whose Jobs the cache's first LIST took in), so the cache
     // shows its Job unless it is gone.
-    let mut ledger = known_ledger(&gl, ctx.poll_idle).await?;
-    // A new spec.limit goes into the ledger before anything is admitted
-    // under the old one.
+    // A new spec.limit is weighed against the ledger as it is now.
     let applied = (*lock(&gl.limit_applied))
         .or_else(|| group.status.as_ref().and_then(|s| s.spec_limit_applied));
+    let mut ledger = if applied == Some(group.spec.limit) {
+        known_ledger(&gl, ctx).await?
+    } else {
+        gl.sem.snapshot().await.map_err(Error::ReadLedger)?
+    };
+    // A new spec.limit goes into the ledger before anything is admitted
+    // under the old one.
     let plan = limits::plan(
         group.spec.limit,
         group.metadata.generation,
@@ -566,24 +604,9 @@ async fn gather(
         ledger = gl.sem.set_limit(change).await.map_err(Error::WriteLedger)?;
     }
     *lock(&gl.limit_applied) = Some(plan.applied);
-    let jobs: BTreeMap<String, Job> = ctx
-        .jobs
-        .of_group(ns, name)
-        .into_iter()
-        .filter_map(|j| j.uid().map(|uid| (uid, Job::clone(&j))))
-        .collect();
+    let jobs = by_uid(group_jobs(ctx, &jobs_api, ns, name).await?);
     let held_in_ledger: BTreeSet<String> = ledger.holders_of(&gl.agent).cloned().collect();
-    // Only slots about to be freed need their pods looked at: one list
-    // call, and only in passes that would free a slot.
-    let candidates: Vec<&String> = held_in_ledger
-        .iter()
-        .filter(|uid| jobs.get(*uid).is_none_or(is_finished))
-        .collect();
-    let live_pods = if ctx.count_pods {
-        live_pods(ctx, ns, &candidates).await?
-    } else {
-        BTreeSet::new()
-    };
+    let live_pods = pods_left(ctx, ns, &held_in_ledger, &jobs).await?;
     Ok(Pass {
         spec_limit_applied: plan.applied,
         limit: ledger.limit,
@@ -595,6 +618,62 @@ async fn gather(
         jobs_api,
         gl,
     })
+}
+
+/// The group's Jobs from the watch's cache, or listed while its first LIST
+/// is not in yet (never waited for: fences and deadlines must not wait on
+/// a watch).
+async fn group_jobs(ctx: &Context, api: &Api<Job>, ns: &str, group: &str) -> Result<Vec<Job>> {
+    if ctx.jobs.is_ready() {
+        return Ok(ctx
+            .jobs
+            .of_group(ns, group)
+            .iter()
+            .map(|j| Job::clone(j))
+            .collect());
+    }
+    list_jobs(ctx, api, group).await
+}
+
+/// The group's Jobs listed now, pruned as the cache's are.
+async fn list_jobs(ctx: &Context, api: &Api<Job>, group: &str) -> Result<Vec<Job>> {
+    let selector = ListParams::default().labels(&format!("{GROUP_LABEL}={group}"));
+    let listed = timed(ctx, "list_jobs", api.list(&selector))
+        .await
+        .map_err(Error::GatherJobs)?;
+    Ok(listed
+        .items
+        .into_iter()
+        .map(|mut job| {
+            job_cache::prune(&mut job);
+            job
+        })
+        .collect())
+}
+
+fn by_uid(jobs: Vec<Job>) -> BTreeMap<String, Job> {
+    jobs.into_iter()
+        .filter_map(|j| j.uid().map(|uid| (uid, j)))
+        .collect()
+}
+
+/// Of the slots held here, those whose Job is gone or finished and whose
+/// pods may still run: one pod list, and only in passes that would free
+/// such a slot.
+async fn pods_left(
+    ctx: &Context,
+    ns: &str,
+    held: &BTreeSet<String>,
+    jobs: &BTreeMap<String, Job>,
+) -> Result<BTreeSet<String>> {
+    if !ctx.count_pods {
+        return Ok(BTreeSet::new());
+    }
+    let candidates: Vec<&String> = held
+        .iter()
+        .filter(|uid| jobs.get(*uid).is_none_or(is_finished))
+        .collect();
+    live_pods(ctx, ns, &candidates).await
 }
 
 /// The Job controller labels every pod of a Job with the Job's UID; the
@@ -763,7 +842,7 @@ async fn patch_jobs(
         return Ok((held_back, None));
     }
     // For the messages: the ledger as of this pass's write.
-    let now = known_ledger(gl, ctx.poll_idle).await?;
+    let now = known_ledger(gl, ctx).await?;
     let (in_use, limit, name) = (now.in_use(), now.limit, group.name_any());
     let mut waiting = held_back;
     for action in actions {
@@ -987,12 +1066,12 @@ async fn summarize(
     decision: &Decision,
     waiting_here: u32,
     read: Option<Ledger>,
-    max_age: Duration,
+    ctx: &Context,
 ) -> Result<Summary> {
     let gl = &pass.gl;
     let after = match read {
         Some(ledger) => ledger,
-        None => known_ledger(gl, max_age).await?,
+        None => known_ledger(gl, ctx).await?,
     };
     Ok(Summary {
         ledger_limit: after.limit,
@@ -1019,17 +1098,20 @@ fn longest_grace(views: &[JobView], uids: &[String]) -> Option<(u32, i64)> {
     })
 }
 
-/// The ledger as this process knows it, read again only when that is older
-/// than `max_age`. A pass needs no fresher ledger: its writes are
-/// compare-and-swaps that fail on a stale one (and the client then reads
-/// again), its own agent's holders are current as of its last write, and
-/// Jobs that wait make the client poll for slots freed elsewhere. Reading
-/// at least every `max_age` keeps an idle group's status (the limit in
-/// force, slots in use) within that of the ledger, at one GET per
-/// `max_age`.
-async fn known_ledger(gl: &GroupLedger, max_age: Duration) -> Result<Ledger> {
+/// The ledger as this process knows it, read again when that is older
+/// than `--poll-idle` or from before this leadership term. A pass needs no
+/// fresher ledger: its writes are compare-and-swaps that fail on a stale
+/// one (and the client then reads again), its own agent's holders are
+/// current as of its last write as long as no other replica wrote under
+/// the same agent id (one may have, before this term), and Jobs that wait
+/// make the client poll for slots freed elsewhere. Reading at least every
+/// `--poll-idle` keeps an idle group's status (the limit in force, slots
+/// in use) within that of the ledger, at one GET per `--poll-idle`.
+async fn known_ledger(gl: &GroupLedger, ctx: &Context) -> Result<Ledger> {
     match gl.sem.known() {
-        Some(known) if known.at.elapsed() < max_age => Ok(known.ledger),
+        Some(known) if known.at >= ctx.term_started && known.at.elapsed() < ctx.poll_idle => {
+            Ok(known.ledger)
+        }
         _ => gl.sem.snapshot().await.map_err(Error::ReadLedger),
     }
 }
@@ -1286,7 +1368,9 @@ async fn unsuspend(
         patch["metadata"]["annotations"][deadline::USER_DEADLINE_ANNOTATION] =
             json!(deadline::record(user));
     }
-    patch_job(ctx, api, job, patch).await?;
+    if !patch_job_as_seen(ctx, api, job, patch).await? {
+        return Ok(());
+    }
     if deadline.is_some() {
         ctx.metrics.deadline_patches.get_or_create(labels).inc();
     }
@@ -1326,7 +1410,9 @@ async fn adopt(
     let patch = json!({
         "metadata": {"annotations": admitted(token)},
     });
-    patch_job(ctx, api, job, patch).await?;
+    if !patch_job_as_seen(ctx, api, job, patch).await? {
+        return Ok(());
+    }
     ctx.metrics.admissions.get_or_create(labels).inc();
     let note = if was_admitted {
         format!(
@@ -1347,6 +1433,32 @@ async fn adopt(
     )
     .await;
     Ok(())
+}
+
+/// Merge-patches `job` as it was seen (its UID and resourceVersion):
+/// `false` if it changed since (the watch lagged behind this process's own
+/// patch, or another writer's) or is gone. That change's event brings
+/// another pass, which decides again; nothing is counted or told twice.
+async fn patch_job_as_seen(
+    ctx: &Context,
+    api: &Api<Job>,
+    job: &Job,
+    mut patch: serde_json::Value,
+) -> Result<bool> {
+    let name = job.name_any();
+    patch["metadata"]["uid"] = json!(job.uid());
+    patch["metadata"]["resourceVersion"] = json!(job.resource_version());
+    let result = timed(
+        ctx,
+        "patch_job",
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)),
+    )
+    .await;
+    match result {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(false),
+        Err(source) => Err(Error::PatchJob { name, source }),
+    }
 }
 
 /// Suspends a Job that still runs, and tells it why. The patch carries the

@@ -48,6 +48,8 @@ fn names_one_object(path: &str) -> Option<bool> {
     Some(match rest {
         // namespaces/NS/RESOURCE[/NAME...]; namespaces/NS alone is one
         // Namespace.
+        // namespaces/NS/status and /finalize are one Namespace's.
+        ["namespaces", _, "status" | "finalize"] => true,
         ["namespaces", _, _, more @ ..] => !more.is_empty(),
         other => other.len() >= 2,
     })
