@@ -43,11 +43,12 @@ bench:
 	scripts/testbed.sh seaweedfs
 	cargo bench --bench ledger
 
-# The controller at depth (10,000 waiting Jobs), in full mode, and across
-# two clusters; a table for docs/benchmarks.md. About 30 minutes on 2 cores.
+# The controller at depth (10,000 waiting Jobs), in full mode, across two
+# clusters, and Kueue v0.17 on the same work; a table for docs/benchmarks.md.
 # SCALE=0.1 runs a tenth of the Jobs; ONLY=name,... picks scenarios.
 bench-operator:
 	scripts/testbed.sh all
+	scripts/testbed.sh kueue
 	JOBGATE_BENCH_SCALE=$(or $(SCALE),1) JOBGATE_BENCH_ONLY=$(ONLY) cargo bench --bench operator
 
 # The controller image without Docker: the release binary on a minimal root

@@ -1,5 +1,6 @@
 //! `make bench-operator`: the controller at depth, on local clusters built
-//! from the test bed and SeaweedFS. See docs/benchmarks.md for what each
+//! from the test bed and SeaweedFS, and Kueue on the same work and the same
+//! cluster (`testkit::kueue`). See docs/benchmarks.md for what each
 //! scenario measures and how to read it.
 //!
 //! Every Job has one pod's worth of work held for 0.3–1.5 s. In stand-in
@@ -9,7 +10,9 @@
 //! Jobs, kube-scheduler places their pods and kwok runs them for that long.
 //!
 //! Knobs: `JOBGATE_BENCH_SCALE` (a factor on the number of Jobs, default 1),
-//! `JOBGATE_BENCH_ONLY` (a scenario's name, or a comma-separated list).
+//! `JOBGATE_BENCH_ONLY` (a scenario's name, or a comma-separated list),
+//! `JOBGATE_BENCH_MAX_SECS` (time allowed per scenario, default 900; a
+//! system slower than that is measured on the Jobs it finished).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -19,10 +22,10 @@ use futures::{StreamExt, TryStreamExt};
 use jobgate_testkit::bench::{
     Seen, cost_per_million_jobs, freed_to_admitted, metric_sum, quantile, rate,
 };
-use jobgate_testkit::k8s::{ControlPlane, Pods};
+use jobgate_testkit::k8s::{ControlPlane, Pods, RUN_FOR_ANNOTATION};
+use jobgate_testkit::kueue::Kueue;
 use jobgate_testkit::operator::{
-    AdmissionLog, ControllerProcess, GroupSpec, Sim, apply_group_with, client, create_held_job,
-    observe, prepare,
+    AdmissionLog, ControllerProcess, GroupSpec, Sim, apply_group_with, client, observe, prepare,
 };
 use jobgate_testkit::pods::PodLog;
 use jobgate_testkit::{SeaweedFs, bucket, seaweed};
@@ -47,6 +50,8 @@ enum Mode {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum System {
     Jobgate,
+    /// Kueue v0.17: a ClusterQueue whose `pods` quota is the limit.
+    Kueue,
     /// No admission controller and no limit: Jobs created running.
     Unlimited,
 }
@@ -148,61 +153,47 @@ async fn start_cluster(name: &str, mode: Mode) -> Cluster {
     }
 }
 
-/// Creates the Jobs, `parallel` at a time.
-async fn create_jobs(kube: &Client, names: Vec<(String, String)>, mode: Mode, suspend: bool) {
+/// Creates the Jobs, 16 at a time: suspended and labelled for the system
+/// that admits them, or running when none does. Each has one pod, which
+/// in full mode kwok runs for the Job's hold time.
+async fn create_jobs(kube: &Client, names: Vec<(String, String)>, mode: Mode, system: System) {
     const PARALLEL: usize = 16;
-    let kube = kube.clone();
+    let api: Api<Job> = Api::namespaced(kube.clone(), NS);
     futures::stream::iter(names)
         .map(|(name, group)| {
-            let kube = kube.clone();
+            let api = api.clone();
             async move {
                 let hold = HOLD_MS.0 + rand::random::<u64>() % (HOLD_MS.1 - HOLD_MS.0 + 1);
-                match mode {
-                    Mode::Full => {
-                        let job = create_held_job(
-                            &kube,
-                            NS,
-                            &name,
-                            &group,
-                            0,
-                            Some(Duration::from_millis(hold)),
-                        )
-                        .await;
-                        if !suspend {
-                            let api: Api<Job> = Api::namespaced(kube.clone(), NS);
-                            let patch = json!({"spec": {"suspend": false}});
-                            api.patch(
-                                &job.name_any(),
-                                &kube::api::PatchParams::default(),
-                                &kube::api::Patch::Merge(&patch),
-                            )
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| e.to_string())
-                        } else {
-                            Ok(())
-                        }
-                    }
-                    Mode::StandIn => {
-                        let job: Job = serde_json::from_value(json!({
-                            "metadata": {"name": name, "labels": {"jobgate.dev/group": group}},
+                let labels = match system {
+                    System::Jobgate => json!({"jobgate.dev/group": group}),
+                    System::Kueue => json!({"kueue.x-k8s.io/queue-name": "lq"}),
+                    System::Unlimited => json!({}),
+                };
+                let pod_annotations = match mode {
+                    Mode::Full => json!({RUN_FOR_ANNOTATION: format!("{hold}ms")}),
+                    Mode::StandIn => json!({}),
+                };
+                // No resource requests: Kueue's ClusterQueue covers pods only.
+                let job: Job = serde_json::from_value(json!({
+                    "metadata": {"name": name, "labels": labels},
+                    "spec": {
+                        "suspend": system != System::Unlimited,
+                        "backoffLimit": 0,
+                        "template": {
+                            "metadata": {"annotations": pod_annotations},
                             "spec": {
-                                "suspend": suspend,
-                                "template": {"spec": {
-                                    "restartPolicy": "Never",
-                                    "terminationGracePeriodSeconds": 0,
-                                    "containers": [{"name": "work", "image": "busybox", "command": ["true"]}],
-                                }},
+                                "restartPolicy": "Never",
+                                "terminationGracePeriodSeconds": 0,
+                                "containers": [{"name": "work", "image": "busybox", "command": ["sleep", "inf"]}],
                             },
-                        }))
-                        .map_err(|e| e.to_string())?;
-                        Api::<Job>::namespaced(kube, NS)
-                            .create(&PostParams::default(), &job)
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| e.to_string())
-                    }
-                }
+                        },
+                    },
+                }))
+                .map_err(|e| e.to_string())?;
+                api.create(&PostParams::default(), &job)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
             }
         })
         .buffer_unordered(PARALLEL)
@@ -229,7 +220,7 @@ fn usage(pid: u32) -> (f64, f64) {
     (cpu, rss)
 }
 
-async fn run(sc: &Scenario, scale: f64, s3: &SeaweedFs) -> Figures {
+async fn run(sc: &Scenario, scale: f64, max_run: Duration, s3: &SeaweedFs) -> Figures {
     let jobs_per_group = ((sc.jobs_per_group as f64 * scale).round() as usize).max(1);
     let mut clusters = Vec::new();
     for i in 0..sc.clusters {
@@ -290,7 +281,7 @@ async fn run(sc: &Scenario, scale: f64, s3: &SeaweedFs) -> Figures {
                 names.push((name, g.clone()));
             }
         }
-        create_jobs(&c.kube, names, sc.mode, sc.system == System::Jobgate).await;
+        create_jobs(&c.kube, names, sc.mode, sc.system).await;
     }
     let jobs = owner.len();
     eprintln!(
@@ -313,15 +304,26 @@ async fn run(sc: &Scenario, scale: f64, s3: &SeaweedFs) -> Figures {
                 )
             })
             .collect(),
-        System::Unlimited => Vec::new(),
+        System::Kueue | System::Unlimited => Vec::new(),
+    };
+    // Kueue blocks while it starts (CRDs, readiness, queues): off the
+    // runtime's workers, so that the watchers keep up.
+    let kueues: Vec<Kueue> = match sc.system {
+        System::Kueue => clusters
+            .iter()
+            .map(|c| tokio::task::block_in_place(|| Kueue::start(&c.cp, NS, sc.limit)))
+            .collect(),
+        _ => Vec::new(),
     };
 
-    // Until every Job finished, or no progress for two minutes.
+    // Until every Job finished, or the time allowed is up (a slow system
+    // is measured on the Jobs it got through), or no progress for two
+    // minutes.
     let mut last_done = 0;
     let mut last_progress = Instant::now();
     loop {
         let done = timeline.lock().unwrap().finished.len();
-        if done >= jobs {
+        if done >= jobs || start.elapsed() > max_run {
             break;
         }
         if done > last_done {
@@ -336,6 +338,7 @@ async fn run(sc: &Scenario, scale: f64, s3: &SeaweedFs) -> Figures {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let took = start.elapsed();
+    let done = timeline.lock().unwrap().finished.len();
 
     // The controllers' own counts, then their idle S3 rate.
     let mut s3_gets = 0.0;
@@ -362,6 +365,12 @@ async fn run(sc: &Scenario, scale: f64, s3: &SeaweedFs) -> Figures {
             cpu_seconds += cpu;
             peak_rss_mib = peak_rss_mib.max(rss);
         }
+    }
+    for k in &kueues {
+        api_requests += metric_sum(&k.metrics(), "rest_client_requests_total", &[]);
+        let (cpu, rss) = usage(k.pid());
+        cpu_seconds += cpu;
+        peak_rss_mib = peak_rss_mib.max(rss);
     }
     let idle_s3_per_10s = if controllers.is_empty() {
         0.0
@@ -398,11 +407,11 @@ async fn run(sc: &Scenario, scale: f64, s3: &SeaweedFs) -> Figures {
         Mode::Full => (pods.max(), "pods"),
     };
     Figures {
-        jobs,
+        jobs: done,
         took,
         admissions_per_s: rate(&admitted),
         completions_per_s: rate(&finished),
-        latency: if sc.system == System::Jobgate {
+        latency: if sc.system != System::Unlimited {
             freed_to_admitted(&events, &per_group)
         } else {
             Vec::new()
@@ -424,11 +433,11 @@ fn ms(d: Duration) -> String {
 }
 
 fn report(sc: &Scenario, f: &Figures) -> String {
-    let per_job = |x: f64| x / f.jobs as f64;
+    let per_job = |x: f64| x / f.jobs.max(1) as f64;
     let limit = match sc.system {
-        System::Jobgate if sc.groups > 1 => format!("{} per group", sc.limit),
-        System::Jobgate => sc.limit.to_string(),
         System::Unlimited => "–".into(),
+        _ if sc.groups > 1 => format!("{} per group", sc.limit),
+        _ => sc.limit.to_string(),
     };
     let (p50, p99, max) = if f.latency.is_empty() {
         ("–".into(), "–".into(), "–".into())
@@ -439,11 +448,24 @@ fn report(sc: &Scenario, f: &Figures) -> String {
             ms(quantile(&f.latency, 1.0)),
         )
     };
-    let jobgate = sc.system == System::Jobgate;
-    let dash = |x: String| if jobgate { x } else { "–".into() };
+    let jobgate = |x: String| {
+        if sc.system == System::Jobgate {
+            x
+        } else {
+            "–".into()
+        }
+    };
+    let controller = |x: String| {
+        if sc.system == System::Unlimited {
+            "–".into()
+        } else {
+            x
+        }
+    };
     format!(
-        "| {} | {:?} | {} | {} | {} | {:.1} | {:.1} | {p50} | {p99} | {max} | {} ({}) | {} | {} | {} | {} | {} | {} | {} | {:.0} s |",
+        "| {} | {:?} | {:?} | {} | {} | {} | {:.1} | {:.1} | {p50} | {p99} | {max} | {} ({}) | {} | {} | {} | {} | {} | {} | {} | {:.0} s |",
         sc.name,
+        sc.system,
         sc.mode,
         sc.clusters,
         f.jobs,
@@ -452,51 +474,49 @@ fn report(sc: &Scenario, f: &Figures) -> String {
         f.completions_per_s,
         f.peak,
         f.peak_counted_on,
-        dash(format!(
+        jobgate(format!(
             "{:.3} / {:.3}",
             per_job(f.s3_gets),
             per_job(f.s3_puts)
         )),
-        dash(format!("{:.2}", per_job(f.api_requests))),
-        dash(format!("{:.1}", f.cpu_seconds)),
-        dash(format!("{:.0}", f.peak_rss_mib)),
-        dash(format!("{:.2}", f.idle_s3_per_10s)),
-        dash(format!(
+        jobgate(format!("{:.2}", per_job(f.ledger_writes))),
+        jobgate(format!(
             "${:.2}",
             cost_per_million_jobs(per_job(f.s3_gets), per_job(f.s3_puts))
         )),
-        dash(format!("{:.2}", per_job(f.ledger_writes))),
+        jobgate(format!("{:.2}", f.idle_s3_per_10s)),
+        controller(format!("{:.2}", per_job(f.api_requests))),
+        controller(format!("{:.1}", f.cpu_seconds)),
+        controller(format!("{:.0}", f.peak_rss_mib)),
         f.took.as_secs_f64(),
     )
 }
 
 fn scenarios() -> Vec<Scenario> {
-    let one = |name, mode, jobs, limit| Scenario {
+    let one = |name, system, mode, jobs, limit| Scenario {
         name,
-        system: System::Jobgate,
+        system,
         mode,
         clusters: 1,
         groups: 1,
         jobs_per_group: jobs,
         limit,
     };
+    use Mode::{Full, StandIn};
+    use System::{Jobgate, Kueue, Unlimited};
     vec![
-        one("depth-10k-limit-100", Mode::StandIn, 10_000, 100),
-        one("depth-10k-limit-1000", Mode::StandIn, 10_000, 1_000),
-        one("full-limit-100", Mode::Full, 1_000, 100),
-        Scenario {
-            name: "full-unlimited",
-            system: System::Unlimited,
-            mode: Mode::Full,
-            clusters: 1,
-            groups: 1,
-            jobs_per_group: 1_000,
-            limit: 0,
-        },
+        one("depth-10k-limit-100", Jobgate, StandIn, 10_000, 100),
+        one("depth-10k-limit-1000", Jobgate, StandIn, 10_000, 1_000),
+        // The same work for jobgate and Kueue, side by side.
+        one("depth-2k-limit-100", Jobgate, StandIn, 2_000, 100),
+        one("kueue-depth-2k-limit-100", Kueue, StandIn, 2_000, 100),
+        one("full-1k-limit-100", Jobgate, Full, 1_000, 100),
+        one("kueue-full-1k-limit-100", Kueue, Full, 1_000, 100),
+        one("full-1k-unlimited", Unlimited, Full, 1_000, 0),
         Scenario {
             name: "two-clusters-20-groups",
-            system: System::Jobgate,
-            mode: Mode::StandIn,
+            system: Jobgate,
+            mode: StandIn,
             clusters: 2,
             groups: 20,
             jobs_per_group: 500,
@@ -515,6 +535,12 @@ async fn main() {
         .ok()
         .filter(|s| !s.is_empty())
         .map(|s| s.split(',').map(str::to_string).collect());
+    let max_run = Duration::from_secs(
+        std::env::var("JOBGATE_BENCH_MAX_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(900),
+    );
     let s3 = seaweed().await;
     let mut rows = Vec::new();
     for sc in scenarios() {
@@ -525,13 +551,13 @@ async fn main() {
             continue;
         }
         eprintln!("running {} (scale {scale})", sc.name);
-        let f = run(&sc, scale, &s3).await;
+        let f = run(&sc, scale, max_run, &s3).await;
         let row = report(&sc, &f);
         eprintln!("{row}");
         rows.push(row);
     }
     println!(
-        "| scenario | mode | clusters | Jobs | limit | admissions/s | completions/s | freed→admitted p50 ms | p99 ms | max ms | peak running (counted on) | S3 GET / PUT per Job | API requests per Job | controller CPU s | peak RSS MiB | idle S3 requests per 10 s per group | S3 cost per million Jobs | ledger writes per Job | took |"
+        "| scenario | system | mode | clusters | Jobs done | limit | admissions/s | completions/s | freed→admitted p50 ms | p99 ms | max ms | peak running (counted on) | S3 GET / PUT per Job | ledger writes per Job | S3 cost per million Jobs | idle S3 requests per 10 s per group | API requests per Job | controller CPU s | peak RSS MiB | took |"
     );
     println!(
         "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"

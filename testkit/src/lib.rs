@@ -13,6 +13,7 @@ pub mod conformance;
 pub mod faultproxy;
 pub mod history;
 pub mod k8s;
+pub mod kueue;
 pub mod naive;
 pub mod node;
 pub mod operator;

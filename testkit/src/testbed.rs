@@ -27,6 +27,7 @@ pub fn binary(name: &str) -> Result<PathBuf, String> {
     let target = match name {
         "weed" => "seaweedfs",
         "helm" => "helm",
+        "kueue" => "kueue",
         _ => "k8s",
     };
     Err(format!(

@@ -1,0 +1,224 @@
+//! Kueue's manager, run outside the cluster as a process beside a local
+//! control plane, for the side-by-side benchmark (`benches/operator.rs`).
+//! Built into the test-bed cache by `scripts/testbed.sh kueue`.
+//!
+//! Outside a pod Kueue needs four settings its defaults get wrong (leader
+//! election, internal certificate management, the on-demand visibility
+//! server, its namespace), a certificate for its webhook server, which
+//! cannot be turned off, and one at the fixed path
+//! `/etc/kueue/metrics/certs` for its metrics server. No webhook is
+//! registered with the API server: Jobs are created suspended and
+//! labelled, which is all Kueue's Job webhook would do, and Kueue's own
+//! Job integration tests run the same way.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use jobgate::process::die_with_parent;
+
+use crate::k8s::ControlPlane;
+use crate::testbed::{self, free_port};
+
+/// Where Kueue reads its metrics certificate, whatever its configuration.
+const METRICS_CERTS: &str = "/etc/kueue/metrics/certs";
+
+pub struct Kueue {
+    child: Child,
+    pub log: PathBuf,
+    pub metrics_port: u16,
+    token: String,
+}
+
+impl Kueue {
+    /// Installs Kueue's CRDs, starts its manager and creates one
+    /// ResourceFlavor, a ClusterQueue whose `pods` quota is `limit` and a
+    /// LocalQueue `lq` in `ns`. Panics with the build command when the
+    /// binary is missing.
+    pub fn start(cp: &ControlPlane, ns: &str, limit: u32) -> Kueue {
+        let bin = testbed::binary("kueue").unwrap_or_else(|e| panic!("{e}"));
+        let crds = testbed::cache_dir().join("kueue-crds");
+        // The Workload CRD is too big for a client-side apply.
+        cp.kubectl_ok(&["apply", "--server-side", "-f", &crds.display().to_string()]);
+        for crd in [
+            "workloads",
+            "clusterqueues",
+            "localqueues",
+            "resourceflavors",
+        ] {
+            cp.kubectl_ok(&[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                &format!("crd/{crd}.kueue.x-k8s.io"),
+            ]);
+        }
+        let dir = cp.dir.path().join("kueue");
+        let certs = dir.join("certs");
+        write_certificate(&certs);
+        if !Path::new(METRICS_CERTS).join("tls.crt").is_file() {
+            write_certificate(Path::new(METRICS_CERTS));
+        }
+        let (webhook, health, metrics) = (free_port(), free_port(), free_port());
+        // Client QPS and burst as in Kueue's shipped configuration (its
+        // built-in defaults, 20 and 30, would throttle it below what it
+        // can do); the controllers' concurrency as shipped, too.
+        let config = format!(
+            r#"apiVersion: config.kueue.x-k8s.io/v1beta2
+kind: Configuration
+namespace: kueue-system
+leaderElection:
+  leaderElect: false
+internalCertManagement:
+  enable: false
+webhook:
+  host: 127.0.0.1
+  port: {webhook}
+  certDir: {certs}
+metrics:
+  bindAddress: 127.0.0.1:{metrics}
+health:
+  healthProbeBindAddress: 127.0.0.1:{health}
+clientConnection:
+  qps: 50
+  burst: 100
+controller:
+  groupKindConcurrency:
+    Job.batch: 5
+    Workload.kueue.x-k8s.io: 5
+    LocalQueue.kueue.x-k8s.io: 1
+    ClusterQueue.kueue.x-k8s.io: 1
+    ResourceFlavor.kueue.x-k8s.io: 1
+    Cohort.kueue.x-k8s.io: 1
+integrations:
+  frameworks: ["batch/job"]
+featureGates:
+  VisibilityOnDemand: false
+"#,
+            certs = certs.display()
+        );
+        let config_path = dir.join("config.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = dir.join("kueue.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let err = out.try_clone().unwrap();
+        let mut cmd = Command::new(bin);
+        cmd.arg(format!("--config={}", config_path.display()))
+            .arg(format!("--kubeconfig={}", cp.kubeconfig.display()))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        die_with_parent(&mut cmd);
+        let child = cmd.spawn().unwrap();
+        let me = Kueue {
+            child,
+            log,
+            metrics_port: metrics,
+            token: admin_token(cp),
+        };
+        me.wait_ready(health);
+        let queues = format!(
+            r#"apiVersion: kueue.x-k8s.io/v1beta2
+kind: ResourceFlavor
+metadata: {{name: default}}
+---
+apiVersion: kueue.x-k8s.io/v1beta2
+kind: ClusterQueue
+metadata: {{name: cq}}
+spec:
+  namespaceSelector: {{}}
+  resourceGroups:
+  - coveredResources: ["pods"]
+    flavors:
+    - name: default
+      resources:
+      - name: pods
+        nominalQuota: {limit}
+---
+apiVersion: kueue.x-k8s.io/v1beta2
+kind: LocalQueue
+metadata: {{name: lq, namespace: {ns}}}
+spec:
+  clusterQueue: cq
+"#
+        );
+        let applied = cp.kubectl_stdin(&["apply", "-f", "-"], &queues);
+        assert!(
+            applied.status.success(),
+            "{}",
+            String::from_utf8_lossy(&applied.stderr)
+        );
+        me
+    }
+
+    fn wait_ready(&self, health: u16) {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            if http_get(health, "/readyz").is_some_and(|body| body.contains("ok")) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "Kueue not ready after 60 s:\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its metrics (Prometheus text), read with the admin token: Kueue's
+    /// metrics server checks callers with a TokenReview.
+    pub fn metrics(&self) -> String {
+        let out = Command::new("curl")
+            .args(["-sk", "--max-time", "10", "-H"])
+            .arg(format!("Authorization: Bearer {}", self.token))
+            .arg(format!("https://127.0.0.1:{}/metrics", self.metrics_port))
+            .output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Kueue {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A self-signed certificate for 127.0.0.1 as `dir/tls.crt` and `tls.key`.
+fn write_certificate(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.join("tls.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
+}
+
+/// The admin's bearer token, from the control plane's token file.
+fn admin_token(cp: &ControlPlane) -> String {
+    std::fs::read_to_string(cp.dir.path().join("tokens.csv"))
+        .unwrap_or_default()
+        .split(',')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A plain HTTP GET on loopback; `None` if nothing answers.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
