@@ -324,11 +324,23 @@ async fn admit(
     // One watch of the labelled Jobs for every group: it triggers their
     // passes and keeps the cache they read instead of listing Jobs.
     let (job_store, job_writer) = reflector::store();
+    let mut relist = job_cache::Relist::default();
+    let relisted = job_store.clone();
     let job_events = watcher(jobs, watcher::Config::default().labels(GROUP_LABEL))
         .default_backoff()
         .modify(job_cache::prune)
         .reflect(job_writer)
-        .touched_objects();
+        .flat_map(move |event| {
+            let triggers: Vec<std::result::Result<Job, watcher::Error>> = match event {
+                Ok(event) => relist
+                    .triggers(&event, &relisted)
+                    .into_iter()
+                    .map(Ok)
+                    .collect(),
+                Err(e) => vec![Err(e)],
+            };
+            futures::stream::iter(triggers)
+        });
     let job_cache = JobCache::new(job_store);
     // This term's share of the process-wide channel.
     let (term_trigger, term_triggers) = mpsc::unbounded_channel();

@@ -18,6 +18,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec};
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 
 use super::crd::GROUP_LABEL;
 
@@ -50,6 +51,34 @@ impl JobCache {
     /// Every labelled Job.
     pub fn all(&self) -> Vec<Arc<Job>> {
         self.store.state()
+    }
+}
+
+/// Which Jobs' groups a watch event should reconcile. A (re)list reaches
+/// the store only at its end (`InitDone`): a pass triggered by one of its
+/// pages would read the store from before it. So its pages trigger nothing
+/// and its end triggers every Job it replaced (one deleted while the watch
+/// was down sends no event of its own) and every Job it brought.
+#[derive(Default)]
+pub struct Relist {
+    before: Vec<Arc<Job>>,
+}
+
+impl Relist {
+    pub fn triggers(&mut self, event: &watcher::Event<Job>, store: &Store<Job>) -> Vec<Job> {
+        match event {
+            watcher::Event::Apply(job) | watcher::Event::Delete(job) => vec![job.clone()],
+            watcher::Event::Init => {
+                self.before = store.state();
+                Vec::new()
+            }
+            watcher::Event::InitApply(_) => Vec::new(),
+            watcher::Event::InitDone => std::mem::take(&mut self.before)
+                .into_iter()
+                .chain(store.state())
+                .map(|j| Job::clone(&j))
+                .collect(),
+        }
     }
 }
 
@@ -115,6 +144,43 @@ mod tests {
             "status": {"active": 1, "conditions": [{"type": "Complete", "status": "True"}]},
         }))
         .unwrap()
+    }
+
+    fn named(name: &str) -> Job {
+        serde_json::from_value(
+            json!({"metadata": {"name": name, "namespace": "team", "uid": name}}),
+        )
+        .unwrap()
+    }
+
+    fn names(jobs: Vec<Job>) -> Vec<String> {
+        let mut names: Vec<String> = jobs.iter().map(|j| j.name_any()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_relist_triggers_at_its_end_for_the_jobs_it_replaced_and_brought() {
+        let (store, mut writer) = kube::runtime::reflector::store::<Job>();
+        let mut relist = Relist::default();
+        let mut feed = |event: watcher::Event<Job>| {
+            // As `reflect` does: the store first, then the event goes on.
+            writer.apply_watcher_event(&event);
+            names(relist.triggers(&event, &store))
+        };
+        assert!(feed(watcher::Event::Init).is_empty());
+        assert!(feed(watcher::Event::InitApply(named("a"))).is_empty());
+        assert_eq!(feed(watcher::Event::InitDone), ["a"]);
+        assert_eq!(feed(watcher::Event::Apply(named("b"))), ["b"]);
+        // The watch restarts; a was deleted meanwhile and c created.
+        assert!(feed(watcher::Event::Init).is_empty());
+        assert!(feed(watcher::Event::InitApply(named("b"))).is_empty());
+        assert!(feed(watcher::Event::InitApply(named("c"))).is_empty());
+        assert_eq!(feed(watcher::Event::InitDone), ["a", "b", "b", "c"]);
+        assert_eq!(
+            names(store.state().iter().map(|j| Job::clone(j)).collect()),
+            ["b", "c"]
+        );
     }
 
     #[test]
