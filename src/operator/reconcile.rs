@@ -1162,12 +1162,18 @@ fn track(
 /// Suspends the Job whose slot was just lost, if it still runs.
 async fn fence_lost_job(ctx: &Context, ns: &str, name: &str, uid: &str) {
     let api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
-    let job = match timed(ctx, "get_job", api.get_opt(name)).await {
-        Ok(Some(job)) if job.uid().as_deref() == Some(uid) => job,
-        Ok(_) => return,
-        Err(e) => {
-            warn!(job = name, error = %e, "could not read a Job whose slot was lost");
-            return;
+    // Read until the API server answers (a pass would fence it too, but a
+    // pass may be stuck on the ledger): every moment it runs counts.
+    let mut pause = Duration::from_millis(200);
+    let job = loop {
+        match timed(ctx, "get_job", api.get_opt(name)).await {
+            Ok(Some(job)) if job.uid().as_deref() == Some(uid) => break job,
+            Ok(_) => return,
+            Err(e) => {
+                warn!(job = name, error = %e, "could not read a Job whose slot was lost; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
         }
     };
     if is_finished(&job) || job.spec.as_ref().and_then(|s| s.suspend) == Some(true) {
