@@ -559,9 +559,12 @@ async fn main() {
     println!(
         "| scenario | system | mode | clusters | Jobs done | limit | admissions/s | completions/s | freed→admitted p50 ms | p99 ms | max ms | peak running (counted on) | S3 GET / PUT per Job | ledger writes per Job | S3 cost per million Jobs | idle S3 requests per 10 s per group | API requests per Job | controller CPU s | peak RSS MiB | took |"
     );
-    println!(
-        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    );
+    // Text columns left, figures right: one entry per column above.
+    let align = [
+        "---", "---", "---", "---:", "---:", "---", "---:", "---:", "---:", "---:", "---:", "---:",
+        "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:",
+    ];
+    println!("|{}|", align.join("|"));
     for row in rows {
         println!("{row}");
     }

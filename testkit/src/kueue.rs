@@ -46,12 +46,26 @@ impl Kueue {
             "localqueues",
             "resourceflavors",
         ] {
-            cp.kubectl_ok(&[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                &format!("crd/{crd}.kueue.x-k8s.io"),
-            ]);
+            // A CRD just created has no conditions yet, which kubectl wait
+            // reports as an error rather than waiting for.
+            let name = format!("crd/{crd}.kueue.x-k8s.io");
+            let start = Instant::now();
+            while !cp
+                .kubectl(&[
+                    "wait",
+                    "--for=condition=Established",
+                    "--timeout=10s",
+                    &name,
+                ])
+                .status
+                .success()
+            {
+                assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "{name} not established after 60 s"
+                );
+                std::thread::sleep(Duration::from_millis(500));
+            }
         }
         let dir = cp.dir.path().join("kueue");
         let certs = dir.join("certs");
