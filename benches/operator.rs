@@ -366,8 +366,9 @@ async fn run(sc: &Scenario, scale: f64, max_run: Duration, s3: &SeaweedFs) -> Fi
             peak_rss_mib = peak_rss_mib.max(rss);
         }
     }
+    // Kueue v0.17 exports no client request counter (its metrics have no
+    // rest_client_* family): its API requests are not measured here yet.
     for k in &kueues {
-        api_requests += metric_sum(&k.metrics(), "rest_client_requests_total", &[]);
         let (cpu, rss) = usage(k.pid());
         cpu_seconds += cpu;
         peak_rss_mib = peak_rss_mib.max(rss);
@@ -485,7 +486,10 @@ fn report(sc: &Scenario, f: &Figures) -> String {
             cost_per_million_jobs(per_job(f.s3_gets), per_job(f.s3_puts))
         )),
         jobgate(format!("{:.2}", f.idle_s3_per_10s)),
-        controller(format!("{:.2}", per_job(f.api_requests))),
+        match sc.system {
+            System::Kueue => "not measured".into(),
+            _ => controller(format!("{:.2}", per_job(f.api_requests))),
+        },
         controller(format!("{:.1}", f.cpu_seconds)),
         controller(format!("{:.0}", f.peak_rss_mib)),
         f.took.as_secs_f64(),
