@@ -1107,9 +1107,16 @@ fn longest_grace(views: &[JobView], uids: &[String]) -> Option<(u32, i64)> {
 /// make the client poll for slots freed elsewhere. Reading at least every
 /// `--poll-idle` keeps an idle group's status (the limit in force, slots
 /// in use) within that of the ledger, at one GET per `--poll-idle`.
+/// With `--unsafe-fence-only-with-ledger` every pass reads the ledger
+/// first, as passes did before fencing without it: that mode exists to
+/// show what goes wrong when fences wait for a ledger read.
 async fn known_ledger(gl: &GroupLedger, ctx: &Context) -> Result<Ledger> {
     match gl.sem.known() {
-        Some(known) if known.at >= ctx.term_started && known.at.elapsed() < ctx.poll_idle => {
+        Some(known)
+            if ctx.fence_without_ledger
+                && known.at >= ctx.term_started
+                && known.at.elapsed() < ctx.poll_idle =>
+        {
             Ok(known.ledger)
         }
         _ => gl.sem.snapshot().await.map_err(Error::ReadLedger),
