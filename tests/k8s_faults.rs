@@ -130,11 +130,12 @@ async fn cut_east_off_from_s3(extra: &[&str]) -> Cut {
         "partition: east stopped its Jobs {east_stopped:?} after the cut; west ran {} Jobs {took:?} after it (lease {LEASE:?})",
         running("west")
     );
+    let lease_lost = events(&bed.cp, "LeaseLost");
     Cut {
         max_running: checker.snapshot(|s| s.max_running),
         east_stopped,
-        lease_lost_events: events(&bed.cp, "LeaseLost").matches("east-").count(),
-        lease_lost_text: events(&bed.cp, "LeaseLost"),
+        lease_lost_events: lease_lost.matches("east-").count(),
+        lease_lost_text: lease_lost,
         logs: format!("{}\n----\n{}", east.log_text(), west_controller.log_text()),
     }
 }

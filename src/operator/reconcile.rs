@@ -1497,35 +1497,19 @@ async fn suspend(
             return Ok(());
         }
         let patch = json!({
-            "metadata": {
-                "annotations": not_admitted(),
-                "uid": seen.uid(),
-                "resourceVersion": seen.resource_version(),
-            },
+            "metadata": {"annotations": not_admitted()},
             "spec": {"suspend": true},
         });
-        let result = timed(
-            ctx,
-            "patch_job",
-            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)),
-        )
-        .await;
-        match result {
-            Ok(_) => {
-                warn!(job = %name, reason, "suspended");
-                publish(ctx, job, EventType::Warning, reason, "Suspend", note).await;
-                return Ok(());
-            }
-            // Deleted meanwhile: the next pass frees its slot.
-            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 409 => {
-                match timed(ctx, "get_job", api.get_opt(&name)).await {
-                    Ok(Some(now)) if now.uid() == job.uid() => seen = now,
-                    // Deleted, or re-created under the same name.
-                    Ok(_) => return Ok(()),
-                    Err(source) => return Err(Error::PatchJob { name, source }),
-                }
-            }
+        if patch_job_as_seen(ctx, api, &seen, patch).await? {
+            warn!(job = %name, reason, "suspended");
+            publish(ctx, job, EventType::Warning, reason, "Suspend", note).await;
+            return Ok(());
+        }
+        // Changed since it was seen, or gone: look again.
+        match timed(ctx, "get_job", api.get_opt(&name)).await {
+            Ok(Some(now)) if now.uid() == job.uid() => seen = now,
+            // Deleted, or re-created under the same name.
+            Ok(_) => return Ok(()),
             Err(source) => return Err(Error::PatchJob { name, source }),
         }
     }
