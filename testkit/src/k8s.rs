@@ -145,6 +145,19 @@ pub struct ControlPlane {
     pub kubeconfig: PathBuf,
 }
 
+/// The user of [`ControlPlane::counted_kubeconfig`].
+const COUNTED_USER: &str = "counted";
+
+/// Distinct requests in an audit log (JSON lines of `audit.k8s.io/v1`
+/// events).
+fn count_audit_ids(log: &str) -> usize {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|e| e.get("auditID")?.as_str().map(str::to_string))
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+}
+
 fn tail(text: &str, lines: usize) -> String {
     let mut last: Vec<&str> = text.lines().rev().take(lines).collect();
     last.reverse();
@@ -190,9 +203,23 @@ impl ControlPlane {
         std::fs::write(d.join("sa.key"), key.serialize_pem()).unwrap();
         std::fs::write(d.join("sa.pub"), key.public_key_pem()).unwrap();
         let token = format!("admin-{:016x}", rand::random::<u64>());
+        // A second administrator, `counted`, whose requests (and only
+        // whose) the audit log records: a program run with
+        // [`counted_kubeconfig`](Self::counted_kubeconfig) has its API
+        // requests counted by the API server, whatever client it uses.
+        let counted = format!("counted-{:016x}", rand::random::<u64>());
         std::fs::write(
             d.join("tokens.csv"),
-            format!("{token},admin,admin,\"system:masters\"\n"),
+            format!(
+                "{token},admin,admin,\"system:masters\"\n{counted},{COUNTED_USER},{COUNTED_USER},\"system:masters\"\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("audit-policy.yaml"),
+            format!(
+                "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n  users: [{COUNTED_USER}]\n- level: None\n"
+            ),
         )
         .unwrap();
         std::fs::create_dir_all(d.join("certs")).unwrap();
@@ -215,6 +242,11 @@ impl ControlPlane {
                 "--service-cluster-ip-range=10.0.0.0/24".into(),
                 "--authorization-mode=RBAC".into(),
                 format!("--token-auth-file={}", d.join("tokens.csv").display()),
+                format!(
+                    "--audit-policy-file={}",
+                    d.join("audit-policy.yaml").display()
+                ),
+                format!("--audit-log-path={}", d.join("audit.log").display()),
                 format!("--service-account-issuer=https://127.0.0.1:{secure}"),
                 format!("--service-account-key-file={}", d.join("sa.pub").display()),
                 format!(
@@ -226,13 +258,13 @@ impl ControlPlane {
             .chain(mode_args)
             .collect::<Vec<_>>(),
         );
-        std::fs::write(
-            &cp.kubeconfig,
+        let kubeconfig = |token: &str| {
             format!(
                 "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: https://127.0.0.1:{secure}\n    insecure-skip-tls-verify: true\nusers:\n- name: admin\n  user:\n    token: {token}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: admin\n    namespace: default\ncurrent-context: test\n"
-            ),
-        )
-        .unwrap();
+            )
+        };
+        std::fs::write(&cp.kubeconfig, kubeconfig(&token)).unwrap();
+        std::fs::write(cp.counted_kubeconfig(), kubeconfig(&counted)).unwrap();
         cp.wait_for("kube-apiserver /readyz", Duration::from_secs(120), |cp| {
             cp.kubectl(&["get", "--raw", "/readyz"]).status.success()
         });
@@ -439,6 +471,22 @@ impl ControlPlane {
     /// (they share the host's loopback) with `KUBERNETES_SERVICE_HOST` set to
     /// `127.0.0.1` and `KUBERNETES_SERVICE_PORT` to this: the `kubernetes`
     /// Service's ClusterIP leads nowhere without kube-proxy.
+    /// A kubeconfig like [`kubeconfig`](Self::kubeconfig) whose requests
+    /// the API server counts: see [`counted_requests`](Self::counted_requests).
+    pub fn counted_kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("counted.kubeconfig")
+    }
+
+    /// How many API requests programs using
+    /// [`counted_kubeconfig`](Self::counted_kubeconfig) have made so far,
+    /// from the API server's audit log: one per audit ID (a watch has two
+    /// events, when its response starts and when it ends). A request still
+    /// being handled may not be in it yet.
+    pub fn counted_requests(&self) -> usize {
+        let text = std::fs::read_to_string(self.dir.path().join("audit.log")).unwrap_or_default();
+        count_audit_ids(&text)
+    }
+
     pub fn apiserver_port(&self) -> u16 {
         self.secure_port
     }
@@ -757,5 +805,22 @@ impl Drop for ControlPlane {
             let _ = c.child.kill();
             let _ = c.child.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count_audit_ids;
+
+    #[test]
+    fn a_watch_logged_when_it_starts_and_ends_counts_once() {
+        let log = r#"{"kind":"Event","auditID":"a","stage":"ResponseStarted","verb":"watch"}
+{"kind":"Event","auditID":"b","stage":"ResponseComplete","verb":"list"}
+{"kind":"Event","auditID":"a","stage":"ResponseComplete","verb":"watch"}
+{"kind":"Event","auditID":"c","stage":"ResponseComplete","verb":"patch"}
+not json
+"#;
+        assert_eq!(count_audit_ids(log), 3);
+        assert_eq!(count_audit_ids(""), 0);
     }
 }

@@ -118,7 +118,11 @@ featureGates:
         let err = out.try_clone().unwrap();
         let mut cmd = Command::new(bin);
         cmd.arg(format!("--config={}", config_path.display()))
-            .arg(format!("--kubeconfig={}", cp.kubeconfig.display()))
+            // Counted by the API server: Kueue exports no request counter.
+            .arg(format!(
+                "--kubeconfig={}",
+                cp.counted_kubeconfig().display()
+            ))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);

@@ -295,12 +295,15 @@ impl ControllerProcess {
 
     /// As a user would run it, for benchmarks: the default poll periods,
     /// `flags` besides `--kubeconfig` and `--listen`, and warnings only in
-    /// the log, so that logging does not weigh on what is measured.
+    /// the log, so that logging does not weigh on what is measured. It
+    /// uses [`ControlPlane::counted_kubeconfig`], so the API server counts
+    /// its requests.
     pub fn start_plain(cp: &ControlPlane, s3: &SeaweedFs, flags: &[&str], name: &str) -> Self {
+        // Counted by the API server, as Kueue is in the benchmark.
         let mut me = Self::configure(
             cp,
             s3,
-            &cp.kubeconfig,
+            &cp.counted_kubeconfig(),
             true,
             flags.iter().map(|a| a.to_string()).collect(),
             name,
