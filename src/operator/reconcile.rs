@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -369,7 +370,7 @@ async fn admit(
             .any(|(_, why)| *why != ReleaseReason::Finished);
     if unsure && ctx.jobs.is_ready() {
         pass.jobs = by_uid(list_jobs(ctx, &pass.jobs_api, name).await?);
-        pass.views = pass.jobs.values().filter_map(job_view).collect();
+        pass.views = pass.jobs.values().filter_map(|j| job_view(j)).collect();
         pass.live_pods = pods_left(ctx, ns, &pass.held_in_ledger, &pass.jobs).await?;
         decision = decide(&pass, group, admit_new);
     }
@@ -443,12 +444,16 @@ async fn keep_deadlines(
                 "spec": {"activeDeadlineSeconds": want},
             })
         };
-        match patch_job(ctx, jobs_api, job, patch).await {
-            Ok(()) if fail_jobs => {
+        // As seen: a deadline counted from a startTime the cache has not
+        // caught up with could fall after the fence. A conflict's event
+        // brings another pass.
+        match patch_job_as_seen(ctx, jobs_api, job, patch).await {
+            Ok(false) => {}
+            Ok(true) if fail_jobs => {
                 ctx.metrics.deadline_patches.get_or_create(labels).inc();
                 debug!(job = %job.name_any(), "deadline moved on");
             }
-            Ok(()) => {}
+            Ok(true) => {}
             Err(e) => warn!(job = %job.name_any(), error = %e, "could not set the Job's deadline"),
         }
     }
@@ -481,7 +486,7 @@ struct Pass {
     gl: Arc<GroupLedger>,
     jobs_api: Api<Job>,
     /// The group's Jobs by UID.
-    jobs: BTreeMap<String, Job>,
+    jobs: BTreeMap<String, Arc<Job>>,
     views: Vec<JobView>,
     /// The slots the ledger says this cluster holds.
     held_in_ledger: BTreeSet<String>,
@@ -516,14 +521,10 @@ async fn fence_without_ledger(
         Ok(listed) => listed,
         Err(e) => {
             warn!(error = %e, "could not list Jobs to fence; using the watch's copy");
-            ctx.jobs
-                .of_group(&ns, &group.name_any())
-                .iter()
-                .map(|j| Job::clone(j))
-                .collect()
+            ctx.jobs.of_group(&ns, &group.name_any())
         }
     };
-    let views: Vec<JobView> = jobs.iter().filter_map(job_view).collect();
+    let views: Vec<JobView> = jobs.iter().filter_map(|j| job_view(j)).collect();
     let permits = if lost_only {
         &views.iter().map(|j| j.uid.clone()).collect()
     } else {
@@ -610,7 +611,7 @@ async fn gather(
     Ok(Pass {
         spec_limit_applied: plan.applied,
         limit: ledger.limit,
-        views: jobs.values().filter_map(job_view).collect(),
+        views: jobs.values().filter_map(|j| job_view(j)).collect(),
         held_in_ledger,
         live_pods,
         wait_recorded: ledger.agents.get(&gl.agent).is_some_and(|a| a.waiting > 0),
@@ -623,20 +624,21 @@ async fn gather(
 /// The group's Jobs from the watch's cache, or listed while its first LIST
 /// is not in yet (never waited for: fences and deadlines must not wait on
 /// a watch).
-async fn group_jobs(ctx: &Context, api: &Api<Job>, ns: &str, group: &str) -> Result<Vec<Job>> {
+async fn group_jobs(
+    ctx: &Context,
+    api: &Api<Job>,
+    ns: &str,
+    group: &str,
+) -> Result<Vec<Arc<Job>>> {
+    // Shared with the cache, not copied: a pass at depth reads thousands.
     if ctx.jobs.is_ready() {
-        return Ok(ctx
-            .jobs
-            .of_group(ns, group)
-            .iter()
-            .map(|j| Job::clone(j))
-            .collect());
+        return Ok(ctx.jobs.of_group(ns, group));
     }
     list_jobs(ctx, api, group).await
 }
 
 /// The group's Jobs listed now, pruned as the cache's are.
-async fn list_jobs(ctx: &Context, api: &Api<Job>, group: &str) -> Result<Vec<Job>> {
+async fn list_jobs(ctx: &Context, api: &Api<Job>, group: &str) -> Result<Vec<Arc<Job>>> {
     let selector = ListParams::default().labels(&format!("{GROUP_LABEL}={group}"));
     let listed = timed(ctx, "list_jobs", api.list(&selector))
         .await
@@ -646,12 +648,12 @@ async fn list_jobs(ctx: &Context, api: &Api<Job>, group: &str) -> Result<Vec<Job
         .into_iter()
         .map(|mut job| {
             job_cache::prune(&mut job);
-            job
+            Arc::new(job)
         })
         .collect())
 }
 
-fn by_uid(jobs: Vec<Job>) -> BTreeMap<String, Job> {
+fn by_uid(jobs: Vec<Arc<Job>>) -> BTreeMap<String, Arc<Job>> {
     jobs.into_iter()
         .filter_map(|j| j.uid().map(|uid| (uid, j)))
         .collect()
@@ -664,14 +666,14 @@ async fn pods_left(
     ctx: &Context,
     ns: &str,
     held: &BTreeSet<String>,
-    jobs: &BTreeMap<String, Job>,
+    jobs: &BTreeMap<String, Arc<Job>>,
 ) -> Result<BTreeSet<String>> {
     if !ctx.count_pods {
         return Ok(BTreeSet::new());
     }
     let candidates: Vec<&String> = held
         .iter()
-        .filter(|uid| jobs.get(*uid).is_none_or(is_finished))
+        .filter(|uid| jobs.get(*uid).is_none_or(|j| is_finished(j)))
         .collect();
     live_pods(ctx, ns, &candidates).await
 }
@@ -845,34 +847,44 @@ async fn patch_jobs(
     let now = known_ledger(gl, ctx).await?;
     let (in_use, limit, name) = (now.in_use(), now.limit, group.name_any());
     let mut waiting = held_back;
+    // Admissions first, and at once: the next pass (and the next freed
+    // slot's admission) waits for this one, and at depth a first pass also
+    // announces thousands of waiting Jobs.
+    // Futures made in a loop, not a closure: the controller's future must
+    // be Send, which closures over borrowed futures here are not proven to be.
+    let mut admitting = Vec::new();
+    for action in &actions {
+        if let JobAction::Unsuspend { uid, token } = action {
+            admitting.push(admit_one(ctx, pass, group, uid, *token, labels));
+        }
+    }
+    let admitted: Vec<Result<()>> = futures::stream::iter(admitting)
+        .buffer_unordered(JOB_PATCHES_AT_ONCE)
+        .collect()
+        .await;
+    admitted.into_iter().collect::<Result<()>>()?;
+    // A Waiting Job's place in the queue as it is after this pass's grants.
+    let queue: Vec<&String> = decision
+        .admit
+        .iter()
+        .filter(|u| !granted.contains_key(*u))
+        .collect();
+    let place: BTreeMap<&str, usize> = queue
+        .iter()
+        .enumerate()
+        .map(|(at, uid)| (uid.as_str(), at))
+        .collect();
+    let mut announce = Vec::new();
     for action in actions {
         match action {
-            JobAction::Unsuspend { uid, token } => {
-                let Some(job) = pass.jobs.get(&uid) else {
-                    continue;
-                };
-                // Lost since the write (the ledger read above can be slow):
-                // a later pass gives the slot up instead.
-                if lock(&gl.permits).get(&uid).is_some_and(Permit::is_lost) {
-                    continue;
-                }
-                let deadline = first_deadline(pass, group, job);
-                unsuspend(ctx, &pass.jobs_api, job, token, deadline, labels).await?;
-                lock(&gl.announced_waiting).remove(&uid);
-            }
+            JobAction::Unsuspend { .. } => {}
             JobAction::Wait { uid } => {
                 let Some(job) = pass.jobs.get(&uid) else {
                     continue;
                 };
                 waiting += 1;
                 if lock(&gl.announced_waiting).insert(uid.clone()) {
-                    // The queue as it is after this pass's grants.
-                    let queue: Vec<&String> = decision
-                        .admit
-                        .iter()
-                        .filter(|u| !granted.contains_key(*u))
-                        .collect();
-                    let note = match queue.iter().position(|u| **u == uid) {
+                    let note = match place.get(uid.as_str()) {
                         Some(at) => explain::waiting(at + 1, queue.len(), &now, &gl.agent),
                         // Holds a slot not confirmed yet (not in the queue).
                         None => format!(
@@ -880,7 +892,7 @@ async fn patch_jobs(
                             explain::usage(&now, &gl.agent)
                         ),
                     };
-                    publish(ctx, job, EventType::Normal, "Waiting", "Admit", note).await;
+                    announce.push((job, note));
                 }
             }
             JobAction::Adopt { uid, token } => {
@@ -921,8 +933,43 @@ async fn patch_jobs(
             }
         }
     }
+    let mut announcing = Vec::new();
+    for (job, note) in announce {
+        announcing.push(publish(ctx, job, EventType::Normal, "Waiting", "Admit", note));
+    }
+    futures::stream::iter(announcing)
+        .buffer_unordered(JOB_PATCHES_AT_ONCE)
+        .collect::<Vec<()>>()
+        .await;
     Ok((waiting, Some(now)))
 }
+
+/// Unsuspends a Job granted a slot in this pass, unless the slot was lost
+/// since the write (the ledger read before can be slow): a later pass gives
+/// it up instead.
+async fn admit_one(
+    ctx: &Context,
+    pass: &Pass,
+    group: &ConcurrencyGroup,
+    uid: &str,
+    token: u64,
+    labels: &GroupLabels,
+) -> Result<()> {
+    let Some(job) = pass.jobs.get(uid) else {
+        return Ok(());
+    };
+    if lock(&pass.gl.permits).get(uid).is_some_and(Permit::is_lost) {
+        return Ok(());
+    }
+    let deadline = first_deadline(pass, group, job);
+    if unsuspend(ctx, &pass.jobs_api, job, token, deadline, labels).await? {
+        lock(&pass.gl.announced_waiting).remove(uid);
+    }
+    Ok(())
+}
+
+/// How many Job patches (or Events) one pass has in flight at once.
+const JOB_PATCHES_AT_ONCE: usize = 16;
 
 /// Jobs whose `jobgate.dev/slots` cannot be served are not admitted:
 /// running ones are suspended, waiting ones told once why.
@@ -1350,6 +1397,8 @@ fn first_deadline(pass: &Pass, group: &ConcurrencyGroup, job: &Job) -> Option<(i
     Some((deadline_for(&pass.gl, job, user)?, user))
 }
 
+/// Unsuspends `job` as seen and marks it admitted; `false` if it changed
+/// since (its event brings another pass, which unsuspends it then).
 async fn unsuspend(
     ctx: &Context,
     api: &Api<Job>,
@@ -1357,7 +1406,7 @@ async fn unsuspend(
     token: u64,
     deadline: Option<(i64, Option<i64>)>,
     labels: &GroupLabels,
-) -> Result<()> {
+) -> Result<bool> {
     let mut patch = json!({
         "metadata": {"annotations": admitted(token)},
         "spec": {"suspend": false},
@@ -1382,7 +1431,7 @@ async fn unsuspend(
             json!(deadline::record(user));
     }
     if !patch_job_as_seen(ctx, api, job, patch).await? {
-        return Ok(());
+        return Ok(false);
     }
     if deadline.is_some() {
         ctx.metrics.deadline_patches.get_or_create(labels).inc();
@@ -1407,7 +1456,7 @@ async fn unsuspend(
         format!("got a slot (fencing token {token}); unsuspended"),
     )
     .await;
-    Ok(())
+    Ok(true)
 }
 
 /// A Job found running without a slot got one: record it as admitted.
@@ -1423,7 +1472,11 @@ async fn adopt(
     let patch = json!({
         "metadata": {"annotations": admitted(token)},
     });
-    if !patch_job_as_seen(ctx, api, job, patch).await? {
+    // Not dropped on a conflict (a running Job's status changes often): a
+    // held Job that runs is never adopted again, and one not marked
+    // admitted gets no deadline and would be resumed if suspended.
+    let running = |j: &Job| j.spec.as_ref().and_then(|s| s.suspend) != Some(true) && !is_finished(j);
+    if !patch_while(ctx, api, job, running, patch).await? {
         return Ok(());
     }
     ctx.metrics.admissions.get_or_create(labels).inc();
@@ -1477,8 +1530,7 @@ async fn patch_job_as_seen(
 /// Suspends a Job that still runs, and tells it why. The patch carries the
 /// resourceVersion it was decided on: the watcher of a lost permit and a
 /// pass can decide to suspend the same Job at once, and only the one whose
-/// patch lands tells the Job (one Event, not two). On a conflict the Job is
-/// read again and suspended only if it still runs.
+/// patch lands tells the Job (one Event, not two).
 async fn suspend(
     ctx: &Context,
     api: &Api<Job>,
@@ -1486,30 +1538,46 @@ async fn suspend(
     reason: &str,
     note: String,
 ) -> Result<()> {
+    let patch = json!({
+        "metadata": {"annotations": not_admitted()},
+        "spec": {"suspend": true},
+    });
+    // Suspended meanwhile by someone else, who told it: nothing to do.
+    let still_runs = |j: &Job| j.spec.as_ref().and_then(|s| s.suspend) != Some(true);
+    if patch_while(ctx, api, job, still_runs, patch).await? {
+        warn!(job = %job.name_any(), reason, "suspended");
+        publish(ctx, job, EventType::Warning, reason, "Suspend", note).await;
+    }
+    Ok(())
+}
+
+/// [`patch_job_as_seen`] until the patch lands, while `wanted` holds for
+/// the Job as it is: on a conflict it is read again. `false` if it no
+/// longer needs the patch, or is gone (deleted, or re-created under the
+/// same name). For patches no later pass would make again if this one
+/// were dropped on a conflict.
+async fn patch_while(
+    ctx: &Context,
+    api: &Api<Job>,
+    job: &Job,
+    wanted: impl Fn(&Job) -> bool,
+    patch: serde_json::Value,
+) -> Result<bool> {
     // A few rounds: other writers (the Job controller's status updates)
     // change the resourceVersion too, but not many times in a row.
     const ROUNDS: usize = 5;
     let name = job.name_any();
     let mut seen = job.clone();
     for _ in 0..ROUNDS {
-        if seen.spec.as_ref().and_then(|s| s.suspend) == Some(true) {
-            // Suspended meanwhile by someone else, who told it.
-            return Ok(());
+        if !wanted(&seen) {
+            return Ok(false);
         }
-        let patch = json!({
-            "metadata": {"annotations": not_admitted()},
-            "spec": {"suspend": true},
-        });
-        if patch_job_as_seen(ctx, api, &seen, patch).await? {
-            warn!(job = %name, reason, "suspended");
-            publish(ctx, job, EventType::Warning, reason, "Suspend", note).await;
-            return Ok(());
+        if patch_job_as_seen(ctx, api, &seen, patch.clone()).await? {
+            return Ok(true);
         }
-        // Changed since it was seen, or gone: look again.
         match timed(ctx, "get_job", api.get_opt(&name)).await {
             Ok(Some(now)) if now.uid() == job.uid() => seen = now,
-            // Deleted, or re-created under the same name.
-            Ok(_) => return Ok(()),
+            Ok(_) => return Ok(false),
             Err(source) => return Err(Error::PatchJob { name, source }),
         }
     }
