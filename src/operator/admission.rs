@@ -148,7 +148,11 @@ impl Decision {
     }
 
     pub fn writes_nothing(&self) -> bool {
-        self.release.is_empty() && self.acquire().is_empty()
+        self.release.is_empty()
+            && self.reacquire.is_empty()
+            && self.unsuspend.is_empty()
+            && self.adopt.is_empty()
+            && self.admit.is_empty()
     }
 }
 

@@ -12,7 +12,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -624,12 +623,7 @@ async fn gather(
 /// The group's Jobs from the watch's cache, or listed while its first LIST
 /// is not in yet (never waited for: fences and deadlines must not wait on
 /// a watch).
-async fn group_jobs(
-    ctx: &Context,
-    api: &Api<Job>,
-    ns: &str,
-    group: &str,
-) -> Result<Vec<Arc<Job>>> {
+async fn group_jobs(ctx: &Context, api: &Api<Job>, ns: &str, group: &str) -> Result<Vec<Arc<Job>>> {
     // Shared with the cache, not copied: a pass at depth reads thousands.
     if ctx.jobs.is_ready() {
         return Ok(ctx.jobs.of_group(ns, group));
@@ -763,14 +757,16 @@ async fn write_ledger(
     }
     let releases = decision.release_ids();
     let acquires = decision.acquire();
+    // Looked up, not searched for: at depth every waiting Job asks.
+    let slots: BTreeMap<&str, u32> = pass
+        .views
+        .iter()
+        .map(|j| (j.uid.as_str(), j.slots))
+        .collect();
     let weighted: Vec<(String, u32)> = acquires
         .iter()
         .map(|uid| {
-            let slots = pass
-                .views
-                .iter()
-                .find(|j| &j.uid == uid)
-                .map_or(1, |j| j.slots);
+            let slots = slots.get(uid.as_str()).copied().unwrap_or(1);
             (uid.clone(), slots.max(1))
         })
         .collect();
@@ -817,7 +813,7 @@ async fn write_ledger(
 /// Patch Jobs: report releases, then act on the grants. Returns how many
 /// Jobs wait for a slot here, and the ledger if it read it.
 async fn patch_jobs(
-    ctx: &Context,
+    ctx: &Arc<Context>,
     pass: &Pass,
     group: &ConcurrencyGroup,
     decision: &Decision,
@@ -852,16 +848,22 @@ async fn patch_jobs(
     // announces thousands of waiting Jobs.
     // Futures made in a loop, not a closure: the controller's future must
     // be Send, which closures over borrowed futures here are not proven to be.
-    let mut admitting = Vec::new();
-    for action in &actions {
-        if let JobAction::Unsuspend { uid, token } = action {
+    // In chunks, so that only a chunk's futures exist at once.
+    let admit: Vec<(&String, u64)> = actions
+        .iter()
+        .filter_map(|action| match action {
+            JobAction::Unsuspend { uid, token } => Some((uid, *token)),
+            _ => None,
+        })
+        .collect();
+    let mut admitted = Vec::new();
+    for chunk in admit.chunks(JOB_PATCHES_AT_ONCE) {
+        let mut admitting = Vec::new();
+        for (uid, token) in chunk {
             admitting.push(admit_one(ctx, pass, group, uid, *token, labels));
         }
+        admitted.extend(futures::future::join_all(admitting).await);
     }
-    let admitted: Vec<Result<()>> = futures::stream::iter(admitting)
-        .buffer_unordered(JOB_PATCHES_AT_ONCE)
-        .collect()
-        .await;
     admitted.into_iter().collect::<Result<()>>()?;
     // A Waiting Job's place in the queue as it is after this pass's grants.
     let queue: Vec<&String> = decision
@@ -933,14 +935,32 @@ async fn patch_jobs(
             }
         }
     }
-    let mut announcing = Vec::new();
-    for (job, note) in announce {
-        announcing.push(publish(ctx, job, EventType::Normal, "Waiting", "Admit", note));
+    // Told after the pass, not in it: at depth a first pass has thousands
+    // to tell, and the next pass (a freed slot's next admission) would wait
+    // for them all.
+    if !announce.is_empty() {
+        let told: Vec<_> = announce
+            .into_iter()
+            .map(|(job, note)| (job.object_ref(&()), note))
+            .collect();
+        let ctx = Arc::clone(ctx);
+        tokio::spawn(async move {
+            for chunk in told.chunks(JOB_PATCHES_AT_ONCE) {
+                let mut telling = Vec::new();
+                for (job, note) in chunk {
+                    telling.push(publish_on(
+                        &ctx,
+                        job.clone(),
+                        EventType::Normal,
+                        "Waiting",
+                        "Admit",
+                        note.clone(),
+                    ));
+                }
+                futures::future::join_all(telling).await;
+            }
+        });
     }
-    futures::stream::iter(announcing)
-        .buffer_unordered(JOB_PATCHES_AT_ONCE)
-        .collect::<Vec<()>>()
-        .await;
     Ok((waiting, Some(now)))
 }
 
@@ -1475,7 +1495,8 @@ async fn adopt(
     // Not dropped on a conflict (a running Job's status changes often): a
     // held Job that runs is never adopted again, and one not marked
     // admitted gets no deadline and would be resumed if suspended.
-    let running = |j: &Job| j.spec.as_ref().and_then(|s| s.suspend) != Some(true) && !is_finished(j);
+    let running =
+        |j: &Job| j.spec.as_ref().and_then(|s| s.suspend) != Some(true) && !is_finished(j);
     if !patch_while(ctx, api, job, running, patch).await? {
         return Ok(());
     }
