@@ -25,7 +25,8 @@ use jobgate_testkit::bench::{
 use jobgate_testkit::k8s::{ControlPlane, Pods, RUN_FOR_ANNOTATION};
 use jobgate_testkit::kueue::Kueue;
 use jobgate_testkit::operator::{
-    AdmissionLog, ControllerProcess, GroupSpec, Sim, apply_group_with, client, observe, prepare,
+    AdmissionLog, ControllerProcess, GroupSpec, Sim, apply_group_with, client, is_finished,
+    observe, prepare,
 };
 use jobgate_testkit::pods::PodLog;
 use jobgate_testkit::{SeaweedFs, bucket, seaweed};
@@ -76,6 +77,9 @@ struct Figures {
     latency: Vec<Duration>,
     peak: usize,
     peak_counted_on: &'static str,
+    /// By group; in stand-in mode (Jobs), or full mode with one group
+    /// (pods).
+    peak_per_group: BTreeMap<String, usize>,
     s3_gets: f64,
     s3_puts: f64,
     api_requests: f64,
@@ -94,16 +98,6 @@ struct Timeline {
     /// Suspended when last seen, by Job name: an admission is a change
     /// from suspended to running.
     suspended: BTreeMap<String, bool>,
-}
-
-fn is_finished(job: &Job) -> bool {
-    job.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| {
-            cs.iter()
-                .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
-        })
 }
 
 /// Watches the Jobs of `NS` in one cluster and timestamps admissions and
@@ -414,9 +408,14 @@ async fn run(sc: &Scenario, scale: f64, max_run: Duration, s3: &SeaweedFs) -> Fi
     for (name, at) in &t.finished {
         events.push((owner[name].clone(), *at, Seen::Finished));
     }
-    let (peak, peak_counted_on) = match sc.mode {
-        Mode::StandIn => (checker.snapshot(|s| s.max_running), "Jobs"),
-        Mode::Full => (pods.max(), "pods"),
+    let (peak, peak_counted_on, peak_per_group) = match sc.mode {
+        Mode::StandIn => checker.snapshot(|s| (s.max_running, "Jobs", s.max_per_group.clone())),
+        Mode::Full => {
+            // Full-mode scenarios have one group.
+            assert_eq!(groups.len(), 1, "pods are counted for all groups together");
+            let peak = pods.max();
+            (peak, "pods", BTreeMap::from([(groups[0].clone(), peak)]))
+        }
     };
     Figures {
         jobs: done,
@@ -430,6 +429,7 @@ async fn run(sc: &Scenario, scale: f64, max_run: Duration, s3: &SeaweedFs) -> Fi
         },
         peak,
         peak_counted_on,
+        peak_per_group,
         s3_gets,
         s3_puts,
         api_requests,
@@ -448,7 +448,11 @@ fn report(sc: &Scenario, f: &Figures) -> String {
     let per_job = |x: f64| x / f.jobs.max(1) as f64;
     let limit = match sc.system {
         System::Unlimited => "–".into(),
-        _ if sc.groups > 1 => format!("{} per group", sc.limit),
+        _ if sc.groups > 1 => format!(
+            "{} per group ({} in all)",
+            sc.limit,
+            sc.limit as usize * sc.groups
+        ),
         _ => sc.limit.to_string(),
     };
     let (p50, p99, max) = if f.latency.is_empty() {
@@ -555,6 +559,7 @@ async fn main() {
     );
     let s3 = seaweed().await;
     let mut rows = Vec::new();
+    let mut over = Vec::new();
     for sc in scenarios() {
         if only
             .as_ref()
@@ -564,6 +569,16 @@ async fn main() {
         }
         eprintln!("running {} (scale {scale})", sc.name);
         let f = run(&sc, scale, max_run, &s3).await;
+        if sc.system != System::Unlimited {
+            for (group, peak) in &f.peak_per_group {
+                if *peak > sc.limit as usize {
+                    over.push(format!(
+                        "{} {group}: peak {peak} over {}",
+                        sc.name, sc.limit
+                    ));
+                }
+            }
+        }
         let row = report(&sc, &f);
         eprintln!("{row}");
         rows.push(row);
@@ -580,4 +595,5 @@ async fn main() {
     for row in rows {
         println!("{row}");
     }
+    assert!(over.is_empty(), "limit exceeded: {}", over.join("; "));
 }

@@ -178,6 +178,6 @@ case "$what" in
   helm) build_helm ;;
   kueue) build_kueue ;;
   all) build_seaweedfs; build_etcd; build_kwok; build_kubernetes; build_kubelet; build_helm ;;
-  *) echo "usage: $0 [seaweedfs|kubernetes|kubelet|etcd|kwok|k8s|node|helm|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [seaweedfs|kubernetes|kubelet|etcd|kwok|k8s|node|helm|kueue|all]" >&2; exit 2 ;;
 esac
 log "done; binaries in $BIN"

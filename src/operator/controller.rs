@@ -10,7 +10,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::{self, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -22,6 +22,7 @@ use tracing::{error, info, warn};
 use super::allowlist::Allowlist;
 use super::crd::{ConcurrencyGroup, GROUP_LABEL};
 use super::error::{Error, Result};
+use super::events;
 use super::http::{self, Health};
 use super::job_cache::{self, JobCache};
 use super::leader::{self, LeaseConfig};
@@ -357,7 +358,7 @@ async fn admit(
     }));
     let ctx = Arc::new(Context {
         client: client.clone(),
-        recorder: Recorder::new(
+        recorder: events::Publisher::new(
             client.clone(),
             Reporter {
                 controller: reconcile::FIELD_MANAGER.to_string(),

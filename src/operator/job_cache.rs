@@ -11,11 +11,13 @@
 //! resourceVersion they were decided on, so a stale copy makes a patch
 //! fail rather than act twice. Until the first LIST is in, passes list.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use futures::FutureExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
@@ -54,32 +56,54 @@ impl JobCache {
     }
 }
 
-/// Which Jobs' groups a watch event should reconcile. A (re)list reaches
-/// the store only at its end (`InitDone`): a pass triggered by one of its
-/// pages would read the store from before it. So its pages trigger nothing
-/// and its end triggers every Job it replaced (one deleted while the watch
-/// was down sends no event of its own) and every Job it brought.
+/// Which groups a watch event should reconcile, each as a Job that carries
+/// only its namespace and group label (what the controller maps a Job event
+/// to a group by): a copy of every Job would cost memory in proportion to
+/// the Jobs, for a handful of groups. A (re)list reaches the store only at
+/// its end (`InitDone`): a pass triggered by one of its pages would read the
+/// store from before it. So its pages trigger nothing and its end triggers
+/// the group of every Job it replaced (one deleted while the watch was down
+/// sends no event of its own) and of every Job it brought, once each.
 #[derive(Default)]
 pub struct Relist {
-    before: Vec<Arc<Job>>,
+    /// The groups of the Jobs in the store when the (re)list began.
+    before: BTreeSet<(String, String)>,
 }
 
 impl Relist {
     pub fn triggers(&mut self, event: &watcher::Event<Job>, store: &Store<Job>) -> Vec<Job> {
-        match event {
-            watcher::Event::Apply(job) | watcher::Event::Delete(job) => vec![job.clone()],
-            watcher::Event::Init => {
-                self.before = store.state();
-                Vec::new()
+        let groups: BTreeSet<(String, String)> = match event {
+            watcher::Event::Apply(job) | watcher::Event::Delete(job) => {
+                group_of(job).into_iter().collect()
             }
-            watcher::Event::InitApply(_) => Vec::new(),
-            watcher::Event::InitDone => std::mem::take(&mut self.before)
-                .into_iter()
-                .chain(store.state())
-                .map(|j| Job::clone(&j))
-                .collect(),
-        }
+            watcher::Event::Init => {
+                self.before = store.state().iter().filter_map(|j| group_of(j)).collect();
+                BTreeSet::new()
+            }
+            watcher::Event::InitApply(_) => BTreeSet::new(),
+            watcher::Event::InitDone => {
+                let mut groups = std::mem::take(&mut self.before);
+                groups.extend(store.state().iter().filter_map(|j| group_of(j)));
+                groups
+            }
+        };
+        groups
+            .into_iter()
+            .map(|(namespace, group)| Job {
+                metadata: ObjectMeta {
+                    namespace: Some(namespace),
+                    labels: Some(BTreeMap::from([(GROUP_LABEL.to_string(), group)])),
+                    ..Default::default()
+                },
+                ..Default::default()
+            })
+            .collect()
     }
+}
+
+/// A Job's namespace and group.
+fn group_of(job: &Job) -> Option<(String, String)> {
+    Some((job.namespace()?, job.labels().get(GROUP_LABEL)?.clone()))
 }
 
 /// Drops what no decision reads before a Job is kept: managed fields, the
@@ -146,41 +170,49 @@ mod tests {
         .unwrap()
     }
 
-    fn named(name: &str) -> Job {
-        serde_json::from_value(
-            json!({"metadata": {"name": name, "namespace": "team", "uid": name}}),
-        )
+    fn in_group(name: &str, group: &str) -> Job {
+        serde_json::from_value(json!({"metadata": {
+            "name": name, "namespace": "team", "uid": name,
+            "labels": {"jobgate.dev/group": group},
+        }}))
         .unwrap()
     }
 
-    fn names(jobs: Vec<Job>) -> Vec<String> {
-        let mut names: Vec<String> = jobs.iter().map(|j| j.name_any()).collect();
-        names.sort();
-        names
+    /// The groups triggered, as `namespace/group`.
+    fn groups(jobs: Vec<Job>) -> Vec<String> {
+        jobs.iter()
+            .map(|j| {
+                let (ns, group) = group_of(j).unwrap();
+                format!("{ns}/{group}")
+            })
+            .collect()
     }
 
     #[test]
-    fn a_relist_triggers_at_its_end_for_the_jobs_it_replaced_and_brought() {
+    fn a_relist_triggers_at_its_end_each_group_it_replaced_or_brought_once() {
         let (store, mut writer) = kube::runtime::reflector::store::<Job>();
         let mut relist = Relist::default();
         let mut feed = |event: watcher::Event<Job>| {
             // As `reflect` does: the store first, then the event goes on.
             writer.apply_watcher_event(&event);
-            names(relist.triggers(&event, &store))
+            groups(relist.triggers(&event, &store))
         };
         assert!(feed(watcher::Event::Init).is_empty());
-        assert!(feed(watcher::Event::InitApply(named("a"))).is_empty());
-        assert_eq!(feed(watcher::Event::InitDone), ["a"]);
-        assert_eq!(feed(watcher::Event::Apply(named("b"))), ["b"]);
-        // The watch restarts; a was deleted meanwhile and c created.
-        assert!(feed(watcher::Event::Init).is_empty());
-        assert!(feed(watcher::Event::InitApply(named("b"))).is_empty());
-        assert!(feed(watcher::Event::InitApply(named("c"))).is_empty());
-        assert_eq!(feed(watcher::Event::InitDone), ["a", "b", "b", "c"]);
+        assert!(feed(watcher::Event::InitApply(in_group("a", "g1"))).is_empty());
+        assert!(feed(watcher::Event::InitApply(in_group("a2", "g1"))).is_empty());
+        assert_eq!(feed(watcher::Event::InitDone), ["team/g1"]);
         assert_eq!(
-            names(store.state().iter().map(|j| Job::clone(j)).collect()),
-            ["b", "c"]
+            feed(watcher::Event::Apply(in_group("b", "g2"))),
+            ["team/g2"]
         );
+        // The watch restarts; g1's Jobs were deleted meanwhile and c created.
+        assert!(feed(watcher::Event::Init).is_empty());
+        assert!(feed(watcher::Event::InitApply(in_group("b", "g2"))).is_empty());
+        assert!(feed(watcher::Event::InitApply(in_group("c", "g2"))).is_empty());
+        assert_eq!(feed(watcher::Event::InitDone), ["team/g1", "team/g2"]);
+        let mut left: Vec<String> = store.state().iter().map(|j| j.name_any()).collect();
+        left.sort();
+        assert_eq!(left, ["b", "c"]);
     }
 
     #[test]

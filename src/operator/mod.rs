@@ -8,6 +8,7 @@ pub mod crd;
 pub mod deadline;
 pub mod deletion;
 pub mod error;
+pub mod events;
 pub mod explain;
 pub mod http;
 pub mod inspect;

@@ -16,7 +16,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -32,6 +32,7 @@ use super::crd::{
 use super::deadline;
 use super::deletion::{self, Held, Step};
 use super::error::{Error, Result};
+use super::events;
 use super::explain;
 use super::job_cache::{self, JobCache};
 use super::ledgers::{Credentials, GroupLedger, LedgerSettings, Ledgers, lock};
@@ -49,7 +50,7 @@ pub const FIELD_MANAGER: &str = "jobgate-controller";
 
 pub struct Context {
     pub client: kube::Client,
-    pub recorder: Recorder,
+    pub recorder: events::Publisher,
     pub metrics: Arc<Metrics>,
     /// Outlives a leadership term: the slots stay renewed between terms.
     pub ledgers: Arc<Ledgers>,

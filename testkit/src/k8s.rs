@@ -467,10 +467,6 @@ impl ControlPlane {
         );
     }
 
-    /// The apiserver's port on 127.0.0.1. Pods on real nodes reach it there
-    /// (they share the host's loopback) with `KUBERNETES_SERVICE_HOST` set to
-    /// `127.0.0.1` and `KUBERNETES_SERVICE_PORT` to this: the `kubernetes`
-    /// Service's ClusterIP leads nowhere without kube-proxy.
     /// A kubeconfig like [`kubeconfig`](Self::kubeconfig) whose requests
     /// the API server counts: see [`counted_requests`](Self::counted_requests).
     pub fn counted_kubeconfig(&self) -> PathBuf {
@@ -487,6 +483,10 @@ impl ControlPlane {
         count_audit_ids(&text)
     }
 
+    /// The apiserver's port on 127.0.0.1. Pods on real nodes reach it there
+    /// (they share the host's loopback) with `KUBERNETES_SERVICE_HOST` set to
+    /// `127.0.0.1` and `KUBERNETES_SERVICE_PORT` to this: the `kubernetes`
+    /// Service's ClusterIP leads nowhere without kube-proxy.
     pub fn apiserver_port(&self) -> u16 {
         self.secure_port
     }

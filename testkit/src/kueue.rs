@@ -26,8 +26,6 @@ const METRICS_CERTS: &str = "/etc/kueue/metrics/certs";
 pub struct Kueue {
     child: Child,
     pub log: PathBuf,
-    pub metrics_port: u16,
-    token: String,
 }
 
 impl Kueue {
@@ -128,12 +126,7 @@ featureGates:
             .stderr(err);
         die_with_parent(&mut cmd);
         let child = cmd.spawn().unwrap();
-        let me = Kueue {
-            child,
-            log,
-            metrics_port: metrics,
-            token: admin_token(cp),
-        };
+        let me = Kueue { child, log };
         me.wait_ready(health);
         let queues = format!(
             r#"apiVersion: kueue.x-k8s.io/v1beta2
@@ -186,18 +179,6 @@ spec:
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
-
-    /// Its metrics (Prometheus text), read with the admin token: Kueue's
-    /// metrics server checks callers with a TokenReview.
-    pub fn metrics(&self) -> String {
-        let out = Command::new("curl")
-            .args(["-sk", "--max-time", "10", "-H"])
-            .arg(format!("Authorization: Bearer {}", self.token))
-            .arg(format!("https://127.0.0.1:{}/metrics", self.metrics_port))
-            .output();
-        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-    }
 }
 
 impl Drop for Kueue {
@@ -217,16 +198,6 @@ fn write_certificate(dir: &Path) {
     let cert = params.self_signed(&key).unwrap();
     std::fs::write(dir.join("tls.crt"), cert.pem()).unwrap();
     std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
-}
-
-/// The admin's bearer token, from the control plane's token file.
-fn admin_token(cp: &ControlPlane) -> String {
-    std::fs::read_to_string(cp.dir.path().join("tokens.csv"))
-        .unwrap_or_default()
-        .split(',')
-        .next()
-        .unwrap_or_default()
-        .to_string()
 }
 
 /// A plain HTTP GET on loopback; `None` if nothing answers.

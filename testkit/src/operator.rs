@@ -454,6 +454,10 @@ pub struct Seen {
     pub order: Vec<Key>,
     pub finished: BTreeSet<Key>,
     suspended: BTreeMap<Key, bool>,
+    /// The most admitted and unfinished at once, per group (a Job's
+    /// `jobgate.dev/group` label).
+    pub max_per_group: BTreeMap<String, usize>,
+    group_of: BTreeMap<Key, String>,
 }
 
 /// Watches Jobs and checks the limit. A Job counts from the moment it is
@@ -466,7 +470,8 @@ pub struct AdmissionLog {
     pub seen: Arc<Mutex<Seen>>,
 }
 
-fn is_finished(job: &Job) -> bool {
+/// Whether `job` has ended: Complete or Failed.
+pub fn is_finished(job: &Job) -> bool {
     job.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
@@ -481,6 +486,9 @@ impl AdmissionLog {
         let key = (cluster.to_string(), job.name_any());
         let suspended = job.spec.as_ref().and_then(|s| s.suspend) == Some(true);
         let mut s = self.seen.lock().unwrap();
+        if let Some(group) = job.labels().get("jobgate.dev/group") {
+            s.group_of.insert(key.clone(), group.clone());
+        }
         let was_suspended = s.suspended.insert(key.clone(), suspended).unwrap_or(true);
         if is_finished(job) {
             s.running.remove(&key);
@@ -491,10 +499,19 @@ impl AdmissionLog {
             *s.admissions.entry(key.clone()).or_default() += 1;
             s.order.push(key.clone());
             if !s.finished.contains(&key) {
-                s.running.insert(key);
+                s.running.insert(key.clone());
             }
         }
         s.max_running = s.max_running.max(s.running.len());
+        if let Some(group) = s.group_of.get(&key).cloned() {
+            let now = s
+                .running
+                .iter()
+                .filter(|k| s.group_of.get(*k) == Some(&group))
+                .count();
+            let max = s.max_per_group.entry(group).or_default();
+            *max = (*max).max(now);
+        }
     }
 
     pub fn gone(&self, cluster: &str, name: &str) {
