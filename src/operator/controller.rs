@@ -358,12 +358,13 @@ async fn admit(
     }));
     let ctx = Arc::new(Context {
         client: client.clone(),
-        recorder: events::Publisher::new(
+        recorder: events::Publisher::start(
             client.clone(),
             Reporter {
                 controller: reconcile::FIELD_MANAGER.to_string(),
                 instance: Some(settings.identity.clone()),
             },
+            metrics.clone(),
         ),
         metrics,
         ledgers,

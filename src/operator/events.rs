@@ -1,5 +1,5 @@
 //! Events on the objects the controller acts on: `events.k8s.io/v1` Events,
-//! each created as it is published.
+//! created in the background as they are published.
 //!
 //! Not kube-runtime's `Recorder`, which keeps every Event it published in
 //! the last six minutes (to turn a repeat into a series) and scans them all
@@ -9,6 +9,9 @@
 //! publish scanning all of them). This controller tells a Job each thing
 //! once (see `reconcile`), so it has no repeats to count.
 
+use std::sync::Arc;
+
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event as K8sEvent;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -16,29 +19,55 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, PostParams};
 use kube::runtime::events::{Event, EventType, Reporter};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tracing::debug;
 
+use super::metrics::Metrics;
+
+/// How many Events are being created at once.
+const AT_ONCE: usize = 16;
+
+/// Hands Events to a task that creates them, so that no pass waits for
+/// its Events: at depth a pass has an Event for every Job it admits,
+/// releases or first sees waiting (thousands, for the first pass), and the
+/// next admission waits for the pass. The task ends once every `Publisher`
+/// is dropped and the Events handed to it are created.
 #[derive(Clone)]
 pub struct Publisher {
-    client: Client,
     reporter: Reporter,
+    queue: mpsc::UnboundedSender<K8sEvent>,
 }
 
 impl Publisher {
-    pub fn new(client: Client, reporter: Reporter) -> Self {
-        Publisher { client, reporter }
+    pub fn start(client: Client, reporter: Reporter, metrics: Arc<Metrics>) -> Self {
+        let (queue, events) = mpsc::unbounded_channel();
+        tokio::spawn(
+            UnboundedReceiverStream::new(events).for_each_concurrent(AT_ONCE, move |event| {
+                create(client.clone(), metrics.clone(), event)
+            }),
+        );
+        Publisher { reporter, queue }
     }
 
-    /// Creates `event` about `regarding`, in its namespace (`default` for a
-    /// cluster-scoped object).
-    pub async fn publish(&self, event: &Event, regarding: &ObjectReference) -> kube::Result<()> {
-        let ns = regarding.namespace.as_deref().unwrap_or("default");
-        let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), ns);
-        api.create(
-            &PostParams::default(),
-            &build(&self.reporter, event, regarding, Timestamp::now()),
-        )
-        .await
-        .map(|_| ())
+    /// Creates `event` about `regarding`, in its namespace, soon; its time
+    /// is now.
+    pub fn publish(&self, event: &Event, regarding: &ObjectReference) {
+        let event = build(&self.reporter, event, regarding, Timestamp::now());
+        // The task ends only once every sender is dropped.
+        let _ = self.queue.send(event);
+    }
+}
+
+async fn create(client: Client, metrics: Arc<Metrics>, event: K8sEvent) {
+    let ns = event.metadata.namespace.as_deref().unwrap_or("default");
+    let api: Api<K8sEvent> = Api::namespaced(client, ns);
+    let started = std::time::Instant::now();
+    let result = api.create(&PostParams::default(), &event).await;
+    metrics.observe_api("publish_event", started.elapsed());
+    if let Err(e) = result {
+        // Events are for humans; never fail anything over one.
+        debug!(error = %e, "could not publish an event");
     }
 }
 

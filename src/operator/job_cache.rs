@@ -58,7 +58,7 @@ impl JobCache {
 
 /// Which groups a watch event should reconcile, each as a Job that carries
 /// only its namespace and group label (what the controller maps a Job event
-/// to a group by): a copy of every Job would cost memory in proportion to
+/// to a group by), named after the group: a copy of every Job would cost memory in proportion to
 /// the Jobs, for a handful of groups. A (re)list reaches the store only at
 /// its end (`InitDone`): a pass triggered by one of its pages would read the
 /// store from before it. So its pages trigger nothing and its end triggers
@@ -91,6 +91,9 @@ impl Relist {
             .into_iter()
             .map(|(namespace, group)| Job {
                 metadata: ObjectMeta {
+                    // kube-runtime names the trigger's source by it (and
+                    // panics without one): the group's, as no one Job is.
+                    name: Some(group.clone()),
                     namespace: Some(namespace),
                     labels: Some(BTreeMap::from([(GROUP_LABEL.to_string(), group)])),
                     ..Default::default()
@@ -182,6 +185,8 @@ mod tests {
     fn groups(jobs: Vec<Job>) -> Vec<String> {
         jobs.iter()
             .map(|j| {
+                // kube-runtime's controller panics on a trigger without one.
+                assert!(j.metadata.name.is_some(), "a trigger without a name");
                 let (ns, group) = group_of(j).unwrap();
                 format!("{ns}/{group}")
             })

@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
-use tracing::debug;
 
 use super::crd::GROUP_LABEL;
 use super::metrics::GroupLabels;
@@ -88,9 +87,7 @@ pub async fn sweep(
             action: "Admit".into(),
             secondary: None,
         };
-        if let Err(e) = ctx.recorder.publish(&event, &job.object_ref(&())).await {
-            debug!(error = %e, "could not publish an event");
-        }
+        ctx.recorder.publish(&event, &job.object_ref(&()));
     }
 }
 

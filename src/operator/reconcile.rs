@@ -632,20 +632,29 @@ async fn group_jobs(ctx: &Context, api: &Api<Job>, ns: &str, group: &str) -> Res
     list_jobs(ctx, api, group).await
 }
 
-/// The group's Jobs listed now, pruned as the cache's are.
+/// The group's Jobs listed now, pruned as the cache's are. In pages, each
+/// pruned as it comes: a group's whole list at once would hold every Job in
+/// full (pod template, managed fields) in memory together, which at depth
+/// was most of the controller's peak.
 async fn list_jobs(ctx: &Context, api: &Api<Job>, group: &str) -> Result<Vec<Arc<Job>>> {
-    let selector = ListParams::default().labels(&format!("{GROUP_LABEL}={group}"));
-    let listed = timed(ctx, "list_jobs", api.list(&selector))
-        .await
-        .map_err(Error::GatherJobs)?;
-    Ok(listed
-        .items
-        .into_iter()
-        .map(|mut job| {
+    const PAGE: u32 = 500;
+    let mut params = ListParams::default()
+        .labels(&format!("{GROUP_LABEL}={group}"))
+        .limit(PAGE);
+    let mut jobs = Vec::new();
+    loop {
+        let page = timed(ctx, "list_jobs", api.list(&params))
+            .await
+            .map_err(Error::GatherJobs)?;
+        jobs.extend(page.items.into_iter().map(|mut job| {
             job_cache::prune(&mut job);
             Arc::new(job)
-        })
-        .collect())
+        }));
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(jobs),
+        }
+    }
 }
 
 fn by_uid(jobs: Vec<Arc<Job>>) -> BTreeMap<String, Arc<Job>> {
@@ -844,12 +853,10 @@ async fn patch_jobs(
     let now = known_ledger(gl, ctx).await?;
     let (in_use, limit, name) = (now.in_use(), now.limit, group.name_any());
     let mut waiting = held_back;
-    // Admissions first, and at once: the next pass (and the next freed
-    // slot's admission) waits for this one, and at depth a first pass also
-    // announces thousands of waiting Jobs.
-    // Futures made in a loop, not a closure: the controller's future must
-    // be Send, which closures over borrowed futures here are not proven to be.
-    // In chunks, so that only a chunk's futures exist at once.
+    // Admissions first, several at once: the next pass (and the next freed
+    // slot's admission) waits for this one. In chunks, so that only a
+    // chunk's futures exist at once; made in a loop, not a closure, which
+    // the compiler cannot prove Send here.
     let admit: Vec<(&String, u64)> = actions
         .iter()
         .filter_map(|action| match action {
@@ -877,7 +884,6 @@ async fn patch_jobs(
         .enumerate()
         .map(|(at, uid)| (uid.as_str(), at))
         .collect();
-    let mut announce = Vec::new();
     for action in actions {
         match action {
             JobAction::Unsuspend { .. } => {}
@@ -895,7 +901,7 @@ async fn patch_jobs(
                             explain::usage(&now, &gl.agent)
                         ),
                     };
-                    announce.push((job, note));
+                    publish(ctx, job, EventType::Normal, "Waiting", "Admit", note);
                 }
             }
             JobAction::Adopt { uid, token } => {
@@ -921,8 +927,7 @@ async fn patch_jobs(
                     "OverLimit",
                     "Admit",
                     note.into(),
-                )
-                .await;
+                );
             }
             JobAction::SuspendNoSlot { uid } => {
                 let Some(job) = pass.jobs.get(&uid) else {
@@ -935,32 +940,6 @@ async fn patch_jobs(
                 suspend(ctx, &pass.jobs_api, job, "SuspendedNoSlot", note).await?;
             }
         }
-    }
-    // Told after the pass, not in it: at depth a first pass has thousands
-    // to tell, and the next pass (a freed slot's next admission) would wait
-    // for them all.
-    if !announce.is_empty() {
-        let told: Vec<_> = announce
-            .into_iter()
-            .map(|(job, note)| (job.object_ref(&()), note))
-            .collect();
-        let ctx = Arc::clone(ctx);
-        tokio::spawn(async move {
-            for chunk in told.chunks(JOB_PATCHES_AT_ONCE) {
-                let mut telling = Vec::new();
-                for (job, note) in chunk {
-                    telling.push(publish_on(
-                        &ctx,
-                        job.clone(),
-                        EventType::Normal,
-                        "Waiting",
-                        "Admit",
-                        note.clone(),
-                    ));
-                }
-                futures::future::join_all(telling).await;
-            }
-        });
     }
     Ok((waiting, Some(now)))
 }
@@ -1020,7 +999,7 @@ async fn refuse_bad_slots(ctx: &Context, pass: &Pass, decision: &Decision) -> Re
         if !view.suspended {
             suspend(ctx, &pass.jobs_api, job, "InvalidSlots", note).await?;
         } else if lock(&pass.gl.announced_refused).insert(format!("InvalidSlots/{uid}")) {
-            publish(ctx, job, EventType::Warning, "InvalidSlots", "Admit", note).await;
+            publish(ctx, job, EventType::Warning, "InvalidSlots", "Admit", note);
         }
     }
     Ok(())
@@ -1062,7 +1041,7 @@ async fn hold_back(
             continue;
         };
         if told.insert(format!("{reason}/{uid}")) {
-            publish(ctx, job, EventType::Normal, reason, "Admit", note.clone()).await;
+            publish(ctx, job, EventType::Normal, reason, "Admit", note.clone());
         }
     }
     told.retain(|key| {
@@ -1103,8 +1082,7 @@ async fn refuse_too_slow(
                 "GracePeriodTooLong",
                 "Admit",
                 note,
-            )
-            .await;
+            );
         }
     }
     Ok(())
@@ -1475,8 +1453,7 @@ async fn unsuspend(
         "Admitted",
         "Admit",
         format!("got a slot (fencing token {token}); unsuspended"),
-    )
-    .await;
+    );
     Ok(true)
 }
 
@@ -1518,8 +1495,7 @@ async fn adopt(
         "RunningWithoutSlot",
         "Admit",
         note,
-    )
-    .await;
+    );
     Ok(())
 }
 
@@ -1568,7 +1544,7 @@ async fn suspend(
     let still_runs = |j: &Job| j.spec.as_ref().and_then(|s| s.suspend) != Some(true);
     if patch_while(ctx, api, job, still_runs, patch).await? {
         warn!(job = %job.name_any(), reason, "suspended");
-        publish(ctx, job, EventType::Warning, reason, "Suspend", note).await;
+        publish(ctx, job, EventType::Warning, reason, "Suspend", note);
     }
     Ok(())
 }
@@ -1638,22 +1614,15 @@ async fn report_releases(ctx: &Context, pass: &Pass, decision: &Decision, labels
             _ => "suspended",
         };
         let note = format!("slot freed: the Job {why}");
-        publish(ctx, job, EventType::Normal, "Released", "Release", note).await;
+        publish(ctx, job, EventType::Normal, "Released", "Release", note);
     }
 }
 
-async fn publish(
-    ctx: &Context,
-    job: &Job,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: String,
-) {
-    publish_on(ctx, job.object_ref(&()), type_, reason, action, note).await;
+fn publish(ctx: &Context, job: &Job, type_: EventType, reason: &str, action: &str, note: String) {
+    publish_on(ctx, job.object_ref(&()), type_, reason, action, note);
 }
 
-async fn publish_on(
+fn publish_on(
     ctx: &Context,
     target: k8s_openapi::api::core::v1::ObjectReference,
     type_: EventType,
@@ -1668,11 +1637,7 @@ async fn publish_on(
         action: action.to_string(),
         secondary: None,
     };
-    let result = timed(ctx, "publish_event", ctx.recorder.publish(&event, &target)).await;
-    if let Err(e) = result {
-        // Events are for humans; never fail a reconciliation over one.
-        debug!(error = %e, "could not publish an event");
-    }
+    ctx.recorder.publish(&event, &target);
 }
 
 async fn update_status(
@@ -1707,8 +1672,7 @@ async fn update_status(
             &reason,
             "Reconcile",
             message,
-        )
-        .await;
+        );
     }
     let api: Api<ConcurrencyGroup> = Api::namespaced(ctx.client.clone(), ns);
     let patch = json!({
@@ -1799,8 +1763,7 @@ async fn finish_deletion(
                 "SlotsAbandoned",
                 "Delete",
                 why,
-            )
-            .await;
+            );
         }
         None => {
             if let Some(gl) = ctx.ledgers.current(ns, &name).await {
@@ -1818,8 +1781,7 @@ async fn finish_deletion(
                 "SlotsReleased",
                 "Delete",
                 "every slot this cluster held for the group was given back and its agent left the ledger; removing the finalizer".into(),
-            )
-            .await;
+            );
         }
     }
     ctx.ledgers.forget(ns, &name).await;
