@@ -52,7 +52,7 @@ async fn limit_three_admits_ten_jobs_oldest_first_and_frees_every_slot() {
     .await;
     // Nothing finishes while paused, so nothing more may be admitted.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let first = checker.snapshot(|s| names(&s.order));
+    let first = checker.snapshot(|s| names(&s.by_token()));
     assert_eq!(first, job_names(3), "{}", controller.log_text());
     let status = eventually(Duration::from_secs(20), "group status", || async {
         let out = cp.kubectl(&["get", "cg", "etl", "-n", NS, "--no-headers"]);
@@ -82,7 +82,7 @@ async fn limit_three_admits_ten_jobs_oldest_first_and_frees_every_slot() {
     checker.snapshot(|s| {
         assert!(s.max_running <= 3, "{} Jobs ran at once", s.max_running);
         assert_eq!(s.max_running, 3, "the limit was never used fully");
-        assert_eq!(names(&s.order), job_names(10), "admission order");
+        assert_eq!(names(&s.by_token()), job_names(10), "admission order");
         assert!(s.admissions.values().all(|n| *n == 1), "{:?}", s.admissions);
     });
     let metrics = controller.metrics();
@@ -372,7 +372,7 @@ async fn full_control_plane_runs_ten_jobs_through_a_limit_of_three() {
     bed.ledger_drains("jobgate/batch/etl.json").await;
     checker.snapshot(|s| {
         assert!(s.max_running <= 3, "{} Jobs ran at once", s.max_running);
-        assert_eq!(names(&s.order), job_names(10), "admission order");
+        assert_eq!(names(&s.by_token()), job_names(10), "admission order");
         assert!(s.admissions.values().all(|n| *n == 1), "{:?}", s.admissions);
     });
     // The pods really ran: the Job controller counted a success for each.

@@ -450,14 +450,28 @@ pub struct Seen {
     pub max_running: usize,
     /// How often each Job went from suspended to running.
     pub admissions: BTreeMap<Key, u32>,
-    /// First admissions in the order seen.
+    /// First admissions in the order seen. Jobs admitted by one pass are
+    /// unsuspended together, so among them this order is the API server's;
+    /// [`by_token`](Self::by_token) is the order the slots were granted in.
     pub order: Vec<Key>,
+    /// The fencing token each Job was first admitted with.
+    tokens: BTreeMap<Key, u64>,
     pub finished: BTreeSet<Key>,
     suspended: BTreeMap<Key, bool>,
     /// The most admitted and unfinished at once, per group (a Job's
     /// `jobgate.dev/group` label).
     pub max_per_group: BTreeMap<String, usize>,
     group_of: BTreeMap<Key, String>,
+}
+
+impl Seen {
+    /// First admissions in the order their slots were granted: by fencing
+    /// token (Jobs seen admitted without one last).
+    pub fn by_token(&self) -> Vec<Key> {
+        let mut order = self.order.clone();
+        order.sort_by_key(|k| self.tokens.get(k).copied().unwrap_or(u64::MAX));
+        order
+    }
 }
 
 /// Watches Jobs and checks the limit. A Job counts from the moment it is
@@ -498,6 +512,13 @@ impl AdmissionLog {
         } else if was_suspended {
             *s.admissions.entry(key.clone()).or_default() += 1;
             s.order.push(key.clone());
+            if let Some(token) = job
+                .annotations()
+                .get("jobgate.dev/fencing-token")
+                .and_then(|t| t.parse().ok())
+            {
+                s.tokens.entry(key.clone()).or_insert(token);
+            }
             if !s.finished.contains(&key) {
                 s.running.insert(key.clone());
             }
@@ -748,5 +769,39 @@ pub async fn cluster(ns: &str, full: bool) -> (ControlPlane, Client) {
 pub async fn create_jobs(kube: &Client, ns: &str, group: &str, names: &[String]) {
     for name in names {
         create_job(kube, ns, name, group, true).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(name: &str, suspended: bool, token: Option<u64>) -> Job {
+        let mut annotations = serde_json::Map::new();
+        if let Some(t) = token {
+            annotations.insert("jobgate.dev/fencing-token".into(), json!(t.to_string()));
+        }
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "annotations": annotations},
+            "spec": {"suspend": suspended, "template": {}},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn jobs_unsuspended_together_are_ordered_by_their_tokens() {
+        let log = AdmissionLog::default();
+        for name in ["a", "b", "c"] {
+            log.observe("x", &job(name, true, None));
+        }
+        // Seen in another order than granted.
+        log.observe("x", &job("b", false, Some(11)));
+        log.observe("x", &job("c", false, Some(12)));
+        log.observe("x", &job("a", false, Some(10)));
+        let names = |keys: Vec<Key>| keys.into_iter().map(|(_, n)| n).collect::<Vec<_>>();
+        log.snapshot(|s| {
+            assert_eq!(names(s.order.clone()), ["b", "c", "a"]);
+            assert_eq!(names(s.by_token()), ["a", "b", "c"]);
+        });
     }
 }
