@@ -66,6 +66,8 @@ struct Scenario {
     jobs_per_group: usize,
     /// Per group.
     limit: u32,
+    /// More controller flags.
+    flags: &'static [&'static str],
 }
 
 /// What one scenario measured.
@@ -290,12 +292,9 @@ async fn run(sc: &Scenario, scale: f64, max_run: Duration, s3: &SeaweedFs) -> Fi
             .map(|c| {
                 let cluster = format!("--cluster-name={}", c.name);
                 let ns = format!("--namespace={NS}");
-                ControllerProcess::start_plain(
-                    &c.cp,
-                    s3,
-                    &[&cluster, &ns, "--leader-elect=false"],
-                    &c.name,
-                )
+                let mut flags = vec![cluster.as_str(), ns.as_str(), "--leader-elect=false"];
+                flags.extend(sc.flags);
+                ControllerProcess::start_plain(&c.cp, s3, &flags, &c.name)
             })
             .collect(),
         System::Kueue | System::Unlimited => Vec::new(),
@@ -324,11 +323,23 @@ async fn run(sc: &Scenario, scale: f64, max_run: Duration, s3: &SeaweedFs) -> Fi
             last_done = done;
             last_progress = Instant::now();
         }
-        assert!(
-            last_progress.elapsed() < Duration::from_secs(120),
-            "{}: stuck at {done} of {jobs} Jobs finished",
-            sc.name
-        );
+        if last_progress.elapsed() > Duration::from_secs(120) {
+            let admitted = timeline.lock().unwrap().admitted.len();
+            let logs: Vec<String> = controllers
+                .iter()
+                .map(|c| {
+                    let text = c.log_text();
+                    let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    format!("{}\n{}", where_time_went(&c.metrics()), tail.join("\n"))
+                })
+                .collect();
+            panic!(
+                "{}: stuck at {done} of {jobs} Jobs finished ({admitted} seen admitted)\n{}",
+                sc.name,
+                logs.join("\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let took = start.elapsed();
@@ -372,6 +383,9 @@ async fn run(sc: &Scenario, scale: f64, max_run: Duration, s3: &SeaweedFs) -> Fi
             "  {}: API requests: {api_requests} counted by the API server, {own_count} by the controllers",
             sc.name
         );
+        for c in &controllers {
+            eprintln!("  {}: {}", sc.name, where_time_went(&c.metrics()));
+        }
     }
     for k in &kueues {
         let (cpu, rss) = usage(k.pid());
@@ -438,6 +452,37 @@ async fn run(sc: &Scenario, scale: f64, max_run: Duration, s3: &SeaweedFs) -> Fi
         peak_rss_mib,
         idle_s3_per_10s,
     }
+}
+
+/// Where a controller's passes spent their time: passes and their mean,
+/// then each kind of request (count, mean, total), from its metrics.
+fn where_time_went(text: &str) -> String {
+    let passes = metric_sum(text, "jobgate_pass_duration_seconds_count", &[]);
+    let pass_secs = metric_sum(text, "jobgate_pass_duration_seconds_sum", &[]);
+    let mut out = format!(
+        "{passes} passes, mean {:.1} ms",
+        pass_secs / passes.max(1.0) * 1000.0
+    );
+    for family in [
+        "jobgate_kube_request_duration_seconds",
+        "jobgate_s3_request_duration_seconds",
+    ] {
+        let prefix = format!("{family}_count{{op=\"");
+        let ops: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix(&prefix)?.split('"').next())
+            .collect();
+        for op in ops {
+            let label = format!("op=\"{op}\"");
+            let n = metric_sum(text, &format!("{family}_count"), &[&label]);
+            let secs = metric_sum(text, &format!("{family}_sum"), &[&label]);
+            out += &format!(
+                "; {op} {n} × {:.1} ms = {secs:.1} s",
+                secs / n.max(1.0) * 1000.0
+            );
+        }
+    }
+    out
 }
 
 fn ms(d: Duration) -> String {
@@ -517,12 +562,23 @@ fn scenarios() -> Vec<Scenario> {
         groups: 1,
         jobs_per_group: jobs,
         limit,
+        flags: &[],
     };
     use Mode::{Full, StandIn};
     use System::{Jobgate, Kueue, Unlimited};
     vec![
         one("depth-10k-limit-100", Jobgate, StandIn, 10_000, 100),
+        // What the pod check costs: the same without it (a pod LIST in
+        // each pass that frees a finished Job's slot).
+        Scenario {
+            name: "depth-10k-limit-100-no-pod-check",
+            flags: &["--unsafe-release-without-pods"],
+            ..one("", Jobgate, StandIn, 10_000, 100)
+        },
         one("depth-10k-limit-1000", Jobgate, StandIn, 10_000, 1_000),
+        // The stand-in test bed's own ceiling: Jobs created running, no
+        // limit; what the API server and the stand-in complete per second.
+        one("depth-10k-unlimited", Unlimited, StandIn, 10_000, 0),
         // The same work for jobgate and Kueue, side by side.
         one("depth-2k-limit-100", Jobgate, StandIn, 2_000, 100),
         one("kueue-depth-2k-limit-100", Kueue, StandIn, 2_000, 100),
@@ -537,6 +593,7 @@ fn scenarios() -> Vec<Scenario> {
             groups: 20,
             jobs_per_group: 500,
             limit: 10,
+            flags: &[],
         },
     ]
 }

@@ -382,6 +382,7 @@ async fn admit(
         deletion_timeout: settings.deletion_timeout,
         jobs: job_cache.clone(),
         term_started: tokio::time::Instant::now(),
+        status_written: Default::default(),
     });
 
     // Groups deleted without our finalizer (removed by hand) are not

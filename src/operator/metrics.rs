@@ -70,6 +70,7 @@ pub struct Metrics {
     pub s3_latency: HistogramFamily<OpLabels>,
     pub api_latency: HistogramFamily<OpLabels>,
     pub admission_wait: HistogramFamily<GroupLabels>,
+    pub pass_duration: HistogramFamily<GroupLabels>,
     pub reconciles: Counter,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub leader: Gauge,
@@ -93,6 +94,7 @@ impl Metrics {
             s3_latency: Family::new_with_constructor(latency_histogram),
             api_latency: Family::new_with_constructor(latency_histogram),
             admission_wait: Family::new_with_constructor(wait_histogram),
+            pass_duration: Family::new_with_constructor(latency_histogram),
             reconciles: Counter::default(),
             reconcile_errors: Family::default(),
             leader: Gauge::default(),
@@ -174,6 +176,11 @@ impl Metrics {
             m.admission_wait.clone(),
         );
         r.register("reconciles", "Group reconciliations", m.reconciles.clone());
+        r.register(
+            "pass_duration_seconds",
+            "How long one reconciliation of a group took, end to end (the group's next pass waits for it)",
+            m.pass_duration.clone(),
+        );
         r.register(
             "reconcile_errors",
             "Failed reconciliations by failing step",

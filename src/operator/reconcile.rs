@@ -9,7 +9,7 @@
 //! held slot of a suspended Job, which `decide` turns into an unsuspend.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
@@ -75,6 +75,9 @@ pub struct Context {
     /// When this leadership term began: a ledger known from before it may
     /// lack what another replica wrote under this cluster's agent id.
     pub term_started: tokio::time::Instant,
+    /// When each group's status was last written from here, by (namespace,
+    /// name): counts alone are written at most once a second.
+    pub status_written: Mutex<BTreeMap<(String, String), tokio::time::Instant>>,
 }
 
 /// What a pass did, for the status and the requeue interval.
@@ -95,6 +98,22 @@ struct Summary {
 }
 
 pub async fn reconcile(group: Arc<ConcurrencyGroup>, ctx: Arc<Context>) -> Result<Action> {
+    let started = std::time::Instant::now();
+    let labels = GroupLabels {
+        namespace: group.namespace().unwrap_or_default(),
+        group: group.name_any(),
+    };
+    let result = pass(group, &ctx).await;
+    ctx.metrics
+        .pass_duration
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+/// One reconciliation of a group.
+async fn pass(group: Arc<ConcurrencyGroup>, ctx: &Arc<Context>) -> Result<Action> {
+    let ctx = ctx.clone();
     ctx.metrics.reconciles.inc();
     let ns = group
         .namespace()
@@ -226,13 +245,15 @@ pub async fn reconcile(group: Arc<ConcurrencyGroup>, ctx: Arc<Context>) -> Resul
         }
     }
     let summary = result?;
-    status_result?;
+    // Counts not written yet are written by a pass within a second.
+    let status_due = status_result?;
     let wait = if summary.waiting_here > 0 && admit_new || deleting {
         ctx.poll_waiting
     } else {
         ctx.poll_idle
     };
     let wait = summary.deadline_every.map_or(wait, |every| wait.min(every));
+    let wait = status_due.map_or(wait, |due| wait.min(due));
     Ok(Action::requeue(wait))
 }
 
@@ -854,9 +875,10 @@ async fn patch_jobs(
     let (in_use, limit, name) = (now.in_use(), now.limit, group.name_any());
     let mut waiting = held_back;
     // Admissions first, several at once: the next pass (and the next freed
-    // slot's admission) waits for this one. In chunks, so that only a
-    // chunk's futures exist at once; made in a loop, not a closure, which
-    // the compiler cannot prove Send here.
+    // slot's admission) waits for this one. A bounded number in flight, a
+    // new one started as each ends (not in chunks, which wait for their
+    // slowest patch); pushed in a loop, not mapped by a closure, which the
+    // compiler cannot prove Send here.
     let admit: Vec<(&String, u64)> = actions
         .iter()
         .filter_map(|action| match action {
@@ -865,13 +887,18 @@ async fn patch_jobs(
         })
         .collect();
     let mut admitted = Vec::new();
-    for chunk in admit.chunks(JOB_PATCHES_AT_ONCE) {
-        let mut admitting = Vec::new();
-        for (uid, token) in chunk {
-            admitting.push(admit_one(ctx, pass, group, uid, *token, labels));
-        }
-        admitted.extend(futures::future::join_all(admitting).await);
+    let mut next = admit.into_iter();
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    for (uid, token) in next.by_ref().take(JOB_PATCHES_AT_ONCE) {
+        in_flight.push(admit_one(ctx, pass, group, uid, token, labels));
     }
+    while let Some(result) = futures::StreamExt::next(&mut in_flight).await {
+        admitted.push(result);
+        if let Some((uid, token)) = next.next() {
+            in_flight.push(admit_one(ctx, pass, group, uid, token, labels));
+        }
+    }
+    drop(in_flight);
     admitted.into_iter().collect::<Result<()>>()?;
     // A Waiting Job's place in the queue as it is after this pass's grants.
     let queue: Vec<&String> = decision
@@ -1646,10 +1673,15 @@ async fn update_status(
     name: &str,
     observed: &Observed,
     ctx: &Context,
-) -> Result<()> {
+) -> Result<Option<Duration>> {
     let status = status::build(group.status.as_ref(), observed, &now_rfc3339());
     if group.status.as_ref() == Some(&status) {
-        return Ok(());
+        return Ok(None);
+    }
+    let key = (ns.to_string(), name.to_string());
+    let since = lock(&ctx.status_written).get(&key).map(|at| at.elapsed());
+    if let Some(wait) = status::write_after(group.status.as_ref(), &status, since) {
+        return Ok(Some(wait));
     }
     // Tell the group's users when it becomes usable or stops being so.
     let ready = |s: Option<&super::crd::ConcurrencyGroupStatus>| {
@@ -1688,8 +1720,11 @@ async fn update_status(
     )
     .await;
     match result {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Ok(_) => {
+            lock(&ctx.status_written).insert(key, tokio::time::Instant::now());
+            Ok(None)
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(None),
         Err(e) => Err(Error::UpdateStatus(e)),
     }
 }

@@ -1,6 +1,8 @@
 //! The group's status and conditions, computed purely from what one
 //! reconciliation observed, so that they can be unit tested.
 
+use std::time::Duration;
+
 use crate::error::Error as CoreError;
 use crate::store::StoreError;
 
@@ -207,9 +209,67 @@ pub fn build(
     }
 }
 
+/// Counts alone are written at most this often: at depth they change on
+/// nearly every pass, and a write each would cost the pass a request, the
+/// API server a write, and the group a pass more (its own status change
+/// triggers one).
+pub const COUNTS_EVERY: Duration = Duration::from_secs(1);
+
+/// Whether the status `next` should be written now (`None`), or only its
+/// counts (slots in use, held and waiting) changed since `written` and it
+/// waits that long (`Some`). `since` is how long ago this process last
+/// wrote the group's status, if it did.
+pub fn write_after(
+    written: Option<&ConcurrencyGroupStatus>,
+    next: &ConcurrencyGroupStatus,
+    since: Option<Duration>,
+) -> Option<Duration> {
+    let without_counts = |s: &ConcurrencyGroupStatus| ConcurrencyGroupStatus {
+        in_use: None,
+        admitted_here: None,
+        waiting_here: None,
+        ..s.clone()
+    };
+    let counts_only = written.is_some_and(|w| without_counts(w) == without_counts(next));
+    match since {
+        Some(since) if counts_only && since < COUNTS_EVERY => Some(COUNTS_EVERY - since),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_alone_wait_their_turn_and_anything_else_goes_at_once() {
+        let before = build(None, &healthy(), "2026-01-01T00:00:00Z");
+        let mut busier = before.clone();
+        busier.in_use = Some(3);
+        busier.waiting_here = Some(3);
+        let soon = Some(Duration::from_millis(300));
+        assert_eq!(
+            write_after(Some(&before), &busier, soon),
+            Some(Duration::from_millis(700))
+        );
+        // Long enough ago, never written by this process, or nothing known.
+        assert_eq!(
+            write_after(Some(&before), &busier, Some(COUNTS_EVERY)),
+            None
+        );
+        assert_eq!(write_after(Some(&before), &busier, None), None);
+        assert_eq!(write_after(None, &busier, soon), None);
+        // A condition, the limit or the generation never waits.
+        let mut failing = busier.clone();
+        failing.conditions[0].status = "False".into();
+        assert_eq!(write_after(Some(&before), &failing, soon), None);
+        let mut limit = busier.clone();
+        limit.limit = Some(9);
+        assert_eq!(write_after(Some(&before), &limit, soon), None);
+        let mut generation = busier;
+        generation.observed_generation = Some(3);
+        assert_eq!(write_after(Some(&before), &generation, soon), None);
+    }
 
     fn healthy() -> Observed {
         Observed {

@@ -56,7 +56,11 @@ impl SeaweedFs {
             .arg("-s3")
             .arg(format!("-s3.config={}", config.display()))
             .arg("-master.volumeSizeLimitMB=64")
-            .arg("-volume.max=16");
+            // Each bucket is a collection that takes volumes of its own: a
+            // process that makes many buckets (a benchmark, one per
+            // scenario) would otherwise run out and get HTTP 500s. Volumes
+            // grow as written, so a high bound costs no disk.
+            .arg("-volume.max=200");
         for (flag, port) in [
             ("master.port", free_port()),
             ("master.port.grpc", free_port()),
