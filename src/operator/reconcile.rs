@@ -1249,10 +1249,6 @@ async fn fence_lost_job(ctx: &Context, ns: &str, name: &str, uid: &str) {
         match timed(ctx, "get_job", api.get_opt(name)).await {
             Ok(Some(job)) if job.uid().as_deref() == Some(uid) => break job,
             Ok(_) => return,
-            // Until this leadership term ends: then the controller that
-            // reconciled with this context has stopped, and the next
-            // term's passes fence the Jobs of lost slots themselves.
-            Err(_) if ctx.trigger.is_closed() => return,
             Err(e) => {
                 warn!(job = name, error = %e, "could not read a Job whose slot was lost; trying again");
                 tokio::time::sleep(pause).await;

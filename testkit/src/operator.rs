@@ -634,6 +634,11 @@ async fn complete_later(
     while sim.paused.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let Ok(_permit) = sim.patches.acquire().await else {
+        return;
+    };
+    // Counted as running until its turn to be patched comes: until then it
+    // holds its slot in the cluster too.
     checker.finishing(&cluster, &name);
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let patch = json!({"status": {
@@ -643,20 +648,23 @@ async fn complete_later(
             {"type": "Complete", "status": "True", "lastTransitionTime": now, "lastProbeTime": now},
         ],
     }});
-    let Ok(_permit) = sim.patches.acquire().await else {
-        return;
-    };
     // Until it lands: a Job the stand-in gave up on would hold its slot for
     // ever, and the run would measure the stand-in rather than the system.
     // The test or benchmark's own timeout ends a run whose API server is
-    // gone.
+    // gone. A refusal that retrying cannot change (a 4xx other than 429)
+    // ends it at once.
     loop {
         match api
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
             Ok(_) => return,
+            // Deleted meanwhile.
             Err(kube::Error::Api(e)) if e.code == 404 => return,
+            Err(kube::Error::Api(e)) if (400..500).contains(&e.code) && e.code != 429 => {
+                eprintln!("stand-in: completing {name} was refused: {}", e.message);
+                return;
+            }
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
