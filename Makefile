@@ -18,12 +18,12 @@ testbed:
 unit:
 	cargo test --workspace --lib
 
-# The failure scenarios counted on pods (tests/k8s_pods.rs), each run
+# The failure scenarios counted on pods (tests/e2e/k8s_pods.rs), each run
 # ROUNDS times with fresh seeds (CI runs one round). A failure prints its
-# seed; replay it with JOBGATE_SEED=<seed> cargo test --test k8s_pods <name>.
+# seed; replay it with JOBGATE_SEED=<seed> cargo test --test e2e k8s_pods::<name>.
 ROUNDS ?= 10
 soak: testbed
-	JOBGATE_SCENARIO_ROUNDS=$(ROUNDS) cargo test --test k8s_pods -- --nocapture
+	JOBGATE_SCENARIO_ROUNDS=$(ROUNDS) cargo test --test e2e k8s_pods:: -- --nocapture
 
 lint:
 	cargo fmt --all -- --check

@@ -1,5 +1,5 @@
 //! One storage trait with compare-and-swap semantics, and its backends.
-//! Every backend passes the same conformance suite (`tests/store_conformance.rs`).
+//! Every backend passes the same conformance suite (`tests/suite/store_conformance.rs`).
 
 use std::fmt;
 use std::sync::Arc;
