@@ -790,21 +790,28 @@ fn kwok_stages() -> Vec<PathBuf> {
         .collect()
 }
 
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
+impl ControlPlane {
+    /// Stops every component and node. What `drop` does, through `&self`,
+    /// for a control plane shared until the process exits (see
+    /// `crate::shared`); the directory goes when it is dropped, or with
+    /// `remove_dir`.
+    pub fn stop(&self) {
         // Nodes first: their kubelets talk to the apiserver, and their
         // containers must go while containerd can still stop them.
-        self.nodes
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        let components = self.components.get_mut().unwrap_or_else(|e| e.into_inner());
+        self.nodes.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let mut components = self.components.lock().unwrap_or_else(|e| e.into_inner());
         // Newest first: controllers go before the apiserver they talk to,
         // the apiserver before etcd.
         for c in components.iter_mut().rev() {
             let _ = c.child.kill();
             let _ = c.child.wait();
         }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

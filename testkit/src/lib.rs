@@ -20,6 +20,7 @@ pub mod operator;
 pub mod pods;
 pub mod seaweedfs;
 pub mod seed;
+pub mod shared;
 pub mod testbed;
 
 pub use seaweedfs::{SeaweedFs, bucket, seaweed};

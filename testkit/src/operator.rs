@@ -44,6 +44,13 @@ pub async fn held_cluster(ns: &str) -> (ControlPlane, Client) {
 
 /// Installs the CRD and creates `ns`.
 pub async fn prepare(cp: &ControlPlane, client: &Client, ns: &str) {
+    install_crd(cp);
+    create_namespace(client, ns).await;
+}
+
+/// Applies `crds/` and waits until the API server serves the group. Not
+/// for two callers at once on one control plane: both may try to create it.
+pub fn install_crd(cp: &ControlPlane) {
     let crds = crate::repo_dir().join("crds");
     let out = cp.kubectl(&["apply", "-f", &crds.display().to_string()]);
     assert!(
@@ -62,6 +69,9 @@ pub async fn prepare(cp: &ControlPlane, client: &Client, ns: &str) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+pub async fn create_namespace(client: &Client, ns: &str) {
     let api: Api<Namespace> = Api::all(client.clone());
     let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
     api.create(&PostParams::default(), &namespace)
@@ -710,26 +720,87 @@ pub async fn ledger_holders(
     )
 }
 
+/// A server that a test owns (stopped when the test ends) or shares with
+/// the other tests of its binary (see [`crate::shared`]).
+pub enum Server<T: 'static> {
+    Own(T),
+    Shared(&'static T),
+}
+
+impl<T> std::ops::Deref for Server<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        match self {
+            Server::Own(t) => t,
+            Server::Shared(t) => t,
+        }
+    }
+}
+
 /// One test's world: SeaweedFS with a fresh bucket, a control plane with the
-/// CRD installed and the test namespace, and a client.
+/// CRD installed and the test's namespace, and a client.
 pub struct Bed {
-    pub s3: SeaweedFs,
+    pub s3: Server<SeaweedFs>,
     pub bucket: String,
-    pub cp: ControlPlane,
+    pub cp: Server<ControlPlane>,
     pub kube: Client,
+    /// The test's namespace: as asked for on servers of its own, with a
+    /// random suffix on shared ones.
+    pub ns: String,
 }
 
 impl Bed {
+    /// Servers of the test's own, namespace `ns`. For tests that stop or
+    /// freeze a server, or change what is cluster-wide (webhooks, RBAC).
     /// `full`: with kube-controller-manager, kube-scheduler and kwok.
     pub async fn start(ns: &str, full: bool) -> Bed {
         let s3 = super::seaweed().await;
         let bucket = super::bucket(&s3).await;
         let (cp, kube) = cluster(ns, full).await;
         Bed {
-            s3,
+            s3: Server::Own(s3),
             bucket,
-            cp,
+            cp: Server::Own(cp),
             kube,
+            ns: ns.to_string(),
+        }
+    }
+
+    /// The binary's shared SeaweedFS and control plane (the full one with
+    /// fast pods when `full`), with a bucket and a namespace of the test's
+    /// own: `prefix` and a random suffix.
+    pub async fn shared(prefix: &str, full: bool) -> Bed {
+        let s3 = crate::shared::seaweed();
+        let cp = if full {
+            crate::shared::full_cluster()
+        } else {
+            crate::shared::control_plane()
+        };
+        Self::on(s3, cp, prefix).await
+    }
+
+    /// The binary's shared SeaweedFS and full cluster with held pods (see
+    /// [`crate::k8s::Pods::Held`]), with a bucket and a namespace of the
+    /// test's own.
+    pub async fn shared_held(prefix: &str) -> Bed {
+        Self::on(
+            crate::shared::seaweed(),
+            crate::shared::held_cluster(),
+            prefix,
+        )
+        .await
+    }
+
+    async fn on(s3: &'static SeaweedFs, cp: &'static ControlPlane, prefix: &str) -> Bed {
+        let bucket = super::bucket(s3).await;
+        let kube = client(cp).await;
+        let ns = namespace(&kube, prefix).await;
+        Bed {
+            s3: Server::Shared(s3),
+            bucket,
+            cp: Server::Shared(cp),
+            kube,
+            ns,
         }
     }
 
@@ -766,6 +837,12 @@ impl Bed {
         create_jobs(&self.kube, ns, group, names).await;
     }
 
+    /// The ledger key of `group` in the bed's namespace when the group
+    /// names none: `jobgate/<namespace>/<group>.json`.
+    pub fn key(&self, group: &str) -> String {
+        format!("jobgate/{}/{group}.json", self.ns)
+    }
+
     /// Waits until the ledger at `key` has no holders left.
     pub async fn ledger_drains(&self, key: &str) {
         eventually(Duration::from_secs(20), "an empty ledger", || async {
@@ -775,6 +852,14 @@ impl Bed {
         })
         .await;
     }
+}
+
+/// A namespace of the test's own on a shared control plane (which has the
+/// CRD): `prefix` and a random suffix.
+pub async fn namespace(kube: &Client, prefix: &str) -> String {
+    let ns = format!("{prefix}-{:06x}", rand::random::<u32>() & 0xff_ffff);
+    create_namespace(kube, &ns).await;
+    ns
 }
 
 /// A control plane with the CRD installed and `ns` created.

@@ -23,7 +23,9 @@ pub const TENANT_SECRET_KEY: &str = "jg-tenant-Vq8rN2sW5yT1secret";
 /// A single-process SeaweedFS (master, volume, filer and S3 gateway) on
 /// loopback ports with a temporary data directory. Killed on drop.
 pub struct SeaweedFs {
-    child: Child,
+    // Behind a lock so that a shared server can be stopped through `&self`
+    // at the process's exit (see `crate::shared`).
+    child: std::sync::Mutex<Child>,
     dir: PathBuf,
     pub endpoint: String,
 }
@@ -86,7 +88,7 @@ impl SeaweedFs {
             .spawn()
             .map_err(|e| format!("starting {}: {e}", weed.display()))?;
         let server = SeaweedFs {
-            child,
+            child: std::sync::Mutex::new(child),
             dir,
             endpoint: format!("http://127.0.0.1:{s3_port}"),
         };
@@ -206,11 +208,20 @@ async fn create_bucket_once(client: &aws_sdk_s3::Client, bucket: &str) -> Result
     }
 }
 
+impl SeaweedFs {
+    /// Kills the server and removes its data. What `drop` does, through
+    /// `&self`, for a server shared until the process exits.
+    pub fn stop(&self) {
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 impl Drop for SeaweedFs {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.stop();
     }
 }
 

@@ -23,8 +23,8 @@ fn names(order: &[(String, String)]) -> Vec<String> {
 }
 
 /// `kubectl get events` for the objects that `selector` picks.
-fn events_of(cp: &ControlPlane, selector: &str) -> String {
-    let out = cp.kubectl(&["get", "events", "-n", NS, "--field-selector", selector]);
+fn events_of(cp: &ControlPlane, ns: &str, selector: &str) -> String {
+    let out = cp.kubectl(&["get", "events", "-n", ns, "--field-selector", selector]);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -34,17 +34,18 @@ fn job_names(n: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limit_three_admits_ten_jobs_oldest_first_and_frees_every_slot() {
-    let bed = Bed::start(NS, false).await;
+    let bed = Bed::shared(NS, false).await;
+    let ns = bed.ns.as_str();
     let (s3, cp, kube) = (&bed.s3, &bed.cp, &bed.kube);
     // Credentials come from a Secret named by the group, not the environment.
-    apply_credentials(cp, NS, "s3-creds", s3);
-    bed.group_in(cp, "etl", NS, 3, None, Some("s3-creds"));
-    bed.jobs(NS, "etl", &job_names(10)).await;
+    apply_credentials(cp, ns, "s3-creds", s3);
+    bed.group_in(cp, "etl", ns, 3, None, Some("s3-creds"));
+    bed.jobs(ns, "etl", &job_names(10)).await;
     let checker = AdmissionLog::default();
     let sim = Sim::new((200, 600));
     sim.pause(true);
-    observe(kube.clone(), "one", NS, checker.clone(), Some(sim.clone()));
-    let controller = ControllerProcess::start(cp, s3, "one", NS, false);
+    observe(kube.clone(), "one", ns, checker.clone(), Some(sim.clone()));
+    let controller = ControllerProcess::start(cp, s3, "one", ns, false);
 
     eventually(Duration::from_secs(60), "three admissions", || async {
         (checker.snapshot(|s| s.order.len()) >= 3).then_some(())
@@ -55,7 +56,7 @@ async fn limit_three_admits_ten_jobs_oldest_first_and_frees_every_slot() {
     let first = checker.snapshot(|s| names(&s.by_token()));
     assert_eq!(first, job_names(3), "{}", controller.log_text());
     let status = eventually(Duration::from_secs(20), "group status", || async {
-        let out = cp.kubectl(&["get", "cg", "etl", "-n", NS, "--no-headers"]);
+        let out = cp.kubectl(&["get", "cg", "etl", "-n", ns, "--no-headers"]);
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let cols: Vec<&str> = text.split_whitespace().collect();
         (cols.get(1..6) == Some(&["3", "3", "3", "7", "True"][..])).then_some(text)
@@ -64,10 +65,11 @@ async fn limit_three_admits_ten_jobs_oldest_first_and_frees_every_slot() {
     assert!(status.starts_with("etl"), "{status}");
     let events = events_of(
         cp,
+        ns,
         "involvedObject.kind=ConcurrencyGroup,involvedObject.name=etl",
     );
     assert!(events.contains("LedgerReachable"), "{events}");
-    let events = events_of(cp, "involvedObject.name=job-05");
+    let events = events_of(cp, ns, "involvedObject.name=job-05");
     assert!(
         events.contains("Waiting") && events.contains("in use 3/3 in all clusters"),
         "{events}"
@@ -78,7 +80,7 @@ async fn limit_three_admits_ten_jobs_oldest_first_and_frees_every_slot() {
         (checker.snapshot(|s| s.finished.len()) == 10).then_some(())
     })
     .await;
-    bed.ledger_drains("jobgate/batch/etl.json").await;
+    bed.ledger_drains(&bed.key("etl")).await;
     checker.snapshot(|s| {
         assert!(s.max_running <= 3, "{} Jobs ran at once", s.max_running);
         assert_eq!(s.max_running, 3, "the limit was never used fully");
@@ -87,7 +89,9 @@ async fn limit_three_admits_ten_jobs_oldest_first_and_frees_every_slot() {
     });
     let metrics = controller.metrics();
     assert!(
-        metrics.contains(r#"jobgate_admissions_total{namespace="batch",group="etl"} 10"#),
+        metrics.contains(&format!(
+            r#"jobgate_admissions_total{{namespace="{ns}",group="etl"}} 10"#
+        )),
         "{metrics}"
     );
     assert!(
@@ -95,41 +99,37 @@ async fn limit_three_admits_ten_jobs_oldest_first_and_frees_every_slot() {
         "{metrics}"
     );
     assert!(
-        metrics.contains(
-            r#"jobgate_releases_total{namespace="batch",group="etl",reason="finished"} 10"#
-        ),
+        metrics.contains(&format!(
+            r#"jobgate_releases_total{{namespace="{ns}",group="etl",reason="finished"}} 10"#
+        )),
         "{metrics}"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_an_admitted_job_frees_its_slot_and_a_job_created_running_is_handled() {
-    let bed = Bed::start(NS, false).await;
+    let bed = Bed::shared(NS, false).await;
+    let ns = bed.ns.as_str();
     let (s3, bucket, cp, kube) = (&bed.s3, &bed.bucket, &bed.cp, &bed.kube);
     // A key of its own, under the namespace's prefix that the controller
     // allows by default.
-    bed.group_in(
-        cp,
-        "solo",
-        NS,
-        1,
-        Some("jobgate/batch/custom/solo.json"),
-        None,
-    );
-    let jobs: Api<Job> = Api::namespaced(kube.clone(), NS);
+    let key = format!("jobgate/{ns}/custom/solo.json");
+    bed.group_in(cp, "solo", ns, 1, Some(&key), None);
+    let jobs: Api<Job> = Api::namespaced(kube.clone(), ns);
     let checker = AdmissionLog::default();
     // Nothing completes in this test: slots are freed by deletion only.
-    observe(kube.clone(), "one", NS, checker.clone(), None);
-    let first = create_job(kube, NS, "first", "solo", true).await;
-    let second = create_job(kube, NS, "second", "solo", true).await;
-    let controller = ControllerProcess::start(cp, s3, "one", NS, true);
+    observe(kube.clone(), "one", ns, checker.clone(), None);
+    let first = create_job(kube, ns, "first", "solo", true).await;
+    let second = create_job(kube, ns, "second", "solo", true).await;
+    let controller = ControllerProcess::start(cp, s3, "one", ns, true);
     let holder_is = |uid: String| {
         let s3 = &s3;
         let bucket = &bucket;
+        let key = &key;
         move || {
             let uid = uid.clone();
             async move {
-                ledger_holders(s3, bucket, "jobgate/batch/custom/solo.json")
+                ledger_holders(s3, bucket, key)
                     .await
                     .filter(|h| h.len() == 1 && h.contains_key(&uid))
             }
@@ -172,13 +172,13 @@ async fn deleting_an_admitted_job_frees_its_slot_and_a_job_created_running_is_ha
 
     // 6. A labelled Job created running while no slot is free is suspended
     // again, with a Warning that says how to create it.
-    create_job(kube, NS, "rogue", "solo", false).await;
+    create_job(kube, ns, "rogue", "solo", false).await;
     eventually(Duration::from_secs(30), "rogue suspended", || async {
         let j = jobs.get("rogue").await.ok()?;
         (j.spec?.suspend == Some(true)).then_some(())
     })
     .await;
-    let events = events_of(cp, "involvedObject.name=rogue");
+    let events = events_of(cp, ns, "involvedObject.name=rogue");
     assert!(
         events.contains("SuspendedNoSlot") && events.contains("spec.suspend: true"),
         "{events}"
@@ -199,12 +199,12 @@ async fn deleting_an_admitted_job_frees_its_slot_and_a_job_created_running_is_ha
         .await
         .unwrap();
     eventually(Duration::from_secs(30), "an empty ledger", || async {
-        ledger_holders(s3, bucket, "jobgate/batch/custom/solo.json")
+        ledger_holders(s3, bucket, &key)
             .await
             .filter(|h| h.is_empty())
     })
     .await;
-    let lucky = create_job(kube, NS, "lucky", "solo", false).await;
+    let lucky = create_job(kube, ns, "lucky", "solo", false).await;
     eventually(
         Duration::from_secs(30),
         "lucky adopted",
@@ -213,7 +213,7 @@ async fn deleting_an_admitted_job_frees_its_slot_and_a_job_created_running_is_ha
     .await;
     let j = jobs.get("lucky").await.unwrap();
     assert_eq!(j.spec.as_ref().unwrap().suspend, Some(false));
-    let events = events_of(cp, "involvedObject.name=lucky");
+    let events = events_of(cp, ns, "involvedObject.name=lucky");
     assert!(
         events.contains("RunningWithoutSlot"),
         "{events}\n{}",
@@ -226,19 +226,20 @@ async fn deleting_an_admitted_job_frees_its_slot_and_a_job_created_running_is_ha
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_killed_during_admission_leaks_nothing_and_admits_once() {
-    let bed = Bed::start(NS, false).await;
+    let bed = Bed::shared(NS, false).await;
+    let ns = bed.ns.as_str();
     let (s3, cp, kube) = (&bed.s3, &bed.cp, &bed.kube);
-    bed.group_in(cp, "crashy", NS, 3, None, None);
+    bed.group_in(cp, "crashy", ns, 3, None, None);
     let checker = AdmissionLog::default();
     observe(
         kube.clone(),
         "one",
-        NS,
+        ns,
         checker.clone(),
         Some(Sim::new((100, 500))),
     );
-    bed.jobs(NS, "crashy", &job_names(30)).await;
-    let mut controller = ControllerProcess::start(cp, s3, "one", NS, true);
+    bed.jobs(ns, "crashy", &job_names(30)).await;
+    let mut controller = ControllerProcess::start(cp, s3, "one", ns, true);
     let mut kills = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
     while checker.snapshot(|s| s.finished.len()) < 30 {
@@ -259,7 +260,7 @@ async fn controller_killed_during_admission_leaks_nothing_and_admits_once() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    bed.ledger_drains("jobgate/batch/crashy.json").await;
+    bed.ledger_drains(&bed.key("crashy")).await;
     checker.snapshot(|s| {
         assert!(s.max_running <= 3, "{} Jobs ran at once", s.max_running);
         assert_eq!(s.admissions.len(), 30);
@@ -277,22 +278,23 @@ async fn controller_killed_during_admission_leaks_nothing_and_admits_once() {
 /// until the ledger shows both clusters' recorded waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clusters_sharing_a_ledger_share_the_limit_fairly() {
-    const KEY: &str = "jobgate/batch/shared.json";
-    let bed = Bed::start(NS, false).await;
-    let (west, west_kube) = cluster(NS, false).await;
-    let (east, east_kube) = (&bed.cp, &bed.kube);
+    let bed = Bed::shared(NS, false).await;
+    let ns = bed.ns.as_str();
+    let key = bed.key("shared");
+    let (west, west_kube) = cluster(ns, false).await;
+    let (east, east_kube) = (&*bed.cp, &bed.kube);
     let s3 = &bed.s3;
     let checker = AdmissionLog::default();
     let sim = Sim::new((200, 700));
     sim.pause(true);
     let mut controllers = Vec::new();
     for (name, cp, kube) in [("east", east, east_kube), ("west", &west, &west_kube)] {
-        bed.group_in(cp, "shared", NS, 4, None, None);
-        create_jobs(kube, NS, "shared", &job_names(20)).await;
-        observe(kube.clone(), name, NS, checker.clone(), Some(sim.clone()));
+        bed.group_in(cp, "shared", ns, 4, None, None);
+        create_jobs(kube, ns, "shared", &job_names(20)).await;
+        observe(kube.clone(), name, ns, checker.clone(), Some(sim.clone()));
     }
     for (name, cp) in [("east", east), ("west", &west)] {
-        controllers.push(ControllerProcess::start(cp, s3, name, NS, true));
+        controllers.push(ControllerProcess::start(cp, s3, name, ns, true));
     }
     let logs = |controllers: &[ControllerProcess]| {
         let logs: Vec<String> = controllers.iter().map(|c| c.log_text()).collect();
@@ -301,11 +303,11 @@ async fn two_clusters_sharing_a_ledger_share_the_limit_fairly() {
     // Both clusters hold or wait: the first to start holds every slot (or
     // they split them), and both have Jobs left, so both record a wait.
     eventually(Duration::from_secs(60), "both clusters wait", || async {
-        let ledger = read_ledger(s3, &bed.bucket, KEY).await?;
+        let ledger = read_ledger(s3, &bed.bucket, &key).await?;
         let waits = ["east", "west"].map(|c| {
             ledger
                 .agents
-                .get(&format!("{c}/{NS}/shared"))
+                .get(&format!("{c}/{ns}/shared"))
                 .map(|a| a.waiting)
         });
         // And the four admissions are seen: the ledger write comes before
@@ -324,7 +326,7 @@ async fn two_clusters_sharing_a_ledger_share_the_limit_fairly() {
         || async { (checker.snapshot(|s| s.finished.len()) == 40).then_some(()) },
     )
     .await;
-    bed.ledger_drains(KEY).await;
+    bed.ledger_drains(&key).await;
     checker.snapshot(|s| {
         assert!(s.max_running <= 4, "{} Jobs ran at once", s.max_running);
         assert!(s.admissions.values().all(|n| *n == 1), "{:?}", s.admissions);
@@ -355,28 +357,29 @@ async fn two_clusters_sharing_a_ledger_share_the_limit_fairly() {
 /// kwok runs them to success, and the Job controller marks the Jobs Complete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_control_plane_runs_ten_jobs_through_a_limit_of_three() {
-    let bed = Bed::start(NS, true).await;
+    let bed = Bed::shared(NS, true).await;
+    let ns = bed.ns.as_str();
     let (s3, cp, kube) = (&bed.s3, &bed.cp, &bed.kube);
-    bed.group_in(cp, "etl", NS, 3, None, None);
-    bed.jobs(NS, "etl", &job_names(10)).await;
+    bed.group_in(cp, "etl", ns, 3, None, None);
+    bed.jobs(ns, "etl", &job_names(10)).await;
     let checker = AdmissionLog::default();
     // No stand-in: kube-controller-manager and kwok finish the Jobs.
-    observe(kube.clone(), "full", NS, checker.clone(), None);
-    let controller = ControllerProcess::start(cp, s3, "full", NS, true);
+    observe(kube.clone(), "full", ns, checker.clone(), None);
+    let controller = ControllerProcess::start(cp, s3, "full", ns, true);
     eventually(
         Duration::from_secs(120),
         "all ten Jobs complete",
         || async { (checker.snapshot(|s| s.finished.len()) == 10).then_some(()) },
     )
     .await;
-    bed.ledger_drains("jobgate/batch/etl.json").await;
+    bed.ledger_drains(&bed.key("etl")).await;
     checker.snapshot(|s| {
         assert!(s.max_running <= 3, "{} Jobs ran at once", s.max_running);
         assert_eq!(names(&s.by_token()), job_names(10), "admission order");
         assert!(s.admissions.values().all(|n| *n == 1), "{:?}", s.admissions);
     });
     // The pods really ran: the Job controller counted a success for each.
-    let jobs: Api<Job> = Api::namespaced(kube.clone(), NS);
+    let jobs: Api<Job> = Api::namespaced(kube.clone(), ns);
     for name in job_names(10) {
         let j = jobs.get(&name).await.unwrap();
         let succeeded = j.status.and_then(|s| s.succeeded).unwrap_or(0);
@@ -389,25 +392,27 @@ async fn full_control_plane_runs_ten_jobs_through_a_limit_of_three() {
 /// same slots (same cluster name, same ledger agent).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_replica_takes_over_when_the_leader_dies() {
-    let bed = Bed::start(NS, false).await;
+    let bed = Bed::shared(NS, false).await;
+    let ns = bed.ns.as_str();
     let (s3, cp, kube) = (&bed.s3, &bed.cp, &bed.kube);
-    bed.group_in(cp, "ha", NS, 2, None, None);
+    bed.group_in(cp, "ha", ns, 2, None, None);
     let checker = AdmissionLog::default();
     let sim = Sim::new((300, 600));
     sim.pause(true);
-    observe(kube.clone(), "one", NS, checker.clone(), Some(sim.clone()));
-    bed.jobs(NS, "ha", &job_names(8)).await;
+    observe(kube.clone(), "one", ns, checker.clone(), Some(sim.clone()));
+    bed.jobs(ns, "ha", &job_names(8)).await;
+    let lease_ns = format!("--leader-election-namespace={ns}");
     let flags = [
         "--leader-elect=true",
-        "--leader-election-namespace=batch",
+        lease_ns.as_str(),
         "--leader-election-lease=3s",
     ];
-    let mut first = ControllerProcess::start_with(cp, s3, "one", NS, true, &flags, "-a");
+    let mut first = ControllerProcess::start_with(cp, s3, "one", ns, true, &flags, "-a");
     eventually(Duration::from_secs(30), "two admissions", || async {
         (checker.snapshot(|s| s.order.len()) == 2).then_some(())
     })
     .await;
-    let second = ControllerProcess::start_with(cp, s3, "one", NS, true, &flags, "-b");
+    let second = ControllerProcess::start_with(cp, s3, "one", ns, true, &flags, "-b");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
         !second.log_text().contains("became the leader"),
@@ -432,5 +437,5 @@ async fn a_standby_replica_takes_over_when_the_leader_dies() {
         assert!(s.max_running <= 2, "{} Jobs ran at once", s.max_running);
         assert!(s.admissions.values().all(|n| *n == 1), "{:?}", s.admissions);
     });
-    bed.ledger_drains("jobgate/batch/ha.json").await;
+    bed.ledger_drains(&bed.key("ha")).await;
 }

@@ -1,7 +1,6 @@
 //! The ConcurrencyGroup CRD against a real kube-apiserver: it installs, its
 //! printer columns show, and the API server rejects invalid groups.
 
-use jobgate_testkit::k8s;
 use std::time::Duration;
 
 fn group(name: &str, spec: &str) -> String {
@@ -20,7 +19,9 @@ fn text(out: &std::process::Output) -> String {
 
 #[test]
 fn crd_installs_and_the_api_server_validates_groups() {
-    let cp = k8s::ControlPlane::start();
+    // The binary's shared control plane: this test alone uses its default
+    // namespace for groups.
+    let cp = jobgate_testkit::shared::control_plane();
     let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
     let out = cp.kubectl(&["apply", "-f", crds]);
     assert!(out.status.success(), "{}", text(&out));

@@ -15,7 +15,6 @@ use jobgate_testkit::operator::{
 };
 
 const NS: &str = "batch";
-const KEY: &str = "jobgate/batch/shared.json";
 /// `leaseSeconds` of the groups `apply_group` makes.
 const LEASE: Duration = Duration::from_secs(10);
 
@@ -23,9 +22,9 @@ fn names(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i:02}")).collect()
 }
 
-fn events(cp: &ControlPlane, reason: &str) -> String {
+fn events(cp: &ControlPlane, ns: &str, reason: &str) -> String {
     let selector = format!("reason={reason}");
-    let out = cp.kubectl(&["get", "events", "-n", NS, "--field-selector", &selector]);
+    let out = cp.kubectl(&["get", "events", "-n", ns, "--field-selector", &selector]);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -33,7 +32,8 @@ fn events(cp: &ControlPlane, reason: &str) -> String {
 /// proxy, its Jobs watched by the checker and run by a stand-in Job
 /// controller that never completes them (they run until suspended).
 async fn east_behind_a_proxy() -> (Bed, FaultProxy, AdmissionLog, Sim) {
-    let bed = Bed::start(NS, false).await;
+    let bed = Bed::shared(NS, false).await;
+    let ns = bed.ns.as_str();
     let proxy = FaultProxy::start(&bed.s3.endpoint, Faults::default()).await;
     shared_group_behind(&bed, &proxy);
     let checker = AdmissionLog::default();
@@ -42,7 +42,7 @@ async fn east_behind_a_proxy() -> (Bed, FaultProxy, AdmissionLog, Sim) {
     observe(
         bed.kube.clone(),
         "east",
-        NS,
+        ns,
         checker.clone(),
         Some(sim.clone()),
     );
@@ -56,7 +56,7 @@ fn shared_group_behind(bed: &Bed, proxy: &FaultProxy) {
         &bed.cp,
         &GroupSpec {
             name: "shared",
-            ns: NS,
+            ns: &bed.ns,
             limit: 2,
             bucket: &bed.bucket,
             endpoint: &proxy.endpoint,
@@ -83,29 +83,30 @@ struct Cut {
 /// `extra`: flags for east's controller.
 async fn cut_east_off_from_s3(extra: &[&str]) -> Cut {
     let (bed, proxy, checker, sim) = east_behind_a_proxy().await;
-    let (west, west_kube) = cluster(NS, false).await;
-    bed.group_in(&west, "shared", NS, 2, None, None);
+    let ns = bed.ns.as_str();
+    let (west, west_kube) = cluster(ns, false).await;
+    bed.group_in(&west, "shared", ns, 2, None, None);
     observe(
         west_kube.clone(),
         "west",
-        NS,
+        ns,
         checker.clone(),
         Some(sim.clone()),
     );
 
-    create_jobs(&bed.kube, NS, "shared", &names("east", 2)).await;
+    create_jobs(&bed.kube, ns, "shared", &names("east", 2)).await;
     let mut flags = vec!["--leader-elect=false"];
     flags.extend(extra);
-    let east = ControllerProcess::start_with(&bed.cp, &bed.s3, "east", NS, true, &flags, "");
+    let east = ControllerProcess::start_with(&bed.cp, &bed.s3, "east", ns, true, &flags, "");
     eventually(Duration::from_secs(60), "east runs two Jobs", || async {
         (checker.snapshot(|s| s.running.len()) == 2).then_some(())
     })
     .await;
-    create_jobs(&west_kube, NS, "shared", &names("west", 2)).await;
-    let west_controller = ControllerProcess::start(&west, &bed.s3, "west", NS, true);
+    create_jobs(&west_kube, ns, "shared", &names("west", 2)).await;
+    let west_controller = ControllerProcess::start(&west, &bed.s3, "west", ns, true);
     eventually(Duration::from_secs(60), "west waits", || async {
-        let ledger = read_ledger(&bed.s3, &bed.bucket, KEY).await?;
-        let waiting = ledger.agents.get(&format!("west/{NS}/shared"))?.waiting;
+        let ledger = read_ledger(&bed.s3, &bed.bucket, &bed.key("shared")).await?;
+        let waiting = ledger.agents.get(&format!("west/{ns}/shared"))?.waiting;
         (waiting == 2).then_some(())
     })
     .await;
@@ -130,7 +131,7 @@ async fn cut_east_off_from_s3(extra: &[&str]) -> Cut {
         "partition: east stopped its Jobs {east_stopped:?} after the cut; west ran {} Jobs {took:?} after it (lease {LEASE:?})",
         running("west")
     );
-    let lease_lost = events(&bed.cp, "LeaseLost");
+    let lease_lost = events(&bed.cp, ns, "LeaseLost");
     Cut {
         max_running: checker.snapshot(|s| s.max_running),
         east_stopped,
@@ -187,8 +188,9 @@ async fn the_checker_catches_the_limit_exceeded_when_fencing_waits_for_the_ledge
 async fn a_restarted_controller_that_cannot_read_the_ledger_suspends_the_jobs_it_cannot_vouch_for()
 {
     let (bed, proxy, checker, _sim) = east_behind_a_proxy().await;
-    create_jobs(&bed.kube, NS, "shared", &names("east", 2)).await;
-    let mut controller = ControllerProcess::start(&bed.cp, &bed.s3, "east", NS, true);
+    let ns = bed.ns.as_str();
+    create_jobs(&bed.kube, ns, "shared", &names("east", 2)).await;
+    let mut controller = ControllerProcess::start(&bed.cp, &bed.s3, "east", ns, true);
     eventually(Duration::from_secs(60), "two Jobs run", || async {
         (checker.snapshot(|s| s.running.len()) == 2).then_some(())
     })
@@ -213,7 +215,7 @@ async fn a_restarted_controller_that_cannot_read_the_ledger_suspends_the_jobs_it
         "Jobs suspended {suspended_after:?} after the kill, past two thirds of the fence period\n{}",
         controller.log_text()
     );
-    let lease_lost = events(&bed.cp, "LeaseLost");
+    let lease_lost = events(&bed.cp, ns, "LeaseLost");
     assert_eq!(
         lease_lost.matches("east-").count(),
         2,
@@ -235,11 +237,12 @@ async fn a_restarted_controller_that_cannot_read_the_ledger_suspends_the_jobs_it
 /// group's `JobsFit` condition says what to change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_whose_pods_cannot_stop_within_the_lease_are_not_admitted() {
-    let bed = Bed::start(NS, false).await;
-    bed.group("slow", NS, 2);
+    let bed = Bed::shared(NS, false).await;
+    let ns = bed.ns.as_str();
+    bed.group("slow", ns, 2);
     let job = |name: &str, suspend: bool, grace: u32| {
         format!(
-            "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: {name}, namespace: {NS}, labels: {{jobgate.dev/group: slow}}}}\nspec:\n  suspend: {suspend}\n  template:\n    spec:\n      restartPolicy: Never\n      terminationGracePeriodSeconds: {grace}\n      containers: [{{name: w, image: busybox, command: [\"true\"]}}]\n"
+            "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: {name}, namespace: {ns}, labels: {{jobgate.dev/group: slow}}}}\nspec:\n  suspend: {suspend}\n  template:\n    spec:\n      restartPolicy: Never\n      terminationGracePeriodSeconds: {grace}\n      containers: [{{name: w, image: busybox, command: [\"true\"]}}]\n"
         )
     };
     for (name, suspend, grace) in [
@@ -256,11 +259,11 @@ async fn jobs_whose_pods_cannot_stop_within_the_lease_are_not_admitted() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let controller = ControllerProcess::start(&bed.cp, &bed.s3, "one", NS, true);
+    let controller = ControllerProcess::start(&bed.cp, &bed.s3, "one", ns, true);
     let jsonpath = |what: &str| {
         let out = bed
             .cp
-            .kubectl(&["get", "-n", NS, what, "-o", "jsonpath={.spec.suspend}"]);
+            .kubectl(&["get", "-n", ns, what, "-o", "jsonpath={.spec.suspend}"]);
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     eventually(
@@ -273,7 +276,7 @@ async fn jobs_whose_pods_cannot_stop_within_the_lease_are_not_admitted() {
     .await;
     let condition = |field: &str| {
         let path = format!("jsonpath={{.status.conditions[?(@.type==\"JobsFit\")].{field}}}");
-        let out = bed.cp.kubectl(&["get", "-n", NS, "cg/slow", "-o", &path]);
+        let out = bed.cp.kubectl(&["get", "-n", ns, "cg/slow", "-o", &path]);
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     eventually(Duration::from_secs(30), "JobsFit False", || async {
@@ -287,7 +290,7 @@ async fn jobs_whose_pods_cannot_stop_within_the_lease_are_not_admitted() {
         condition("message")
     );
     assert_eq!(jsonpath("job/patient"), "true", "never admitted");
-    let warned = events(&bed.cp, "GracePeriodTooLong");
+    let warned = events(&bed.cp, ns, "GracePeriodTooLong");
     for name in ["patient", "rogue"] {
         assert!(
             warned.contains(name),
@@ -312,14 +315,15 @@ fn metric(controller: &ControllerProcess, name: &str) -> u64 {
 /// stopped. The same holds for a Job whose group label is removed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_jobs_slot_is_kept_while_its_pods_may_run() {
-    let bed = Bed::start(NS, false).await;
-    bed.group("pods", NS, 1);
-    create_jobs(&bed.kube, NS, "pods", &["first".to_string()]).await;
-    let controller = ControllerProcess::start(&bed.cp, &bed.s3, "one", NS, true);
+    let bed = Bed::shared(NS, false).await;
+    let ns = bed.ns.as_str();
+    bed.group("pods", ns, 1);
+    create_jobs(&bed.kube, ns, "pods", &["first".to_string()]).await;
+    let controller = ControllerProcess::start(&bed.cp, &bed.s3, "one", ns, true);
     let get = |what: &str, path: &str| {
         let out = bed
             .cp
-            .kubectl(&["get", "-n", NS, what, "-o", &format!("jsonpath={path}")]);
+            .kubectl(&["get", "-n", ns, what, "-o", &format!("jsonpath={path}")]);
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     eventually(Duration::from_secs(60), "first admitted", || async {
@@ -329,7 +333,7 @@ async fn a_deleted_jobs_slot_is_kept_while_its_pods_may_run() {
     let uid = get("job/first", "{.metadata.uid}");
     // What the Job controller would have made: a pod labelled with the Job's UID.
     let pod = format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: first-pod, namespace: {NS}, labels: {{batch.kubernetes.io/controller-uid: {uid}}}}}\nspec:\n  terminationGracePeriodSeconds: 0\n  containers: [{{name: w, image: busybox}}]\n"
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: first-pod, namespace: {ns}, labels: {{batch.kubernetes.io/controller-uid: {uid}}}}}\nspec:\n  terminationGracePeriodSeconds: 0\n  containers: [{{name: w, image: busybox}}]\n"
     );
     let out = bed.cp.kubectl_stdin(&["apply", "-f", "-"], &pod);
     assert!(
@@ -337,13 +341,13 @@ async fn a_deleted_jobs_slot_is_kept_while_its_pods_may_run() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    create_jobs(&bed.kube, NS, "pods", &["second".to_string()]).await;
+    create_jobs(&bed.kube, ns, "pods", &["second".to_string()]).await;
     // No garbage collector runs here to finish an orphaning deletion: the
     // Job stays, being deleted (which counts as finished), and its pod stays.
     let out = bed.cp.kubectl(&[
         "delete",
         "-n",
-        NS,
+        ns,
         "job/first",
         "--cascade=orphan",
         "--wait=false",
@@ -365,7 +369,7 @@ async fn a_deleted_jobs_slot_is_kept_while_its_pods_may_run() {
         "second admitted while first's pod may still run\n{}",
         controller.log_text()
     );
-    let ledger = read_ledger(&bed.s3, &bed.bucket, "jobgate/batch/pods.json")
+    let ledger = read_ledger(&bed.s3, &bed.bucket, &bed.key("pods"))
         .await
         .expect("ledger");
     assert!(ledger.holders.contains_key(&uid), "{ledger:?}");
@@ -373,7 +377,7 @@ async fn a_deleted_jobs_slot_is_kept_while_its_pods_may_run() {
     let out = bed.cp.kubectl(&[
         "delete",
         "-n",
-        NS,
+        ns,
         "pod/first-pod",
         "--grace-period=0",
         "--force",

@@ -56,10 +56,10 @@ async fn lease_leader_election() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    // Started on the test's own thread: the children die with the thread
-    // that spawned them.
-    let cp = jobgate_testkit::k8s::ControlPlane::start();
-    let c = client(&cp).await;
+    // The binary's shared control plane: this test alone makes Leases in
+    // its default namespace (controllers elect in their own).
+    let cp = jobgate_testkit::shared::control_plane();
+    let c = client(cp).await;
 
     one_leader_and_a_quick_handover(&c).await;
     a_crashed_leader_is_waited_out(&c).await;

@@ -1,6 +1,7 @@
-//! Day-2 operations end to end, counted on pods: full clusters
+//! Day-2 operations end to end, counted on pods: a full cluster
 //! (kube-apiserver, kube-controller-manager's Job controller,
-//! kube-scheduler, kwok with held pods), SeaweedFS, and the controller.
+//! kube-scheduler, kwok with held pods) and SeaweedFS, both shared by the
+//! binary's tests (a namespace and a bucket each), and the controller.
 //! Changing a limit at runtime (from the spec and from `jobgate limit`,
 //! with a second cluster whose spec is stale), suspending a group,
 //! deleting one cleanly (and the escapes when its ledger is gone), weighted
@@ -10,23 +11,21 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use jobgate_testkit::SeaweedFs;
 use jobgate_testkit::faultproxy::{FaultProxy, Faults};
 use jobgate_testkit::k8s::ControlPlane;
 use jobgate_testkit::operator::{
-    ControllerProcess, GroupSpec, apply_credentials, apply_group_with, client, create_held_job,
-    create_weighted_held_job, eventually, held_cluster, prepare, read_ledger,
+    Bed, ControllerProcess, GroupSpec, apply_credentials, apply_group_with, client,
+    create_held_job, create_namespace, create_weighted_held_job, eventually, read_ledger,
 };
 use jobgate_testkit::pods::PodLog;
-use jobgate_testkit::{SeaweedFs, bucket, seaweed};
 use serde_json::json;
 
 const NS: &str = "batch";
 
-/// One scenario at a time: a full cluster per scenario is what 2 cores carry.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 fn group(
     cp: &ControlPlane,
+    ns: &str,
     s3: &SeaweedFs,
     bucket: &str,
     name: &str,
@@ -37,7 +36,7 @@ fn group(
         cp,
         &GroupSpec {
             name,
-            ns: NS,
+            ns,
             limit,
             bucket,
             endpoint: &s3.endpoint,
@@ -49,34 +48,34 @@ fn group(
 }
 
 /// `kubectl get cg NAME` columns: NAME LIMIT IN-USE HERE WAITING READY SUSPENDED AGE.
-fn cg_columns(cp: &ControlPlane, name: &str) -> Vec<String> {
-    let out = cp.kubectl(&["get", "cg", name, "-n", NS, "--no-headers"]);
+fn cg_columns(cp: &ControlPlane, ns: &str, name: &str) -> Vec<String> {
+    let out = cp.kubectl(&["get", "cg", name, "-n", ns, "--no-headers"]);
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .map(str::to_string)
         .collect()
 }
 
-fn condition(cp: &ControlPlane, name: &str, type_: &str, field: &str) -> String {
+fn condition(cp: &ControlPlane, ns: &str, name: &str, type_: &str, field: &str) -> String {
     let path = format!("{{.status.conditions[?(@.type==\"{type_}\")].{field}}}");
     let out = cp.kubectl(&[
         "get",
         "cg",
         name,
         "-n",
-        NS,
+        ns,
         "-o",
         &format!("jsonpath={path}"),
     ]);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn events_of(cp: &ControlPlane, object: &str) -> String {
+fn events_of(cp: &ControlPlane, ns: &str, object: &str) -> String {
     let out = cp.kubectl(&[
         "get",
         "events",
         "-n",
-        NS,
+        ns,
         "--field-selector",
         &format!("involvedObject.name={object}"),
         "-o",
@@ -85,12 +84,12 @@ fn events_of(cp: &ControlPlane, object: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn has_pod(cp: &ControlPlane, job: &str) -> bool {
+fn has_pod(cp: &ControlPlane, ns: &str, job: &str) -> bool {
     let out = cp.kubectl(&[
         "get",
         "pods",
         "-n",
-        NS,
+        ns,
         "-l",
         &format!("batch.kubernetes.io/job-name={job}"),
         "-o",
@@ -101,13 +100,14 @@ fn has_pod(cp: &ControlPlane, job: &str) -> bool {
 
 fn controller(
     cp: &ControlPlane,
+    ns: &str,
     s3: &SeaweedFs,
     cluster: &str,
     extra: &[&str],
 ) -> ControllerProcess {
     let mut flags = vec!["--leader-elect=false"];
     flags.extend_from_slice(extra);
-    ControllerProcess::start_with(cp, s3, cluster, NS, true, &flags, "")
+    ControllerProcess::start_with(cp, s3, cluster, ns, true, &flags, "")
 }
 
 fn jobgate_limit(s3: &SeaweedFs, url: &str, limit: &str) -> std::process::Output {
@@ -125,31 +125,31 @@ fn jobgate_limit(s3: &SeaweedFs, url: &str, limit: &str) -> std::process::Output
 /// until fewer than one run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limit_changed_at_runtime_applies_everywhere_and_a_stale_cluster_does_not_set_it_back() {
-    let _turn = SERIAL.lock().await;
-    let s3 = seaweed().await;
-    let bucket = bucket(&s3).await;
-    let (east, kube) = held_cluster(NS).await;
+    let bed = Bed::shared_held(NS).await;
+    let (s3, bucket, east, kube, ns) =
+        (&*bed.s3, &bed.bucket, &*bed.cp, &bed.kube, bed.ns.as_str());
     // West shares the ledger but runs no Jobs: a control plane is enough.
-    let west = ControlPlane::start();
+    let west = jobgate_testkit::shared::control_plane();
     let west_kube = client(&west).await;
-    prepare(&west, &west_kube, NS).await;
-    group(&east, &s3, &bucket, "lim", 2, json!({}));
-    group(&west, &s3, &bucket, "lim", 2, json!({}));
+    // The same namespace as east's: the ledger key is made from it.
+    create_namespace(&west_kube, ns).await;
+    group(&east, ns, &s3, &bucket, "lim", 2, json!({}));
+    group(&west, ns, &s3, &bucket, "lim", 2, json!({}));
     let pods = PodLog::default();
-    pods.watch(kube.clone(), "east", NS);
-    let _east_ctl = controller(&east, &s3, "east", &[]);
-    let _west_ctl = controller(&west, &s3, "west", &[]);
+    pods.watch(kube.clone(), "east", ns);
+    let _east_ctl = controller(&east, ns, &s3, "east", &[]);
+    let _west_ctl = controller(&west, ns, &s3, "west", &[]);
     // The first two end after a while; the rest run until the end.
     for i in 0..6 {
         let run_for = (i < 2).then_some(Duration::from_secs(20));
-        create_held_job(&kube, NS, &format!("job-{i}"), "lim", 0, run_for).await;
+        create_held_job(&kube, ns, &format!("job-{i}"), "lim", 0, run_for).await;
     }
     eventually(Duration::from_secs(60), "two Jobs with pods", || async {
         (pods.running() == 2).then_some(())
     })
     .await;
     let waiting = eventually(Duration::from_secs(20), "a Waiting event", || async {
-        let e = events_of(&east, "job-3");
+        let e = events_of(&east, ns, "job-3");
         e.contains("Waiting").then_some(e)
     })
     .await;
@@ -163,7 +163,7 @@ async fn a_limit_changed_at_runtime_applies_everywhere_and_a_stale_cluster_does_
     eventually(
         Duration::from_secs(20),
         "both clusters agree on 2",
-        || async { (condition(&west, "lim", "LimitAgreed", "status") == "True").then_some(()) },
+        || async { (condition(&west, ns, "lim", "LimitAgreed", "status") == "True").then_some(()) },
     )
     .await;
 
@@ -173,7 +173,7 @@ async fn a_limit_changed_at_runtime_applies_everywhere_and_a_stale_cluster_does_
         "cg",
         "lim",
         "-n",
-        NS,
+        ns,
         "--type=merge",
         "-p",
         r#"{"spec":{"limit":4}}"#,
@@ -186,12 +186,12 @@ async fn a_limit_changed_at_runtime_applies_everywhere_and_a_stale_cluster_does_
         "raised to 4: four Jobs had pods {:?} later",
         raised.elapsed()
     );
-    let key = "jobgate/batch/lim.json";
+    let key = &bed.key("lim");
     let ledger = read_ledger(&s3, &bucket, key).await.unwrap();
     let set = ledger.limit_set.clone().unwrap();
     assert_eq!(ledger.limit, 4);
     assert!(
-        set.by.starts_with("east/batch/lim") && set.previous == 2,
+        set.by.starts_with(&format!("east/{ns}/lim")) && set.previous == 2,
         "{set:?}"
     );
     // The limit in force in both clusters' `kubectl get cg`; the spec's in -o wide.
@@ -199,30 +199,30 @@ async fn a_limit_changed_at_runtime_applies_everywhere_and_a_stale_cluster_does_
         Duration::from_secs(20),
         "LIMIT 4 in both clusters",
         || async {
-            (cg_columns(&east, "lim").get(1).map(String::as_str) == Some("4")
-                && cg_columns(&west, "lim").get(1).map(String::as_str) == Some("4"))
+            (cg_columns(&east, ns, "lim").get(1).map(String::as_str) == Some("4")
+                && cg_columns(&west, ns, "lim").get(1).map(String::as_str) == Some("4"))
             .then_some(())
         },
     )
     .await;
-    let wide = west.kubectl_ok(&["get", "cg", "lim", "-n", NS, "-o", "wide"]);
+    let wide = west.kubectl_ok(&["get", "cg", "lim", "-n", ns, "-o", "wide"]);
     assert!(
         wide.contains("SPEC-LIMIT") && wide.contains("SUSPENDED"),
         "{wide}"
     );
     let message = eventually(Duration::from_secs(20), "west disagrees", || async {
-        (condition(&west, "lim", "LimitAgreed", "status") == "False")
-            .then(|| condition(&west, "lim", "LimitAgreed", "message"))
+        (condition(&west, ns, "lim", "LimitAgreed", "status") == "False")
+            .then(|| condition(&west, ns, "lim", "LimitAgreed", "message"))
     })
     .await;
     assert!(
-        message.contains("spec.limit is 2 but the shared ledger's limit is 4, set by east/batch/lim from generation 2"),
+        message.contains(&format!("spec.limit is 2 but the shared ledger's limit is 4, set by east/{ns}/lim from generation 2")),
         "{message}"
     );
     // West keeps passing (its poll is 300 ms) and must not set 2 back.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(read_ledger(&s3, &bucket, key).await.unwrap().limit, 4);
-    assert_eq!(condition(&east, "lim", "LimitAgreed", "status"), "True");
+    assert_eq!(condition(&east, ns, "lim", "LimitAgreed", "status"), "True");
 
     // Lowered below the four in use, from the CLI.
     let url = format!("s3://{bucket}/{key}");
@@ -242,8 +242,8 @@ async fn a_limit_changed_at_runtime_applies_everywhere_and_a_stale_cluster_does_
         Duration::from_secs(20),
         "east reports the CLI's change",
         || async {
-            (condition(&east, "lim", "LimitAgreed", "status") == "False")
-                .then(|| condition(&east, "lim", "LimitAgreed", "message"))
+            (condition(&east, ns, "lim", "LimitAgreed", "status") == "False")
+                .then(|| condition(&east, ns, "lim", "LimitAgreed", "message"))
         },
     )
     .await;
@@ -276,18 +276,16 @@ async fn a_limit_changed_at_runtime_applies_everywhere_and_a_stale_cluster_does_
 /// end; waiting Jobs are told why and keep their place; resumed, it admits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_suspended_group_lets_admitted_jobs_finish_and_admits_nothing_until_resumed() {
-    let _turn = SERIAL.lock().await;
-    let s3 = seaweed().await;
-    let bucket = bucket(&s3).await;
-    let (cp, kube) = held_cluster(NS).await;
-    group(&cp, &s3, &bucket, "pause", 2, json!({}));
+    let bed = Bed::shared_held(NS).await;
+    let (s3, bucket, cp, kube, ns) = (&*bed.s3, &bed.bucket, &*bed.cp, &bed.kube, bed.ns.as_str());
+    group(&cp, ns, &s3, &bucket, "pause", 2, json!({}));
     let pods = PodLog::default();
-    pods.watch(kube.clone(), "one", NS);
-    let _ctl = controller(&cp, &s3, "one", &[]);
+    pods.watch(kube.clone(), "one", ns);
+    let _ctl = controller(&cp, ns, &s3, "one", &[]);
     for i in 0..4 {
         create_held_job(
             &kube,
-            NS,
+            ns,
             &format!("p-{i}"),
             "pause",
             0,
@@ -304,18 +302,18 @@ async fn a_suspended_group_lets_admitted_jobs_finish_and_admits_nothing_until_re
         "cg",
         "pause",
         "-n",
-        NS,
+        ns,
         "--type=merge",
         "-p",
         r#"{"spec":{"suspend":true}}"#,
     ]);
     let suspended = Instant::now();
     eventually(Duration::from_secs(20), "SUSPENDED True", || async {
-        (cg_columns(&cp, "pause").get(6).map(String::as_str) == Some("True")).then_some(())
+        (cg_columns(&cp, ns, "pause").get(6).map(String::as_str) == Some("True")).then_some(())
     })
     .await;
     assert_eq!(
-        condition(&cp, "pause", "Suspended", "reason"),
+        condition(&cp, ns, "pause", "Suspended", "reason"),
         "SuspendedBySpec"
     );
     eventually(
@@ -327,18 +325,16 @@ async fn a_suspended_group_lets_admitted_jobs_finish_and_admits_nothing_until_re
     // Slots are free, and still nothing is admitted.
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(
-        !has_pod(&cp, "p-2") && !has_pod(&cp, "p-3"),
+        !has_pod(&cp, ns, "p-2") && !has_pod(&cp, ns, "p-3"),
         "admitted while suspended"
     );
     assert_eq!(
         pods.rises_above(0, suspended + Duration::from_secs(1)),
         Vec::<usize>::new()
     );
-    let events = events_of(&cp, "p-3");
+    let events = events_of(&cp, ns, "p-3");
     assert!(events.contains("GroupSuspended"), "{events}");
-    let ledger = read_ledger(&s3, &bucket, "jobgate/batch/pause.json")
-        .await
-        .unwrap();
+    let ledger = read_ledger(s3, bucket, &bed.key("pause")).await.unwrap();
     assert!(ledger.holders.is_empty(), "{ledger:?}");
     assert!(
         ledger.agents.values().all(|a| a.waiting == 0),
@@ -350,16 +346,16 @@ async fn a_suspended_group_lets_admitted_jobs_finish_and_admits_nothing_until_re
         "cg",
         "pause",
         "-n",
-        NS,
+        ns,
         "--type=merge",
         "-p",
         r#"{"spec":{"suspend":false}}"#,
     ]);
     eventually(Duration::from_secs(30), "resumed and admitting", || async {
-        (has_pod(&cp, "p-2") && has_pod(&cp, "p-3")).then_some(())
+        (has_pod(&cp, ns, "p-2") && has_pod(&cp, ns, "p-3")).then_some(())
     })
     .await;
-    assert_eq!(condition(&cp, "pause", "Suspended", "status"), "False");
+    assert_eq!(condition(&cp, ns, "pause", "Suspended", "status"), "False");
     assert!(pods.max() <= 2, "{}", pods.summary(2));
 }
 
@@ -369,18 +365,16 @@ async fn a_suspended_group_lets_admitted_jobs_finish_and_admits_nothing_until_re
 /// after `--deletion-timeout`, and `jobgate.dev/abandon-slots` lets one go at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_group_gives_its_slots_back_before_it_goes() {
-    let _turn = SERIAL.lock().await;
-    let s3 = seaweed().await;
-    let bucket = bucket(&s3).await;
-    let (cp, kube) = held_cluster(NS).await;
-    group(&cp, &s3, &bucket, "gone", 2, json!({}));
+    let bed = Bed::shared_held(NS).await;
+    let (s3, bucket, cp, kube, ns) = (&*bed.s3, &bed.bucket, &*bed.cp, &bed.kube, bed.ns.as_str());
+    group(&cp, ns, &s3, &bucket, "gone", 2, json!({}));
     let pods = PodLog::default();
-    pods.watch(kube.clone(), "one", NS);
-    let ctl = controller(&cp, &s3, "one", &["--deletion-timeout=8s"]);
+    pods.watch(kube.clone(), "one", ns);
+    let ctl = controller(&cp, ns, &s3, "one", &["--deletion-timeout=8s"]);
     for i in 0..3 {
         create_held_job(
             &kube,
-            NS,
+            ns,
             &format!("d-{i}"),
             "gone",
             0,
@@ -397,7 +391,7 @@ async fn a_deleted_group_gives_its_slots_back_before_it_goes() {
         "cg",
         "gone",
         "-n",
-        NS,
+        ns,
         "-o",
         "jsonpath={.metadata.finalizers}",
     ]);
@@ -405,30 +399,30 @@ async fn a_deleted_group_gives_its_slots_back_before_it_goes() {
         finalizers.contains("jobgate.dev/release-slots"),
         "{finalizers}"
     );
-    cp.kubectl_ok(&["delete", "cg", "gone", "-n", NS, "--wait=false"]);
+    cp.kubectl_ok(&["delete", "cg", "gone", "-n", ns, "--wait=false"]);
     let deleted = Instant::now();
     eventually(Duration::from_secs(20), "Suspended: Deleting", || async {
-        (condition(&cp, "gone", "Suspended", "reason") == "Deleting").then_some(())
+        (condition(&cp, ns, "gone", "Suspended", "reason") == "Deleting").then_some(())
     })
     .await;
     let events = eventually(
         Duration::from_secs(20),
         "the waiting Job is told",
         || async {
-            let e = events_of(&cp, "d-2");
+            let e = events_of(&cp, ns, "d-2");
             e.contains("GroupDeleting").then_some(e)
         },
     )
     .await;
     assert!(events.contains("is being deleted"), "{events}");
     // Still there while its Jobs run: the finalizer holds it.
-    let key = "jobgate/batch/gone.json";
+    let key = &bed.key("gone");
     assert_eq!(
         read_ledger(&s3, &bucket, key).await.unwrap().holders.len(),
         2
     );
     eventually(Duration::from_secs(60), "the group is gone", || async {
-        let out = cp.kubectl(&["get", "cg", "gone", "-n", NS]);
+        let out = cp.kubectl(&["get", "cg", "gone", "-n", ns]);
         (!out.status.success()).then_some(())
     })
     .await;
@@ -439,19 +433,19 @@ async fn a_deleted_group_gives_its_slots_back_before_it_goes() {
         ledger.holders.is_empty() && ledger.agents.is_empty(),
         "{ledger:?}"
     );
-    assert!(!has_pod(&cp, "d-2"), "admitted while being deleted");
+    assert!(!has_pod(&cp, ns, "d-2"), "admitted while being deleted");
     assert!(pods.max() <= 2, "{}", pods.summary(2));
     eprintln!("deleted with two running Jobs: gone {took:?} later, ledger empty");
 
     // Its credentials Secret deleted with it (as when a namespace goes): the
     // client it has gives its slot back once the Job's pod has stopped.
-    apply_credentials(&cp, NS, "creds", &s3);
+    apply_credentials(&cp, ns, "creds", &s3);
     let with_secret = |name: &'static str, endpoint: &str| {
         apply_group_with(
             &cp,
             &GroupSpec {
                 name,
-                ns: NS,
+                ns: ns,
                 limit: 1,
                 bucket: &bucket,
                 endpoint,
@@ -462,27 +456,25 @@ async fn a_deleted_group_gives_its_slots_back_before_it_goes() {
         )
     };
     with_secret("sec", &s3.endpoint);
-    create_held_job(&kube, NS, "s-0", "sec", 0, Some(Duration::from_secs(4))).await;
+    create_held_job(&kube, ns, "s-0", "sec", 0, Some(Duration::from_secs(4))).await;
     eventually(Duration::from_secs(30), "s-0 runs", || async {
-        has_pod(&cp, "s-0").then_some(())
+        has_pod(&cp, ns, "s-0").then_some(())
     })
     .await;
-    cp.kubectl_ok(&["delete", "secret", "creds", "-n", NS]);
-    cp.kubectl_ok(&["delete", "cg", "sec", "-n", NS, "--wait=false"]);
+    cp.kubectl_ok(&["delete", "secret", "creds", "-n", ns]);
+    cp.kubectl_ok(&["delete", "cg", "sec", "-n", ns, "--wait=false"]);
     eventually(
         Duration::from_secs(40),
         "the group with no Secret is gone",
-        || async { (!cp.kubectl(&["get", "cg", "sec", "-n", NS]).status.success()).then_some(()) },
+        || async { (!cp.kubectl(&["get", "cg", "sec", "-n", ns]).status.success()).then_some(()) },
     )
     .await;
-    let events = events_of(&cp, "sec");
+    let events = events_of(&cp, ns, "sec");
     assert!(
         events.contains("SlotsReleased") && !events.contains("SlotsAbandoned"),
         "{events}"
     );
-    let ledger = read_ledger(&s3, &bucket, "jobgate/batch/sec.json")
-        .await
-        .unwrap();
+    let ledger = read_ledger(s3, bucket, &bed.key("sec")).await.unwrap();
     assert!(
         ledger.holders.is_empty() && ledger.agents.is_empty(),
         "{ledger:?}"
@@ -490,19 +482,19 @@ async fn a_deleted_group_gives_its_slots_back_before_it_goes() {
 
     // The ledger cannot be reached (a partition between the controller and
     // S3): the finalizer goes after the timeout, with a Warning.
-    apply_credentials(&cp, NS, "creds", &s3);
+    apply_credentials(&cp, ns, "creds", &s3);
     let proxy = FaultProxy::start(&s3.endpoint, Faults::default()).await;
     with_secret("lost", &proxy.endpoint);
-    create_held_job(&kube, NS, "l-0", "lost", 0, None).await;
+    create_held_job(&kube, ns, "l-0", "lost", 0, None).await;
     eventually(Duration::from_secs(30), "l-0 runs", || async {
-        has_pod(&cp, "l-0").then_some(())
+        has_pod(&cp, ns, "l-0").then_some(())
     })
     .await;
     proxy.partition(true);
-    cp.kubectl_ok(&["delete", "cg", "lost", "-n", NS, "--wait=false"]);
+    cp.kubectl_ok(&["delete", "cg", "lost", "-n", ns, "--wait=false"]);
     let deleted = Instant::now();
     while cp
-        .kubectl(&["get", "cg", "lost", "-n", NS])
+        .kubectl(&["get", "cg", "lost", "-n", ns])
         .status
         .success()
     {
@@ -521,7 +513,7 @@ async fn a_deleted_group_gives_its_slots_back_before_it_goes() {
         took >= Duration::from_secs(7),
         "went before the timeout: {took:?}"
     );
-    let events = events_of(&cp, "lost");
+    let events = events_of(&cp, ns, "lost");
     assert!(
         events.contains("SlotsAbandoned") && events.contains("could not be used"),
         "{events}"
@@ -529,10 +521,10 @@ async fn a_deleted_group_gives_its_slots_back_before_it_goes() {
     eprintln!("unreachable ledger: the group went {took:?} after its deletion (timeout 8 s)");
 
     // The annotation: at once, whatever is held.
-    group(&cp, &s3, &bucket, "quick", 1, json!({}));
-    create_held_job(&kube, NS, "q-0", "quick", 0, None).await;
+    group(&cp, ns, &s3, &bucket, "quick", 1, json!({}));
+    create_held_job(&kube, ns, "q-0", "quick", 0, None).await;
     eventually(Duration::from_secs(30), "q-0 runs", || async {
-        has_pod(&cp, "q-0").then_some(())
+        has_pod(&cp, ns, "q-0").then_some(())
     })
     .await;
     cp.kubectl_ok(&[
@@ -540,22 +532,22 @@ async fn a_deleted_group_gives_its_slots_back_before_it_goes() {
         "cg",
         "quick",
         "-n",
-        NS,
+        ns,
         "jobgate.dev/abandon-slots=true",
     ]);
-    cp.kubectl_ok(&["delete", "cg", "quick", "-n", NS, "--wait=false"]);
+    cp.kubectl_ok(&["delete", "cg", "quick", "-n", ns, "--wait=false"]);
     eventually(
         Duration::from_secs(20),
         "the abandoned group is gone",
         || async {
-            (!cp.kubectl(&["get", "cg", "quick", "-n", NS])
+            (!cp.kubectl(&["get", "cg", "quick", "-n", ns])
                 .status
                 .success())
             .then_some(())
         },
     )
     .await;
-    let events = events_of(&cp, "quick");
+    let events = events_of(&cp, ns, "quick");
     assert!(
         events.contains("SlotsAbandoned") && events.contains("1 held here"),
         "{events}"
@@ -567,37 +559,35 @@ async fn a_deleted_group_gives_its_slots_back_before_it_goes() {
 /// in `jobgate_jobs_without_group`; once the group exists it is admitted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_whose_group_does_not_exist_is_warned_and_counted() {
-    let _turn = SERIAL.lock().await;
-    let s3 = seaweed().await;
-    let bucket = bucket(&s3).await;
-    let (cp, kube) = held_cluster(NS).await;
+    let bed = Bed::shared_held(NS).await;
+    let (s3, bucket, cp, kube, ns) = (&*bed.s3, &bed.bucket, &*bed.cp, &bed.kube, bed.ns.as_str());
     let pods = PodLog::default();
-    pods.watch(kube.clone(), "one", NS);
-    let ctl = controller(&cp, &s3, "one", &[]);
-    create_held_job(&kube, NS, "orphan", "typo", 0, None).await;
+    pods.watch(kube.clone(), "one", ns);
+    let ctl = controller(&cp, ns, &s3, "one", &[]);
+    create_held_job(&kube, ns, "orphan", "typo", 0, None).await;
     let events = eventually(
         Duration::from_secs(30),
         "a GroupNotFound warning",
         || async {
-            let e = events_of(&cp, "orphan");
+            let e = events_of(&cp, ns, "orphan");
             e.contains("GroupNotFound").then_some(e)
         },
     )
     .await;
     assert!(
-        events.contains("\"typo\" does not exist in namespace batch"),
+        events.contains(&format!("\"typo\" does not exist in namespace {ns}")),
         "{events}"
     );
-    let metric = r#"jobgate_jobs_without_group{namespace="batch",group="typo"} 1"#;
+    let metric = &format!(r#"jobgate_jobs_without_group{{namespace="{ns}",group="typo"}} 1"#);
     eventually(Duration::from_secs(20), "the metric", || async {
         ctl.metrics().contains(metric).then_some(())
     })
     .await;
-    group(&cp, &s3, &bucket, "typo", 1, json!({}));
+    group(&cp, ns, &s3, &bucket, "typo", 1, json!({}));
     eventually(
         Duration::from_secs(30),
         "admitted once the group exists",
-        || async { has_pod(&cp, "orphan").then_some(()) },
+        || async { has_pod(&cp, ns, "orphan").then_some(()) },
     )
     .await;
     eventually(Duration::from_secs(20), "the metric cleared", || async {
@@ -614,42 +604,40 @@ async fn a_job_whose_group_does_not_exist_is_warned_and_counted() {
 /// back. While b holds its units the ledger is schema v2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weighted_jobs_take_their_units_in_order_and_never_exceed_the_limit() {
-    let _turn = SERIAL.lock().await;
-    let s3 = seaweed().await;
-    let bucket = bucket(&s3).await;
-    let (cp, kube) = held_cluster(NS).await;
-    group(&cp, &s3, &bucket, "heavy", 4, json!({}));
+    let bed = Bed::shared_held(NS).await;
+    let (s3, bucket, cp, kube, ns) = (&*bed.s3, &bed.bucket, &*bed.cp, &bed.kube, bed.ns.as_str());
+    group(&cp, ns, &s3, &bucket, "heavy", 4, json!({}));
     let pods = PodLog::default();
-    pods.watch(kube.clone(), "one", NS);
+    pods.watch(kube.clone(), "one", ns);
     let run = Some(Duration::from_secs(6));
-    create_weighted_held_job(&kube, NS, "huge", "heavy", 0, None, Some(9)).await;
+    create_weighted_held_job(&kube, ns, "huge", "heavy", 0, None, Some(9)).await;
     for (name, units) in [("a", 2), ("b", 3), ("c", 1), ("d", 1), ("e", 1)] {
-        create_weighted_held_job(&kube, NS, name, "heavy", 0, run, Some(units)).await;
+        create_weighted_held_job(&kube, ns, name, "heavy", 0, run, Some(units)).await;
     }
-    let _ctl = controller(&cp, &s3, "one", &[]);
+    let _ctl = controller(&cp, ns, &s3, "one", &[]);
     eventually(Duration::from_secs(60), "a's pod", || async {
-        has_pod(&cp, "a").then_some(())
+        has_pod(&cp, ns, "a").then_some(())
     })
     .await;
     // a runs alone: b needs 3 of the 2 free, and c, d, e wait behind b.
     tokio::time::sleep(Duration::from_secs(3)).await;
     for waiting in ["b", "c", "d", "e"] {
         assert!(
-            !has_pod(&cp, waiting),
+            !has_pod(&cp, ns, waiting),
             "{waiting} started while a ran alone"
         );
     }
     assert_eq!(pods.running(), 2, "{}", pods.summary(4));
-    let events = events_of(&cp, "huge");
+    let events = events_of(&cp, ns, "huge");
     assert!(
         events.contains("InvalidSlots") && events.contains("more than the group's limit 4"),
         "{events}"
     );
     eventually(Duration::from_secs(30), "b and c run together", || async {
-        (has_pod(&cp, "b") && has_pod(&cp, "c") && pods.running() == 4).then_some(())
+        (has_pod(&cp, ns, "b") && has_pod(&cp, ns, "c") && pods.running() == 4).then_some(())
     })
     .await;
-    let key = "jobgate/batch/heavy.json";
+    let key = &bed.key("heavy");
     let ledger = read_ledger(&s3, &bucket, key).await.unwrap();
     assert_eq!(ledger.schema, "jobgate.dev/ledger/v2", "{ledger:?}");
     assert_eq!(ledger.in_use(), 4, "{ledger:?}");
@@ -660,7 +648,7 @@ async fn weighted_jobs_take_their_units_in_order_and_never_exceed_the_limit() {
                 "job",
                 j,
                 "-n",
-                NS,
+                ns,
                 "-o",
                 "jsonpath={.status.succeeded}",
             ]);
@@ -669,12 +657,12 @@ async fn weighted_jobs_take_their_units_in_order_and_never_exceed_the_limit() {
         (done("d") && done("e")).then_some(())
     })
     .await;
-    let cg = cg_columns(&cp, "heavy");
+    let cg = cg_columns(&cp, ns, "heavy");
     assert_eq!(cg.get(1).map(String::as_str), Some("4"), "{cg:?}");
     eprintln!("{}", pods.summary(4));
     assert_eq!(pods.max(), 4, "units in use never reached the limit");
     assert_eq!(pods.time_over(4), Duration::ZERO, "{}", pods.summary(4));
-    assert!(!has_pod(&cp, "huge"));
+    assert!(!has_pod(&cp, ns, "huge"));
     // Back to one unit per holder: schema v1 again, readable by older binaries.
     let ledger = read_ledger(&s3, &bucket, key).await.unwrap();
     assert_eq!(ledger.schema, "jobgate.dev/ledger/v1", "{ledger:?}");

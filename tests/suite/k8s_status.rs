@@ -60,22 +60,23 @@ fn line(text: &str, start: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_shows_the_ledger_beside_the_clusters_jobs_and_flags_what_disagrees() {
     let started = Instant::now();
-    let bed = Bed::start(NS, false).await;
+    let bed = Bed::shared(NS, false).await;
+    let ns = bed.ns.as_str();
     let (s3, cp, kube) = (&bed.s3, &bed.cp, &bed.kube);
-    apply_credentials(cp, NS, "s3-creds", s3);
-    bed.group_in(cp, "etl", NS, 2, None, Some("s3-creds"));
+    apply_credentials(cp, ns, "s3-creds", s3);
+    bed.group_in(cp, "etl", ns, 2, None, Some("s3-creds"));
     let names: Vec<String> = (0..3).map(|i| format!("job-{i:02}")).collect();
-    bed.jobs(NS, "etl", &names).await;
+    bed.jobs(ns, "etl", &names).await;
     // Nothing completes: two Jobs run, the third waits.
     let checker = AdmissionLog::default();
-    observe(kube.clone(), "one", NS, checker.clone(), None);
-    let mut controller = ControllerProcess::start(cp, s3, "one", NS, false);
+    observe(kube.clone(), "one", ns, checker.clone(), None);
+    let mut controller = ControllerProcess::start(cp, s3, "one", ns, false);
     eventually(Duration::from_secs(60), "two admissions", || async {
         (checker.snapshot(|s| s.order.len()) == 2).then_some(())
     })
     .await;
     eventually(Duration::from_secs(30), "the group's status", || async {
-        let out = cp.kubectl(&["get", "cg", "etl", "-n", NS, "--no-headers"]);
+        let out = cp.kubectl(&["get", "cg", "etl", "-n", ns, "--no-headers"]);
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let cols: Vec<&str> = text.split_whitespace().collect();
         (cols.get(1..6) == Some(&["2", "2", "2", "1", "True"][..])).then_some(())
@@ -84,7 +85,7 @@ async fn status_shows_the_ledger_beside_the_clusters_jobs_and_flags_what_disagre
     eprintln!("bed up, two admitted: {:?}", started.elapsed());
 
     let t = Instant::now();
-    let out = status(cp, &["-n", NS, "etl"]);
+    let out = status(cp, &["-n", ns, "etl"]);
     let took = t.elapsed();
     let (stdout, stderr) = text(&out);
     eprintln!("jobgate status took {took:?}:\n{stdout}{stderr}");
@@ -92,21 +93,21 @@ async fn status_shows_the_ledger_beside_the_clusters_jobs_and_flags_what_disagre
     let bucket = &bed.bucket;
     assert_eq!(
         line(&stdout, "ledger"),
-        format!("ledger s3://{bucket}/jobgate/batch/etl.json")
+        format!("ledger s3://{bucket}/jobgate/{ns}/etl.json")
     );
     // The ledger's side, then the cluster's.
     assert_eq!(line(&stdout, "limit   "), "limit 2");
     assert_eq!(line(&stdout, "in use  "), "in use 2");
-    assert_eq!(line(&stdout, "group"), "group batch/etl");
+    assert_eq!(line(&stdout, "group"), format!("group {ns}/etl"));
     assert_eq!(
         line(&stdout, "agent "),
-        "agent one/batch/etl (from the holders of this namespace's Jobs)"
+        format!("agent one/{ns}/etl (from the holders of this namespace's Jobs)")
     );
     assert_eq!(line(&stdout, "limit     "), "limit 2");
     assert_eq!(line(&stdout, "in use    "), "in use 2 in all clusters");
     assert_eq!(line(&stdout, "here"), "here 2 admitted, 1 waiting");
     assert!(line(&stdout, "Ready").starts_with("Ready True LedgerReachable"));
-    let api: Api<Job> = Api::namespaced(kube.clone(), NS);
+    let api: Api<Job> = Api::namespaced(kube.clone(), ns);
     for job in names.iter().take(2) {
         let l = line(&stdout, job);
         let token = api.get(job).await.unwrap().annotations()["jobgate.dev/fencing-token"].clone();
@@ -123,7 +124,7 @@ async fn status_shows_the_ledger_beside_the_clusters_jobs_and_flags_what_disagre
     );
 
     // The same as one JSON object.
-    let out = status(cp, &["-n", NS, "etl", "-o", "json"]);
+    let out = status(cp, &["-n", ns, "etl", "-o", "json"]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}{stderr}");
     let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();
@@ -132,7 +133,7 @@ async fn status_shows_the_ledger_beside_the_clusters_jobs_and_flags_what_disagre
     let jobs = doc["cluster"]["jobs"].as_array().unwrap();
     let states: Vec<&str> = jobs.iter().map(|j| j["state"].as_str().unwrap()).collect();
     assert_eq!(states, ["admitted", "admitted", "waiting"], "{doc}");
-    assert_eq!(jobs[0]["holder"]["agent"], "one/batch/etl", "{doc}");
+    assert_eq!(jobs[0]["holder"]["agent"], format!("one/{ns}/etl"), "{doc}");
     assert_eq!(doc["cluster"]["status"]["inUse"], 2, "{doc}");
     assert_eq!(doc["cluster"]["discrepancies"], serde_json::json!([]));
 
@@ -151,29 +152,31 @@ async fn status_shows_the_ledger_beside_the_clusters_jobs_and_flags_what_disagre
         api.get_opt("job-00").await.ok()?.is_none().then_some(())
     })
     .await;
-    let out = status(cp, &["-n", NS, "etl", "--cluster-name", "one"]);
+    let out = status(cp, &["-n", ns, "etl", "--cluster-name", "one"]);
     let (stdout, stderr) = text(&out);
     eprintln!("after deleting job-00 without a controller:\n{stdout}{stderr}");
     assert!(out.status.success(), "{stdout}{stderr}");
     assert_eq!(
         line(&stdout, "agent "),
-        "agent one/batch/etl (from --cluster-name)"
+        format!("agent one/{ns}/etl (from --cluster-name)")
     );
     let flagged = line(&stdout, "- holder");
     assert!(
         flagged.starts_with(&format!(
-            "- holder {gone} of this cluster's agent one/batch/etl (token {token}) is no Job of the group in namespace batch"
+            "- holder {gone} of this cluster's agent one/{ns}/etl (token {token}) is no Job of the group in namespace {ns}"
         )),
         "{stdout}"
     );
 
     // A group that is not there: one sentence, and what to run instead.
-    let out = status(cp, &["-n", NS, "nope"]);
+    let out = status(cp, &["-n", ns, "nope"]);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(125), "{stdout}{stderr}");
     assert_eq!(
         stderr,
-        "jobgate: error: ConcurrencyGroup nope not found in namespace batch; list the groups there with `kubectl get cg -n batch`\n"
+        format!(
+            "jobgate: error: ConcurrencyGroup nope not found in namespace {ns}; list the groups there with `kubectl get cg -n {ns}`\n"
+        )
     );
     assert!(stdout.is_empty(), "{stdout}");
     eprintln!("whole test: {:?}", started.elapsed());

@@ -121,7 +121,7 @@ async fn stress_on_memory_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stress_on_seaweedfs() {
-    let server = jobgate_testkit::seaweed().await;
+    let server = jobgate_testkit::shared::seaweed();
     let bucket = jobgate_testkit::bucket(&server).await;
     let opts = server.s3_options();
     let b = bucket.clone();
@@ -143,7 +143,7 @@ async fn stress_on_seaweedfs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stress_on_seaweedfs_with_faults() {
-    let server = jobgate_testkit::seaweed().await;
+    let server = jobgate_testkit::shared::seaweed();
     let bucket = jobgate_testkit::bucket(&server).await;
     let proxy = FaultProxy::start(
         &server.endpoint,
@@ -196,7 +196,7 @@ async fn stress_on_seaweedfs_with_faults() {
 /// The reference design under the same stress and the same checker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn naive_counter_exceeds_the_limit() {
-    let server = jobgate_testkit::seaweed().await;
+    let server = jobgate_testkit::shared::seaweed();
     let bucket = jobgate_testkit::bucket(&server).await;
     let client = || server.sdk_client(Duration::from_secs(10));
     NaiveCounter::new(client(), &bucket, "naive.json", LIMIT as i64)
