@@ -1,18 +1,32 @@
-# The front door. `make test` is what CI runs.
-.PHONY: test testbed unit lint lint-docker demo bench bench-operator soak image playground
+# The front door. CI runs `make lint`, `make test`, then `make e2e`.
+.PHONY: test e2e testbed node unit lint lint-docker demo bench bench-operator soak image playground
 
-# Build the pinned test-bed binaries (cached; skipped when present), then run
-# every test: unit, property, conformance, stress, lease, CLI end to end.
+# What a contributor runs after every change: unit and property tests, the
+# store conformance suite, the CLI, the chart, and the controller's core
+# scenarios on kube-apiserver (and kwok's fake nodes). No root, no apt, no
+# sysctl: everything comes from the test bed's cache. The integration tests
+# are one binary (tests/suite); most of them wait on servers rather than
+# compute, so more of them run at once than there are cores.
+TEST_THREADS ?= 6
 test: testbed
-	cargo test --workspace
+	cargo test --workspace -- --test-threads=$(TEST_THREADS)
+
+# Everything else (tests/e2e): real nodes (kubelet, containerd), the failure
+# matrix counted on pods, helm install on real nodes, the webhook, RBAC by
+# use, tenants. Needs root: `node` installs Debian packages, and the kubelet
+# sets vm.overcommit_memory=1, kernel.panic=10 and kernel.panic_on_oops=1.
+e2e: testbed node
+	cargo test --test e2e
 
 # SeaweedFS, etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
 # kubelet, kubectl, kwok and helm, pinned, into ~/.cache/jobgate/testbed
-# (cold: about 15 minutes on 2 cores; then seconds), and for the real-node
-# tests containerd, runc, the CNI plugins and busybox-static from Debian
-# (installed only when missing; needs root).
+# (cold: about 17 minutes on 2 cores; then seconds). No root.
 testbed:
 	scripts/testbed.sh all
+
+# For `make e2e`'s real nodes: containerd, runc, the CNI plugins and
+# busybox-static from Debian (installed only when missing; needs root).
+node:
 	scripts/testbed.sh node
 
 unit:

@@ -1,7 +1,12 @@
-//! The end-to-end tests that need real nodes (kubelet and containerd, which
-//! need root), whole clusters counted on pods, the webhook, RBAC and
-//! tenants, in one test binary. Each module was a test binary of its own
-//! before; its tests keep their names under the module's (`k8s_pods::…`).
+//! `make e2e`: what needs more than `make test` — real nodes (kubelet and
+//! containerd, which need root and change the machine's sysctls), the
+//! failure matrix counted on pods over whole clusters, `helm install` on real
+//! nodes, the admission webhook against a real API server, the chart's RBAC
+//! by use, and tenants. Not run by `cargo test` on its own (`test = false`
+//! in Cargo.toml): `make e2e` or `cargo test --test e2e`.
+//!
+//! Each module was a test binary of its own before; its tests keep their
+//! names under the module's (`k8s_pods::…`).
 
 mod k8s_cluster;
 mod k8s_helm_install;

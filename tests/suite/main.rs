@@ -1,7 +1,13 @@
-//! The integration tests that need no root, in one test binary so that the
-//! crate is linked once. Each module was a test binary of its own before;
-//! its tests keep their names under the module's (`cli::…`,
-//! `k8s_operate::…`).
+//! `make test`: everything a contributor runs after a change, in one test
+//! binary so that the crate is linked once and its tests run side by side.
+//! Needs no root and no real node: SeaweedFS, kube-apiserver and, for a few
+//! tests, kube-controller-manager, kube-scheduler and kwok's fake nodes, all
+//! from the test bed (`scripts/testbed.sh all`). Tests that can share a
+//! server take it from `jobgate_testkit::shared`, with a bucket or a
+//! namespace of their own.
+//!
+//! Each module was a test binary of its own before; its tests keep their
+//! names under the module's (`cli::…`, `k8s_operate::…`).
 
 mod cli;
 mod cli_errors;
