@@ -85,7 +85,7 @@ fn concurrent_runs_on_a_file_ledger_respect_the_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_runs_on_seaweedfs_respect_the_limit() {
     let server = jobgate_testkit::shared::seaweed();
-    let bucket = jobgate_testkit::bucket(&server).await;
+    let bucket = jobgate_testkit::bucket(server).await;
     let dir = tempfile::tempdir().unwrap();
     let ledger = format!("s3://{bucket}/cli.json");
     let env = server.env();
@@ -112,7 +112,7 @@ async fn concurrent_runs_on_seaweedfs_respect_the_limit() {
 async fn a_grant_answered_too_late_never_starts_the_command() {
     use jobgate_testkit::faultproxy::{FaultProxy, Faults};
     let server = jobgate_testkit::shared::seaweed();
-    let bucket = jobgate_testkit::bucket(&server).await;
+    let bucket = jobgate_testkit::bucket(server).await;
     let slow = Faults {
         delay: 1.0,
         delay_by: std::time::Duration::from_secs(4),
@@ -313,7 +313,7 @@ fn bad_input_gets_one_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_errors_get_one_line() {
     let server = jobgate_testkit::shared::seaweed();
-    let bucket = jobgate_testkit::bucket(&server).await;
+    let bucket = jobgate_testkit::bucket(server).await;
     let env = server.env();
     let err = one_line_error(&jobgate(
         &[

@@ -130,26 +130,26 @@ async fn a_limit_changed_at_runtime_applies_everywhere_and_a_stale_cluster_does_
         (&*bed.s3, &bed.bucket, &*bed.cp, &bed.kube, bed.ns.as_str());
     // West shares the ledger but runs no Jobs: a control plane is enough.
     let west = jobgate_testkit::shared::control_plane();
-    let west_kube = client(&west).await;
+    let west_kube = client(west).await;
     // The same namespace as east's: the ledger key is made from it.
     create_namespace(&west_kube, ns).await;
-    group(&east, ns, &s3, &bucket, "lim", 2, json!({}));
-    group(&west, ns, &s3, &bucket, "lim", 2, json!({}));
+    group(east, ns, s3, bucket, "lim", 2, json!({}));
+    group(west, ns, s3, bucket, "lim", 2, json!({}));
     let pods = PodLog::default();
     pods.watch(kube.clone(), "east", ns);
-    let _east_ctl = controller(&east, ns, &s3, "east", &[]);
-    let _west_ctl = controller(&west, ns, &s3, "west", &[]);
+    let _east_ctl = controller(east, ns, s3, "east", &[]);
+    let _west_ctl = controller(west, ns, s3, "west", &[]);
     // The first two end after a while; the rest run until the end.
     for i in 0..6 {
         let run_for = (i < 2).then_some(Duration::from_secs(20));
-        create_held_job(&kube, ns, &format!("job-{i}"), "lim", 0, run_for).await;
+        create_held_job(kube, ns, &format!("job-{i}"), "lim", 0, run_for).await;
     }
     eventually(Duration::from_secs(60), "two Jobs with pods", || async {
         (pods.running() == 2).then_some(())
     })
     .await;
     let waiting = eventually(Duration::from_secs(20), "a Waiting event", || async {
-        let e = events_of(&east, ns, "job-3");
+        let e = events_of(east, ns, "job-3");
         e.contains("Waiting").then_some(e)
     })
     .await;
@@ -163,7 +163,7 @@ async fn a_limit_changed_at_runtime_applies_everywhere_and_a_stale_cluster_does_
     eventually(
         Duration::from_secs(20),
         "both clusters agree on 2",
-        || async { (condition(&west, ns, "lim", "LimitAgreed", "status") == "True").then_some(()) },
+        || async { (condition(west, ns, "lim", "LimitAgreed", "status") == "True").then_some(()) },
     )
     .await;
 
@@ -187,7 +187,7 @@ async fn a_limit_changed_at_runtime_applies_everywhere_and_a_stale_cluster_does_
         raised.elapsed()
     );
     let key = &bed.key("lim");
-    let ledger = read_ledger(&s3, &bucket, key).await.unwrap();
+    let ledger = read_ledger(s3, bucket, key).await.unwrap();
     let set = ledger.limit_set.clone().unwrap();
     assert_eq!(ledger.limit, 4);
     assert!(
@@ -199,8 +199,8 @@ async fn a_limit_changed_at_runtime_applies_everywhere_and_a_stale_cluster_does_
         Duration::from_secs(20),
         "LIMIT 4 in both clusters",
         || async {
-            (cg_columns(&east, ns, "lim").get(1).map(String::as_str) == Some("4")
-                && cg_columns(&west, ns, "lim").get(1).map(String::as_str) == Some("4"))
+            (cg_columns(east, ns, "lim").get(1).map(String::as_str) == Some("4")
+                && cg_columns(west, ns, "lim").get(1).map(String::as_str) == Some("4"))
             .then_some(())
         },
     )
@@ -211,8 +211,8 @@ async fn a_limit_changed_at_runtime_applies_everywhere_and_a_stale_cluster_does_
         "{wide}"
     );
     let message = eventually(Duration::from_secs(20), "west disagrees", || async {
-        (condition(&west, ns, "lim", "LimitAgreed", "status") == "False")
-            .then(|| condition(&west, ns, "lim", "LimitAgreed", "message"))
+        (condition(west, ns, "lim", "LimitAgreed", "status") == "False")
+            .then(|| condition(west, ns, "lim", "LimitAgreed", "message"))
     })
     .await;
     assert!(
@@ -221,12 +221,12 @@ async fn a_limit_changed_at_runtime_applies_everywhere_and_a_stale_cluster_does_
     );
     // West keeps passing (its poll is 300 ms) and must not set 2 back.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(read_ledger(&s3, &bucket, key).await.unwrap().limit, 4);
-    assert_eq!(condition(&east, ns, "lim", "LimitAgreed", "status"), "True");
+    assert_eq!(read_ledger(s3, bucket, key).await.unwrap().limit, 4);
+    assert_eq!(condition(east, ns, "lim", "LimitAgreed", "status"), "True");
 
     // Lowered below the four in use, from the CLI.
     let url = format!("s3://{bucket}/{key}");
-    let out = jobgate_limit(&s3, &url, "1");
+    let out = jobgate_limit(s3, &url, "1");
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -242,8 +242,8 @@ async fn a_limit_changed_at_runtime_applies_everywhere_and_a_stale_cluster_does_
         Duration::from_secs(20),
         "east reports the CLI's change",
         || async {
-            (condition(&east, ns, "lim", "LimitAgreed", "status") == "False")
-                .then(|| condition(&east, ns, "lim", "LimitAgreed", "message"))
+            (condition(east, ns, "lim", "LimitAgreed", "status") == "False")
+                .then(|| condition(east, ns, "lim", "LimitAgreed", "message"))
         },
     )
     .await;
@@ -261,12 +261,12 @@ async fn a_limit_changed_at_runtime_applies_everywhere_and_a_stale_cluster_does_
     assert_eq!(pods.rises_above(1, lowered), Vec::<usize>::new());
     assert_eq!(pods.rises_above(4, raised), Vec::<usize>::new());
     assert_eq!(pods.max(), 4, "{}", pods.summary(4));
-    let bad = jobgate_limit(&s3, &url, "0");
+    let bad = jobgate_limit(s3, &url, "0");
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert_eq!(
-        read_ledger(&s3, &bucket, key).await.unwrap().limit,
+        read_ledger(s3, bucket, key).await.unwrap().limit,
         1,
         "{err}"
     );
@@ -278,13 +278,13 @@ async fn a_limit_changed_at_runtime_applies_everywhere_and_a_stale_cluster_does_
 async fn a_suspended_group_lets_admitted_jobs_finish_and_admits_nothing_until_resumed() {
     let bed = Bed::shared_held(NS).await;
     let (s3, bucket, cp, kube, ns) = (&*bed.s3, &bed.bucket, &*bed.cp, &bed.kube, bed.ns.as_str());
-    group(&cp, ns, &s3, &bucket, "pause", 2, json!({}));
+    group(cp, ns, s3, bucket, "pause", 2, json!({}));
     let pods = PodLog::default();
     pods.watch(kube.clone(), "one", ns);
-    let _ctl = controller(&cp, ns, &s3, "one", &[]);
+    let _ctl = controller(cp, ns, s3, "one", &[]);
     for i in 0..4 {
         create_held_job(
-            &kube,
+            kube,
             ns,
             &format!("p-{i}"),
             "pause",
@@ -309,11 +309,11 @@ async fn a_suspended_group_lets_admitted_jobs_finish_and_admits_nothing_until_re
     ]);
     let suspended = Instant::now();
     eventually(Duration::from_secs(20), "SUSPENDED True", || async {
-        (cg_columns(&cp, ns, "pause").get(6).map(String::as_str) == Some("True")).then_some(())
+        (cg_columns(cp, ns, "pause").get(6).map(String::as_str) == Some("True")).then_some(())
     })
     .await;
     assert_eq!(
-        condition(&cp, ns, "pause", "Suspended", "reason"),
+        condition(cp, ns, "pause", "Suspended", "reason"),
         "SuspendedBySpec"
     );
     eventually(
@@ -325,14 +325,14 @@ async fn a_suspended_group_lets_admitted_jobs_finish_and_admits_nothing_until_re
     // Slots are free, and still nothing is admitted.
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(
-        !has_pod(&cp, ns, "p-2") && !has_pod(&cp, ns, "p-3"),
+        !has_pod(cp, ns, "p-2") && !has_pod(cp, ns, "p-3"),
         "admitted while suspended"
     );
     assert_eq!(
         pods.rises_above(0, suspended + Duration::from_secs(1)),
         Vec::<usize>::new()
     );
-    let events = events_of(&cp, ns, "p-3");
+    let events = events_of(cp, ns, "p-3");
     assert!(events.contains("GroupSuspended"), "{events}");
     let ledger = read_ledger(s3, bucket, &bed.key("pause")).await.unwrap();
     assert!(ledger.holders.is_empty(), "{ledger:?}");
@@ -352,10 +352,10 @@ async fn a_suspended_group_lets_admitted_jobs_finish_and_admits_nothing_until_re
         r#"{"spec":{"suspend":false}}"#,
     ]);
     eventually(Duration::from_secs(30), "resumed and admitting", || async {
-        (has_pod(&cp, ns, "p-2") && has_pod(&cp, ns, "p-3")).then_some(())
+        (has_pod(cp, ns, "p-2") && has_pod(cp, ns, "p-3")).then_some(())
     })
     .await;
-    assert_eq!(condition(&cp, ns, "pause", "Suspended", "status"), "False");
+    assert_eq!(condition(cp, ns, "pause", "Suspended", "status"), "False");
     assert!(pods.max() <= 2, "{}", pods.summary(2));
 }
 
@@ -367,13 +367,13 @@ async fn a_suspended_group_lets_admitted_jobs_finish_and_admits_nothing_until_re
 async fn a_deleted_group_gives_its_slots_back_before_it_goes() {
     let bed = Bed::shared_held(NS).await;
     let (s3, bucket, cp, kube, ns) = (&*bed.s3, &bed.bucket, &*bed.cp, &bed.kube, bed.ns.as_str());
-    group(&cp, ns, &s3, &bucket, "gone", 2, json!({}));
+    group(cp, ns, s3, bucket, "gone", 2, json!({}));
     let pods = PodLog::default();
     pods.watch(kube.clone(), "one", ns);
-    let ctl = controller(&cp, ns, &s3, "one", &["--deletion-timeout=8s"]);
+    let ctl = controller(cp, ns, s3, "one", &["--deletion-timeout=8s"]);
     for i in 0..3 {
         create_held_job(
-            &kube,
+            kube,
             ns,
             &format!("d-{i}"),
             "gone",
@@ -402,14 +402,14 @@ async fn a_deleted_group_gives_its_slots_back_before_it_goes() {
     cp.kubectl_ok(&["delete", "cg", "gone", "-n", ns, "--wait=false"]);
     let deleted = Instant::now();
     eventually(Duration::from_secs(20), "Suspended: Deleting", || async {
-        (condition(&cp, ns, "gone", "Suspended", "reason") == "Deleting").then_some(())
+        (condition(cp, ns, "gone", "Suspended", "reason") == "Deleting").then_some(())
     })
     .await;
     let events = eventually(
         Duration::from_secs(20),
         "the waiting Job is told",
         || async {
-            let e = events_of(&cp, ns, "d-2");
+            let e = events_of(cp, ns, "d-2");
             e.contains("GroupDeleting").then_some(e)
         },
     )
@@ -417,10 +417,7 @@ async fn a_deleted_group_gives_its_slots_back_before_it_goes() {
     assert!(events.contains("is being deleted"), "{events}");
     // Still there while its Jobs run: the finalizer holds it.
     let key = &bed.key("gone");
-    assert_eq!(
-        read_ledger(&s3, &bucket, key).await.unwrap().holders.len(),
-        2
-    );
+    assert_eq!(read_ledger(s3, bucket, key).await.unwrap().holders.len(), 2);
     eventually(Duration::from_secs(60), "the group is gone", || async {
         let out = cp.kubectl(&["get", "cg", "gone", "-n", ns]);
         (!out.status.success()).then_some(())
@@ -428,26 +425,26 @@ async fn a_deleted_group_gives_its_slots_back_before_it_goes() {
     .await;
     let took = deleted.elapsed();
     assert_eq!(pods.running(), 0, "the group went while its Jobs' pods ran");
-    let ledger = read_ledger(&s3, &bucket, key).await.unwrap();
+    let ledger = read_ledger(s3, bucket, key).await.unwrap();
     assert!(
         ledger.holders.is_empty() && ledger.agents.is_empty(),
         "{ledger:?}"
     );
-    assert!(!has_pod(&cp, ns, "d-2"), "admitted while being deleted");
+    assert!(!has_pod(cp, ns, "d-2"), "admitted while being deleted");
     assert!(pods.max() <= 2, "{}", pods.summary(2));
     eprintln!("deleted with two running Jobs: gone {took:?} later, ledger empty");
 
     // Its credentials Secret deleted with it (as when a namespace goes): the
     // client it has gives its slot back once the Job's pod has stopped.
-    apply_credentials(&cp, ns, "creds", &s3);
+    apply_credentials(cp, ns, "creds", s3);
     let with_secret = |name: &'static str, endpoint: &str| {
         apply_group_with(
-            &cp,
+            cp,
             &GroupSpec {
                 name,
-                ns: ns,
+                ns,
                 limit: 1,
-                bucket: &bucket,
+                bucket,
                 endpoint,
                 key: None,
                 secret: Some("creds"),
@@ -456,9 +453,9 @@ async fn a_deleted_group_gives_its_slots_back_before_it_goes() {
         )
     };
     with_secret("sec", &s3.endpoint);
-    create_held_job(&kube, ns, "s-0", "sec", 0, Some(Duration::from_secs(4))).await;
+    create_held_job(kube, ns, "s-0", "sec", 0, Some(Duration::from_secs(4))).await;
     eventually(Duration::from_secs(30), "s-0 runs", || async {
-        has_pod(&cp, ns, "s-0").then_some(())
+        has_pod(cp, ns, "s-0").then_some(())
     })
     .await;
     cp.kubectl_ok(&["delete", "secret", "creds", "-n", ns]);
@@ -469,7 +466,7 @@ async fn a_deleted_group_gives_its_slots_back_before_it_goes() {
         || async { (!cp.kubectl(&["get", "cg", "sec", "-n", ns]).status.success()).then_some(()) },
     )
     .await;
-    let events = events_of(&cp, ns, "sec");
+    let events = events_of(cp, ns, "sec");
     assert!(
         events.contains("SlotsReleased") && !events.contains("SlotsAbandoned"),
         "{events}"
@@ -482,12 +479,12 @@ async fn a_deleted_group_gives_its_slots_back_before_it_goes() {
 
     // The ledger cannot be reached (a partition between the controller and
     // S3): the finalizer goes after the timeout, with a Warning.
-    apply_credentials(&cp, ns, "creds", &s3);
+    apply_credentials(cp, ns, "creds", s3);
     let proxy = FaultProxy::start(&s3.endpoint, Faults::default()).await;
     with_secret("lost", &proxy.endpoint);
-    create_held_job(&kube, ns, "l-0", "lost", 0, None).await;
+    create_held_job(kube, ns, "l-0", "lost", 0, None).await;
     eventually(Duration::from_secs(30), "l-0 runs", || async {
-        has_pod(&cp, ns, "l-0").then_some(())
+        has_pod(cp, ns, "l-0").then_some(())
     })
     .await;
     proxy.partition(true);
@@ -513,7 +510,7 @@ async fn a_deleted_group_gives_its_slots_back_before_it_goes() {
         took >= Duration::from_secs(7),
         "went before the timeout: {took:?}"
     );
-    let events = events_of(&cp, ns, "lost");
+    let events = events_of(cp, ns, "lost");
     assert!(
         events.contains("SlotsAbandoned") && events.contains("could not be used"),
         "{events}"
@@ -521,10 +518,10 @@ async fn a_deleted_group_gives_its_slots_back_before_it_goes() {
     eprintln!("unreachable ledger: the group went {took:?} after its deletion (timeout 8 s)");
 
     // The annotation: at once, whatever is held.
-    group(&cp, ns, &s3, &bucket, "quick", 1, json!({}));
-    create_held_job(&kube, ns, "q-0", "quick", 0, None).await;
+    group(cp, ns, s3, bucket, "quick", 1, json!({}));
+    create_held_job(kube, ns, "q-0", "quick", 0, None).await;
     eventually(Duration::from_secs(30), "q-0 runs", || async {
-        has_pod(&cp, ns, "q-0").then_some(())
+        has_pod(cp, ns, "q-0").then_some(())
     })
     .await;
     cp.kubectl_ok(&[
@@ -547,7 +544,7 @@ async fn a_deleted_group_gives_its_slots_back_before_it_goes() {
         },
     )
     .await;
-    let events = events_of(&cp, ns, "quick");
+    let events = events_of(cp, ns, "quick");
     assert!(
         events.contains("SlotsAbandoned") && events.contains("1 held here"),
         "{events}"
@@ -563,13 +560,13 @@ async fn a_job_whose_group_does_not_exist_is_warned_and_counted() {
     let (s3, bucket, cp, kube, ns) = (&*bed.s3, &bed.bucket, &*bed.cp, &bed.kube, bed.ns.as_str());
     let pods = PodLog::default();
     pods.watch(kube.clone(), "one", ns);
-    let ctl = controller(&cp, ns, &s3, "one", &[]);
-    create_held_job(&kube, ns, "orphan", "typo", 0, None).await;
+    let ctl = controller(cp, ns, s3, "one", &[]);
+    create_held_job(kube, ns, "orphan", "typo", 0, None).await;
     let events = eventually(
         Duration::from_secs(30),
         "a GroupNotFound warning",
         || async {
-            let e = events_of(&cp, ns, "orphan");
+            let e = events_of(cp, ns, "orphan");
             e.contains("GroupNotFound").then_some(e)
         },
     )
@@ -583,11 +580,11 @@ async fn a_job_whose_group_does_not_exist_is_warned_and_counted() {
         ctl.metrics().contains(metric).then_some(())
     })
     .await;
-    group(&cp, ns, &s3, &bucket, "typo", 1, json!({}));
+    group(cp, ns, s3, bucket, "typo", 1, json!({}));
     eventually(
         Duration::from_secs(30),
         "admitted once the group exists",
-        || async { has_pod(&cp, ns, "orphan").then_some(()) },
+        || async { has_pod(cp, ns, "orphan").then_some(()) },
     )
     .await;
     eventually(Duration::from_secs(20), "the metric cleared", || async {
@@ -606,39 +603,39 @@ async fn a_job_whose_group_does_not_exist_is_warned_and_counted() {
 async fn weighted_jobs_take_their_units_in_order_and_never_exceed_the_limit() {
     let bed = Bed::shared_held(NS).await;
     let (s3, bucket, cp, kube, ns) = (&*bed.s3, &bed.bucket, &*bed.cp, &bed.kube, bed.ns.as_str());
-    group(&cp, ns, &s3, &bucket, "heavy", 4, json!({}));
+    group(cp, ns, s3, bucket, "heavy", 4, json!({}));
     let pods = PodLog::default();
     pods.watch(kube.clone(), "one", ns);
     let run = Some(Duration::from_secs(6));
-    create_weighted_held_job(&kube, ns, "huge", "heavy", 0, None, Some(9)).await;
+    create_weighted_held_job(kube, ns, "huge", "heavy", 0, None, Some(9)).await;
     for (name, units) in [("a", 2), ("b", 3), ("c", 1), ("d", 1), ("e", 1)] {
-        create_weighted_held_job(&kube, ns, name, "heavy", 0, run, Some(units)).await;
+        create_weighted_held_job(kube, ns, name, "heavy", 0, run, Some(units)).await;
     }
-    let _ctl = controller(&cp, ns, &s3, "one", &[]);
+    let _ctl = controller(cp, ns, s3, "one", &[]);
     eventually(Duration::from_secs(60), "a's pod", || async {
-        has_pod(&cp, ns, "a").then_some(())
+        has_pod(cp, ns, "a").then_some(())
     })
     .await;
     // a runs alone: b needs 3 of the 2 free, and c, d, e wait behind b.
     tokio::time::sleep(Duration::from_secs(3)).await;
     for waiting in ["b", "c", "d", "e"] {
         assert!(
-            !has_pod(&cp, ns, waiting),
+            !has_pod(cp, ns, waiting),
             "{waiting} started while a ran alone"
         );
     }
     assert_eq!(pods.running(), 2, "{}", pods.summary(4));
-    let events = events_of(&cp, ns, "huge");
+    let events = events_of(cp, ns, "huge");
     assert!(
         events.contains("InvalidSlots") && events.contains("more than the group's limit 4"),
         "{events}"
     );
     eventually(Duration::from_secs(30), "b and c run together", || async {
-        (has_pod(&cp, ns, "b") && has_pod(&cp, ns, "c") && pods.running() == 4).then_some(())
+        (has_pod(cp, ns, "b") && has_pod(cp, ns, "c") && pods.running() == 4).then_some(())
     })
     .await;
     let key = &bed.key("heavy");
-    let ledger = read_ledger(&s3, &bucket, key).await.unwrap();
+    let ledger = read_ledger(s3, bucket, key).await.unwrap();
     assert_eq!(ledger.schema, "jobgate.dev/ledger/v2", "{ledger:?}");
     assert_eq!(ledger.in_use(), 4, "{ledger:?}");
     eventually(Duration::from_secs(60), "d and e done", || async {
@@ -657,13 +654,13 @@ async fn weighted_jobs_take_their_units_in_order_and_never_exceed_the_limit() {
         (done("d") && done("e")).then_some(())
     })
     .await;
-    let cg = cg_columns(&cp, ns, "heavy");
+    let cg = cg_columns(cp, ns, "heavy");
     assert_eq!(cg.get(1).map(String::as_str), Some("4"), "{cg:?}");
     eprintln!("{}", pods.summary(4));
     assert_eq!(pods.max(), 4, "units in use never reached the limit");
     assert_eq!(pods.time_over(4), Duration::ZERO, "{}", pods.summary(4));
-    assert!(!has_pod(&cp, ns, "huge"));
+    assert!(!has_pod(cp, ns, "huge"));
     // Back to one unit per holder: schema v1 again, readable by older binaries.
-    let ledger = read_ledger(&s3, &bucket, key).await.unwrap();
+    let ledger = read_ledger(s3, bucket, key).await.unwrap();
     assert_eq!(ledger.schema, "jobgate.dev/ledger/v1", "{ledger:?}");
 }

@@ -11,7 +11,7 @@ use jobgate::{Config, Semaphore};
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_agents_slots_return_after_its_lease() {
     let server = jobgate_testkit::shared::seaweed();
-    let bucket = jobgate_testkit::bucket(&server).await;
+    let bucket = jobgate_testkit::bucket(server).await;
     let store = server.dyn_store(&bucket).await;
     let url = format!("s3://{bucket}/lease.json");
     let lease = Duration::from_secs(5);
@@ -74,7 +74,7 @@ async fn a_killed_agents_slots_return_after_its_lease() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_live_agents_slots_are_never_evicted() {
     let server = jobgate_testkit::shared::seaweed();
-    let bucket = jobgate_testkit::bucket(&server).await;
+    let bucket = jobgate_testkit::bucket(server).await;
     let store = server.dyn_store(&bucket).await;
     let lease = Duration::from_secs(1);
 

@@ -19,6 +19,6 @@ async fn file_store_conforms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_store_conforms_on_seaweedfs() {
     let server = jobgate_testkit::shared::seaweed();
-    let bucket = jobgate_testkit::bucket(&server).await;
+    let bucket = jobgate_testkit::bucket(server).await;
     jobgate_testkit::conformance::run_all(server.dyn_store(&bucket).await).await;
 }

@@ -122,7 +122,7 @@ async fn stress_on_memory_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stress_on_seaweedfs() {
     let server = jobgate_testkit::shared::seaweed();
-    let bucket = jobgate_testkit::bucket(&server).await;
+    let bucket = jobgate_testkit::bucket(server).await;
     let opts = server.s3_options();
     let b = bucket.clone();
     let r = stress(
@@ -144,7 +144,7 @@ async fn stress_on_seaweedfs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stress_on_seaweedfs_with_faults() {
     let server = jobgate_testkit::shared::seaweed();
-    let bucket = jobgate_testkit::bucket(&server).await;
+    let bucket = jobgate_testkit::bucket(server).await;
     let proxy = FaultProxy::start(
         &server.endpoint,
         Faults {
@@ -197,7 +197,7 @@ async fn stress_on_seaweedfs_with_faults() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn naive_counter_exceeds_the_limit() {
     let server = jobgate_testkit::shared::seaweed();
-    let bucket = jobgate_testkit::bucket(&server).await;
+    let bucket = jobgate_testkit::bucket(server).await;
     let client = || server.sdk_client(Duration::from_secs(10));
     NaiveCounter::new(client(), &bucket, "naive.json", LIMIT as i64)
         .reset()
