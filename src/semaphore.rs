@@ -184,6 +184,7 @@ impl Semaphore {
             withdraw: false,
             last_acquire: None,
             high_water: None,
+            wrote: false,
             stats: stats.clone(),
             safe_until: safe_until_tx,
             known: known_tx,
@@ -387,6 +388,8 @@ struct Committer {
     /// client, and every write it makes keeps both numbers growing, even on
     /// a ledger rolled back to an older version.
     high_water: Option<HighWater>,
+    /// A write of this client's has landed (see [`carried_counters`]).
+    wrote: bool,
     /// Publishes `fence_deadline()` after every step.
     safe_until: watch::Sender<Option<Instant>>,
     stats: Arc<Stats>,
@@ -433,6 +436,33 @@ fn history(seen: Option<HighWater>, now: Option<&Ledger>) -> History {
         (Some(hw), Some(l)) if l.seq < hw.seq => History::WentBack,
         (Some(_), Some(_)) => History::Continues,
     }
+}
+
+/// The `seq` and `next_token` a write carries on from `ledger`: never below
+/// what this client saw (`seen`), so that they keep growing even on a ledger
+/// rolled back to an older version; and on the client's first write
+/// (`first`), never below the clock `floor`, as on creation. Versions that
+/// this client never saw may have granted tokens above the `next_token` it
+/// read, if the ledger was rolled back to before them; the floor, above
+/// every token handed out before now, keeps it from granting those again.
+/// Pure, so each case is unit tested.
+fn carried_counters(
+    ledger: &Ledger,
+    seen: Option<HighWater>,
+    first: bool,
+    floor: u64,
+) -> HighWater {
+    let mut counters = HighWater::of(ledger);
+    if let Some(seen) = seen {
+        counters = counters.max(seen);
+    }
+    if first {
+        counters = counters.max(HighWater {
+            seq: floor,
+            next_token: floor,
+        });
+    }
+    counters
 }
 
 /// The counters a newly created ledger starts from: the wall clock in
@@ -845,12 +875,9 @@ impl Committer {
                 None => return Err(Failure::Fatal(Error::LedgerMissing(self.key.clone()))),
             },
         };
-        // Keep counters growing past anything seen, even on a ledger rolled
-        // back to an older version (a no-op otherwise).
-        if let Some(hw) = self.high_water {
-            ledger.seq = ledger.seq.max(hw.seq);
-            ledger.next_token = ledger.next_token.max(hw.next_token);
-        }
+        let counters = carried_counters(&ledger, self.high_water, !self.wrote, creation_floor());
+        ledger.seq = counters.seq;
+        ledger.next_token = counters.next_token;
         if let Some(limit) = self.cfg.limit
             && limit != ledger.limit
             && !self.warned_limit
@@ -886,6 +913,7 @@ impl Committer {
             Ok(etag) => {
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
                 self.inflight = None;
+                self.wrote = true;
                 self.see(&next);
                 self.publish(next.clone());
                 self.answer_limit_changes(&next);
@@ -1256,6 +1284,36 @@ mod tests {
     }
 
     #[test]
+    fn counters_grow_past_what_was_seen_and_a_first_write_past_the_clock() {
+        let mut ledger = Ledger::new(2);
+        ledger.seq = 50;
+        ledger.next_token = 40;
+        let hw = |seq, next_token| HighWater { seq, next_token };
+        // As read, once this client has written: nothing to lift.
+        assert_eq!(carried_counters(&ledger, None, false, 1_000), hw(50, 40));
+        assert_eq!(
+            carried_counters(&ledger, Some(hw(10, 5)), false, 1_000),
+            hw(50, 40)
+        );
+        // Rolled back below what this client saw.
+        assert_eq!(
+            carried_counters(&ledger, Some(hw(70, 60)), false, 1_000),
+            hw(70, 60)
+        );
+        // A first write: up to the clock floor, or what was seen if higher.
+        assert_eq!(
+            carried_counters(&ledger, None, true, 1_000),
+            hw(1_000, 1_000)
+        );
+        assert_eq!(
+            carried_counters(&ledger, Some(hw(2_000, 60)), true, 1_000),
+            hw(2_000, 1_000)
+        );
+        // A floor below the ledger's counters (a clock behind) lowers nothing.
+        assert_eq!(carried_counters(&ledger, None, true, 30), hw(50, 40));
+    }
+
+    #[test]
     fn history_tells_a_deleted_or_older_ledger_from_one_that_moved_on() {
         let hw = Some(HighWater::of(&at(5)));
         assert_eq!(history(None, None), History::Continues, "never seen");
@@ -1420,6 +1478,46 @@ mod tests {
         };
         assert!(Ledger::parse(&v.body).unwrap().seq > newer.seq);
         a.shutdown().await;
+    }
+
+    /// A client that never saw the newer versions of a ledger rolled back
+    /// to an older one (a new `jobgate run`, another cluster) cannot know
+    /// the tokens granted in them. Its first write lifts the counters to the
+    /// clock floor, so it hands out none of those tokens again.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_new_to_a_rolled_back_ledger_repeats_no_token() {
+        let store: DynStore = Arc::new(MemoryStore::new());
+        let mut cfg = Config::new("a");
+        cfg.limit = Some(2);
+        let a = Semaphore::new(store.clone(), "k", cfg);
+        let Ok(Some(first)) = a.try_acquire("first").await else {
+            panic!("no slot")
+        };
+        let Ok(Fetched::Found(old)) = store.get("k", None).await else {
+            panic!("no ledger")
+        };
+        let second = a.acquire("second").await.unwrap();
+        let Ok(Fetched::Found(now)) = store.get("k", None).await else {
+            panic!("no ledger")
+        };
+        // Someone restores the version from before "second" was granted.
+        store
+            .put("k", old.body.clone(), Condition::Match(now.etag))
+            .await
+            .unwrap();
+        let b = Semaphore::new(store.clone(), "k", Config::new("b"));
+        let Ok(Some(other)) = b.try_acquire("other").await else {
+            panic!("no slot")
+        };
+        assert!(
+            other.token > second.token && other.token > first.token,
+            "token {} granted again (tokens granted before the rollback: {} and {})",
+            other.token,
+            first.token,
+            second.token
+        );
+        a.shutdown().await;
+        b.shutdown().await;
     }
 
     /// An agent that records waits and swaps a released slot for a new one
