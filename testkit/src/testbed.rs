@@ -2,8 +2,10 @@
 //! into a cache directory; when one is missing this fails with the command
 //! that builds it (tests fail, never skip).
 
+use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 pub const BUILD_COMMAND: &str = "scripts/testbed.sh";
 
@@ -40,21 +42,29 @@ pub fn binary(name: &str) -> Result<PathBuf, String> {
 /// Taken below the kernel's ephemeral range: a port the kernel hands out
 /// (what binding port 0 returns) can be reused at once as the local port of
 /// some outgoing connection, and then the server that was meant to get it
-/// fails with "address already in use".
+/// fails with "address already in use". Never the same port twice in one
+/// process: the tests of a binary start servers side by side, and a port
+/// handed out is free until its server binds it, so two of them could be
+/// given one port.
 pub fn free_port() -> u16 {
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     let lowest_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32768);
     let (low, high) = (10000u16, lowest_ephemeral.max(10001));
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..200 {
         let port = low + rand::random::<u16>() % (high - low);
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
             return port;
         }
     }
-    TcpListener::bind("127.0.0.1:0")
+    let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .unwrap_or(0)
+        .unwrap_or(0);
+    given.insert(port);
+    port
 }
