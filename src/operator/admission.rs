@@ -184,7 +184,7 @@ pub fn decide(inputs: &Inputs) -> Decision {
             None => Some(ReleaseReason::Deleted),
             Some(j) if j.finished && pods_left => None,
             Some(j) if j.finished => Some(ReleaseReason::Finished),
-            Some(j) if j.suspended && j.admitted && !j.active_pods => {
+            Some(j) if j.suspended && j.admitted && !j.active_pods && !pods_left => {
                 Some(ReleaseReason::Suspended)
             }
             Some(j) if j.suspended && !j.admitted && !out.lost.contains(holder) => {
@@ -200,7 +200,8 @@ pub fn decide(inputs: &Inputs) -> Decision {
     for uid in &out.lost {
         let gone = jobs
             .get(uid.as_str())
-            .is_some_and(|j| j.suspended && !j.active_pods);
+            .is_some_and(|j| j.suspended && !j.active_pods)
+            && !inputs.live_pods.contains(uid);
         if gone && !out.release.iter().any(|(r, _)| r == uid) {
             out.release.push((uid.clone(), ReleaseReason::LeaseLost));
         }
@@ -283,6 +284,17 @@ pub fn fence_without_ledger(
         .filter(|j| lost_permits.contains(&j.uid) || !permits.contains(&j.uid))
         .map(|j| j.uid.clone())
         .collect()
+}
+
+/// Whether freeing the slot of a Job (`None`: gone) waits on a list of its
+/// pods. A slot is free only when its work has stopped, and a Job's status
+/// counts lag behind its pods: a pod created just before a suspension is not
+/// in `status.active` yet. So: a Job gone or finished, or suspended with its
+/// slot to give up, by a user (still admitted) or by a fence (`lost`). A Job
+/// granted a slot and not yet unsuspended is none of these, so admissions
+/// cost no pod list.
+pub fn frees_on_pods(job: Option<&JobView>, lost: bool) -> bool {
+    job.is_none_or(|j| j.finished || (j.suspended && (j.admitted || lost)))
 }
 
 /// What to do to one Job after the ledger write.
@@ -512,6 +524,75 @@ mod tests {
             decide_with(&[paused], &["a"]).release,
             vec![("a".into(), ReleaseReason::Suspended)]
         );
+    }
+
+    /// The Job controller may not have counted a pod yet when the Job is
+    /// suspended: its slot waits for the pod list, not the counts.
+    #[test]
+    fn a_suspended_jobs_slot_is_kept_while_a_pod_not_yet_counted_may_run() {
+        let mut paused = running("a");
+        paused.suspended = true;
+        paused.active_pods = false;
+        let held = set(&["a"]);
+        let inputs = |live: &'static [&'static str]| -> (Vec<JobView>, BTreeSet<String>) {
+            (vec![paused.clone()], set(live))
+        };
+        let (jobs, live) = inputs(&["a"]);
+        let d = decide(&Inputs {
+            jobs: &jobs,
+            held_in_ledger: &held,
+            permits: &held,
+            lost_permits: &BTreeSet::new(),
+            suspend_on_loss: true,
+            wait_recorded: false,
+            admit_new: true,
+            limit: 100,
+            max_grace_seconds: 30,
+            live_pods: &live,
+        });
+        assert!(d.release.is_empty(), "a pod may still run: {d:?}");
+        // Fenced (un-admitted by the fence's patch) with a pod left: the
+        // lost slot waits too.
+        let mut fenced = paused.clone();
+        fenced.admitted = false;
+        let d = decide(&Inputs {
+            jobs: std::slice::from_ref(&fenced),
+            held_in_ledger: &held,
+            permits: &held,
+            lost_permits: &held,
+            suspend_on_loss: true,
+            wait_recorded: false,
+            admit_new: true,
+            limit: 100,
+            max_grace_seconds: 30,
+            live_pods: &live,
+        });
+        assert!(d.release.is_empty(), "a pod may still run: {d:?}");
+        assert_eq!(
+            decide_with(&[paused], &["a"]).release,
+            vec![("a".into(), ReleaseReason::Suspended)],
+            "no pod left"
+        );
+    }
+
+    #[test]
+    fn slots_wait_on_pods_when_the_job_is_gone_finished_or_suspended_to_give_one_up() {
+        assert!(frees_on_pods(None, false));
+        let mut done = running("a");
+        done.finished = true;
+        assert!(frees_on_pods(Some(&done), false));
+        let mut paused = running("a");
+        paused.suspended = true;
+        assert!(frees_on_pods(Some(&paused), false), "suspended by a user");
+        let mut fenced = paused.clone();
+        fenced.admitted = false;
+        assert!(frees_on_pods(Some(&fenced), true), "suspended by a fence");
+        assert!(
+            !frees_on_pods(Some(&fenced), false),
+            "granted, not yet unsuspended"
+        );
+        assert!(!frees_on_pods(Some(&running("a")), false));
+        assert!(!frees_on_pods(Some(&running("a")), true), "still runs");
     }
 
     #[test]

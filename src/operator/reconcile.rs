@@ -392,7 +392,7 @@ async fn admit(
     if unsure && ctx.jobs.is_ready() {
         pass.jobs = by_uid(list_jobs(ctx, &pass.jobs_api, name).await?);
         pass.views = pass.jobs.values().filter_map(|j| job_view(j)).collect();
-        pass.live_pods = pods_left(ctx, ns, &pass.held_in_ledger, &pass.jobs).await?;
+        pass.live_pods = pods_left(ctx, ns, &pass.gl, &pass.held_in_ledger, &pass.jobs).await?;
         decision = decide(&pass, group, admit_new);
     }
     debug!(group = name, ?decision, "decided");
@@ -628,7 +628,7 @@ async fn gather(
     *lock(&gl.limit_applied) = Some(plan.applied);
     let jobs = by_uid(group_jobs(ctx, &jobs_api, ns, name).await?);
     let held_in_ledger: BTreeSet<String> = ledger.holders_of(&gl.agent).cloned().collect();
-    let live_pods = pods_left(ctx, ns, &held_in_ledger, &jobs).await?;
+    let live_pods = pods_left(ctx, ns, &gl, &held_in_ledger, &jobs).await?;
     Ok(Pass {
         spec_limit_applied: plan.applied,
         limit: ledger.limit,
@@ -684,21 +684,26 @@ fn by_uid(jobs: Vec<Arc<Job>>) -> BTreeMap<String, Arc<Job>> {
         .collect()
 }
 
-/// Of the slots held here, those whose Job is gone or finished and whose
-/// pods may still run: one pod list, and only in passes that would free
-/// such a slot.
+/// Of the slots held here (in the ledger, or lost), those whose freeing
+/// waits on pods ([`admission::frees_on_pods`]) and whose pods may still
+/// run: one pod list, and only in passes that may free such a slot.
 async fn pods_left(
     ctx: &Context,
     ns: &str,
+    gl: &GroupLedger,
     held: &BTreeSet<String>,
     jobs: &BTreeMap<String, Arc<Job>>,
 ) -> Result<BTreeSet<String>> {
     if !ctx.count_pods {
         return Ok(BTreeSet::new());
     }
+    let (_, lost) = gl.permits();
     let candidates: Vec<&String> = held
-        .iter()
-        .filter(|uid| jobs.get(*uid).is_none_or(|j| is_finished(j)))
+        .union(&lost)
+        .filter(|uid| {
+            let view = jobs.get(*uid).and_then(|j| job_view(j));
+            admission::frees_on_pods(view.as_ref(), lost.contains(*uid))
+        })
         .collect();
     live_pods(ctx, ns, &candidates).await
 }

@@ -315,10 +315,44 @@ fn metric(controller: &ControllerProcess, name: &str) -> u64 {
 /// stopped. The same holds for a Job whose group label is removed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_jobs_slot_is_kept_while_its_pods_may_run() {
+    // No garbage collector runs here to finish an orphaning deletion: the
+    // Job stays, being deleted (which counts as finished), and its pod stays.
+    slot_kept_while_a_pod_may_run(
+        "pods",
+        &["delete", "job/first", "--cascade=orphan", "--wait=false"],
+    )
+    .await;
+}
+
+/// A Job suspended (here by a user) while a pod of it may still run keeps
+/// its slot until that pod is gone, even when the Job's status counts no
+/// pod: the Job controller counts a pod it created just before the
+/// suspension only later (here it never does: none runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspended_jobs_slot_is_kept_while_a_pod_not_yet_counted_may_run() {
+    slot_kept_while_a_pod_may_run(
+        "paused",
+        &[
+            "patch",
+            "job/first",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"suspend":true}}"#,
+        ],
+    )
+    .await;
+}
+
+/// Group `group` at limit 1: Job `first` is admitted and gets a pod (made
+/// here as the Job controller would: labelled with the Job's UID; it stays
+/// Pending), `second` waits, and `kubectl <end> -n <ns>` ends `first`.
+/// Through five passes `second` stays suspended and `first` keeps its slot;
+/// once the pod is deleted, `second` is admitted.
+async fn slot_kept_while_a_pod_may_run(group: &str, end: &[&str]) {
     let bed = Bed::shared(NS, false).await;
     let ns = bed.ns.as_str();
-    bed.group("pods", ns, 1);
-    create_jobs(&bed.kube, ns, "pods", &["first".to_string()]).await;
+    bed.group(group, ns, 1);
+    create_jobs(&bed.kube, ns, group, &["first".to_string()]).await;
     let controller = ControllerProcess::start(&bed.cp, &bed.s3, "one", ns, true);
     let get = |what: &str, path: &str| {
         let out = bed
@@ -326,12 +360,19 @@ async fn a_deleted_jobs_slot_is_kept_while_its_pods_may_run() {
             .kubectl(&["get", "-n", ns, what, "-o", &format!("jsonpath={path}")]);
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
+    let kubectl_ok = |args: &[&str]| {
+        let out = bed.cp.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
     eventually(Duration::from_secs(60), "first admitted", || async {
         (get("job/first", "{.spec.suspend}") == "false").then_some(())
     })
     .await;
     let uid = get("job/first", "{.metadata.uid}");
-    // What the Job controller would have made: a pod labelled with the Job's UID.
     let pod = format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: first-pod, namespace: {ns}, labels: {{batch.kubernetes.io/controller-uid: {uid}}}}}\nspec:\n  terminationGracePeriodSeconds: 0\n  containers: [{{name: w, image: busybox}}]\n"
     );
@@ -341,23 +382,9 @@ async fn a_deleted_jobs_slot_is_kept_while_its_pods_may_run() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    create_jobs(&bed.kube, ns, "pods", &["second".to_string()]).await;
-    // No garbage collector runs here to finish an orphaning deletion: the
-    // Job stays, being deleted (which counts as finished), and its pod stays.
-    let out = bed.cp.kubectl(&[
-        "delete",
-        "-n",
-        ns,
-        "job/first",
-        "--cascade=orphan",
-        "--wait=false",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // Several passes see the Job gone and its pod pending.
+    create_jobs(&bed.kube, ns, group, &["second".to_string()]).await;
+    kubectl_ok(&[end, &["-n", ns]].concat());
+    // Several passes see the Job ended and its pod pending.
     let passes = metric(&controller, "jobgate_reconciles_total");
     eventually(Duration::from_secs(30), "five more passes", || async {
         (metric(&controller, "jobgate_reconciles_total") >= passes + 5).then_some(())
@@ -369,12 +396,12 @@ async fn a_deleted_jobs_slot_is_kept_while_its_pods_may_run() {
         "second admitted while first's pod may still run\n{}",
         controller.log_text()
     );
-    let ledger = read_ledger(&bed.s3, &bed.bucket, &bed.key("pods"))
+    let ledger = read_ledger(&bed.s3, &bed.bucket, &bed.key(group))
         .await
         .expect("ledger");
     assert!(ledger.holders.contains_key(&uid), "{ledger:?}");
     // The pod ends: the slot is freed and the next Job admitted.
-    let out = bed.cp.kubectl(&[
+    kubectl_ok(&[
         "delete",
         "-n",
         ns,
@@ -382,11 +409,6 @@ async fn a_deleted_jobs_slot_is_kept_while_its_pods_may_run() {
         "--grace-period=0",
         "--force",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     eventually(Duration::from_secs(30), "second admitted", || async {
         (get("job/second", "{.spec.suspend}") == "false").then_some(())
     })
