@@ -19,8 +19,9 @@
 //!   documented.
 //!
 //! The guard runs in a process group of its own, so that a signal to
-//! jobgate's group does not reach it, and is named `jg-guard` so that
-//! `pkill jobgate` does not either: it must outlive jobgate to clean up.
+//! jobgate's group does not reach it, and is named `jg-guard` (its process
+//! name and the first word of its command line) so that `pkill jobgate` and
+//! `pkill -f jobgate` do not either: it must outlive jobgate to clean up.
 
 use std::ffi::OsString;
 use std::io::{ErrorKind, PipeReader, PipeWriter, Read, Write};
@@ -422,8 +423,11 @@ impl Guarded {
         let fd = reader.as_raw_fd();
         // The running binary itself, even if its file was replaced or
         // removed since jobgate started.
+        // Named `jg-guard` on its command line too (its process name is set
+        // when it starts), so that `pkill -f jobgate`, which kills jobgate,
+        // misses the guard that must outlive it to stop the command's tree.
         let mut cmd = tokio::process::Command::new("/proc/self/exe");
-        cmd.arg0("jobgate")
+        cmd.arg0("jg-guard")
             .arg(SUBCOMMAND)
             .arg("--fd")
             .arg(fd.to_string())

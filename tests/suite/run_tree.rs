@@ -152,6 +152,10 @@ enum Victim {
     JobgateGroup,
     /// Only the guard: jobgate stays and stops what the guard left.
     Guard,
+    /// Every process whose command line contains "jobgate", as
+    /// `pkill -9 -f jobgate` does (here only jobgate and its guard are
+    /// looked at, so that the test's neighbours live).
+    ByName,
 }
 
 /// SIGKILLs `victim` once the process under test is up, and checks that
@@ -180,6 +184,19 @@ fn dies_with(victim: Victim, holder: &str, script: &str, marker: &str) {
                 panic!("no guard to kill");
             };
             kill(guard, Signal::SIGKILL).unwrap();
+        }
+        Victim::ByName => {
+            let named = |pid: Pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains("jobgate"))
+            };
+            assert!(named(jobgate_pid), "jobgate's command line names it");
+            for pid in std::iter::once(jobgate_pid)
+                .chain(guard)
+                .filter(|p| named(*p))
+            {
+                kill(pid, Signal::SIGKILL).unwrap();
+            }
         }
     }
     let out = wait_with_timeout(&mut jobgate, Duration::from_secs(20));
@@ -222,6 +239,18 @@ fn sigkill_of_jobgate_kills_a_double_forked_daemon() {
         "daemon",
         r#"(setsid sh -c 'echo $$ > "$PIDFILE"; exec sleep 1234.53' &); exec sleep 1234.530"#,
         "1234.53",
+    );
+}
+
+/// `pkill -9 -f jobgate`, aimed at jobgate by name, misses the guard,
+/// which then stops the command's whole tree.
+#[test]
+fn sigkill_by_name_of_jobgate_kills_a_descendant_in_a_session_of_its_own() {
+    dies_with(
+        Victim::ByName,
+        "by-name",
+        r#"setsid sh -c 'echo $$ > "$PIDFILE"; exec sleep 1234.60' & wait"#,
+        "1234.60",
     );
 }
 
