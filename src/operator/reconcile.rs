@@ -485,21 +485,48 @@ async fn keep_deadlines(
 
 /// The `activeDeadlineSeconds` that ends `job` [`deadline::AFTER_FENCE`]
 /// after this cluster's slots stop being safe, counted from the Job's
-/// `startTime` (the old one, for a Job that resumes: the Job controller
-/// checks against it before resetting it). `None` while no slot is safe.
+/// `startTime` (the old one, for a Job that resumes with one: the Job
+/// controller checks against it before resetting it; admissions clear it
+/// first under `FailJobs`). `None` while no slot is safe.
 fn deadline_for(gl: &GroupLedger, job: &Job, user: Option<i64>) -> Option<i64> {
     let now = tokio::time::Instant::now();
     let stop_at = gl.sem.safe_until().filter(|t| *t > now)?;
     let stop_in = (stop_at + deadline::AFTER_FENCE).duration_since(now);
-    let started = job
-        .status
-        .as_ref()
-        .and_then(|s| s.start_time.as_ref())
-        .map(|t| std::time::SystemTime::from(t.0));
-    let running_for = started
+    let running_for = started_at(job)
         .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
         .unwrap_or_default();
     Some(deadline::wanted(running_for, stop_in, user))
+}
+
+/// The Job's `status.startTime`: when it last started running.
+fn started_at(job: &Job) -> Option<std::time::SystemTime> {
+    job.status
+        .as_ref()
+        .and_then(|s| s.start_time.as_ref())
+        .map(|t| std::time::SystemTime::from(t.0))
+}
+
+/// Removes the `startTime` of a suspended Job that ran before (as Kueue
+/// does), so that when it is resumed its deadline counts from the resume.
+/// The Job as it is then, or `None` if it changed or went meanwhile (the
+/// API server refuses the patch for a Job no longer suspended).
+async fn clear_start_time(ctx: &Context, api: &Api<Job>, job: &Job) -> Result<Option<Job>> {
+    let name = job.name_any();
+    let patch = json!({
+        "metadata": {"uid": job.uid(), "resourceVersion": job.resource_version()},
+        "status": {"startTime": null},
+    });
+    let result = timed(
+        ctx,
+        "patch_job_status",
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)),
+    )
+    .await;
+    match result {
+        Ok(fresh) => Ok(Some(fresh)),
+        Err(kube::Error::Api(e)) if matches!(e.code, 404 | 409 | 422) => Ok(None),
+        Err(source) => Err(Error::PatchJob { name, source }),
+    }
 }
 
 /// What one pass works from, read in this order.
@@ -945,7 +972,8 @@ async fn patch_jobs(
                 if lock(&gl.permits).get(&uid).is_some_and(Permit::is_lost) {
                     continue;
                 }
-                adopt(ctx, &pass.jobs_api, job, token, &name, labels).await?;
+                let deadline = first_deadline(pass, group, job);
+                adopt(ctx, &pass.jobs_api, job, token, deadline, &name, labels).await?;
             }
             JobAction::KeepOverLimit { uid } => {
                 let Some(job) = pass.jobs.get(&uid) else {
@@ -993,6 +1021,27 @@ async fn admit_one(
     if lock(&pass.gl.permits).get(uid).is_some_and(Permit::is_lost) {
         return Ok(());
     }
+    // A Job that ran before keeps its old startTime while suspended: the
+    // Job controller checks the deadline against it as it resumes the Job,
+    // then restarts the clock, so a deadline set now would either fail the
+    // Job at once or, counted from the old start, end it late by its
+    // earlier run time until the next pass. Without a startTime it counts
+    // from the resume, as the deadline set here does.
+    let cleared;
+    let job = if group.spec.on_controller_loss == ControllerLossPolicy::FailJobs
+        && started_at(job).is_some()
+    {
+        match clear_start_time(ctx, &pass.jobs_api, job).await? {
+            Some(fresh) => {
+                cleared = fresh;
+                &cleared
+            }
+            // Changed meanwhile: its event brings another pass.
+            None => return Ok(()),
+        }
+    } else {
+        job.as_ref()
+    };
     let deadline = first_deadline(pass, group, job);
     if unsuspend(ctx, &pass.jobs_api, job, token, deadline, labels).await? {
         lock(&pass.gl.announced_waiting).remove(uid);
@@ -1489,19 +1538,27 @@ async fn unsuspend(
     Ok(true)
 }
 
-/// A Job found running without a slot got one: record it as admitted.
+/// A Job found running without a slot got one: record it as admitted, with
+/// its first deadline under `onControllerLoss: FailJobs` in the same patch,
+/// so that it is covered even if this controller dies before its next pass.
 async fn adopt(
     ctx: &Context,
     api: &Api<Job>,
     job: &Job,
     token: u64,
+    deadline: Option<(i64, Option<i64>)>,
     group: &str,
     labels: &GroupLabels,
 ) -> Result<()> {
     let was_admitted = is_admitted(job);
-    let patch = json!({
+    let mut patch = json!({
         "metadata": {"annotations": admitted(token)},
     });
+    if let Some((seconds, user)) = deadline {
+        patch["spec"] = json!({"activeDeadlineSeconds": seconds});
+        patch["metadata"]["annotations"][deadline::USER_DEADLINE_ANNOTATION] =
+            json!(deadline::record(user));
+    }
     // Not dropped on a conflict (a running Job's status changes often): a
     // held Job that runs is never adopted again, and one not marked
     // admitted gets no deadline and would be resumed if suspended.
@@ -1509,6 +1566,9 @@ async fn adopt(
         |j: &Job| j.spec.as_ref().and_then(|s| s.suspend) != Some(true) && !is_finished(j);
     if !patch_while(ctx, api, job, running, patch).await? {
         return Ok(());
+    }
+    if deadline.is_some() {
+        ctx.metrics.deadline_patches.get_or_create(labels).inc();
     }
     ctx.metrics.admissions.get_or_create(labels).inc();
     let note = if was_admitted {

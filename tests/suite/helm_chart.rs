@@ -343,6 +343,8 @@ fn default_values_render_a_leader_elected_controller() {
         strings(&jobs["verbs"]),
         ["get", "list", "watch", "patch", "update"]
     );
+    let status = rule(&docs, "batch", "jobs/status").expect("a jobs/status rule");
+    assert_eq!(strings(&status["verbs"]), ["patch"]);
     let pods = rule(&docs, "", "pods").expect("a pods rule");
     assert_eq!(pods["verbs"], serde_yaml::to_value(["list"]).unwrap());
     let secrets = rule(&docs, "", "secrets").expect("a secrets rule");

@@ -14,6 +14,7 @@ mod cli_errors;
 mod helm_chart;
 mod k8s_controller;
 mod k8s_crd;
+mod k8s_deadlines;
 mod k8s_faults;
 mod k8s_leader;
 mod k8s_operate;
