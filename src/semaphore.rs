@@ -1444,28 +1444,35 @@ mod tests {
         b.shutdown().await;
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_ledger_rolled_back_fences_holders_and_counters_keep_growing() {
-        let store: DynStore = Arc::new(MemoryStore::new());
+    /// Agent "a" at limit 2 is granted "first", then "second"; then someone
+    /// restores the ledger's version from before "second" was granted. The
+    /// client, both permits, and the ledger as it was before the rollback.
+    async fn rolled_back_after_two_grants(store: &DynStore) -> (Semaphore, Permit, Permit, Ledger) {
         let mut cfg = Config::new("a");
         cfg.limit = Some(2);
         let a = Semaphore::new(store.clone(), "k", cfg);
-        let Ok(Some(_first)) = a.try_acquire("first").await else {
+        let Ok(Some(first)) = a.try_acquire("first").await else {
             panic!("no slot")
         };
         let Ok(Fetched::Found(old)) = store.get("k", None).await else {
             panic!("no ledger")
         };
-        let mut second = a.acquire("second").await.unwrap();
+        let second = a.acquire("second").await.unwrap();
         let Ok(Fetched::Found(now)) = store.get("k", None).await else {
             panic!("no ledger")
         };
         let newer = Ledger::parse(&now.body).unwrap();
-        // Someone restores the version from before "second" was granted.
         store
             .put("k", old.body.clone(), Condition::Match(now.etag))
             .await
             .unwrap();
+        (a, first, second, newer)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ledger_rolled_back_fences_holders_and_counters_keep_growing() {
+        let store: DynStore = Arc::new(MemoryStore::new());
+        let (a, _first, mut second, newer) = rolled_back_after_two_grants(&store).await;
         second.lost().await;
         assert!(second.is_lost());
         let again = a.acquire("third").await.unwrap();
@@ -1489,24 +1496,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_client_new_to_a_rolled_back_ledger_repeats_no_token() {
         let store: DynStore = Arc::new(MemoryStore::new());
-        let mut cfg = Config::new("a");
-        cfg.limit = Some(2);
-        let a = Semaphore::new(store.clone(), "k", cfg);
-        let Ok(Some(first)) = a.try_acquire("first").await else {
-            panic!("no slot")
-        };
-        let Ok(Fetched::Found(old)) = store.get("k", None).await else {
-            panic!("no ledger")
-        };
-        let second = a.acquire("second").await.unwrap();
-        let Ok(Fetched::Found(now)) = store.get("k", None).await else {
-            panic!("no ledger")
-        };
-        // Someone restores the version from before "second" was granted.
-        store
-            .put("k", old.body.clone(), Condition::Match(now.etag))
-            .await
-            .unwrap();
+        let (a, first, second, _) = rolled_back_after_two_grants(&store).await;
         let b = Semaphore::new(store.clone(), "k", Config::new("b"));
         let Ok(Some(other)) = b.try_acquire("other").await else {
             panic!("no slot")

@@ -526,6 +526,24 @@ mod tests {
         );
     }
 
+    /// A pass where Job `uid` holds its slot, lost or not, and its pods may
+    /// still run.
+    fn decide_with_pods(jobs: &[JobView], uid: &str, lost: bool) -> Decision {
+        let held = set(&[uid]);
+        decide(&Inputs {
+            jobs,
+            held_in_ledger: &held,
+            permits: &held,
+            lost_permits: &if lost { held.clone() } else { BTreeSet::new() },
+            suspend_on_loss: true,
+            wait_recorded: false,
+            admit_new: true,
+            limit: 100,
+            max_grace_seconds: 30,
+            live_pods: &held,
+        })
+    }
+
     /// The Job controller may not have counted a pod yet when the Job is
     /// suspended: its slot waits for the pod list, not the counts.
     #[test]
@@ -533,40 +551,13 @@ mod tests {
         let mut paused = running("a");
         paused.suspended = true;
         paused.active_pods = false;
-        let held = set(&["a"]);
-        let inputs = |live: &'static [&'static str]| -> (Vec<JobView>, BTreeSet<String>) {
-            (vec![paused.clone()], set(live))
-        };
-        let (jobs, live) = inputs(&["a"]);
-        let d = decide(&Inputs {
-            jobs: &jobs,
-            held_in_ledger: &held,
-            permits: &held,
-            lost_permits: &BTreeSet::new(),
-            suspend_on_loss: true,
-            wait_recorded: false,
-            admit_new: true,
-            limit: 100,
-            max_grace_seconds: 30,
-            live_pods: &live,
-        });
+        let d = decide_with_pods(std::slice::from_ref(&paused), "a", false);
         assert!(d.release.is_empty(), "a pod may still run: {d:?}");
         // Fenced (un-admitted by the fence's patch) with a pod left: the
         // lost slot waits too.
         let mut fenced = paused.clone();
         fenced.admitted = false;
-        let d = decide(&Inputs {
-            jobs: std::slice::from_ref(&fenced),
-            held_in_ledger: &held,
-            permits: &held,
-            lost_permits: &held,
-            suspend_on_loss: true,
-            wait_recorded: false,
-            admit_new: true,
-            limit: 100,
-            max_grace_seconds: 30,
-            live_pods: &live,
-        });
+        let d = decide_with_pods(&[fenced], "a", true);
         assert!(d.release.is_empty(), "a pod may still run: {d:?}");
         assert_eq!(
             decide_with(&[paused], &["a"]).release,
