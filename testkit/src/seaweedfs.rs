@@ -58,11 +58,13 @@ impl SeaweedFs {
             .arg("-s3")
             .arg(format!("-s3.config={}", config.display()))
             .arg("-master.volumeSizeLimitMB=64")
-            // Each bucket is a collection that takes volumes of its own: a
-            // process that makes many buckets (a benchmark, one per
-            // scenario) would otherwise run out and get HTTP 500s. Volumes
-            // grow as written, so a high bound costs no disk.
-            .arg("-volume.max=200");
+            // Each bucket is a collection that takes volumes of its own,
+            // seven at its first write: a process that makes many buckets
+            // (a benchmark, one per scenario; a test binary, one per test,
+            // about 30 on one shared server) would otherwise run out and get
+            // HTTP 500s. Volumes grow as written, so a high bound costs no
+            // disk: 1,000 is room for about 140 buckets.
+            .arg("-volume.max=1000");
         for (flag, port) in [
             ("master.port", free_port()),
             ("master.port.grpc", free_port()),
