@@ -1,9 +1,9 @@
 //! Servers that the tests of one test binary share, started on first use:
 //! one SeaweedFS (each test makes a bucket of its own) and control planes
-//! (each test makes a namespace of its own). Starting a kube-apiserver
-//! costs seconds of CPU; on two cores, one per test was most of the suite's
-//! time. A test that stops, freezes or cuts off a server keeps one of its
-//! own.
+//! (each test makes a namespace of its own). A control plane takes about
+//! 5 s to start on two cores, a full one longer, and tests that run side by
+//! side would each pay for their own. A test that stops, freezes or cuts off
+//! a server keeps one of its own.
 //!
 //! Every server is started with `die_with_parent`, whose death signal
 //! follows the *thread* that started the process, and libtest ends a test's
