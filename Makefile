@@ -74,6 +74,6 @@ image:
 
 # SeaweedFS and two local clusters sharing one limit, with the chart
 # installed in each; shows Jobs waiting, admitted and complete, then cleans up.
-playground: testbed
+playground: testbed node
 	cargo build --bin jobgate
 	cargo run -q -p jobgate-testkit --example playground
