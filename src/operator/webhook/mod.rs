@@ -1,4 +1,5 @@
-//! The mutating admission webhook: labelled Jobs are created suspended.
+//! The mutating admission webhook: labelled Jobs are created suspended,
+//! and stay suspended until the controller resumes them.
 //!
 //! Every replica serves it, leader or not, so that a standby keeps Job
 //! creation working while leadership changes hands. The webhook
@@ -113,7 +114,7 @@ pub async fn start(
             configuration,
         } => (
             Source::SelfManaged(Box::new(SelfManaged::new(
-                client,
+                client.clone(),
                 namespace,
                 secret,
                 names,
@@ -124,6 +125,18 @@ pub async fn start(
     };
     health.set_webhook_ready(false);
     tokio::spawn(async move {
+        // Before serving: a webhook that cannot tell the controller's own
+        // requests apart would keep every Job suspended.
+        let controller = loop {
+            match own_user_name(&client).await {
+                Ok(name) => break name,
+                Err(e) => {
+                    warn!(error = %e, "webhook: cannot learn this controller's user name yet; retrying");
+                    tokio::time::sleep(RETRY).await;
+                }
+            }
+        };
+        info!(user = %controller, "webhook: only this user resumes Jobs of a group");
         let (mut serving, config) = loop {
             match source
                 .load()
@@ -138,7 +151,7 @@ pub async fn start(
             }
         };
         let rustls = RustlsConfig::from_config(config);
-        if let Err(e) = server::serve(listener, rustls.clone(), metrics, health.clone()) {
+        if let Err(e) = server::serve(listener, rustls.clone(), metrics, health.clone(), controller) {
             // Unready for good would only hide it: exit, so that the pod
             // restarts and the failure shows.
             error!(error = %e, "webhook: cannot serve; exiting");
@@ -166,4 +179,22 @@ pub async fn start(
         }
     });
     Ok(bound)
+}
+
+/// The user name this process's requests carry, as the API server
+/// authenticates them (a SelfSubjectReview, which every authenticated user
+/// may create): the name admission requests from this controller show.
+async fn own_user_name(client: &Client) -> Result<String, kube::Error> {
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    let api: kube::Api<SelfSubjectReview> = kube::Api::all(client.clone());
+    let review = api
+        .create(&kube::api::PostParams::default(), &SelfSubjectReview::default())
+        .await?;
+    review
+        .status
+        .and_then(|s| s.user_info)
+        .and_then(|u| u.username)
+        .ok_or_else(|| {
+            kube::Error::Service("the API server's SelfSubjectReview named no user".into())
+        })
 }

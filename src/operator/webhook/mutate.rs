@@ -1,12 +1,14 @@
 //! The mutating webhook's decision: labelled Jobs are created suspended, so
 //! that nobody has to remember `suspend: true` and no pod starts before the
-//! controller has taken a slot.
+//! controller has taken a slot; and only the controller resumes them, so
+//! that a user, a UI or a GitOps tool setting `suspend: false` cannot start
+//! pods the group has no slot for.
 
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use serde_json::json;
 
-use crate::operator::crd::GROUP_LABEL;
+use crate::operator::crd::{ADMITTED_AT_ANNOTATION, GROUP_LABEL, TOKEN_ANNOTATION};
 
 /// Where the API server sends Job creations (the chart's webhook
 /// configuration names the same path).
@@ -17,8 +19,14 @@ pub const PATH: &str = "/mutate-jobs";
 pub enum Verdict {
     /// A labelled Job created without `suspend: true`: suspended.
     Suspended,
+    /// Someone other than the controller resumed a suspended labelled Job:
+    /// `suspend` kept true and its admission annotations dropped, so that
+    /// it waits for a slot like a new Job (or is resumed at once by the
+    /// controller if it still holds one).
+    KeptSuspended,
     /// Anything else passes unchanged: other operations and kinds, Jobs
-    /// without the label, Jobs already suspended.
+    /// without the label, Jobs already suspended, the controller's own
+    /// updates.
     Unchanged,
     /// The request could not be read; the API server applies the
     /// configuration's `failurePolicy`.
@@ -29,6 +37,7 @@ impl Verdict {
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Suspended => "suspended",
+            Verdict::KeptSuspended => "kept_suspended",
             Verdict::Unchanged => "unchanged",
             Verdict::Invalid => "invalid",
         }
@@ -43,30 +52,47 @@ pub struct Request<'a> {
     pub kind: &'a str,
     /// The Job's `jobgate.dev/group` label.
     pub group_label: Option<&'a str>,
-    /// The Job's `spec.suspend` as created.
+    /// The Job's `spec.suspend` as created or updated.
     pub suspend: Option<bool>,
+    /// On an update: `spec.suspend` before it.
+    pub old_suspend: Option<bool>,
+    /// The request comes from this controller's own identity.
+    pub by_controller: bool,
 }
 
-/// Only the creation of a labelled batch/v1 Job is changed. Updates are
-/// left alone: suspending or resuming a Job that exists is the
-/// controller's decision, made against the ledger. The label's value is
-/// not checked: the configuration's `objectSelector` sends every labelled
-/// Job here, and a Job naming a group that does not exist waits (suspended)
-/// where the controller reports it, instead of running outside any limit.
+/// Resuming a Job of a group is the controller's decision, made against
+/// the ledger: so a labelled batch/v1 Job is created suspended, and an
+/// update by anyone else that would resume it keeps it suspended.
+/// Suspending is left to anyone: it only lowers what runs. The label's
+/// value is not checked: the configuration's `objectSelector` sends every
+/// labelled Job here, and a Job naming a group that does not exist waits
+/// (suspended) where the controller reports it, instead of running outside
+/// any limit. A running Job labelled by an update is not suspended here:
+/// the controller adopts it if a slot is free and suspends it otherwise,
+/// rather than this restarting its pods when a slot was free.
 pub fn decide(req: &Request) -> Verdict {
     let is_job = req.group == "batch" && req.kind == "Job";
-    if !matches!(req.operation, Operation::Create) || !is_job || req.group_label.is_none() {
+    if !is_job || req.group_label.is_none() {
         return Verdict::Unchanged;
     }
-    if req.suspend == Some(true) {
-        Verdict::Unchanged
-    } else {
-        Verdict::Suspended
+    let suspended = req.suspend == Some(true);
+    match req.operation {
+        Operation::Create if !suspended => Verdict::Suspended,
+        Operation::Update
+            if req.old_suspend == Some(true) && !suspended && !req.by_controller =>
+        {
+            Verdict::KeptSuspended
+        }
+        _ => Verdict::Unchanged,
     }
 }
 
 /// The response to one admission request, and what was decided.
-pub fn respond(req: &AdmissionRequest<DynamicObject>) -> (AdmissionResponse, Verdict) {
+/// `controller` is the user name the controller's requests carry.
+pub fn respond(
+    req: &AdmissionRequest<DynamicObject>,
+    controller: &str,
+) -> (AdmissionResponse, Verdict) {
     let object = req.object.as_ref();
     let facts = Request {
         operation: &req.operation,
@@ -80,27 +106,47 @@ pub fn respond(req: &AdmissionRequest<DynamicObject>) -> (AdmissionResponse, Ver
                 .map(String::as_str)
         }),
         suspend: object.and_then(|o| o.data["spec"]["suspend"].as_bool()),
+        old_suspend: req
+            .old_object
+            .as_ref()
+            .and_then(|o| o.data["spec"]["suspend"].as_bool()),
+        by_controller: req.user_info.username.as_deref() == Some(controller),
     };
     let verdict = decide(&facts);
     let mut response = AdmissionResponse::from(req);
-    if verdict != Verdict::Suspended {
-        return (response, verdict);
-    }
+    let group = facts.group_label.unwrap_or_default();
+    // `add` also replaces a `suspend: false` the Job came with.
+    let mut ops = vec![json!({"op": "add", "path": "/spec/suspend", "value": true})];
     // kubectl prints warnings: the user learns why the Job does not start.
-    response.warnings = Some(vec![format!(
-        "jobgate: created suspended; it starts when ConcurrencyGroup {} has a free slot",
-        facts.group_label.unwrap_or_default()
-    )]);
-    // `add` also replaces a `suspend: false` the Job was created with.
-    let patch = serde_json::from_value::<json_patch::Patch>(json!([
-        {"op": "add", "path": "/spec/suspend", "value": true}
-    ]));
+    let warning = match verdict {
+        Verdict::Suspended => format!(
+            "jobgate: created suspended; it starts when ConcurrencyGroup {group} has a free slot"
+        ),
+        Verdict::KeptSuspended => {
+            // Without them the controller takes the Job for one waiting
+            // (or, if its slot is still held, for one to resume), never for
+            // one that was let run and may go on running.
+            let annotations = object.and_then(|o| o.metadata.annotations.as_ref());
+            for key in [ADMITTED_AT_ANNOTATION, TOKEN_ANNOTATION] {
+                if annotations.is_some_and(|a| a.contains_key(key)) {
+                    let path = format!("/metadata/annotations/{}", key.replace('/', "~1"));
+                    ops.push(json!({"op": "remove", "path": path}));
+                }
+            }
+            format!(
+                "jobgate: spec.suspend kept true; only jobgate resumes Jobs of ConcurrencyGroup {group}, and this one starts when the group has a free slot"
+            )
+        }
+        Verdict::Unchanged | Verdict::Invalid => return (response, verdict),
+    };
+    response.warnings = Some(vec![warning]);
+    let patch = serde_json::from_value::<json_patch::Patch>(serde_json::Value::Array(ops));
     match patch.map_err(|e| e.to_string()).and_then(|p| {
         response
             .with_patch(p)
             .map_err(|e| format!("serializing the patch: {e}"))
     }) {
-        Ok(patched) => (patched, Verdict::Suspended),
+        Ok(patched) => (patched, verdict),
         // Denied with the request's uid, so the API server shows this
         // message (a response without the uid is reported as a mismatch).
         Err(e) => (AdmissionResponse::from(req).deny(e), Verdict::Invalid),
@@ -111,6 +157,8 @@ pub fn respond(req: &AdmissionRequest<DynamicObject>) -> (AdmissionResponse, Ver
 mod tests {
     use super::*;
     use kube::core::admission::AdmissionReview;
+
+    const CONTROLLER: &str = "system:serviceaccount:jobgate:jobgate";
 
     fn job_request(
         operation: Operation,
@@ -124,7 +172,18 @@ mod tests {
             kind: "Job",
             group_label: label,
             suspend,
+            old_suspend: None,
+            by_controller: false,
         }
+    }
+
+    /// An update of a labelled Job from `old` to `new` `spec.suspend`.
+    fn update(old: Option<bool>, new: Option<bool>, by_controller: bool) -> Verdict {
+        decide(&Request {
+            old_suspend: old,
+            by_controller,
+            ..job_request(Operation::Update, Some("etl"), new)
+        })
     }
 
     #[test]
@@ -150,20 +209,52 @@ mod tests {
             decide(&job_request(Operation::Create, None, None)),
             Verdict::Unchanged
         );
-        assert_eq!(
-            decide(&job_request(Operation::Update, Some("etl"), Some(false))),
-            Verdict::Unchanged
-        );
+        assert_eq!(update(Some(false), Some(false), false), Verdict::Unchanged);
         let mut pod = job_request(Operation::Create, Some("etl"), None);
         pod.group = "";
         pod.kind = "Pod";
         assert_eq!(decide(&pod), Verdict::Unchanged);
     }
 
-    fn review(
-        labels: serde_json::Value,
+    #[test]
+    fn only_the_controller_resumes_a_labelled_job() {
+        // A user, a UI or a GitOps tool: kept suspended, however it says so.
+        assert_eq!(update(Some(true), Some(false), false), Verdict::KeptSuspended);
+        assert_eq!(update(Some(true), None, false), Verdict::KeptSuspended);
+        // The controller resumes it.
+        assert_eq!(update(Some(true), Some(false), true), Verdict::Unchanged);
+        // Anyone may suspend, and leave a suspended Job suspended.
+        assert_eq!(update(Some(false), Some(true), false), Verdict::Unchanged);
+        assert_eq!(update(Some(true), Some(true), false), Verdict::Unchanged);
+        // A running Job labelled by an update: the controller adopts it or
+        // suspends it, against the ledger.
+        assert_eq!(update(None, Some(false), false), Verdict::Unchanged);
+        // The label removed by the update: no longer the group's Job.
+        let unlabelled = Request {
+            old_suspend: Some(true),
+            ..job_request(Operation::Update, None, Some(false))
+        };
+        assert_eq!(decide(&unlabelled), Verdict::Unchanged);
+    }
+
+    fn review(labels: serde_json::Value, spec: serde_json::Value) -> AdmissionRequest<DynamicObject> {
+        review_of("CREATE", "alice", json!({"labels": labels}), spec, None)
+    }
+
+    fn review_of(
+        operation: &str,
+        user: &str,
+        metadata: serde_json::Value,
         spec: serde_json::Value,
+        old_spec: Option<serde_json::Value>,
     ) -> AdmissionRequest<DynamicObject> {
+        let mut meta = json!({"name": "etl-1", "namespace": "batch"});
+        for (k, v) in metadata.as_object().unwrap() {
+            meta[k] = v.clone();
+        }
+        let old = old_spec.map(|spec| {
+            json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec})
+        });
         let review: AdmissionReview<DynamicObject> = serde_json::from_value(json!({
             "apiVersion": "admission.k8s.io/v1",
             "kind": "AdmissionReview",
@@ -171,16 +262,17 @@ mod tests {
                 "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
                 "kind": {"group": "batch", "version": "v1", "kind": "Job"},
                 "resource": {"group": "batch", "version": "v1", "resource": "jobs"},
-                "operation": "CREATE",
-                "userInfo": {"username": "alice"},
+                "operation": operation,
+                "userInfo": {"username": user},
                 "name": "etl-1",
                 "namespace": "batch",
                 "object": {
                     "apiVersion": "batch/v1",
                     "kind": "Job",
-                    "metadata": {"name": "etl-1", "namespace": "batch", "labels": labels},
+                    "metadata": meta,
                     "spec": spec
-                }
+                },
+                "oldObject": old
             }
         }))
         .unwrap();
@@ -190,7 +282,7 @@ mod tests {
     #[test]
     fn the_response_carries_a_json_patch_for_labelled_jobs() {
         let req = review(json!({GROUP_LABEL: "etl"}), json!({"template": {}}));
-        let (response, verdict) = respond(&req);
+        let (response, verdict) = respond(&req, CONTROLLER);
         assert_eq!(verdict, Verdict::Suspended);
         let patch_bytes = response.patch.clone();
         assert!(
@@ -215,10 +307,57 @@ mod tests {
     #[test]
     fn unlabelled_jobs_get_no_patch() {
         let req = review(json!({"app": "etl"}), json!({"template": {}}));
-        let (response, verdict) = respond(&req);
+        let (response, verdict) = respond(&req, CONTROLLER);
         assert_eq!(verdict, Verdict::Unchanged);
         let out = serde_json::to_value(response.into_review()).unwrap();
         assert_eq!(out["response"]["allowed"], true);
         assert!(out["response"].get("patch").is_none());
+    }
+
+    #[test]
+    fn a_resume_by_someone_else_keeps_suspend_and_drops_the_admission() {
+        let metadata = json!({
+            "labels": {GROUP_LABEL: "etl"},
+            "annotations": {ADMITTED_AT_ANNOTATION: "2026-12-06T00:00:00Z", TOKEN_ANNOTATION: "7", "team": "data"},
+        });
+        let resume = |user: &str| {
+            review_of(
+                "UPDATE",
+                user,
+                metadata.clone(),
+                json!({"suspend": false, "template": {}}),
+                Some(json!({"suspend": true, "template": {}})),
+            )
+        };
+        let (response, verdict) = respond(&resume("argocd"), CONTROLLER);
+        assert_eq!(verdict, Verdict::KeptSuspended);
+        assert!(
+            response
+                .warnings
+                .as_ref()
+                .is_some_and(|w| w[0].contains("only jobgate resumes Jobs of ConcurrencyGroup etl"))
+        );
+        let patch: serde_json::Value =
+            serde_json::from_slice(response.patch.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            patch,
+            json!([
+                {"op": "add", "path": "/spec/suspend", "value": true},
+                {"op": "remove", "path": "/metadata/annotations/jobgate.dev~1admitted-at"},
+                {"op": "remove", "path": "/metadata/annotations/jobgate.dev~1fencing-token"},
+            ])
+        );
+        // The patch applies to the Job as updated, and leaves the rest.
+        let mut job = json!({"metadata": metadata, "spec": {"suspend": false}});
+        json_patch::patch(&mut job, &serde_json::from_value::<json_patch::Patch>(patch).unwrap())
+            .unwrap();
+        assert_eq!(
+            job,
+            json!({"metadata": {"labels": {GROUP_LABEL: "etl"}, "annotations": {"team": "data"}}, "spec": {"suspend": true}})
+        );
+
+        let (response, verdict) = respond(&resume(CONTROLLER), CONTROLLER);
+        assert_eq!(verdict, Verdict::Unchanged);
+        assert!(response.patch.is_none());
     }
 }

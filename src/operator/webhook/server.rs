@@ -8,20 +8,35 @@ use axum::{Json, Router};
 use axum_server::tls_rustls::RustlsConfig;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 use super::mutate::{self, Verdict};
 use crate::operator::http::Health;
 use crate::operator::metrics::{Metrics, WebhookLabels};
 
+/// What every review reads.
+struct Shared {
+    metrics: Arc<Metrics>,
+    /// The user name of the controller's own requests.
+    controller: String,
+}
+
 async fn review(
-    State(metrics): State<Arc<Metrics>>,
+    State(shared): State<Arc<Shared>>,
     Json(review): Json<AdmissionReview<DynamicObject>>,
 ) -> Json<AdmissionReview<DynamicObject>> {
     let request: Result<AdmissionRequest<DynamicObject>, _> = review.try_into();
     let (response, verdict) = match request {
         Ok(req) => {
-            let (response, verdict) = mutate::respond(&req);
+            let (response, verdict) = mutate::respond(&req, &shared.controller);
+            if verdict == Verdict::KeptSuspended {
+                info!(
+                    namespace = req.namespace.as_deref().unwrap_or_default(),
+                    name = %req.name,
+                    user = req.user_info.username.as_deref().unwrap_or_default(),
+                    "webhook: kept a Job suspended that someone else resumed"
+                );
+            }
             debug!(
                 namespace = req.namespace.as_deref().unwrap_or_default(),
                 name = %req.name,
@@ -35,7 +50,8 @@ async fn review(
             (AdmissionResponse::invalid(e), Verdict::Invalid)
         }
     };
-    metrics
+    shared
+        .metrics
         .webhook_reviews
         .get_or_create(&WebhookLabels {
             verdict: verdict.as_str().to_string(),
@@ -45,16 +61,21 @@ async fn review(
 }
 
 /// Serves `POST /mutate-jobs` on `listener` in the background; `tls` can be
-/// reloaded with a new certificate while it runs.
+/// reloaded with a new certificate while it runs. `controller` is the user
+/// name of the controller's own requests: the only one that resumes Jobs.
 pub fn serve(
     listener: std::net::TcpListener,
     tls: RustlsConfig,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    controller: String,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route(mutate::PATH, post(review))
-        .with_state(metrics);
+        .with_state(Arc::new(Shared {
+            metrics,
+            controller,
+        }));
     let server = axum_server::from_tcp_rustls(listener, tls)?;
     tokio::spawn(async move {
         let ended = server.serve(app.into_make_service()).await;
