@@ -568,8 +568,19 @@ fn the_webhook_suspends_labelled_jobs_with_the_controllers_own_tls() {
     let on = &w["rules"][0];
     assert_eq!(strings(&on["apiGroups"]), ["batch"]);
     assert_eq!(strings(&on["apiVersions"]), ["v1"]);
-    assert_eq!(strings(&on["operations"]), ["CREATE"]);
+    assert_eq!(strings(&on["operations"]), ["CREATE", "UPDATE"]);
     assert_eq!(strings(&on["resources"]), ["jobs"]);
+    // Updates reach it only when they would resume a Job, and never from
+    // the controller itself (the API server compiles these: see
+    // the_api_server_accepts_the_crd_and_every_rendered_object).
+    let conditions = w["matchConditions"].as_sequence().unwrap();
+    assert_eq!(conditions.len(), 2, "{conditions:?}");
+    assert_eq!(conditions[0]["name"], "create-or-resume");
+    assert_eq!(conditions[1]["name"], "not-the-controller");
+    assert_eq!(
+        conditions[1]["expression"],
+        format!("request.userInfo.username != 'system:serviceaccount:{NAMESPACE}:jobgate'")
+    );
     let service = &w["clientConfig"]["service"];
     assert_eq!(service["name"], "jobgate-webhook");
     assert_eq!(service["namespace"], NAMESPACE);
