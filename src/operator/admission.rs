@@ -20,6 +20,10 @@ pub struct JobView {
     pub suspended: bool,
     /// Carries the admitted-at annotation (this controller let it run).
     pub admitted: bool,
+    /// Carries the fencing-token annotation: let run with a slot and not
+    /// paused since. Only such a Job, found running without its slot, lost
+    /// it to a lease loss (and may keep running under `onLeaseLoss: Keep`).
+    pub holds_token: bool,
     /// Has a `Complete` or `Failed` condition, or is being deleted.
     pub finished: bool,
     /// Has pods that are not finished.
@@ -128,6 +132,11 @@ pub struct Decision {
     /// integer or is more than the limit: not admitted (suspended if
     /// running), and told why.
     pub bad_slots: Vec<String>,
+    /// Admitted Jobs a user suspended, whose slot is free (given up in this
+    /// pass or before): their fencing token is taken off, so that resumed
+    /// they wait for a slot instead of being taken for a Job that lost its
+    /// slot to a lease loss and kept running.
+    pub disown: Vec<String>,
 }
 
 impl Decision {
@@ -208,6 +217,13 @@ pub fn decide(inputs: &Inputs) -> Decision {
     }
 
     let releasing: BTreeSet<&str> = out.release.iter().map(|(uid, _)| uid.as_str()).collect();
+    out.disown = inputs
+        .jobs
+        .iter()
+        .filter(|j| j.suspended && j.holds_token && !j.finished)
+        .filter(|j| !inputs.held_in_ledger.contains(&j.uid) || releasing.contains(j.uid.as_str()))
+        .map(|j| j.uid.clone())
+        .collect();
     out.reacquire = inputs
         .held_in_ledger
         .iter()
@@ -321,9 +337,12 @@ pub fn on_grants(
     granted: &BTreeMap<String, u64>,
     keep_on_loss: bool,
 ) -> Vec<JobAction> {
-    let admitted: BTreeSet<&str> = jobs
+    // Let run and never paused since: running now without its slot, it
+    // lost it to a lease loss. A Job a user paused and resumed has no
+    // claim to run over the limit.
+    let lost_while_running: BTreeSet<&str> = jobs
         .iter()
-        .filter(|j| j.admitted)
+        .filter(|j| j.admitted && j.holds_token)
         .map(|j| j.uid.as_str())
         .collect();
     let mut out = Vec::new();
@@ -338,7 +357,7 @@ pub fn on_grants(
         let uid = uid.clone();
         out.push(match granted.get(&uid) {
             Some(&token) => JobAction::Adopt { uid, token },
-            None if keep_on_loss && admitted.contains(uid.as_str()) => {
+            None if keep_on_loss && lost_while_running.contains(uid.as_str()) => {
                 JobAction::KeepOverLimit { uid }
             }
             None => JobAction::SuspendNoSlot { uid },
@@ -359,6 +378,7 @@ mod tests {
             priority: 0,
             suspended: true,
             admitted: false,
+            holds_token: false,
             finished: false,
             active_pods: false,
             grace_seconds: 30,
@@ -370,6 +390,7 @@ mod tests {
         JobView {
             suspended: false,
             admitted: true,
+            holds_token: true,
             active_pods: true,
             ..job(uid, "t")
         }
@@ -868,6 +889,47 @@ mod tests {
             vec![
                 JobAction::SuspendNoSlot { uid: "new".into() },
                 JobAction::KeepOverLimit { uid: "old".into() },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_paused_job_gives_up_its_token_with_its_slot_and_resumed_waits_even_under_keep() {
+        // A user suspends an admitted Job; its pods are gone: the slot is
+        // released and the token taken off in the same pass.
+        let mut paused = running("paused");
+        paused.suspended = true;
+        paused.active_pods = false;
+        let d = decide_with(std::slice::from_ref(&paused), &["paused"]);
+        assert_eq!(d.release, vec![("paused".into(), ReleaseReason::Suspended)]);
+        assert_eq!(d.disown, ids(&["paused"]));
+        // Still holding its slot (pods left): the token stays.
+        let mut stopping = paused.clone();
+        stopping.active_pods = true;
+        assert!(decide_with(&[stopping], &["paused"]).disown.is_empty());
+        // Paused without a slot (lost it under Keep, then suspended): the
+        // token goes too.
+        assert_eq!(
+            decide_with(std::slice::from_ref(&paused), &[]).disown,
+            ids(&["paused"])
+        );
+
+        // Resumed by a user with no slot free, under Keep: only a Job still
+        // carrying its token lost its slot while running and may go on.
+        let mut resumed = paused.clone();
+        resumed.suspended = false;
+        resumed.holds_token = false;
+        let kept = running("kept");
+        let jobs = [resumed, kept];
+        let d = decide_with(&jobs, &[]);
+        assert!(d.disown.is_empty(), "{d:?}");
+        assert_eq!(
+            on_grants(&d, &jobs, &grants(&[]), true),
+            vec![
+                JobAction::SuspendNoSlot {
+                    uid: "paused".into()
+                },
+                JobAction::KeepOverLimit { uid: "kept".into() },
             ]
         );
     }

@@ -890,6 +890,7 @@ async fn patch_jobs(
             .is_some_and(|(_, uid)| pass.jobs.contains_key(uid))
     });
     report_releases(ctx, pass, decision, labels).await;
+    disown(ctx, pass, decision).await?;
     refuse_too_slow(ctx, pass, group, decision).await?;
     refuse_bad_slots(ctx, pass, decision).await?;
     let held_back = hold_back(ctx, pass, group, decision).await;
@@ -1002,6 +1003,25 @@ async fn patch_jobs(
         }
     }
     Ok((waiting, Some(now)))
+}
+
+/// Takes the fencing token off paused Jobs whose slot is free, while they
+/// stay suspended: resumed, they wait for a slot like any other.
+async fn disown(ctx: &Context, pass: &Pass, decision: &Decision) -> Result<()> {
+    let paused = |j: &Job| {
+        j.spec.as_ref().and_then(|s| s.suspend) == Some(true)
+            && j.annotations().contains_key(TOKEN_ANNOTATION)
+    };
+    for uid in &decision.disown {
+        let Some(job) = pass.jobs.get(uid) else {
+            continue;
+        };
+        let patch = json!({"metadata": {"annotations": {TOKEN_ANNOTATION: null}}});
+        if patch_while(ctx, &pass.jobs_api, job, paused, patch).await? {
+            debug!(job = %job.name_any(), "paused Job gave up its fencing token with its slot");
+        }
+    }
+    Ok(())
 }
 
 /// Unsuspends a Job granted a slot in this pass, unless the slot was lost
@@ -1403,6 +1423,7 @@ pub fn job_view(job: &Job) -> Option<JobView> {
             .unwrap_or(0),
         suspended: job.spec.as_ref().and_then(|s| s.suspend) == Some(true),
         admitted: is_admitted(job),
+        holds_token: job.annotations().contains_key(TOKEN_ANNOTATION),
         finished: is_finished(job),
         active_pods: count(|s| s.active) > 0 || count(|s| s.terminating) > 0,
         grace_seconds: job
