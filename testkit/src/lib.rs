@@ -22,6 +22,7 @@ pub mod seaweedfs;
 pub mod seed;
 pub mod shared;
 pub mod testbed;
+pub mod webhook;
 
 pub use seaweedfs::{SeaweedFs, bucket, seaweed};
 

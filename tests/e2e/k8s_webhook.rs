@@ -14,50 +14,13 @@ use std::time::Duration;
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, ListParams};
 
-use jobgate_testkit::k8s::ControlPlane;
 use jobgate_testkit::operator::{Bed, ControllerProcess, create_job, eventually};
 use jobgate_testkit::pods::PodLog;
 use jobgate_testkit::testbed::free_port;
+use jobgate_testkit::webhook::{Registration, admin_user};
 
 const NS: &str = "batch";
 const CONFIG: &str = "jobgate-test";
-
-fn webhook_configuration(port: u16, failure_policy: &str) -> String {
-    format!(
-        r#"apiVersion: admissionregistration.k8s.io/v1
-kind: MutatingWebhookConfiguration
-metadata:
-  name: {CONFIG}
-webhooks:
-  - name: suspend.jobs.jobgate.dev
-    admissionReviewVersions: ["v1"]
-    sideEffects: None
-    failurePolicy: {failure_policy}
-    timeoutSeconds: 5
-    matchPolicy: Equivalent
-    objectSelector:
-      matchExpressions:
-        - {{key: jobgate.dev/group, operator: Exists}}
-    rules:
-      - apiGroups: ["batch"]
-        apiVersions: ["v1"]
-        operations: ["CREATE"]
-        resources: ["jobs"]
-        scope: Namespaced
-    clientConfig:
-      url: https://127.0.0.1:{port}/mutate-jobs
-"#
-    )
-}
-
-fn apply(cp: &ControlPlane, yaml: &str) {
-    let out = cp.kubectl_stdin(&["apply", "-f", "-"], yaml);
-    assert!(
-        out.status.success(),
-        "kubectl apply: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A Job manifest without `suspend`, as a user would write it.
 fn plain_job(name: &str, group: Option<&str>) -> String {
@@ -97,52 +60,23 @@ fn metric(text: &str, line_start: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn webhook_controller(bed: &Bed, port: u16) -> ControllerProcess {
-    ControllerProcess::start_with(
-        &bed.cp,
-        &bed.s3,
-        "one",
-        NS,
-        true,
-        &[
-            "--leader-elect=false",
-            &format!("--webhook-listen=127.0.0.1:{port}"),
-            "--webhook-host=127.0.0.1",
-            &format!("--webhook-namespace={NS}"),
-            "--webhook-secret=jobgate-webhook-tls",
-            &format!("--webhook-configuration={CONFIG}"),
-        ],
-        "",
-    )
+/// The webhook registered as the chart does (for the control plane's admin
+/// user, whom the controller runs as), and a controller serving it.
+fn registration<'a>(port: u16, failure_policy: &'a str, admin: &'a str) -> Registration<'a> {
+    Registration {
+        name: CONFIG,
+        port,
+        failure_policy,
+        namespace: None,
+        controller_user: Some(admin),
+    }
 }
 
-async fn wait_ca_bundle(cp: &ControlPlane, controller: &ControllerProcess) {
-    eventually(
-        Duration::from_secs(30),
-        "the CA in the webhook configuration",
-        || async {
-            let out = cp.kubectl(&[
-                "get",
-                "mutatingwebhookconfiguration",
-                CONFIG,
-                "-o",
-                "jsonpath={.webhooks[0].clientConfig.caBundle}",
-            ]);
-            (!out.stdout.is_empty()).then_some(())
-        },
-    )
-    .await;
-    // Ready means the webhook serves.
-    eventually(Duration::from_secs(30), "the controller ready", || async {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", controller.metrics_port)).ok()?;
-        s.write_all(b"GET /readyz HTTP/1.0\r\nHost: x\r\n\r\n")
-            .ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        (out.split_whitespace().nth(1) == Some("200")).then_some(())
-    })
-    .await;
+fn webhook_controller(bed: &Bed, webhook: &Registration) -> ControllerProcess {
+    let mut flags = vec!["--leader-elect=false".to_string()];
+    flags.extend(webhook.controller_flags(NS));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    ControllerProcess::start_with(&bed.cp, &bed.s3, "one", NS, true, &flags, "")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,9 +89,11 @@ async fn labelled_jobs_are_created_suspended_and_an_outage_blocks_only_them() {
     let pods = PodLog::default();
     pods.watch_selected(kube.clone(), "one", NS, "job-name notin (other-0,other-1)");
     let port = free_port();
-    apply(cp, &webhook_configuration(port, "Fail"));
-    let mut controller = webhook_controller(&bed, port);
-    wait_ca_bundle(cp, &controller).await;
+    let admin = admin_user(cp);
+    let webhook = registration(port, "Fail", &admin);
+    webhook.apply(cp);
+    let mut controller = webhook_controller(&bed, &webhook);
+    webhook.ready(cp, &controller).await;
 
     // A labelled Job written without `suspend`: created suspended, and
     // kubectl shows the webhook's warning.
@@ -212,7 +148,8 @@ async fn labelled_jobs_are_created_suspended_and_an_outage_blocks_only_them() {
         4.0,
         "{metrics}"
     );
-    // The objectSelector keeps unlabelled Jobs away from the webhook.
+    // The objectSelector keeps unlabelled Jobs away from the webhook, and
+    // the match conditions the controller's own resumes.
     assert_eq!(
         metric(
             &metrics,
@@ -241,7 +178,7 @@ async fn labelled_jobs_are_created_suspended_and_an_outage_blocks_only_them() {
 
     // failurePolicy Ignore: the labelled Job is created as written,
     // unsuspended; the controller, once back, adopts it into a slot.
-    apply(cp, &webhook_configuration(port, "Ignore"));
+    registration(port, "Ignore", &admin).apply(cp);
     let out = cp.kubectl_stdin(
         &["create", "-o", "json", "-f", "-"],
         &plain_job("etl-down", Some("etl")),
@@ -276,17 +213,23 @@ async fn cronjob_jobs_are_gated_like_any_job() {
     bed.group("nightly", NS, 1);
     let pods = PodLog::default();
     pods.watch(kube.clone(), "one", NS);
-    let port = free_port();
-    apply(cp, &webhook_configuration(port, "Fail"));
-    let controller = webhook_controller(&bed, port);
-    wait_ca_bundle(cp, &controller).await;
+    let admin = admin_user(cp);
+    let webhook = registration(free_port(), "Fail", &admin);
+    webhook.apply(cp);
+    let controller = webhook_controller(&bed, &webhook);
+    webhook.ready(cp, &controller).await;
 
     for name in ["report-a", "report-b"] {
-        apply(
-            cp,
+        let out = cp.kubectl_stdin(
+            &["apply", "-f", "-"],
             &format!(
                 "apiVersion: batch/v1\nkind: CronJob\nmetadata:\n  name: {name}\n  namespace: {NS}\nspec:\n  schedule: \"* * * * *\"\n  concurrencyPolicy: Forbid\n  jobTemplate:\n    metadata:\n      labels:\n        jobgate.dev/group: nightly\n    spec:\n      template:\n        spec:\n          restartPolicy: Never\n          terminationGracePeriodSeconds: 0\n          containers:\n            - name: work\n              image: busybox\n              command: [\"true\"]\n"
             ),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
         );
     }
     // The first tick is at most a minute away.
