@@ -18,6 +18,7 @@ mod k8s_deadlines;
 mod k8s_faults;
 mod k8s_leader;
 mod k8s_operate;
+mod k8s_resume;
 mod k8s_status;
 mod lease;
 mod run_tree;

@@ -1,0 +1,225 @@
+//! Who may resume a Job of a group, counted on pods: the binary's shared
+//! full cluster (kwok's held pods, which run until their Job is suspended
+//! and then take their whole grace period), SeaweedFS, and the controller.
+//! Only the controller resumes such a Job: the webhook keeps anyone else's
+//! resume suspended (a user's `kubectl patch`, a GitOps tool re-applying
+//! `suspend: false`), and without the webhook the controller suspends it
+//! again at once, whatever `onLeaseLoss` says.
+
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use jobgate_testkit::k8s::ControlPlane;
+use jobgate_testkit::operator::{
+    Bed, ControllerProcess, GroupSpec, apply_group_with, create_held_job, eventually,
+};
+use jobgate_testkit::pods::PodLog;
+use jobgate_testkit::testbed::free_port;
+use jobgate_testkit::webhook::Registration;
+
+const NS: &str = "resume";
+/// The held pods' grace period: how long a suspended Job's pod takes to go.
+const GRACE_SECONDS: u32 = 1;
+
+/// Group `group` at limit 1 in the bed's namespace, admitting Jobs whose
+/// pods take up to 5 s to stop; `extra` is merged into its spec.
+fn limit_one(bed: &Bed, group: &str, extra: serde_json::Value) {
+    let mut spec = json!({"leaseSeconds": 20, "maxGracePeriodSeconds": 5});
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    apply_group_with(
+        &bed.cp,
+        &GroupSpec {
+            name: group,
+            ns: &bed.ns,
+            limit: 1,
+            bucket: &bed.bucket,
+            endpoint: &bed.s3.endpoint,
+            key: None,
+            secret: None,
+        },
+        spec,
+    );
+}
+
+/// kubectl in the bed's namespace as someone other than the controller (a
+/// user, a dashboard, a GitOps tool): the admin impersonating `user`, in a
+/// group that may do anything.
+fn kubectl_as(cp: &ControlPlane, user: &str, ns: &str, args: &[&str]) -> Output {
+    let mut all = vec!["--as", user, "--as-group", "system:masters", "-n", ns];
+    all.extend_from_slice(args);
+    cp.kubectl(&all)
+}
+
+/// Sets `spec.suspend` of Job `job` as `user`; its standard error (the
+/// API server's warnings).
+fn set_suspend(cp: &ControlPlane, user: &str, ns: &str, job: &str, suspend: bool) -> String {
+    let patch = format!(r#"{{"spec":{{"suspend":{suspend}}}}}"#);
+    let out = kubectl_as(
+        cp,
+        user,
+        ns,
+        &["patch", &format!("job/{job}"), "--type=merge", "-p", &patch],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "kubectl patch {job}: {stderr}");
+    stderr
+}
+
+fn job_field(cp: &ControlPlane, ns: &str, job: &str, path: &str) -> String {
+    let out = cp.kubectl(&[
+        "get",
+        "-n",
+        ns,
+        &format!("job/{job}"),
+        "-o",
+        &format!("jsonpath={path}"),
+    ]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn until_suspend_is(cp: &ControlPlane, ns: &str, job: &str, suspend: bool, within: Duration) {
+    let want = suspend.to_string();
+    eventually(
+        within,
+        &format!("{job} with suspend: {suspend}"),
+        || async { (job_field(cp, ns, job, "{.spec.suspend}") == want).then_some(()) },
+    )
+    .await;
+}
+
+async fn until_running(pods: &PodLog, n: usize) {
+    eventually(
+        Duration::from_secs(60),
+        &format!("{n} Jobs with live pods"),
+        || async { (pods.running() == n).then_some(()) },
+    )
+    .await;
+}
+
+/// A GitOps tool re-applies `suspend: false` to a waiting Job every quarter
+/// second for ten seconds: the webhook keeps it suspended each time, and
+/// the group never has two Jobs with pods. A Job paused and resumed by a
+/// user waits for a slot, and the controller resumes both in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_keeps_resuming_a_waiting_job_never_takes_the_group_over_its_limit() {
+    let bed = Bed::shared_held(NS).await;
+    let (cp, ns) = (&*bed.cp, bed.ns.as_str());
+    limit_one(&bed, "gated", json!({}));
+    let pods = PodLog::default();
+    pods.watch(bed.kube.clone(), "one", ns);
+    let name = format!("jobgate-{ns}");
+    // Only this namespace's Jobs, and the controller's own requests too:
+    // the webhook itself must tell them apart.
+    let webhook = Registration {
+        name: &name,
+        port: free_port(),
+        failure_policy: "Fail",
+        namespace: Some(ns),
+        controller_user: None,
+    };
+    webhook.apply(cp);
+    let mut flags = vec!["--leader-elect=false".to_string()];
+    flags.extend(webhook.controller_flags(ns));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let controller = ControllerProcess::start_with(cp, &bed.s3, "one", ns, true, &flags, "");
+    webhook.ready(cp, &controller).await;
+
+    create_held_job(&bed.kube, ns, "first", "gated", GRACE_SECONDS, None).await;
+    until_running(&pods, 1).await;
+    until_suspend_is(cp, ns, "first", false, Duration::from_secs(30)).await;
+    create_held_job(&bed.kube, ns, "second", "gated", GRACE_SECONDS, None).await;
+
+    let resumes = 40;
+    for round in 0..resumes {
+        let warning = set_suspend(cp, "gitops", ns, "second", false);
+        if round == 0 {
+            assert!(
+                warning.contains("only jobgate resumes Jobs of ConcurrencyGroup gated"),
+                "no warning: {warning}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(job_field(cp, ns, "second", "{.spec.suspend}"), "true");
+    assert!(
+        pods.max() <= 1,
+        "limit 1 exceeded on pods while a client kept resuming: {}\n{}",
+        pods.summary(1),
+        controller.log_text()
+    );
+
+    // A user pauses the running Job: it stops, its slot goes to the other.
+    set_suspend(cp, "alice", ns, "first", true);
+    until_suspend_is(cp, ns, "second", false, Duration::from_secs(60)).await;
+    until_running(&pods, 1).await;
+    // Resumed by the user, it waits for a slot; the controller resumes it
+    // once the other Job is gone.
+    let warning = set_suspend(cp, "alice", ns, "first", false);
+    assert!(warning.contains("kept true"), "no warning: {warning}");
+    assert_eq!(job_field(cp, ns, "first", "{.spec.suspend}"), "true");
+    cp.kubectl_ok(&["delete", "-n", ns, "job/second", "--wait=false"]);
+    until_suspend_is(cp, ns, "first", false, Duration::from_secs(60)).await;
+    until_running(&pods, 1).await;
+    assert!(
+        pods.max() <= 1,
+        "limit 1 exceeded on pods: {}\n{}",
+        pods.summary(1),
+        controller.log_text()
+    );
+    let kept = controller
+        .metrics()
+        .lines()
+        .find(|l| l.starts_with("jobgate_webhook_reviews_total{verdict=\"kept_suspended\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
+    assert_eq!(kept, Some(resumes + 1));
+    eprintln!("{}", pods.summary(1));
+    cp.kubectl(&["delete", "mutatingwebhookconfiguration", &name]);
+}
+
+/// Without the webhook (`failurePolicy: Ignore` during an outage, or none
+/// installed), under `onLeaseLoss: Keep`: a Job a user paused gives up its
+/// slot, and resumed while the slot is taken it is suspended again at once,
+/// not kept running over the limit as if it had lost its slot to a lease
+/// loss. Its pod counts from the resume until it has stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_keep_a_job_paused_and_resumed_by_a_user_waits_for_a_slot() {
+    let bed = Bed::shared_held(NS).await;
+    let (cp, ns) = (&*bed.cp, bed.ns.as_str());
+    limit_one(&bed, "keep", json!({"onLeaseLoss": "Keep"}));
+    let pods = PodLog::default();
+    pods.watch(bed.kube.clone(), "one", ns);
+    let controller =
+        ControllerProcess::start_with(cp, &bed.s3, "one", ns, true, &["--leader-elect=false"], "");
+    create_held_job(&bed.kube, ns, "first", "keep", GRACE_SECONDS, None).await;
+    until_suspend_is(cp, ns, "first", false, Duration::from_secs(60)).await;
+    until_running(&pods, 1).await;
+    create_held_job(&bed.kube, ns, "second", "keep", GRACE_SECONDS, None).await;
+
+    set_suspend(cp, "alice", ns, "first", true);
+    until_suspend_is(cp, ns, "second", false, Duration::from_secs(60)).await;
+    until_running(&pods, 1).await;
+    assert!(pods.max() <= 1, "{}", pods.summary(1));
+
+    let resumed = Instant::now();
+    set_suspend(cp, "alice", ns, "first", false);
+    until_suspend_is(cp, ns, "first", true, Duration::from_secs(20)).await;
+    let suspended_after = resumed.elapsed();
+    until_running(&pods, 1).await;
+    let over = pods.time_over(1);
+    eprintln!(
+        "resumed by a user with no slot free: suspended again {suspended_after:?} after; {}",
+        pods.summary(1)
+    );
+    // The resume's pod lives from its start until its grace period after
+    // the controller's suspension; before the fix it ran on for good.
+    assert!(
+        over < Duration::from_secs(8),
+        "over the limit for {over:?}: {}\n{}",
+        pods.summary(1),
+        controller.log_text()
+    );
+}
