@@ -151,7 +151,13 @@ pub async fn start(
             }
         };
         let rustls = RustlsConfig::from_config(config);
-        if let Err(e) = server::serve(listener, rustls.clone(), metrics, health.clone(), controller) {
+        if let Err(e) = server::serve(
+            listener,
+            rustls.clone(),
+            metrics,
+            health.clone(),
+            controller,
+        ) {
             // Unready for good would only hide it: exit, so that the pod
             // restarts and the failure shows.
             error!(error = %e, "webhook: cannot serve; exiting");
@@ -188,7 +194,10 @@ async fn own_user_name(client: &Client) -> Result<String, kube::Error> {
     use k8s_openapi::api::authentication::v1::SelfSubjectReview;
     let api: kube::Api<SelfSubjectReview> = kube::Api::all(client.clone());
     let review = api
-        .create(&kube::api::PostParams::default(), &SelfSubjectReview::default())
+        .create(
+            &kube::api::PostParams::default(),
+            &SelfSubjectReview::default(),
+        )
         .await?;
     review
         .status

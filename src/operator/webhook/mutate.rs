@@ -78,9 +78,7 @@ pub fn decide(req: &Request) -> Verdict {
     let suspended = req.suspend == Some(true);
     match req.operation {
         Operation::Create if !suspended => Verdict::Suspended,
-        Operation::Update
-            if req.old_suspend == Some(true) && !suspended && !req.by_controller =>
-        {
+        Operation::Update if req.old_suspend == Some(true) && !suspended && !req.by_controller => {
             Verdict::KeptSuspended
         }
         _ => Verdict::Unchanged,
@@ -219,7 +217,10 @@ mod tests {
     #[test]
     fn only_the_controller_resumes_a_labelled_job() {
         // A user, a UI or a GitOps tool: kept suspended, however it says so.
-        assert_eq!(update(Some(true), Some(false), false), Verdict::KeptSuspended);
+        assert_eq!(
+            update(Some(true), Some(false), false),
+            Verdict::KeptSuspended
+        );
         assert_eq!(update(Some(true), None, false), Verdict::KeptSuspended);
         // The controller resumes it.
         assert_eq!(update(Some(true), Some(false), true), Verdict::Unchanged);
@@ -237,7 +238,10 @@ mod tests {
         assert_eq!(decide(&unlabelled), Verdict::Unchanged);
     }
 
-    fn review(labels: serde_json::Value, spec: serde_json::Value) -> AdmissionRequest<DynamicObject> {
+    fn review(
+        labels: serde_json::Value,
+        spec: serde_json::Value,
+    ) -> AdmissionRequest<DynamicObject> {
         review_of("CREATE", "alice", json!({"labels": labels}), spec, None)
     }
 
@@ -252,9 +256,9 @@ mod tests {
         for (k, v) in metadata.as_object().unwrap() {
             meta[k] = v.clone();
         }
-        let old = old_spec.map(|spec| {
-            json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec})
-        });
+        let old = old_spec.map(
+            |spec| json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec}),
+        );
         let review: AdmissionReview<DynamicObject> = serde_json::from_value(json!({
             "apiVersion": "admission.k8s.io/v1",
             "kind": "AdmissionReview",
@@ -349,8 +353,11 @@ mod tests {
         );
         // The patch applies to the Job as updated, and leaves the rest.
         let mut job = json!({"metadata": metadata, "spec": {"suspend": false}});
-        json_patch::patch(&mut job, &serde_json::from_value::<json_patch::Patch>(patch).unwrap())
-            .unwrap();
+        json_patch::patch(
+            &mut job,
+            &serde_json::from_value::<json_patch::Patch>(patch).unwrap(),
+        )
+        .unwrap();
         assert_eq!(
             job,
             json!({"metadata": {"labels": {GROUP_LABEL: "etl"}, "annotations": {"team": "data"}}, "spec": {"suspend": true}})
