@@ -37,6 +37,13 @@ pub struct Batch {
     /// Change the ledger's limit first (a deliberate change: a new spec or
     /// `jobgate limit`).
     pub set_limit: Option<LimitChange>,
+    /// Who this agent is beyond its id (a controller's cluster UID): see
+    /// `Agent::instance`.
+    pub instance: Option<String>,
+    /// The agent's entry names another instance, whose renewals this agent
+    /// has seen stand still for its whole lease: it is gone, and its slots
+    /// are expired as any agent's would be.
+    pub take_over: bool,
 }
 
 /// A deliberate change of the ledger's limit.
@@ -87,6 +94,9 @@ pub struct Outcome {
     pub lost: Vec<String>,
     pub released: Vec<String>,
     pub evicted_agents: Vec<String>,
+    /// Another instance writes as this agent (see `Agent::instance`):
+    /// nothing was done, and its instance.
+    pub claimed_by: Option<String>,
 }
 
 /// Applies a batch to a ledger. Idempotent: applying the same batch to its own
@@ -96,6 +106,22 @@ pub fn apply(current: &Ledger, batch: &Batch) -> Outcome {
     let mut next = current.clone();
     let mut out = Outcome::default();
     let mut changed = false;
+
+    // Two writers under one agent id (two clusters given the same name)
+    // would each take the other's holders for their own and free them as
+    // gone. The one that finds the entry another's does nothing at all
+    // until that one has stood still for its lease.
+    if let Some(theirs) = claimed_by_another(current, batch) {
+        if !batch.take_over {
+            out.claimed_by = Some(theirs.to_string());
+            out.lost = batch.held.clone();
+            return out;
+        }
+        next.agents.remove(&batch.agent);
+        next.holders.retain(|_, h| h.agent != batch.agent);
+        out.evicted_agents.push(batch.agent.clone());
+        changed = true;
+    }
 
     if let Some(change) = &batch.set_limit {
         // A limit of 0 is refused before it gets here (`Error::InvalidLimit`).
@@ -230,6 +256,7 @@ pub fn apply(current: &Ledger, batch: &Batch) -> Outcome {
             entry.lease_ms = batch.lease.as_millis() as u64;
             entry.renewed_at = batch.wall_now.clone();
             entry.description = batch.agent_description.clone();
+            entry.instance = batch.instance.clone();
             changed = true;
         }
     } else if next.agents.remove(&batch.agent).is_some() {
@@ -244,6 +271,13 @@ pub fn apply(current: &Ledger, batch: &Batch) -> Outcome {
         out.next = Some(next);
     }
     out
+}
+
+/// The instance named in this agent's entry when it is not the batch's own.
+pub fn claimed_by_another<'a>(current: &'a Ledger, batch: &Batch) -> Option<&'a str> {
+    let mine = batch.instance.as_deref()?;
+    let theirs = current.agents.get(&batch.agent)?.instance.as_deref()?;
+    (theirs != mine).then_some(theirs)
 }
 
 /// An operator's release of one holder, whoever holds it. Leaves the owning
@@ -394,6 +428,67 @@ mod tests {
         let mut b = batch("a");
         b.renew = true;
         assert_eq!(apply(&Ledger::new(1), &b).next, None);
+    }
+
+    /// Agent "east/b/g" as written by cluster `instance`, asking for
+    /// `holders`, on `l`.
+    fn as_cluster(l: &Ledger, instance: &str, holders: &[&str], held: &[&str]) -> Outcome {
+        let mut b = batch("east/b/g");
+        b.instance = Some(instance.into());
+        b.acquires = holders.iter().map(|s| s.to_string()).collect();
+        b.held = held.iter().map(|s| s.to_string()).collect();
+        b.renew = true;
+        apply(l, &b)
+    }
+
+    #[test]
+    fn a_second_writer_of_one_agent_id_writes_nothing_and_frees_nothing() {
+        // Cluster 1 holds h1 as east/b/g.
+        let l = as_cluster(&Ledger::new(2), "uid-1", &["h1"], &[])
+            .next
+            .unwrap();
+        assert_eq!(l.agents["east/b/g"].instance.as_deref(), Some("uid-1"));
+        // Cluster 2, given the same name, would free h1 (no such Job there)
+        // and ask for its own: refused whole.
+        let mut b = batch("east/b/g");
+        b.instance = Some("uid-2".into());
+        b.releases = vec!["h1".into()];
+        b.acquires = vec!["h2".into()];
+        let out = apply(&l, &b);
+        assert_eq!(out.claimed_by.as_deref(), Some("uid-1"));
+        assert_eq!(out.next, None);
+        assert!(out.granted.is_empty() && out.released.is_empty());
+        // Cluster 1 goes on as before.
+        let out = as_cluster(&l, "uid-1", &["h3"], &["h1"]);
+        assert_eq!(out.claimed_by, None);
+        assert_eq!(out.granted, vec![("h3".into(), 2)]);
+        // A writer that names no instance (`jobgate run`) is not checked.
+        let mut plain = batch("east/b/g");
+        plain.acquires = vec!["h4".into()];
+        assert_eq!(apply(&l, &plain).claimed_by, None);
+    }
+
+    #[test]
+    fn a_writer_whose_entry_another_left_standing_takes_it_over_with_its_slots_expired() {
+        let l = as_cluster(&Ledger::new(2), "uid-1", &["h1"], &[])
+            .next
+            .unwrap();
+        let mut b = batch("east/b/g");
+        b.instance = Some("uid-2".into());
+        b.acquires = vec!["h2".into()];
+        b.take_over = true;
+        let out = apply(&l, &b);
+        assert_eq!(out.evicted_agents, vec!["east/b/g".to_string()]);
+        assert_eq!(out.granted, vec![("h2".into(), 2)]);
+        let next = out.next.unwrap();
+        assert!(!next.holders.contains_key("h1"));
+        assert_eq!(next.agents["east/b/g"].instance.as_deref(), Some("uid-2"));
+        // The one that was gone comes back: its slot is lost, and it writes
+        // nothing.
+        let out = as_cluster(&next, "uid-1", &[], &["h1"]);
+        assert_eq!(out.claimed_by.as_deref(), Some("uid-2"));
+        assert_eq!(out.lost, vec!["h1".to_string()]);
+        assert_eq!(out.next, None);
     }
 
     #[test]

@@ -37,6 +37,15 @@ pub enum Error {
     HolderNotFound(String),
 
     #[error(
+        "agent {agent:?} is already in use in this ledger by another writer ({theirs}; this one is {mine}); nothing was written. Two clusters were given the same cluster name: give one of them another (the chart's clusterName)"
+    )]
+    AgentClaimed {
+        agent: String,
+        theirs: String,
+        mine: String,
+    },
+
+    #[error(
         "the store does not enforce conditional writes ({0}); refusing to use it because the limit could not be guaranteed"
     )]
     ConditionalWritesUnsupported(String),

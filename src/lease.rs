@@ -63,6 +63,16 @@ impl Observations {
             .collect()
     }
 
+    /// Whether `agent`'s counter has stood still for at least its declared
+    /// lease (our own id included: another writer may hold it).
+    pub fn stood_still(&self, ledger: &Ledger, agent: &str, now: Instant) -> bool {
+        let (Some(entry), Some(seen)) = (ledger.agents.get(agent), self.seen.get(agent)) else {
+            return false;
+        };
+        seen.renewals == entry.renewals
+            && now.duration_since(seen.since) >= Duration::from_millis(entry.lease_ms)
+    }
+
     /// How long until the earliest agent could expire, for scheduling a re-check.
     pub fn next_expiry(&self, ledger: &Ledger, me: &str, now: Instant) -> Option<Duration> {
         ledger

@@ -93,6 +93,12 @@ pub struct Agent {
     /// `decide::apply`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub waiting: u32,
+    /// Who writes as this agent, where its id alone may not tell: a
+    /// controller's cluster (the UID of its `kube-system` namespace), since
+    /// two clusters can be given the same cluster name. Another writer
+    /// finding it different writes nothing (see `decide::apply`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {

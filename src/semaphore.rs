@@ -61,6 +61,11 @@ pub struct Config {
     /// re-acquire in one write, so a waiter they cannot see could otherwise
     /// wait for ever; a long wait costs a few writes, a short one nothing.
     pub record_wait_after: Option<Duration>,
+    /// Who this agent is beyond its id, where the id alone may not be
+    /// unique (a controller's cluster UID): a client that finds its agent's
+    /// entry naming another writes nothing until that one has stood still
+    /// for its lease.
+    pub instance: Option<String>,
 }
 
 impl Config {
@@ -77,6 +82,7 @@ impl Config {
             fence_after: None,
             record_wait: false,
             record_wait_after: None,
+            instance: None,
         }
     }
 }
@@ -895,6 +901,25 @@ impl Committer {
         let now = Instant::now();
         let batch = self.batch(&ledger, now);
         let outcome = decide::apply(&ledger, &batch);
+        if let Some(theirs) = outcome.claimed_by.clone() {
+            // Nothing of ours was written, and slots we thought ours are
+            // not: they are lost, and every request fails with the reason.
+            warn!(agent = %self.cfg.agent, %theirs, "another writer uses this agent id; writing nothing");
+            let mine = self.cfg.instance.clone().unwrap_or_default();
+            self.resolve(
+                Outcome {
+                    lost: outcome.lost,
+                    ..Outcome::default()
+                },
+                false,
+            );
+            self.fail_pending(Error::AgentClaimed {
+                agent: self.cfg.agent.clone(),
+                theirs,
+                mine,
+            });
+            return Ok(());
+        }
         let Some(next) = outcome.next.clone() else {
             self.answer_limit_changes(&ledger);
             self.resolve(outcome, false);
@@ -987,6 +1012,8 @@ impl Committer {
             withdraw_wait: self.withdraw,
             record_wait: self.records_wait(now),
             set_limit: self.limit_changes.last().map(|(c, _)| c.clone()),
+            instance: self.cfg.instance.clone(),
+            take_over: self.obs.stood_still(ledger, &self.cfg.agent, now),
         }
     }
 
