@@ -1116,8 +1116,13 @@ impl Committer {
                     token: *token,
                     lost: lost_rx,
                 };
-                if waiter.reply.send(Ok(Some(permit))).is_err() {
+                if waiter.reply.send(Ok(Some(permit))).is_err() && self.cfg.release_orphans {
                     // The caller gave up while the grant was being written.
+                    // An agent that keeps holders across restarts (the
+                    // controller) leaves the slot to its next pass, which
+                    // knows whether work runs on it: the caller may be gone
+                    // while another process let the work run (a standby
+                    // that took over). Until then it is renewed.
                     self.releasing.push((waiter.holder, None));
                 }
             } else if let Some((_, agent)) = out.taken.iter().find(|(h, _)| h == &waiter.holder) {
@@ -1408,6 +1413,68 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(before, 5, "setting the same limit again changes nothing");
+    }
+
+    /// A store whose writes take a second to answer.
+    #[derive(Debug)]
+    struct SlowWrites(MemoryStore);
+
+    #[async_trait::async_trait]
+    impl crate::store::Store for SlowWrites {
+        async fn get(
+            &self,
+            key: &str,
+            if_none_match: Option<&ETag>,
+        ) -> std::result::Result<Fetched, StoreError> {
+            self.0.get(key, if_none_match).await
+        }
+        async fn put(
+            &self,
+            key: &str,
+            body: Bytes,
+            condition: Condition,
+        ) -> std::result::Result<ETag, StoreError> {
+            let etag = self.0.put(key, body, condition).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            etag
+        }
+        async fn delete(&self, key: &str, etag: &ETag) -> std::result::Result<(), StoreError> {
+            self.0.delete(key, etag).await
+        }
+        fn describe(&self) -> String {
+            "slow".into()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_grant_whose_caller_gave_up_is_freed_only_by_agents_that_free_orphans() {
+        for release_orphans in [true, false] {
+            let store: DynStore = Arc::new(SlowWrites(MemoryStore::new()));
+            let mut cfg = Config::new("east/ns/g");
+            cfg.limit = Some(1);
+            cfg.release_orphans = release_orphans;
+            let sem = Semaphore::new(store.clone(), "k", cfg);
+            // The caller (a controller's pass, dropped when its replica lost
+            // leadership) gives up while the grant is being written.
+            let gave_up = tokio::time::timeout(Duration::from_millis(100), sem.acquire("h1")).await;
+            assert!(gave_up.is_err());
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let ledger = sem.snapshot().await.unwrap();
+            // A controller leaves the slot to its next pass (another
+            // replica may have let the Job run on it); `jobgate run` frees
+            // it, since nobody else could use it.
+            assert_eq!(
+                ledger.holders.contains_key("h1"),
+                !release_orphans,
+                "release_orphans {release_orphans}: {ledger:?}"
+            );
+            if !release_orphans {
+                // The next pass asks again: the same slot and token.
+                let permit = sem.try_acquire("h1").await.unwrap().unwrap();
+                assert_eq!(permit.token, ledger.holders["h1"].token);
+            }
+            sem.shutdown().await;
+        }
     }
 
     #[tokio::test(start_paused = true)]
