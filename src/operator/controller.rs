@@ -99,9 +99,18 @@ pub async fn run(config: kube::Config, settings: Settings) -> Result<()> {
             })?;
     }
 
-    let cluster = match &settings.cluster_name {
-        Some(name) => name.clone(),
-        None => kube_system_uid(&client).await?,
+    let (cluster, cluster_uid) = match &settings.cluster_name {
+        Some(name) => match kube_system_uid(&client).await {
+            Ok(uid) => (name.clone(), Some(uid)),
+            Err(e) => {
+                warn!(error = %e, "another cluster given the same --cluster-name will not be told apart from this one");
+                (name.clone(), None)
+            }
+        },
+        None => {
+            let uid = kube_system_uid(&client).await?;
+            (uid.clone(), Some(uid))
+        }
     };
     let groups: Api<ConcurrencyGroup> = match &settings.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -156,7 +165,7 @@ pub async fn run(config: kube::Config, settings: Settings) -> Result<()> {
         let mut term = tokio::spawn(admit(
             client.clone(),
             settings.clone(),
-            cluster.clone(),
+            (cluster.clone(), cluster_uid.clone()),
             Shared {
                 ledgers: ledgers.clone(),
                 metrics: metrics.clone(),
@@ -304,7 +313,7 @@ struct Shared {
 async fn admit(
     client: Client,
     settings: Settings,
-    cluster: String,
+    (cluster, cluster_uid): (String, Option<String>),
     shared: Shared,
     stop: watch::Receiver<bool>,
 ) {
@@ -370,6 +379,7 @@ async fn admit(
         ledgers,
         settings: LedgerSettings {
             cluster,
+            cluster_uid,
             poll: settings.poll_waiting,
             leader_lease: settings.leader_election.as_ref().map(|le| le.lease),
         },

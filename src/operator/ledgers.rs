@@ -75,6 +75,10 @@ pub struct Ledgers {
 
 pub struct LedgerSettings {
     pub cluster: String,
+    /// The UID of this cluster's `kube-system` namespace, written with this
+    /// cluster's agent entries: another cluster given the same name finds
+    /// it and writes nothing. `None` when it cannot be read.
+    pub cluster_uid: Option<String>,
     pub poll: Duration,
     /// The leader-election lease, when replicas take over from each other:
     /// a group's lease must leave time for that.
@@ -147,6 +151,10 @@ impl Ledgers {
         // A cluster holds many slots; without recorded waits one cluster
         // could keep every slot while another's Jobs wait.
         cfg.record_wait = true;
+        cfg.instance = settings
+            .cluster_uid
+            .as_ref()
+            .map(|uid| format!("cluster {uid}"));
         info!(group = %format!("{ns}/{name}"), %key, %agent, "opened ledger");
         let ledger = Arc::new(GroupLedger {
             sem: Semaphore::new(store, key.clone(), cfg),

@@ -37,6 +37,7 @@ impl Problem {
             | CoreError::ConditionalWritesUnsupported(_) => "ConditionalWritesUnsupported",
             CoreError::Ledger { .. } => "LedgerInvalid",
             CoreError::LedgerVanished(_) => "LedgerDeleted",
+            CoreError::AgentClaimed { .. } => "DuplicateClusterName",
             CoreError::Store(StoreError::Unavailable(_) | StoreError::Ambiguous(_))
             | CoreError::Exhausted { .. }
             | CoreError::TooManyConflicts(_) => "LedgerUnreachable",

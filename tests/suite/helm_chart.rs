@@ -393,8 +393,10 @@ fn values_set_cluster_namespace_and_leader_election() {
     assert_eq!(selector["key"], "kubernetes.io/metadata.name");
     assert_eq!(selector["operator"], "In");
     assert_eq!(strings(&selector["values"]), ["batch"]);
-    // A named cluster never reads the kube-system namespace.
-    assert!(rule(&docs, "", "namespaces").is_none());
+    // A named cluster still reads the kube-system namespace's UID, and only
+    // that: it tells it apart from another cluster given the same name.
+    let namespaces = rule(&docs, "", "namespaces").expect("a rule for namespaces");
+    assert_eq!(strings(&namespaces["resourceNames"]), ["kube-system"]);
 
     // The ServiceMonitor is off by default and selects the metrics Service.
     let docs = documents(&render(&[
