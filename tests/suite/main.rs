@@ -12,6 +12,7 @@
 mod cli;
 mod cli_errors;
 mod helm_chart;
+mod k8s_clusters;
 mod k8s_controller;
 mod k8s_crd;
 mod k8s_deadlines;
