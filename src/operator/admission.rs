@@ -20,10 +20,6 @@ pub struct JobView {
     pub suspended: bool,
     /// Carries the admitted-at annotation (this controller let it run).
     pub admitted: bool,
-    /// Carries the fencing-token annotation: let run with a slot and not
-    /// paused since. Only such a Job, found running without its slot, lost
-    /// it to a lease loss (and may keep running under `onLeaseLoss: Keep`).
-    pub holds_token: bool,
     /// Has a `Complete` or `Failed` condition, or is being deleted.
     pub finished: bool,
     /// Has pods that are not finished.
@@ -132,10 +128,12 @@ pub struct Decision {
     /// integer or is more than the limit: not admitted (suspended if
     /// running), and told why.
     pub bad_slots: Vec<String>,
-    /// Admitted Jobs a user suspended, whose slot is free (given up in this
-    /// pass or before): their fencing token is taken off, so that resumed
-    /// they wait for a slot instead of being taken for a Job that lost its
-    /// slot to a lease loss and kept running.
+    /// Suspended Jobs still marked admitted that hold no slot: a Job that
+    /// lost its slot (kept running under `onLeaseLoss: Keep`, or released
+    /// by hand) and was then suspended by a user. Marked no longer
+    /// admitted, so that resumed it waits for a slot like any other rather
+    /// than being taken for a Job that lost its slot while it ran. (A Job
+    /// giving its slot up in this pass is marked with the release.)
     pub disown: Vec<String>,
 }
 
@@ -220,8 +218,8 @@ pub fn decide(inputs: &Inputs) -> Decision {
     out.disown = inputs
         .jobs
         .iter()
-        .filter(|j| j.suspended && j.holds_token && !j.finished)
-        .filter(|j| !inputs.held_in_ledger.contains(&j.uid) || releasing.contains(j.uid.as_str()))
+        .filter(|j| j.suspended && j.admitted && !j.finished)
+        .filter(|j| !inputs.held_in_ledger.contains(&j.uid))
         .map(|j| j.uid.clone())
         .collect();
     out.reacquire = inputs
@@ -337,12 +335,12 @@ pub fn on_grants(
     granted: &BTreeMap<String, u64>,
     keep_on_loss: bool,
 ) -> Vec<JobAction> {
-    // Let run and never paused since: running now without its slot, it
-    // lost it to a lease loss. A Job a user paused and resumed has no
-    // claim to run over the limit.
+    // Still marked admitted while it runs without a slot: it lost the slot
+    // while it ran. A Job suspended meanwhile is no longer marked (see
+    // `Decision::disown`), so resumed it has no claim to the limit.
     let lost_while_running: BTreeSet<&str> = jobs
         .iter()
-        .filter(|j| j.admitted && j.holds_token)
+        .filter(|j| j.admitted)
         .map(|j| j.uid.as_str())
         .collect();
     let mut out = Vec::new();
@@ -378,7 +376,6 @@ mod tests {
             priority: 0,
             suspended: true,
             admitted: false,
-            holds_token: false,
             finished: false,
             active_pods: false,
             grace_seconds: 30,
@@ -390,7 +387,6 @@ mod tests {
         JobView {
             suspended: false,
             admitted: true,
-            holds_token: true,
             active_pods: true,
             ..job(uid, "t")
         }
@@ -894,33 +890,25 @@ mod tests {
     }
 
     #[test]
-    fn a_paused_job_gives_up_its_token_with_its_slot_and_resumed_waits_even_under_keep() {
-        // A user suspends an admitted Job; its pods are gone: the slot is
-        // released and the token taken off in the same pass.
+    fn a_job_suspended_without_a_slot_is_no_longer_admitted_and_resumed_waits_even_under_keep() {
+        // Lost its slot while it ran (kept under Keep), then suspended by a
+        // user: no longer admitted.
         let mut paused = running("paused");
         paused.suspended = true;
         paused.active_pods = false;
+        let d = decide_with(std::slice::from_ref(&paused), &[]);
+        assert_eq!(d.disown, ids(&["paused"]));
+        // Still holding its slot: left to the release, which marks it.
         let d = decide_with(std::slice::from_ref(&paused), &["paused"]);
         assert_eq!(d.release, vec![("paused".into(), ReleaseReason::Suspended)]);
-        assert_eq!(d.disown, ids(&["paused"]));
-        // Still holding its slot (pods left): the token stays.
-        let mut stopping = paused.clone();
-        stopping.active_pods = true;
-        assert!(decide_with(&[stopping], &["paused"]).disown.is_empty());
-        // Paused without a slot (lost it under Keep, then suspended): the
-        // token goes too.
-        assert_eq!(
-            decide_with(std::slice::from_ref(&paused), &[]).disown,
-            ids(&["paused"])
-        );
+        assert!(d.disown.is_empty());
 
         // Resumed by a user with no slot free, under Keep: only a Job still
-        // carrying its token lost its slot while running and may go on.
+        // marked admitted lost its slot while running and may go on.
         let mut resumed = paused.clone();
         resumed.suspended = false;
-        resumed.holds_token = false;
-        let kept = running("kept");
-        let jobs = [resumed, kept];
+        resumed.admitted = false;
+        let jobs = [resumed, running("kept")];
         let d = decide_with(&jobs, &[]);
         assert!(d.disown.is_empty(), "{d:?}");
         assert_eq!(

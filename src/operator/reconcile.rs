@@ -1005,20 +1005,17 @@ async fn patch_jobs(
     Ok((waiting, Some(now)))
 }
 
-/// Takes the fencing token off paused Jobs whose slot is free, while they
-/// stay suspended: resumed, they wait for a slot like any other.
+/// Marks suspended Jobs that hold no slot as no longer admitted, while
+/// they stay suspended: resumed, they wait for a slot like any other.
 async fn disown(ctx: &Context, pass: &Pass, decision: &Decision) -> Result<()> {
-    let paused = |j: &Job| {
-        j.spec.as_ref().and_then(|s| s.suspend) == Some(true)
-            && j.annotations().contains_key(TOKEN_ANNOTATION)
-    };
+    let paused = |j: &Job| j.spec.as_ref().and_then(|s| s.suspend) == Some(true) && is_admitted(j);
     for uid in &decision.disown {
         let Some(job) = pass.jobs.get(uid) else {
             continue;
         };
-        let patch = json!({"metadata": {"annotations": {TOKEN_ANNOTATION: null}}});
+        let patch = json!({"metadata": {"annotations": not_admitted()}});
         if patch_while(ctx, &pass.jobs_api, job, paused, patch).await? {
-            debug!(job = %job.name_any(), "paused Job gave up its fencing token with its slot");
+            info!(job = %job.name_any(), "a suspended Job without a slot is no longer admitted; resumed, it waits for one");
         }
     }
     Ok(())
@@ -1423,7 +1420,6 @@ pub fn job_view(job: &Job) -> Option<JobView> {
             .unwrap_or(0),
         suspended: job.spec.as_ref().and_then(|s| s.suspend) == Some(true),
         admitted: is_admitted(job),
-        holds_token: job.annotations().contains_key(TOKEN_ANNOTATION),
         finished: is_finished(job),
         active_pods: count(|s| s.active) > 0 || count(|s| s.terminating) > 0,
         grace_seconds: job
