@@ -705,6 +705,48 @@ pub async fn read_ledger(s3: &SeaweedFs, bucket: &str, key: &str) -> Option<jobg
     Some(ledger)
 }
 
+/// Agent `taker` evicts `agent` from the ledger at `key` and takes one slot
+/// as holder `holder`, in one conditional write: what another cluster does
+/// once it has watched `agent`'s renewals stand still for its lease (so
+/// `agent`'s Jobs lose their slots at once, and none is free for them).
+/// `taker` declares a lease of ten minutes, so nobody evicts it while a
+/// test runs.
+pub async fn evict_and_take(
+    s3: &SeaweedFs,
+    bucket: &str,
+    key: &str,
+    agent: &str,
+    taker: &str,
+    holder: &str,
+) {
+    use jobgate::decide::{Batch, apply};
+    use jobgate::store::Condition;
+    let store = s3.dyn_store(bucket).await;
+    for _ in 0..20 {
+        let (ledger, etag) = jobgate::semaphore::read_ledger(&store, key)
+            .await
+            .unwrap()
+            .expect("the ledger exists");
+        let batch = Batch {
+            agent: taker.to_string(),
+            lease: Duration::from_secs(600),
+            acquires: vec![holder.to_string()],
+            evict: vec![agent.to_string()],
+            wall_now: "test".into(),
+            ..Default::default()
+        };
+        let out = apply(&ledger, &batch);
+        assert_eq!(out.evicted_agents, vec![agent.to_string()], "{ledger:?}");
+        assert_eq!(out.granted.len(), 1, "no slot for {holder}: {ledger:?}");
+        let next = out.next.expect("a change");
+        let body = bytes::Bytes::from(next.to_bytes());
+        if store.put(key, body, Condition::Match(etag)).await.is_ok() {
+            return;
+        }
+    }
+    panic!("the ledger kept changing under the eviction");
+}
+
 pub async fn ledger_holders(
     s3: &SeaweedFs,
     bucket: &str,

@@ -197,6 +197,19 @@ impl PodLog {
         time_over(&s.timeline, limit, Instant::now())
     }
 
+    /// The same, counting only from `since`.
+    pub fn time_over_since(&self, limit: usize, since: Instant) -> Duration {
+        let s = self.state.lock().unwrap();
+        // The count in force at `since`, then every change after it.
+        let before = s.timeline.iter().rev().find(|(t, _)| *t <= since);
+        let clipped: Vec<(Instant, usize)> = before
+            .map(|(_, n)| (since, *n))
+            .into_iter()
+            .chain(s.timeline.iter().copied().filter(|(t, _)| *t > since))
+            .collect();
+        time_over(&clipped, limit, Instant::now())
+    }
+
     /// One line for test output: the peak, the time spent over `limit`,
     /// and every change of the count (ms after the first: count).
     pub fn summary(&self, limit: usize) -> String {

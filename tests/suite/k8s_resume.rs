@@ -14,6 +14,7 @@ use serde_json::json;
 use jobgate_testkit::k8s::ControlPlane;
 use jobgate_testkit::operator::{
     Bed, ControllerProcess, GroupSpec, apply_group_with, create_held_job, eventually,
+    evict_and_take,
 };
 use jobgate_testkit::pods::PodLog;
 use jobgate_testkit::testbed::free_port;
@@ -134,22 +135,24 @@ async fn a_client_that_keeps_resuming_a_waiting_job_never_takes_the_group_over_i
     create_held_job(&bed.kube, ns, "second", "gated", GRACE_SECONDS, None).await;
 
     let resumes = 40;
-    for round in 0..resumes {
-        let warning = set_suspend(cp, "gitops", ns, "second", false);
-        if round == 0 {
-            assert!(
-                warning.contains("only jobgate resumes Jobs of ConcurrencyGroup gated"),
-                "no warning: {warning}"
-            );
-        }
+    let mut warnings = Vec::new();
+    for _ in 0..resumes {
+        warnings.push(set_suspend(cp, "gitops", ns, "second", false));
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert_eq!(job_field(cp, ns, "second", "{.spec.suspend}"), "true");
     assert!(
         pods.max() <= 1,
         "limit 1 exceeded on pods while a client kept resuming: {}\n{}",
         pods.summary(1),
         controller.log_text()
+    );
+    assert_eq!(job_field(cp, ns, "second", "{.spec.suspend}"), "true");
+    // Each time, the client is told why.
+    assert!(
+        warnings
+            .iter()
+            .all(|w| w.contains("only jobgate resumes Jobs of ConcurrencyGroup gated")),
+        "{warnings:?}"
     );
 
     // A user pauses the running Job: it stops, its slot goes to the other.
@@ -181,12 +184,13 @@ async fn a_client_that_keeps_resuming_a_waiting_job_never_takes_the_group_over_i
 }
 
 /// Without the webhook (`failurePolicy: Ignore` during an outage, or none
-/// installed), under `onLeaseLoss: Keep`: a Job a user paused gives up its
-/// slot, and resumed while the slot is taken it is suspended again at once,
-/// not kept running over the limit as if it had lost its slot to a lease
-/// loss. Its pod counts from the resume until it has stopped.
+/// installed), under `onLeaseLoss: Keep`: a Job that lost its slot while it
+/// ran is kept running over the limit, as documented. A user suspends it to
+/// end that; resumed while the slot is still taken, it is suspended again
+/// at once, not kept over the limit for the rest of its run as if it had
+/// just lost its slot. Its pod counts from the resume until it has stopped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn under_keep_a_job_paused_and_resumed_by_a_user_waits_for_a_slot() {
+async fn under_keep_a_job_suspended_after_losing_its_slot_and_resumed_waits_for_a_slot() {
     let bed = Bed::shared_held(NS).await;
     let (cp, ns) = (&*bed.cp, bed.ns.as_str());
     limit_one(&bed, "keep", json!({"onLeaseLoss": "Keep"}));
@@ -197,29 +201,63 @@ async fn under_keep_a_job_paused_and_resumed_by_a_user_waits_for_a_slot() {
     create_held_job(&bed.kube, ns, "first", "keep", GRACE_SECONDS, None).await;
     until_suspend_is(cp, ns, "first", false, Duration::from_secs(60)).await;
     until_running(&pods, 1).await;
-    create_held_job(&bed.kube, ns, "second", "keep", GRACE_SECONDS, None).await;
 
+    // Another cluster finds this one's lease run out and takes the slot:
+    // the Job keeps running over the limit, as onLeaseLoss: Keep says.
+    let agent = format!("one/{ns}/keep");
+    evict_and_take(
+        &bed.s3,
+        &bed.bucket,
+        &bed.key("keep"),
+        &agent,
+        "west/x/keep",
+        "elsewhere",
+    )
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "first kept over the limit",
+        || async {
+            let out = cp.kubectl(&[
+                "get",
+                "events",
+                "-n",
+                ns,
+                "--field-selector",
+                "reason=OverLimit",
+                "-o",
+                "name",
+            ]);
+            (!out.stdout.is_empty()).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(job_field(cp, ns, "first", "{.spec.suspend}"), "false");
+
+    // A user suspends it; its pod stops.
     set_suspend(cp, "alice", ns, "first", true);
-    until_suspend_is(cp, ns, "second", false, Duration::from_secs(60)).await;
-    until_running(&pods, 1).await;
-    assert!(pods.max() <= 1, "{}", pods.summary(1));
-
+    until_running(&pods, 0).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Resumed with the slot still taken.
     let resumed = Instant::now();
     set_suspend(cp, "alice", ns, "first", false);
     until_suspend_is(cp, ns, "first", true, Duration::from_secs(20)).await;
     let suspended_after = resumed.elapsed();
-    until_running(&pods, 1).await;
-    let over = pods.time_over(1);
+    until_running(&pods, 0).await;
+    // Long enough for a Job kept over the limit to show.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let over = pods.time_over_since(0, resumed);
     eprintln!(
-        "resumed by a user with no slot free: suspended again {suspended_after:?} after; {}",
+        "resumed by a user with the slot taken: suspended again {suspended_after:?} after; its pod ran {over:?}; {}",
         pods.summary(1)
     );
     // The resume's pod lives from its start until its grace period after
-    // the controller's suspension; before the fix it ran on for good.
+    // the controller's suspension.
     assert!(
-        over < Duration::from_secs(8),
-        "over the limit for {over:?}: {}\n{}",
+        over < Duration::from_secs(5),
+        "ran {over:?} after the resume: {}\n{}",
         pods.summary(1),
         controller.log_text()
     );
+    assert_eq!(job_field(cp, ns, "first", "{.spec.suspend}"), "true");
 }
