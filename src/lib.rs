@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod cli;
+pub mod clock;
 pub mod decide;
 pub mod doctor;
 pub mod error;
