@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, sleep_until};
 use tracing::{debug, info, warn};
 
+use crate::clock::{self, Clocks, Reading, SystemClocks};
 use crate::decide::{self, Batch, LimitChange, Outcome};
 use crate::error::{Error, Result};
 use crate::lease::{Observations, self_fence_after};
@@ -66,6 +67,9 @@ pub struct Config {
     /// entry naming another writes nothing until that one has stood still
     /// for its lease.
     pub instance: Option<String>,
+    /// Where time is read beyond the monotonic clock, to notice a suspend
+    /// or a paused VM (see [`crate::clock`]).
+    pub clocks: Arc<dyn Clocks>,
 }
 
 impl Config {
@@ -83,6 +87,7 @@ impl Config {
             record_wait: false,
             record_wait_after: None,
             instance: None,
+            clocks: Arc::new(SystemClocks::default()),
         }
     }
 }
@@ -170,7 +175,10 @@ impl Semaphore {
         let stats = Arc::new(Stats::default());
         let (safe_until_tx, safe_until) = watch::channel(None);
         let (known_tx, known) = watch::channel(None);
+        let clock_origin = config.clocks.read();
         let committer = Committer {
+            clock_origin,
+            missed_at_renewal: Duration::ZERO,
             store,
             key: key.into(),
             cfg: config,
@@ -380,9 +388,16 @@ struct Committer {
     held: BTreeMap<String, watch::Sender<bool>>,
     /// Send time of our last write known to have landed while holding slots.
     last_renewal_sent: Option<Instant>,
-    /// The renewal value and send time of our last write that carried our
-    /// agent entry, until a read or a response settles whether it landed.
-    inflight: Option<(u64, Instant)>,
+    /// The clocks when this client started, and how much time the
+    /// monotonic clock had missed since then (a suspend, a paused VM) when
+    /// that write was sent: what it misses after that comes off the fence
+    /// deadline.
+    clock_origin: Reading,
+    missed_at_renewal: Duration,
+    /// The renewal value, send time and time missed at sending of our last
+    /// write that carried our agent entry, until a read or a response
+    /// settles whether it landed.
+    inflight: Option<(u64, Instant, Duration)>,
     last_refresh: Option<Instant>,
     warned_limit: bool,
     /// Clear our recorded wait in the next write.
@@ -599,6 +614,10 @@ impl Committer {
             let base = self.last_renewal_sent.unwrap_or(now);
             wake = wake.min(base + self.renew_interval());
             wake = wake.min(base + self.fence_after());
+            // Woken from a suspend, the monotonic clock has not moved: look
+            // at the other clocks often, so that slots kept past their lease
+            // are given up within this long of waking.
+            wake = wake.min(now + CLOCK_CHECK);
         }
         wake
     }
@@ -621,12 +640,23 @@ impl Committer {
                 .is_none_or(|t| now >= t + self.renew_interval())
     }
 
-    /// When our slots stop being safe unless a renewal lands first.
+    /// When our slots stop being safe unless a renewal lands first: the
+    /// fence period after the last renewal known to have landed, less any
+    /// time the monotonic clock missed since it was sent.
     fn fence_deadline(&self) -> Option<Instant> {
         if self.held.is_empty() {
             return None;
         }
-        self.last_renewal_sent.map(|sent| sent + self.fence_after())
+        let missed = self.missed_now().saturating_sub(self.missed_at_renewal);
+        self.last_renewal_sent.map(|sent| {
+            let deadline = sent + self.fence_after();
+            deadline.checked_sub(missed).unwrap_or(sent).max(sent)
+        })
+    }
+
+    /// Time the monotonic clock missed since this client started.
+    fn missed_now(&self) -> Duration {
+        clock::missed(&self.clock_origin, &self.cfg.clocks.read())
     }
 
     /// Bounds a store call so that it cannot run past the fence deadline;
@@ -847,13 +877,16 @@ impl Committer {
             self.obs.observe(ledger, now);
             // A write whose answer we never got may have landed: if the
             // ledger shows its renewal, it did, and it was sent at that time.
-            if let Some((renewals, sent)) = self.inflight
+            if let Some((renewals, sent, missed)) = self.inflight
                 && ledger
                     .agents
                     .get(&self.cfg.agent)
                     .is_some_and(|a| a.renewals >= renewals)
             {
-                self.last_renewal_sent = Some(self.last_renewal_sent.map_or(sent, |t| t.max(sent)));
+                if self.last_renewal_sent.is_none_or(|t| sent >= t) {
+                    self.last_renewal_sent = Some(sent);
+                    self.missed_at_renewal = missed;
+                }
                 self.inflight = None;
             }
         }
@@ -927,9 +960,10 @@ impl Committer {
         };
         let body = Bytes::from(next.to_bytes());
         let sent = Instant::now();
+        let missed_at_send = self.missed_now();
         let ours = next.agents.get(&self.cfg.agent).map(|a| a.renewals);
         if let Some(renewals) = ours {
-            self.inflight = Some((renewals, sent));
+            self.inflight = Some((renewals, sent, missed_at_send));
         }
         match self
             .bounded(self.store.put(&self.key, body, condition))
@@ -948,6 +982,7 @@ impl Committer {
                 let late = Instant::now() >= sent + self.fence_after();
                 self.resolve(outcome, late);
                 self.last_renewal_sent = ours.map(|_| sent);
+                self.missed_at_renewal = missed_at_send;
                 Ok(())
             }
             Err(e) => {
@@ -1170,6 +1205,10 @@ fn store_failure(e: StoreError) -> Failure {
         other => Failure::Fatal(Error::Store(other)),
     }
 }
+
+/// How often a client holding slots looks for time its monotonic clock
+/// missed.
+const CLOCK_CHECK: Duration = Duration::from_secs(1);
 
 /// Lost races in a row before pending requests fail.
 const MAX_CONFLICTS: u32 = 1000;
@@ -1475,6 +1514,54 @@ mod tests {
             }
             sem.shutdown().await;
         }
+    }
+
+    /// The machine's clocks, plus boot time a test adds: a suspend the
+    /// monotonic clock never saw.
+    #[derive(Debug, Default)]
+    struct Suspendable(std::sync::atomic::AtomicU64);
+
+    impl Clocks for Suspendable {
+        fn read(&self) -> Reading {
+            let mut r = SystemClocks::default().read();
+            let slept = Duration::from_millis(self.0.load(Ordering::Relaxed));
+            r.boot = Some(r.boot.unwrap_or_default() + slept);
+            r
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slots_kept_through_a_suspend_longer_than_the_fence_are_lost_on_waking() {
+        let store: DynStore = Arc::new(MemoryStore::new());
+        let clocks = Arc::new(Suspendable::default());
+        let mut cfg = Config::new("laptop");
+        cfg.limit = Some(1);
+        cfg.lease = Duration::from_secs(30);
+        cfg.clocks = clocks.clone();
+        let sem = Semaphore::new(store, "k", cfg);
+        let permit = sem.acquire("h1").await.unwrap();
+        // Awake, renewing: safe for as long as it runs.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!permit.is_lost());
+        // Suspended for 20 s (more than the 18 s fence period), the
+        // monotonic clock stopped: lost within a clock check of waking,
+        // before any renewal could find the slot gone.
+        clocks.0.store(20_000, Ordering::Relaxed);
+        tokio::time::sleep(CLOCK_CHECK + Duration::from_millis(10)).await;
+        assert!(permit.is_lost());
+
+        // A suspend shorter than what is left of the fence period loses
+        // nothing.
+        let store: DynStore = Arc::new(MemoryStore::new());
+        let clocks = Arc::new(Suspendable::default());
+        let mut cfg = Config::new("laptop");
+        cfg.limit = Some(1);
+        cfg.clocks = clocks.clone();
+        let sem = Semaphore::new(store, "k", cfg);
+        let permit = sem.acquire("h1").await.unwrap();
+        clocks.0.store(5_000, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!permit.is_lost());
     }
 
     #[tokio::test(start_paused = true)]
