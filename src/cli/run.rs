@@ -2,6 +2,7 @@
 
 use std::io::IsTerminal;
 use std::os::unix::process::ExitStatusExt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -11,6 +12,7 @@ use tracing::{info, warn};
 
 use super::{EXIT_ERROR, EXIT_LEASE_LOST, EXIT_WAIT_TIMEOUT, StoreArgs, parse_duration};
 use crate::agent::{hostname, new_agent_id};
+use crate::clock::SystemClocks;
 use crate::doctor::ensure_conditional_writes;
 use crate::error::{Error, Result};
 use crate::process::Guarded;
@@ -51,6 +53,10 @@ pub struct RunArgs {
     /// What to do when the lease cannot be renewed in time.
     #[arg(long, value_enum, default_value = "stop")]
     on_lease_loss: OnLeaseLoss,
+    /// Test only: a file holding milliseconds added to the boot-time clock,
+    /// so that a test can make this process see a suspend it never had.
+    #[arg(long, hide = true, value_name = "FILE")]
+    unsafe_test_extra_boot_time_file: Option<std::path::PathBuf>,
     /// The command and its arguments.
     #[arg(required = true, last = true)]
     command: Vec<String>,
@@ -104,6 +110,9 @@ pub async fn run(args: RunArgs) -> Result<u8> {
     // whole lease is, so that agents that swap slots in one write (the
     // operator) leave this one a free slot instead of starving it.
     config.record_wait_after = Some(args.lease);
+    config.clocks = Arc::new(SystemClocks {
+        extra_boot_time_file: args.unsafe_test_extra_boot_time_file.clone(),
+    });
     let sem = Semaphore::new(store, url.key(), config);
 
     let mut signals = Signals::new()?;

@@ -130,3 +130,56 @@ async fn a_holder_that_cannot_renew_is_told_before_its_lease_runs_out() {
     assert!(told < lease, "told too late: {told:?}");
     sem.shutdown().await;
 }
+
+/// A `jobgate run` process whose machine was suspended for longer than its
+/// lease (made to see it: its boot-time clock moves 40 s while its monotonic
+/// clock does not) gives up its slot and stops its command within about a
+/// second of waking, before any renewal could tell it that another agent
+/// holds the slot now. Before, it ran on until a renewal found the slot
+/// gone, and here, where nobody took it, for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_woken_from_a_suspend_longer_than_its_lease_is_stopped_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let slept = dir.path().join("slept-ms");
+    std::fs::write(&slept, "0").unwrap();
+    let url = format!("file://{}", dir.path().join("ledger.json").display());
+    let mut run = Command::new(jobgate_testkit::jobgate_bin())
+        .args([
+            "run",
+            "--ledger",
+            &url,
+            "--limit",
+            "1",
+            "--lease",
+            "30s",
+            "--unsafe-test-extra-boot-time-file",
+        ])
+        .arg(&slept)
+        .args(["--", "sleep", "600"])
+        .stdin(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    // Running, and renewing, well past a renewal interval.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(run.try_wait().unwrap().is_none(), "jobgate run ended early");
+    let woke = Instant::now();
+    std::fs::write(&slept, "40000").unwrap();
+    let status = loop {
+        if let Some(status) = run.try_wait().unwrap() {
+            break status;
+        }
+        if woke.elapsed() > Duration::from_secs(20) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(run.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            panic!("jobgate run kept its command running 20 s after waking from a 40 s suspend");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let stopped = woke.elapsed();
+    eprintln!("woken from a 40 s suspend (lease 30 s): stopped {stopped:?} after, {status}");
+    assert_eq!(status.code(), Some(123), "exit code for a lost lease");
+    assert!(stopped < Duration::from_secs(5), "{stopped:?}");
+}
