@@ -68,9 +68,28 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+type GroupId = (String, String);
+
 #[derive(Default)]
 pub struct Ledgers {
-    groups: tokio::sync::Mutex<HashMap<(String, String), Arc<GroupLedger>>>,
+    groups: tokio::sync::Mutex<HashMap<GroupId, Arc<GroupLedger>>>,
+    /// Clients replaced by a rebuild, kept (and so renewing) until the
+    /// client that replaced them holds every slot they held. The pass that
+    /// rebuilds a client takes its slots up again, but it may not get that
+    /// far (this replica loses its leader Lease meanwhile, and passes stop
+    /// while the slots' Jobs still run): renewals must not wait for it.
+    retired: Mutex<Vec<(GroupId, Arc<GroupLedger>)>>,
+}
+
+/// Whether a replaced client must go on renewing: of the slots it `held`,
+/// one is not `lost` and not yet `taken_up` by the client now in use.
+pub fn still_renews(
+    held: &BTreeSet<String>,
+    lost: &BTreeSet<String>,
+    taken_up: &BTreeSet<String>,
+) -> bool {
+    held.iter()
+        .any(|uid| !lost.contains(uid) && !taken_up.contains(uid))
 }
 
 pub struct LedgerSettings {
@@ -112,6 +131,7 @@ impl Ledgers {
             creds.as_ref().map(|c| &c.version),
         );
         let id = (ns.clone(), name.clone());
+        self.drop_retired().await;
         if let Some(existing) = self.groups.lock().await.get(&id)
             && existing.fingerprint == fingerprint
         {
@@ -169,10 +189,23 @@ impl Ledgers {
             announced_refused: Mutex::new(BTreeSet::new()),
         });
         // Reconciliations of one group never overlap, so nobody else built
-        // a client for it meanwhile. A replaced client stops once the last
-        // reconciliation using it ends.
-        self.groups.lock().await.insert(id, ledger.clone());
+        // a client for it meanwhile.
+        if let Some(replaced) = self.groups.lock().await.insert(id.clone(), ledger.clone()) {
+            info!(group = %format!("{ns}/{name}"), "rebuilt the ledger client; the old one renews its slots until the new one holds them");
+            lock(&self.retired).push((id, replaced));
+        }
         Ok(ledger)
+    }
+
+    /// Lets go of replaced clients whose slots the current ones hold (a
+    /// replaced client stops once the last reconciliation using it ends).
+    async fn drop_retired(&self) {
+        let groups = self.groups.lock().await;
+        lock(&self.retired).retain(|(id, old)| {
+            let (held, lost) = old.permits();
+            let taken_up = groups.get(id).map(|g| g.permits().0).unwrap_or_default();
+            still_renews(&held, &lost, &taken_up)
+        });
     }
 
     /// Forgets every group not in `existing` (deleted while nobody
@@ -182,6 +215,7 @@ impl Ledgers {
             .lock()
             .await
             .retain(|group, _| existing.contains(group));
+        lock(&self.retired).retain(|(group, _)| existing.contains(group));
     }
 
     /// The client this process uses for a group now, whatever its settings:
@@ -198,16 +232,16 @@ impl Ledgers {
     /// Forgets a deleted group. Its slots are not released here: Jobs of a
     /// deleted group may still run, and its lease runs out at the others.
     pub async fn forget(&self, ns: &str, name: &str) {
-        self.groups
-            .lock()
-            .await
-            .remove(&(ns.to_string(), name.to_string()));
+        let id = (ns.to_string(), name.to_string());
+        self.groups.lock().await.remove(&id);
+        lock(&self.retired).retain(|(g, _)| *g != id);
     }
 
     /// Stops every client without releasing: running Jobs keep their slots
     /// for the successor (same agent id) to take up.
     pub async fn shutdown(&self) {
-        let all: Vec<_> = self.groups.lock().await.drain().collect();
+        let mut all: Vec<_> = self.groups.lock().await.drain().collect();
+        all.extend(lock(&self.retired).drain(..));
         for (_, ledger) in all {
             if let Ok(ledger) = Arc::try_unwrap(ledger) {
                 ledger.sem.shutdown().await;
@@ -253,5 +287,27 @@ impl<S: Store> Store for TimedStore<S> {
 
     fn describe(&self) -> String {
         self.inner.describe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(uids: &[&str]) -> BTreeSet<String> {
+        uids.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_replaced_client_renews_until_every_slot_it_holds_is_taken_up_or_lost() {
+        let held = set(&["a", "b"]);
+        // Nothing taken up yet (the rebuilding pass stopped early).
+        assert!(still_renews(&held, &set(&[]), &set(&[])));
+        assert!(still_renews(&held, &set(&[]), &set(&["a"])));
+        // All taken up, or the rest lost: let go.
+        assert!(!still_renews(&held, &set(&[]), &set(&["a", "b"])));
+        assert!(!still_renews(&held, &set(&["b"]), &set(&["a"])));
+        // Held nothing.
+        assert!(!still_renews(&set(&[]), &set(&[]), &set(&[])));
     }
 }
