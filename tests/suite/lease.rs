@@ -183,3 +183,90 @@ async fn a_command_woken_from_a_suspend_longer_than_its_lease_is_stopped_at_once
     assert_eq!(status.code(), Some(123), "exit code for a lost lease");
     assert!(stopped < Duration::from_secs(5), "{stopped:?}");
 }
+
+/// A controller rebuilds a group's ledger client (its credentials Secret
+/// changed) and the pass that did so stops before the new client takes up
+/// the slots held (this replica lost its leader Lease, and no pass runs
+/// while the slots' Jobs still do). The replaced client renews them until
+/// the new one does: another agent never gets the slot, over two leases.
+/// Before, the replaced client stopped with the pass, and the other agent
+/// took the slot one lease later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuilt_controller_client_keeps_its_slots_renewed_until_the_new_one_takes_them_up() {
+    use jobgate::operator::crd::{ConcurrencyGroup, ConcurrencyGroupSpec, LedgerSpec};
+    use jobgate::operator::ledgers::{Credentials, LedgerSettings, Ledgers, lock};
+    use jobgate::operator::metrics::Metrics;
+
+    let server = jobgate_testkit::shared::seaweed();
+    let bucket = jobgate_testkit::bucket(server).await;
+    let store = server.dyn_store(&bucket).await;
+    let key = "jobgate/batch/rebuilt.json";
+    let lease = Duration::from_secs(10);
+    let mut group = ConcurrencyGroup::new(
+        "rebuilt",
+        ConcurrencyGroupSpec {
+            limit: 1,
+            suspend: false,
+            ledger: LedgerSpec {
+                bucket: bucket.clone(),
+                endpoint: Some(server.endpoint.clone()),
+                region: Some("us-east-1".into()),
+                force_path_style: Some(true),
+                ..Default::default()
+            },
+            lease_seconds: lease.as_secs() as u32,
+            on_lease_loss: Default::default(),
+            max_grace_period_seconds: 0,
+            on_controller_loss: Default::default(),
+        },
+    );
+    group.metadata.namespace = Some("batch".into());
+    let env: std::collections::HashMap<_, _> = server.env().into_iter().collect();
+    let creds = |version: &str| Credentials {
+        access_key_id: env["AWS_ACCESS_KEY_ID"].clone(),
+        secret_access_key: env["AWS_SECRET_ACCESS_KEY"].clone(),
+        version: version.into(),
+    };
+    let settings = LedgerSettings {
+        cluster: "east".into(),
+        cluster_uid: None,
+        poll: Duration::from_millis(200),
+        leader_lease: None,
+    };
+    let metrics = std::sync::Arc::new(Metrics::new(&mut Default::default()));
+    let ledgers = Ledgers::default();
+
+    // A pass admits a Job with the first client.
+    let first = ledgers
+        .get(&group, Some(creds("1")), &settings, &metrics)
+        .await
+        .unwrap();
+    let permit = first.sem.try_acquire("job-a").await.unwrap().unwrap();
+    lock(&first.permits).insert("job-a".into(), permit);
+    drop(first);
+    // The Secret changes; the next pass builds a new client and stops.
+    let second = ledgers
+        .get(&group, Some(creds("2")), &settings, &metrics)
+        .await
+        .unwrap();
+
+    // Another cluster waits for the slot.
+    let mut cfg = Config::new("west/batch/rebuilt");
+    cfg.poll = Duration::from_millis(200);
+    let west = Semaphore::new(store.clone(), key, cfg);
+    let got = tokio::time::timeout(lease * 2, west.acquire("rival")).await;
+    assert!(got.is_err(), "the other cluster took a slot still in use");
+
+    // A pass takes the slot up with the new client: the old one goes, and
+    // the slot stays renewed.
+    let permit = second.sem.try_acquire("job-a").await.unwrap().unwrap();
+    lock(&second.permits).insert("job-a".into(), permit);
+    ledgers
+        .get(&group, Some(creds("2")), &settings, &metrics)
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(lease * 3 / 2, west.acquire("rival")).await;
+    assert!(got.is_err(), "the other cluster took a slot still in use");
+    let (ledger, _) = read_ledger(&store, key).await.unwrap().unwrap();
+    assert_eq!(ledger.holders["job-a"].agent, "east/batch/rebuilt");
+}
