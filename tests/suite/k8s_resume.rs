@@ -13,7 +13,7 @@ use serde_json::json;
 
 use jobgate_testkit::k8s::ControlPlane;
 use jobgate_testkit::operator::{
-    Bed, ControllerProcess, GroupSpec, apply_group_with, create_held_job, eventually,
+    Bed, ControllerProcess, GroupSpec, apply_group_with, create_held_job, create_job, eventually,
     evict_and_take,
 };
 use jobgate_testkit::pods::PodLog;
@@ -260,4 +260,57 @@ async fn under_keep_a_job_suspended_after_losing_its_slot_and_resumed_waits_for_
         controller.log_text()
     );
     assert_eq!(job_field(cp, ns, "first", "{.spec.suspend}"), "true");
+}
+
+/// `failurePolicy: Ignore` with the controller down, and with it the
+/// webhook: a labelled Job created then starts at once, over the limit,
+/// until the controller is back and suspends it. Measured: how long after
+/// the controller's restart its pods are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_failure_policy_ignore_a_job_created_during_an_outage_runs_until_the_controller_is_back()
+ {
+    let bed = Bed::shared_held(NS).await;
+    let (cp, ns) = (&*bed.cp, bed.ns.as_str());
+    limit_one(&bed, "ignored", json!({}));
+    let pods = PodLog::default();
+    pods.watch(bed.kube.clone(), "one", ns);
+    let name = format!("jobgate-{ns}");
+    let webhook = Registration {
+        name: &name,
+        port: free_port(),
+        failure_policy: "Ignore",
+        namespace: Some(ns),
+        controller_user: None,
+    };
+    webhook.apply(cp);
+    let mut flags = vec!["--leader-elect=false".to_string()];
+    flags.extend(webhook.controller_flags(ns));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut controller = ControllerProcess::start_with(cp, &bed.s3, "one", ns, true, &flags, "");
+    webhook.ready(cp, &controller).await;
+    create_held_job(&bed.kube, ns, "first", "ignored", GRACE_SECONDS, None).await;
+    until_running(&pods, 1).await;
+
+    controller.kill9();
+    let outage = Instant::now();
+    create_job(&bed.kube, ns, "second", "ignored", false).await;
+    until_running(&pods, 2).await;
+    let started = outage.elapsed();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let back = Instant::now();
+    controller.restart();
+    until_running(&pods, 1).await;
+    let stopped = back.elapsed();
+    eprintln!(
+        "failurePolicy Ignore: the Job created {started:?} into the outage ran at once; its pods were gone {stopped:?} after the controller's restart; {}",
+        pods.summary(1)
+    );
+    assert_eq!(job_field(cp, ns, "second", "{.spec.suspend}"), "true");
+    assert_eq!(job_field(cp, ns, "first", "{.spec.suspend}"), "false");
+    assert!(
+        stopped < Duration::from_secs(20),
+        "{stopped:?}\n{}",
+        controller.log_text()
+    );
+    cp.kubectl(&["delete", "mutatingwebhookconfiguration", &name]);
 }
