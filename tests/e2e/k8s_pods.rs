@@ -311,13 +311,14 @@ async fn the_pod_checker_catches_a_slot_freed_while_pods_still_terminate() {
 // ---------------------------------------------------------------------------
 // Two clusters sharing one ledger
 
-/// Two held clusters with one group `shared` at limit 2, east reaching S3
-/// through a fault proxy. East's two Jobs run (for good, or for
+/// Two held clusters with one group `shared` at limit 2, each reaching S3
+/// through a fault proxy of its own. East's two Jobs run (for good, or for
 /// `east_run_for`), west's two wait, recorded in the ledger.
 struct TwoClusters {
     s3: SeaweedFs,
     bucket: String,
     proxy: FaultProxy,
+    west_proxy: FaultProxy,
     east_cp: ControlPlane,
     west_cp: ControlPlane,
     east: ControllerProcess,
@@ -343,6 +344,7 @@ impl TwoClusters {
         let (east_cp, east_kube) = held_cluster(NS).await;
         let (west_cp, west_kube) = held_cluster(NS).await;
         let proxy = FaultProxy::start(&s3.endpoint, Faults::default()).await;
+        let west_proxy = FaultProxy::start(&s3.endpoint, Faults::default()).await;
         group_with(
             &east_cp,
             "shared",
@@ -351,7 +353,7 @@ impl TwoClusters {
             &proxy.endpoint,
             spec.clone(),
         );
-        group_with(&west_cp, "shared", 2, &bucket, &s3.endpoint, spec);
+        group_with(&west_cp, "shared", 2, &bucket, &west_proxy.endpoint, spec);
         let pods = PodLog::default();
         pods.watch(east_kube.clone(), "east", NS);
         pods.watch(west_kube.clone(), "west", NS);
@@ -376,6 +378,7 @@ impl TwoClusters {
             s3,
             bucket,
             proxy,
+            west_proxy,
             east_cp,
             west_cp,
             east,
@@ -524,6 +527,60 @@ async fn a_cluster_cut_off_from_s3_stops_its_pods_before_the_others_start_theirs
         );
         assert_eq!(bed.pods.max(), 2, "{}", bed.pods.summary(2));
     }
+}
+
+/// S3 unreachable from both clusters for one and a half leases: east
+/// suspends its Jobs at its fence, from its own state, and nobody admits
+/// anything; healed, the slots are handed out again, and at no moment do
+/// more than two Jobs have live pods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_s3_down_everywhere_nothing_runs_past_the_fence_and_the_limit_holds_after() {
+    let _turn = SERIAL.lock().await;
+    let mut rng = seed::rng("S3 down everywhere");
+    let grace = rng.random_range(1..=MAX_GRACE_SECONDS);
+    let bed = TwoClusters::start(grace, None).await;
+    tokio::time::sleep(Duration::from_millis(rng.random_range(0..3000))).await;
+    bed.proxy.partition(true);
+    bed.west_proxy.partition(true);
+    let cut = Instant::now();
+    eventually(Duration::from_secs(60), "east's pods stop", || async {
+        (bed.pods.running_in("east") == 0).then_some(())
+    })
+    .await;
+    let east_stopped = cut.elapsed();
+    let outage = LEASE * 3 / 2;
+    tokio::time::sleep(outage.saturating_sub(cut.elapsed())).await;
+    assert_eq!(
+        bed.pods.running(),
+        0,
+        "a Job ran while S3 was down everywhere\n{}",
+        bed.logs()
+    );
+    bed.proxy.partition(false);
+    bed.west_proxy.partition(false);
+    let healed = Instant::now();
+    eventually(Duration::from_secs(90), "two Jobs run again", || async {
+        (bed.pods.running() == 2).then_some(())
+    })
+    .await;
+    let again = healed.elapsed();
+    eprintln!(
+        "grace {grace} s, S3 down everywhere for {outage:?}: east's pods gone {east_stopped:?} after the cut (lease {LEASE:?}); two Jobs ran again {again:?} after healing (east {}, west {}); {}",
+        bed.pods.running_in("east"),
+        bed.pods.running_in("west"),
+        bed.pods.summary(2)
+    );
+    assert!(
+        east_stopped < LEASE,
+        "east's pods ran {east_stopped:?} into the outage\n{}",
+        bed.logs()
+    );
+    assert_eq!(
+        (bed.pods.max(), bed.pods.time_over(2)),
+        (2, Duration::ZERO),
+        "more than two Jobs had live pods at limit 2\n{}",
+        bed.logs()
+    );
 }
 
 /// A controller that dies and stays dead for longer than the lease cannot
