@@ -1,7 +1,10 @@
 //! A small fault-injecting HTTP proxy between the S3 client and SeaweedFS.
 //! Per request it may: drop the response after the server applied the write,
 //! answer 500/503 (before or after forwarding), answer 409
-//! ConditionalRequestConflict without forwarding, or delay.
+//! ConditionalRequestConflict without forwarding, or delay. On demand it
+//! also holds requests until told to let them go: every PUT's answer (the
+//! write lands, its client waits), or the reads of one object signed with
+//! one access key.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,6 +36,35 @@ pub struct Faults {
     pub delay_by: Duration,
 }
 
+/// What the proxy holds back until told otherwise (see [`FaultProxy::hold`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Holds {
+    /// PUTs are forwarded (the write lands) and their answers held.
+    pub put_answers: bool,
+    /// GETs of a path ending in `.1` signed with access key `.0` are held
+    /// before they are forwarded.
+    pub reads_signed_by: Option<(String, String)>,
+}
+
+impl Holds {
+    fn holds_read(&self, parts: &hyper::http::request::Parts) -> bool {
+        let Some((key, suffix)) = &self.reads_signed_by else {
+            return false;
+        };
+        let signed = parts
+            .headers
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains(&format!("Credential={key}/")));
+        parts.method == Method::GET && signed && parts.uri.path().ends_with(suffix.as_str())
+    }
+}
+
+/// Waits until `wanted` no longer holds for what is held.
+async fn until(holds: &mut tokio::sync::watch::Receiver<Holds>, wanted: impl Fn(&Holds) -> bool) {
+    let _ = holds.wait_for(|h| !wanted(h)).await;
+}
+
 #[derive(Debug, Default)]
 pub struct FaultCounts {
     pub requests: AtomicU64,
@@ -41,6 +73,8 @@ pub struct FaultCounts {
     pub error_503_after: AtomicU64,
     pub conflict_409: AtomicU64,
     pub delayed: AtomicU64,
+    /// Requests held (see [`Holds`]) so far.
+    pub held: AtomicU64,
 }
 
 impl FaultCounts {
@@ -62,6 +96,7 @@ pub struct FaultProxy {
     pub endpoint: String,
     pub counts: Arc<FaultCounts>,
     partitioned: Arc<AtomicBool>,
+    holds: tokio::sync::watch::Sender<Holds>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -125,6 +160,7 @@ async fn handle(
     faults: Faults,
     counts: Arc<FaultCounts>,
     partitioned: Arc<AtomicBool>,
+    mut holds: tokio::sync::watch::Receiver<Holds>,
 ) -> Result<Response<Full<Bytes>>, Dropped> {
     counts.requests.fetch_add(1, Ordering::Relaxed);
     if partitioned.load(Ordering::SeqCst) {
@@ -135,6 +171,16 @@ async fn handle(
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map_err(|_| Dropped)?.to_bytes();
     let is_put = parts.method == Method::PUT;
+    if holds.borrow().holds_read(&parts) {
+        counts.held.fetch_add(1, Ordering::Relaxed);
+        until(&mut holds, |h| h.holds_read(&parts)).await;
+    }
+    if is_put && holds.borrow().put_answers {
+        counts.held.fetch_add(1, Ordering::Relaxed);
+        let answer = forward(&client, &upstream, parts, body).await;
+        until(&mut holds, |h| h.put_answers).await;
+        return Ok(answer.unwrap_or_else(|| s3_error(StatusCode::BAD_GATEWAY, "InternalError")));
+    }
     let roll: f64 = rand::random();
     let mut edge = 0.0;
     let mut hit = |p: f64| {
@@ -179,16 +225,18 @@ impl FaultProxy {
         let task_counts = counts.clone();
         let partitioned = Arc::new(AtomicBool::new(false));
         let task_partitioned = partitioned.clone();
+        let (holds, holds_rx) = tokio::sync::watch::channel(Holds::default());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (client, upstream, counts, partitioned) = (
+                let (client, upstream, counts, partitioned, holds) = (
                     client.clone(),
                     upstream.clone(),
                     task_counts.clone(),
                     task_partitioned.clone(),
+                    holds_rx.clone(),
                 );
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
@@ -199,6 +247,7 @@ impl FaultProxy {
                             faults,
                             counts.clone(),
                             partitioned.clone(),
+                            holds.clone(),
                         )
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -211,8 +260,15 @@ impl FaultProxy {
             endpoint,
             counts,
             partitioned,
+            holds,
             task,
         }
+    }
+
+    /// Holds back what `holds` says from now on; requests held before and
+    /// no longer covered go on.
+    pub fn hold(&self, holds: Holds) {
+        self.holds.send_replace(holds);
     }
 
     /// Cuts the client off from the server (every request hangs

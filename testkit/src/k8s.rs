@@ -483,6 +483,22 @@ impl ControlPlane {
         count_audit_ids(&text)
     }
 
+    /// A kubeconfig like [`kubeconfig`](Self::kubeconfig) that reaches the
+    /// API server at `port` on 127.0.0.1 (a proxy in front of it), written
+    /// as `name` in the control plane's directory.
+    pub fn kubeconfig_via(&self, port: u16, name: &str) -> PathBuf {
+        let text = std::fs::read_to_string(&self.kubeconfig).unwrap();
+        let server = format!("server: https://127.0.0.1:{}", self.secure_port);
+        assert!(text.contains(&server), "{text}");
+        let path = self.dir.path().join(name);
+        std::fs::write(
+            &path,
+            text.replace(&server, &format!("server: https://127.0.0.1:{port}")),
+        )
+        .unwrap();
+        path
+    }
+
     /// The apiserver's port on 127.0.0.1. Pods on real nodes reach it there
     /// (they share the host's loopback) with `KUBERNETES_SERVICE_HOST` set to
     /// `127.0.0.1` and `KUBERNETES_SERVICE_PORT` to this: the `kubernetes`

@@ -21,6 +21,7 @@ pub mod pods;
 pub mod seaweedfs;
 pub mod seed;
 pub mod shared;
+pub mod tcpproxy;
 pub mod testbed;
 pub mod webhook;
 

@@ -287,6 +287,40 @@ impl ControllerProcess {
         )
     }
 
+    /// [`Self::start_with`] through `kubeconfig` (for example one that
+    /// reaches the API server through a proxy), with `env` set over the
+    /// process's environment (for example `AWS_ENDPOINT_URL`, to reach S3
+    /// through a proxy of its own when the group's spec names no endpoint).
+    pub fn start_via(
+        cp: &ControlPlane,
+        s3: &SeaweedFs,
+        kubeconfig: &Path,
+        (cluster, ns): (&str, &str),
+        extra: &[&str],
+        replica: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut flags = vec![
+            format!("--cluster-name={cluster}"),
+            format!("--namespace={ns}"),
+        ];
+        flags.extend(extra.iter().map(|a| a.to_string()));
+        let mut me = Self::configure(
+            cp,
+            s3,
+            kubeconfig,
+            true,
+            flags,
+            &format!("{cluster}{replica}"),
+        );
+        for (key, value) in env {
+            me.env.retain(|(k, _)| k != key);
+            me.env.push((key.to_string(), value.to_string()));
+        }
+        me.spawn();
+        me
+    }
+
     /// As another identity: with `kubeconfig` instead of the admin one, and
     /// with only `flags` besides `--kubeconfig`, `--listen` and the poll
     /// periods (no `--cluster-name` or `--namespace`), so that a test can run
