@@ -13,13 +13,14 @@
 
 use std::time::{Duration, Instant};
 
-use jobgate_testkit::faultproxy::{FaultProxy, Faults};
+use jobgate_testkit::faultproxy::{FaultProxy, Faults, Holds};
 use jobgate_testkit::k8s::ControlPlane;
 use jobgate_testkit::operator::{
-    ControllerProcess, GroupSpec, apply_group_with, create_held_job, eventually, held_cluster,
-    read_ledger,
+    ControllerProcess, GroupSpec, apply_credentials, apply_group_with, apply_secret,
+    create_held_job, eventually, held_cluster, read_ledger,
 };
 use jobgate_testkit::pods::PodLog;
+use jobgate_testkit::seaweedfs::{TENANT_ACCESS_KEY, TENANT_SECRET_KEY};
 use jobgate_testkit::{SeaweedFs, bucket, seaweed, seed};
 use rand::Rng;
 use rand::rngs::StdRng;
@@ -702,6 +703,98 @@ async fn a_cluster_whose_api_server_is_down_keeps_its_slots() {
         );
         bed.assert_limit_held_and_handed_over(&seen);
     }
+}
+
+/// East's ledger client is rebuilt (its credentials Secret rotated) by a
+/// pass that stops before it takes east's slots up again: the new client's
+/// first read of the ledger is held by the proxy, and east's API server
+/// then goes down, so east loses its leader Lease and drops the pass while
+/// its pods run on. The replaced client must go on renewing east's slots:
+/// west runs nothing while east's pods may run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_rebuilt_just_before_leadership_is_lost_keeps_its_slots_renewed() {
+    let _turn = SERIAL.lock().await;
+    let mut rng = seed::rng("rebuild then leadership lost");
+    let grace = rng.random_range(1..=MAX_GRACE_SECONDS);
+    let bed = TwoClusters::start_with(
+        grace,
+        None,
+        &[
+            "--leader-elect=true",
+            "--leader-election-namespace=batch",
+            "--leader-election-lease=3s",
+        ],
+        json!({}),
+    )
+    .await;
+    // East's group takes its credentials from a Secret.
+    apply_credentials(&bed.east_cp, NS, "s3-creds", &bed.s3);
+    bed.east_cp.kubectl_ok(&[
+        "patch",
+        "-n",
+        NS,
+        "concurrencygroup/shared",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"ledger":{"credentialsSecretRef":{"name":"s3-creds"}}}}"#,
+    ]);
+    // The change starts a pass at once, which rebuilds the client and
+    // takes the slots up with it; a few more follow.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(bed.pods.running_in("east"), 2, "{}", bed.logs());
+
+    // Rotated to SeaweedFS's other identity, whose reads of the ledger the
+    // proxy holds: the pass that rebuilds the client gets no further.
+    bed.proxy.hold(Holds {
+        reads_signed_by: Some((TENANT_ACCESS_KEY.into(), "jobgate/batch/shared.json".into())),
+        ..Default::default()
+    });
+    apply_secret(
+        &bed.east_cp,
+        NS,
+        "s3-creds",
+        TENANT_ACCESS_KEY,
+        TENANT_SECRET_KEY,
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the new client's read held",
+        || async {
+            (bed.proxy
+                .counts
+                .held
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0)
+            .then_some(())
+        },
+    )
+    .await;
+    bed.east_cp.freeze("kube-apiserver", true);
+    let frozen = Instant::now();
+    let down_for = LEASE + Duration::from_secs(10);
+    let mut west_during = 0;
+    while frozen.elapsed() < down_for {
+        west_during = west_during.max(bed.pods.running_in("west"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let east_during = bed.pods.running_in("east");
+    bed.east_cp.freeze("kube-apiserver", false);
+    bed.proxy.hold(Holds::default());
+    eprintln!(
+        "grace {grace} s, east's client rebuilt then its API server down {down_for:?}: west ran {west_during} Jobs meanwhile, east {east_during}; {}",
+        bed.pods.summary(2)
+    );
+    assert!(
+        bed.east.log_text().contains("lost leadership"),
+        "east never lost its Lease\n{}",
+        bed.logs()
+    );
+    assert_eq!(
+        (west_during, bed.pods.time_over(2)),
+        (0, Duration::ZERO),
+        "west ran Jobs while east's pods may run\n{}",
+        bed.logs()
+    );
 }
 
 fn metric_sum(controller: &ControllerProcess, name: &str) -> u64 {
