@@ -885,6 +885,24 @@ impl Bed {
         self.group_in(&self.cp, name, ns, limit, None, None);
     }
 
+    /// A group on this bed's bucket, in this bed's cluster and namespace,
+    /// with `spec` merged over its spec (see [`apply_group_with`]).
+    pub fn group_with(&self, name: &str, limit: u32, spec: serde_json::Value) {
+        apply_group_with(
+            &self.cp,
+            &GroupSpec {
+                name,
+                ns: &self.ns,
+                limit,
+                bucket: &self.bucket,
+                endpoint: &self.s3.endpoint,
+                key: None,
+                secret: None,
+            },
+            spec,
+        );
+    }
+
     /// A group on this bed's bucket, in any cluster.
     pub fn group_in(
         &self,

@@ -34,6 +34,14 @@ const NS: &str = "batch";
 const LEASE: Duration = Duration::from_secs(20);
 const MAX_GRACE_SECONDS: u32 = 5;
 
+/// Leader election with a 3 s leader Lease: a leader whose API server goes
+/// down stops leading 2–3 s into the outage.
+const LEADER_ELECTION: [&str; 3] = [
+    "--leader-elect=true",
+    "--leader-election-namespace=batch",
+    "--leader-election-lease=3s",
+];
+
 /// One scenario at a time in this binary (see the module comment).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -647,19 +655,7 @@ async fn a_cluster_whose_api_server_is_down_keeps_its_slots() {
         let mut rng = seed::rng("API server down");
         let grace = rng.random_range(1..=MAX_GRACE_SECONDS);
         let down_for = LEASE + Duration::from_millis(rng.random_range(5000..=15000));
-        // Leader election with a 3 s leader Lease: the leader's term runs
-        // out 2 s into the outage.
-        let mut bed = TwoClusters::start_with(
-            grace,
-            None,
-            &[
-                "--leader-elect=true",
-                "--leader-election-namespace=batch",
-                "--leader-election-lease=3s",
-            ],
-            json!({}),
-        )
-        .await;
+        let mut bed = TwoClusters::start_with(grace, None, &LEADER_ELECTION, json!({})).await;
         bed.east_cp.freeze("kube-apiserver", true);
         let frozen = Instant::now();
         let mut west_during = 0;
@@ -716,17 +712,7 @@ async fn a_client_rebuilt_just_before_leadership_is_lost_keeps_its_slots_renewed
     let _turn = SERIAL.lock().await;
     let mut rng = seed::rng("rebuild then leadership lost");
     let grace = rng.random_range(1..=MAX_GRACE_SECONDS);
-    let bed = TwoClusters::start_with(
-        grace,
-        None,
-        &[
-            "--leader-elect=true",
-            "--leader-election-namespace=batch",
-            "--leader-election-lease=3s",
-        ],
-        json!({}),
-    )
-    .await;
+    let bed = TwoClusters::start_with(grace, None, &LEADER_ELECTION, json!({})).await;
     // East's group takes its credentials from a Secret.
     apply_credentials(&bed.east_cp, NS, "s3-creds", &bed.s3);
     bed.east_cp.kubectl_ok(&[

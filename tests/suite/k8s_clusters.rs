@@ -92,13 +92,16 @@ async fn a_second_cluster_given_the_same_name_writes_nothing_and_says_why() {
         },
     )
     .await;
-    assert!(
-        pods.max() <= 1,
-        "two clusters of one name ran over the limit: {}\neast:\n{}\nwest:\n{}",
-        pods.summary(1),
-        east_controller.log_text(),
-        west_controller.log_text()
-    );
+    let within_the_limit = || {
+        assert!(
+            pods.max() <= 1,
+            "two clusters of one name ran over the limit: {}\neast:\n{}\nwest:\n{}",
+            pods.summary(1),
+            east_controller.log_text(),
+            west_controller.log_text()
+        )
+    };
+    within_the_limit();
     // The message names both clusters' kube-system UIDs.
     let uid = |cp: &jobgate_testkit::k8s::ControlPlane| {
         cp.kubectl_ok(&[
@@ -137,13 +140,7 @@ async fn a_second_cluster_given_the_same_name_writes_nothing_and_says_why() {
         .await
         .expect("the ledger");
     eprintln!("{}; ledger holders {holders:?}", pods.summary(1));
-    assert!(
-        pods.max() <= 1,
-        "two clusters of one name ran over the limit: {}\neast:\n{}\nwest:\n{}",
-        pods.summary(1),
-        east_controller.log_text(),
-        west_controller.log_text()
-    );
+    within_the_limit();
     assert_eq!(pods.running_in("east"), 1, "east's Job lost its slot");
     assert_eq!(holders.len(), 1, "{holders:?}");
     // East goes on: its condition stays Ready.

@@ -14,9 +14,7 @@ use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 
-use jobgate_testkit::operator::{
-    Bed, ControllerProcess, GroupSpec, apply_group_with, create_held_job, eventually,
-};
+use jobgate_testkit::operator::{Bed, ControllerProcess, create_held_job, eventually};
 use jobgate_testkit::pods::PodLog;
 
 const NS: &str = "deadlines";
@@ -34,17 +32,9 @@ fn suspended(job: &Job) -> bool {
 /// controller.
 async fn fail_jobs_group() -> (Bed, PodLog, ControllerProcess) {
     let bed = Bed::shared_held(NS).await;
-    apply_group_with(
-        &bed.cp,
-        &GroupSpec {
-            name: "again",
-            ns: &bed.ns,
-            limit: 1,
-            bucket: &bed.bucket,
-            endpoint: &bed.s3.endpoint,
-            key: None,
-            secret: None,
-        },
+    bed.group_with(
+        "again",
+        1,
         json!({
             "leaseSeconds": LEASE.as_secs(),
             "maxGracePeriodSeconds": 5,

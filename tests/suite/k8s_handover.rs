@@ -14,8 +14,7 @@ use serde_json::json;
 
 use jobgate_testkit::faultproxy::{FaultProxy, Faults, Holds};
 use jobgate_testkit::operator::{
-    Bed, ControllerProcess, GroupSpec, apply_group_with, create_held_job, eventually,
-    ledger_holders,
+    Bed, ControllerProcess, create_held_job, eventually, ledger_holders,
 };
 use jobgate_testkit::pods::PodLog;
 use jobgate_testkit::tcpproxy::TcpProxy;
@@ -40,17 +39,9 @@ async fn a_grant_answered_after_its_leader_was_replaced_is_not_freed_under_the_s
     let ns = bed.ns.as_str();
     // No endpoint in the spec: each replica reaches S3 where its
     // environment says, the leader through the proxy.
-    apply_group_with(
-        &bed.cp,
-        &GroupSpec {
-            name: "ha",
-            ns,
-            limit: 1,
-            bucket: &bed.bucket,
-            endpoint: &bed.s3.endpoint,
-            key: None,
-            secret: None,
-        },
+    bed.group_with(
+        "ha",
+        1,
         json!({
             "leaseSeconds": 20,
             "maxGracePeriodSeconds": 5,

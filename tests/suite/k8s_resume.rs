@@ -13,8 +13,7 @@ use serde_json::json;
 
 use jobgate_testkit::k8s::ControlPlane;
 use jobgate_testkit::operator::{
-    Bed, ControllerProcess, GroupSpec, apply_group_with, create_held_job, create_job, eventually,
-    evict_and_take,
+    Bed, ControllerProcess, create_held_job, create_job, eventually, evict_and_take,
 };
 use jobgate_testkit::pods::PodLog;
 use jobgate_testkit::testbed::free_port;
@@ -31,19 +30,30 @@ fn limit_one(bed: &Bed, group: &str, extra: serde_json::Value) {
     if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
         spec.extend(extra.clone());
     }
-    apply_group_with(
-        &bed.cp,
-        &GroupSpec {
-            name: group,
-            ns: &bed.ns,
-            limit: 1,
-            bucket: &bed.bucket,
-            endpoint: &bed.s3.endpoint,
-            key: None,
-            secret: None,
-        },
-        spec,
-    );
+    bed.group_with(group, 1, spec);
+}
+
+/// The webhook registered for the bed's namespace only, with
+/// `failure_policy`, and sent the controller's own requests too (the
+/// webhook itself must tell them apart); and a controller serving it.
+/// Returns the configuration's name, to delete it at the end.
+async fn with_webhook(bed: &Bed, failure_policy: &str) -> (ControllerProcess, String) {
+    let (cp, ns) = (&*bed.cp, bed.ns.as_str());
+    let name = format!("jobgate-{ns}");
+    let webhook = Registration {
+        name: &name,
+        port: free_port(),
+        failure_policy,
+        namespace: Some(ns),
+        controller_user: None,
+    };
+    webhook.apply(cp);
+    let mut flags = vec!["--leader-elect=false".to_string()];
+    flags.extend(webhook.controller_flags(ns));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let controller = ControllerProcess::start_with(cp, &bed.s3, "one", ns, true, &flags, "");
+    webhook.ready(cp, &controller).await;
+    (controller, name)
 }
 
 /// kubectl in the bed's namespace as someone other than the controller (a
@@ -112,22 +122,7 @@ async fn a_client_that_keeps_resuming_a_waiting_job_never_takes_the_group_over_i
     limit_one(&bed, "gated", json!({}));
     let pods = PodLog::default();
     pods.watch(bed.kube.clone(), "one", ns);
-    let name = format!("jobgate-{ns}");
-    // Only this namespace's Jobs, and the controller's own requests too:
-    // the webhook itself must tell them apart.
-    let webhook = Registration {
-        name: &name,
-        port: free_port(),
-        failure_policy: "Fail",
-        namespace: Some(ns),
-        controller_user: None,
-    };
-    webhook.apply(cp);
-    let mut flags = vec!["--leader-elect=false".to_string()];
-    flags.extend(webhook.controller_flags(ns));
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let controller = ControllerProcess::start_with(cp, &bed.s3, "one", ns, true, &flags, "");
-    webhook.ready(cp, &controller).await;
+    let (controller, name) = with_webhook(&bed, "Fail").await;
 
     create_held_job(&bed.kube, ns, "first", "gated", GRACE_SECONDS, None).await;
     until_running(&pods, 1).await;
@@ -274,20 +269,7 @@ async fn with_failure_policy_ignore_a_job_created_during_an_outage_runs_until_th
     limit_one(&bed, "ignored", json!({}));
     let pods = PodLog::default();
     pods.watch(bed.kube.clone(), "one", ns);
-    let name = format!("jobgate-{ns}");
-    let webhook = Registration {
-        name: &name,
-        port: free_port(),
-        failure_policy: "Ignore",
-        namespace: Some(ns),
-        controller_user: None,
-    };
-    webhook.apply(cp);
-    let mut flags = vec!["--leader-elect=false".to_string()];
-    flags.extend(webhook.controller_flags(ns));
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let mut controller = ControllerProcess::start_with(cp, &bed.s3, "one", ns, true, &flags, "");
-    webhook.ready(cp, &controller).await;
+    let (mut controller, name) = with_webhook(&bed, "Ignore").await;
     create_held_job(&bed.kube, ns, "first", "ignored", GRACE_SECONDS, None).await;
     until_running(&pods, 1).await;
 
