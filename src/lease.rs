@@ -177,6 +177,22 @@ mod tests {
     }
 
     #[test]
+    fn our_own_id_written_by_another_stands_still_only_after_its_lease() {
+        // What a client asks of the entry under its own id that another
+        // writer holds (`Batch::take_over`).
+        let t0 = Instant::now();
+        let l = ledger_with("me", 1, 1000);
+        let mut obs = Observations::default();
+        assert!(!obs.stood_still(&l, "me", t0), "never seen");
+        obs.observe(&l, t0);
+        assert!(!obs.stood_still(&l, "me", t0 + Duration::from_millis(999)));
+        assert!(obs.stood_still(&l, "me", t0 + Duration::from_millis(1000)));
+        let renewed = ledger_with("me", 2, 1000);
+        obs.observe(&renewed, t0 + Duration::from_millis(1200));
+        assert!(!obs.stood_still(&renewed, "me", t0 + Duration::from_millis(2000)));
+    }
+
+    #[test]
     fn self_fence_comes_before_expiry() {
         let lease = Duration::from_secs(30);
         assert!(self_fence_after(lease) < lease);
