@@ -18,9 +18,11 @@ pub struct Registration<'a> {
     /// Only Jobs of this namespace (the chart's `watchNamespace`); a test
     /// on a shared control plane names its own.
     pub namespace: Option<&'a str>,
-    /// The controller's user name, whose requests the chart keeps from the
+    /// The controller's user name, whose updates the chart keeps from the
     /// webhook; `None` sends them too, so that the webhook's own check of
-    /// who resumes is what is tested.
+    /// who resumes is what is tested. (Creations are sent whoever makes
+    /// them: here the test and kube-controller-manager use the same admin
+    /// user as the controller.)
     pub controller_user: Option<&'a str>,
 }
 
@@ -45,7 +47,7 @@ impl Registration<'_> {
             .controller_user
             .map(|user| {
                 format!(
-                    "      - name: not-the-controller\n        expression: \"request.userInfo.username != '{user}'\"\n"
+                    "      - name: not-the-controllers-resume\n        expression: \"request.operation != 'UPDATE' || request.userInfo.username != '{user}'\"\n"
                 )
             })
             .unwrap_or_default();

@@ -578,10 +578,12 @@ fn the_webhook_suspends_labelled_jobs_with_the_controllers_own_tls() {
     let conditions = w["matchConditions"].as_sequence().unwrap();
     assert_eq!(conditions.len(), 2, "{conditions:?}");
     assert_eq!(conditions[0]["name"], "create-or-resume");
-    assert_eq!(conditions[1]["name"], "not-the-controller");
+    assert_eq!(conditions[1]["name"], "not-the-controllers-resume");
     assert_eq!(
         conditions[1]["expression"],
-        format!("request.userInfo.username != 'system:serviceaccount:{NAMESPACE}:jobgate'")
+        format!(
+            "request.operation != 'UPDATE' || request.userInfo.username != 'system:serviceaccount:{NAMESPACE}:jobgate'"
+        )
     );
     let service = &w["clientConfig"]["service"];
     assert_eq!(service["name"], "jobgate-webhook");
