@@ -10,6 +10,7 @@
 pub mod bench;
 pub mod chart;
 pub mod conformance;
+pub mod controller;
 pub mod faultproxy;
 pub mod history;
 pub mod k8s;
