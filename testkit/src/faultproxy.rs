@@ -4,7 +4,8 @@
 //! ConditionalRequestConflict without forwarding, or delay. On demand it
 //! also holds requests until told to let them go: every PUT's answer (the
 //! write lands, its client waits), or the reads of one object signed with
-//! one access key.
+//! one access key; and it can answer reads of missing objects with 403, as
+//! AWS does for callers without `s3:ListBucket`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -46,6 +47,17 @@ pub struct Holds {
     pub reads_signed_by: Option<(String, String)>,
 }
 
+/// How the proxy answers a read of an object that does not exist.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Missing {
+    /// 404 NoSuchKey, as the server says.
+    #[default]
+    NotFound,
+    /// 403 AccessDenied, as AWS answers callers that may not list the
+    /// bucket (no `s3:ListBucket`).
+    Forbidden,
+}
+
 impl Holds {
     fn holds_read(&self, parts: &hyper::http::request::Parts) -> bool {
         let Some((key, suffix)) = &self.reads_signed_by else {
@@ -60,9 +72,16 @@ impl Holds {
     }
 }
 
+/// What a test has told the proxy to do besides its random faults.
+#[derive(Debug, Clone, Default)]
+struct Orders {
+    holds: Holds,
+    missing: Missing,
+}
+
 /// Waits until `wanted` no longer holds for what is held.
-async fn until(holds: &mut tokio::sync::watch::Receiver<Holds>, wanted: impl Fn(&Holds) -> bool) {
-    let _ = holds.wait_for(|h| !wanted(h)).await;
+async fn until(orders: &mut tokio::sync::watch::Receiver<Orders>, wanted: impl Fn(&Holds) -> bool) {
+    let _ = orders.wait_for(|o| !wanted(&o.holds)).await;
 }
 
 #[derive(Debug, Default)]
@@ -96,7 +115,7 @@ pub struct FaultProxy {
     pub endpoint: String,
     pub counts: Arc<FaultCounts>,
     partitioned: Arc<AtomicBool>,
-    holds: tokio::sync::watch::Sender<Holds>,
+    orders: tokio::sync::watch::Sender<Orders>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -160,7 +179,7 @@ async fn handle(
     faults: Faults,
     counts: Arc<FaultCounts>,
     partitioned: Arc<AtomicBool>,
-    mut holds: tokio::sync::watch::Receiver<Holds>,
+    mut orders: tokio::sync::watch::Receiver<Orders>,
 ) -> Result<Response<Full<Bytes>>, Dropped> {
     counts.requests.fetch_add(1, Ordering::Relaxed);
     if partitioned.load(Ordering::SeqCst) {
@@ -171,14 +190,14 @@ async fn handle(
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map_err(|_| Dropped)?.to_bytes();
     let is_put = parts.method == Method::PUT;
-    if holds.borrow().holds_read(&parts) {
+    if orders.borrow().holds.holds_read(&parts) {
         counts.held.fetch_add(1, Ordering::Relaxed);
-        until(&mut holds, |h| h.holds_read(&parts)).await;
+        until(&mut orders, |h| h.holds_read(&parts)).await;
     }
-    if is_put && holds.borrow().put_answers {
+    if is_put && orders.borrow().holds.put_answers {
         counts.held.fetch_add(1, Ordering::Relaxed);
         let answer = forward(&client, &upstream, parts, body).await;
-        until(&mut holds, |h| h.put_answers).await;
+        until(&mut orders, |h| h.put_answers).await;
         return Ok(answer.unwrap_or_else(|| s3_error(StatusCode::BAD_GATEWAY, "InternalError")));
     }
     let roll: f64 = rand::random();
@@ -209,7 +228,15 @@ async fn handle(
         counts.delayed.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(faults.delay_by).await;
     }
+    let read = matches!(parts.method, Method::GET | Method::HEAD);
     match forward(&client, &upstream, parts, body).await {
+        Some(resp)
+            if read
+                && resp.status() == StatusCode::NOT_FOUND
+                && orders.borrow().missing == Missing::Forbidden =>
+        {
+            Ok(s3_error(StatusCode::FORBIDDEN, "AccessDenied"))
+        }
         Some(resp) => Ok(resp),
         None => Ok(s3_error(StatusCode::BAD_GATEWAY, "InternalError")),
     }
@@ -225,18 +252,18 @@ impl FaultProxy {
         let task_counts = counts.clone();
         let partitioned = Arc::new(AtomicBool::new(false));
         let task_partitioned = partitioned.clone();
-        let (holds, holds_rx) = tokio::sync::watch::channel(Holds::default());
+        let (orders, orders_rx) = tokio::sync::watch::channel(Orders::default());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (client, upstream, counts, partitioned, holds) = (
+                let (client, upstream, counts, partitioned, orders) = (
                     client.clone(),
                     upstream.clone(),
                     task_counts.clone(),
                     task_partitioned.clone(),
-                    holds_rx.clone(),
+                    orders_rx.clone(),
                 );
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
@@ -247,7 +274,7 @@ impl FaultProxy {
                             faults,
                             counts.clone(),
                             partitioned.clone(),
-                            holds.clone(),
+                            orders.clone(),
                         )
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -260,15 +287,20 @@ impl FaultProxy {
             endpoint,
             counts,
             partitioned,
-            holds,
+            orders,
             task,
         }
+    }
+
+    /// Answers reads of missing objects as `missing` says from now on.
+    pub fn answer_missing(&self, missing: Missing) {
+        self.orders.send_modify(|o| o.missing = missing);
     }
 
     /// Holds back what `holds` says from now on; requests held before and
     /// no longer covered go on.
     pub fn hold(&self, holds: Holds) {
-        self.holds.send_replace(holds);
+        self.orders.send_modify(|o| o.holds = holds);
     }
 
     /// Cuts the client off from the server (every request hangs
