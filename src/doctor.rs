@@ -58,6 +58,20 @@ pub async fn run(store: &DynStore, key: &str) -> Vec<Probe> {
     }
 
     let base = format!("{key}.doctor-{}", unique_suffix());
+    probes.push(match store.get(&format!("{base}-absent"), None).await {
+        Ok(Fetched::Missing) => probe("a missing object reads as missing", true, "404"),
+        Err(StoreError::AccessDenied(_)) => probe(
+            "a missing object reads as missing",
+            false,
+            "refused (403) instead: grant s3:ListBucket on the ledger's prefix, or a new ledger can never be created (see examples/iam-policy.json)",
+        ),
+        Ok(_) => probe(
+            "a missing object reads as missing",
+            false,
+            "an object never written was found",
+        ),
+        Err(e) => probe("a missing object reads as missing", false, e.to_string()),
+    });
     let single = format!("{base}-single");
     let mut cleanup: Vec<String> = vec![single.clone()];
 

@@ -304,6 +304,15 @@ pub(super) fn classify_service(
     }
 }
 
+/// A read refused with 403. S3 answers a read of an object that does not
+/// exist with 403 instead of 404 to callers that may not list the bucket,
+/// so a ledger not created yet reads as forbidden: both causes are named.
+pub fn read_denied(bucket: &str, key: &str) -> String {
+    format!(
+        "access denied reading {key} in bucket {bucket}: wrong credentials, or no s3:ListBucket on its prefix (then S3 answers 403 for a ledger not created yet)"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,6 +373,14 @@ mod tests {
             StoreError::AccessDenied(_)
         ));
         assert!(matches!(c(501, None), StoreError::Unsupported(_)));
+    }
+
+    #[test]
+    fn a_refused_read_names_both_causes() {
+        let text = read_denied("my-bucket", "jobgate/batch/etl.json");
+        assert!(text.contains("wrong credentials"), "{text}");
+        assert!(text.contains("s3:ListBucket"), "{text}");
+        assert!(text.contains("jobgate/batch/etl.json") && text.contains("my-bucket"));
     }
 
     #[test]

@@ -23,6 +23,7 @@ mod messages;
 
 use messages::{
     Cause, Target, classify_service, context, credentials_problem, endpoint_name, innermost,
+    read_denied,
 };
 
 /// How to reach the store. Unset fields fall back to the standard AWS
@@ -204,10 +205,18 @@ impl Store for S3Store {
                 return Ok(Fetched::NotModified);
             }
             Err(e) => {
+                // Not a rejected key or token: the caller is known and was
+                // refused this object.
+                let refused = matches!(&e, SdkError::ServiceError(s)
+                    if s.raw().status().as_u16() == 403
+                        && matches!(s.err().code(), None | Some("AccessDenied")));
                 return match self.classify(e) {
                     StoreError::Missing => Ok(Fetched::Missing),
                     // A failed read changed nothing, so it is never ambiguous.
                     StoreError::Ambiguous(m) => Err(StoreError::Unavailable(m)),
+                    StoreError::AccessDenied(_) if refused => {
+                        Err(StoreError::AccessDenied(read_denied(&self.bucket, key)))
+                    }
                     other => Err(other),
                 };
             }
