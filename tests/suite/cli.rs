@@ -151,6 +151,63 @@ async fn a_grant_answered_too_late_never_starts_the_command() {
     assert!(stderr.contains("before the command started"), "{stderr}");
 }
 
+/// AWS answers a read of an object that does not exist with 403 to callers
+/// that may not list the bucket (examples/iam-policy.json grants
+/// `s3:ListBucket` for this). A proxy answers so: a new ledger's first read
+/// fails in one line naming both causes, and `jobgate doctor` says what to
+/// grant, before and after the ledger exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_ledger_read_as_forbidden_is_told_to_grant_list_bucket() {
+    use jobgate_testkit::faultproxy::{FaultProxy, Faults, Missing};
+    let server = jobgate_testkit::shared::seaweed();
+    let bucket = jobgate_testkit::bucket(server).await;
+    let proxy = FaultProxy::start(&server.endpoint, Faults::default()).await;
+    proxy.answer_missing(Missing::Forbidden);
+    let mut env = server.env();
+    for (k, v) in env.iter_mut() {
+        if *k == "AWS_ENDPOINT_URL" {
+            *v = proxy.endpoint.clone();
+        }
+    }
+    let ledger = format!("s3://{bucket}/new.json");
+    let run = ["run", "--ledger", &ledger, "--limit", "1", "--", "true"];
+    let doctor = ["doctor", "--ledger", &ledger];
+    let out = tokio::task::block_in_place(|| jobgate(&run, &env));
+    let line = one_line_error(&out);
+    assert!(
+        line.contains("wrong credentials") && line.contains("s3:ListBucket"),
+        "{line}"
+    );
+    let out = tokio::task::block_in_place(|| jobgate(&doctor, &env));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("s3:ListBucket"), "{text}");
+
+    // Created by a caller that may list the bucket: runs work through the
+    // proxy, and doctor still says what is missing for the next ledger.
+    let out = tokio::task::block_in_place(|| jobgate(&run, &server.env()));
+    assert!(out.status.success(), "{out:?}");
+    let out = tokio::task::block_in_place(|| jobgate(&run, &env));
+    assert!(out.status.success(), "{out:?}");
+    let out = tokio::task::block_in_place(|| jobgate(&doctor, &env));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("PASS  read ledger"), "{text}");
+    assert!(
+        text.contains(
+            "FAIL  a missing object reads as missing: refused (403) instead: grant s3:ListBucket"
+        ),
+        "{text}"
+    );
+    // Without the proxy's 403s, every check passes.
+    let out = tokio::task::block_in_place(|| jobgate(&doctor, &server.env()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("PASS  a missing object reads as missing"),
+        "{text}"
+    );
+    assert!(text.contains("verdict: OK"), "{text}");
+}
+
 fn jobgate(args: &[&str], env: &[(&'static str, String)]) -> Output {
     Command::new(jobgate_testkit::jobgate_bin())
         .args(args)
