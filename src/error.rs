@@ -64,6 +64,11 @@ pub enum Error {
 
     #[error("the ledger kept changing under us ({0} lost races in a row)")]
     TooManyConflicts(u32),
+
+    #[error(
+        "{0} answered \"not found\" to a write that creates an object: this endpoint does not behave like S3 (a wrong port, or an ordinary web server?)"
+    )]
+    NotS3(String),
 }
 
 #[cfg(test)]

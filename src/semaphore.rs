@@ -199,6 +199,7 @@ impl Semaphore {
             last_acquire: None,
             high_water: None,
             wrote: false,
+            refused_creates: 0,
             stats: stats.clone(),
             safe_until: safe_until_tx,
             known: known_tx,
@@ -411,6 +412,8 @@ struct Committer {
     high_water: Option<HighWater>,
     /// A write of this client's has landed (see [`carried_counters`]).
     wrote: bool,
+    /// Creates of the ledger refused in a row while reads found none.
+    refused_creates: u32,
     /// Publishes `fence_deadline()` after every step.
     safe_until: watch::Sender<Option<Instant>>,
     stats: Arc<Stats>,
@@ -534,12 +537,7 @@ impl Committer {
         // Slots granted to callers that gave up are still ours to free, and
         // a recorded wait must be withdrawn, or other agents would keep
         // deferring to us until our lease ran out.
-        let recorded_wait = self.cache.as_ref().is_some_and(|(ledger, _)| {
-            ledger
-                .agents
-                .get(&self.cfg.agent)
-                .is_some_and(|a| a.waiting > 0)
-        });
+        let recorded_wait = self.wait_recorded();
         if !self.releasing.is_empty() || recorded_wait {
             self.waiting.clear();
             self.withdraw = recorded_wait;
@@ -789,6 +787,16 @@ impl Committer {
                             Duration::from_millis(200),
                         )
                     };
+                    // Everyone who asked has gone (a signal ended `jobgate
+                    // run`'s wait) and nothing else is due: stop trying.
+                    let before = self.waiting.len();
+                    self.waiting.retain(|w| !w.reply.is_closed());
+                    if self.waiting.is_empty() && before > 0 && self.wait_recorded() {
+                        self.withdraw = true;
+                    }
+                    if !self.has_work() && !self.renew_due(Instant::now()) {
+                        return;
+                    }
                     // Never sleep through the moment our slots stop being safe.
                     // (A deadline already past does not shorten the pause.)
                     let now = Instant::now();
@@ -898,7 +906,10 @@ impl Committer {
             self.refresh().await?;
         }
         let (mut ledger, condition) = match &self.cache {
-            Some((ledger, etag)) => (ledger.clone(), Condition::Match(etag.clone())),
+            Some((ledger, etag)) => {
+                self.refused_creates = 0;
+                (ledger.clone(), Condition::Match(etag.clone()))
+            }
             None if self.high_water.is_some() => {
                 return Err(Failure::Fatal(Error::LedgerVanished(self.key.clone())));
             }
@@ -959,6 +970,7 @@ impl Committer {
             return Ok(());
         };
         let body = Bytes::from(next.to_bytes());
+        let creating = condition == Condition::Create;
         let sent = Instant::now();
         let missed_at_send = self.missed_now();
         let ours = next.agents.get(&self.cfg.agent).map(|a| a.renewals);
@@ -987,6 +999,17 @@ impl Committer {
             }
             Err(e) => {
                 debug!(error = %e, "ledger write failed; re-reading");
+                if creating && matches!(e, StoreError::Conflict(_) | StoreError::Missing) {
+                    // A create refused because another agent created the
+                    // ledger first shows in the re-read that follows. Refused
+                    // again and again while reads find nothing, it is no S3
+                    // (a web server answering 404 to everything): retrying
+                    // would only spin.
+                    self.refused_creates += 1;
+                    if self.refused_creates >= REFUSED_CREATES {
+                        return Err(Failure::Fatal(Error::NotS3(self.store.describe())));
+                    }
+                }
                 match &e {
                     StoreError::Conflict(_) | StoreError::Missing => {
                         self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
@@ -1063,16 +1086,20 @@ impl Committer {
         }
     }
 
-    /// Our wait is recorded in the ledger, nothing waits here now, and no
-    /// caller has asked for a slot for a whole lease.
-    fn wait_is_stale(&self, now: Instant) -> bool {
-        let recorded = self.cache.as_ref().is_some_and(|(ledger, _)| {
+    /// The ledger as last read records a wait of ours.
+    fn wait_recorded(&self) -> bool {
+        self.cache.as_ref().is_some_and(|(ledger, _)| {
             ledger
                 .agents
                 .get(&self.cfg.agent)
                 .is_some_and(|a| a.waiting > 0)
-        });
-        recorded
+        })
+    }
+
+    /// Our wait is recorded in the ledger, nothing waits here now, and no
+    /// caller has asked for a slot for a whole lease.
+    fn wait_is_stale(&self, now: Instant) -> bool {
+        self.wait_recorded()
             && self.waiting.is_empty()
             && !self.withdraw
             && self
@@ -1205,6 +1232,10 @@ fn store_failure(e: StoreError) -> Failure {
         other => Failure::Fatal(Error::Store(other)),
     }
 }
+
+/// Creates refused in a row, with reads finding no ledger between them,
+/// before the store is taken for something other than S3.
+const REFUSED_CREATES: u32 = 5;
 
 /// How often a client holding slots looks for time its monotonic clock
 /// missed.

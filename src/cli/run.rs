@@ -138,7 +138,12 @@ pub async fn run(args: RunArgs) -> Result<u8> {
             }
             Some(Ok(p)) => p,
         },
-        sig = signals.recv() => { sem.shutdown().await; return Ok(128 + sig as u8) }
+        sig = signals.recv() => {
+            // At once, even if the store does not answer: a grant that may
+            // have landed meanwhile runs out with the lease, as if killed.
+            let _ = tokio::time::timeout(Duration::from_secs(1), sem.shutdown()).await;
+            return Ok(128 + sig as u8);
+        }
     };
     info!(holder, token = permit.token, "slot granted");
 
