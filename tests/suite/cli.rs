@@ -208,6 +208,72 @@ async fn a_missing_ledger_read_as_forbidden_is_told_to_grant_list_bucket() {
     assert!(text.contains("verdict: OK"), "{text}");
 }
 
+/// A SIGTERM ends `jobgate run`'s wait for a slot at once, even while every
+/// write loses its race (a proxy answers each with 409): before, it was
+/// taken only when the client gave up on its own, after 1,000 lost races
+/// (about 100 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_ends_the_wait_at_once_while_every_write_loses_its_race() {
+    use jobgate_testkit::faultproxy::{FaultProxy, Faults};
+    let server = jobgate_testkit::shared::seaweed();
+    let bucket = jobgate_testkit::bucket(server).await;
+    let racing = Faults {
+        conflict_409: 1.0,
+        ..Faults::default()
+    };
+    let proxy = FaultProxy::start(&server.endpoint, racing).await;
+    let mut env = server.env();
+    for (k, v) in env.iter_mut() {
+        if *k == "AWS_ENDPOINT_URL" {
+            *v = proxy.endpoint.clone();
+        }
+    }
+    let ledger = format!("s3://{bucket}/racing.json");
+    // The ledger exists (created past the proxy): every write through the
+    // proxy is a compare-and-swap that loses.
+    let created = jobgate(
+        &["run", "--ledger", &ledger, "--limit", "1", "--", "true"],
+        &server.env(),
+    );
+    assert!(created.status.success(), "{created:?}");
+    let mut run = Command::new(jobgate_testkit::jobgate_bin())
+        .args(["run", "--ledger", &ledger, "--limit", "1", "--", "true"])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Well into the spin: the conditional-write probe is done, and lost
+    // races have been retried for seconds.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    assert!(run.try_wait().unwrap().is_none(), "jobgate run ended early");
+    let conflicts = proxy
+        .counts
+        .conflict_409
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(conflicts > 5, "only {conflicts} lost races");
+    let signalled = std::time::Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(run.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = loop {
+        if let Some(status) = run.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < std::time::Duration::from_secs(10),
+            "jobgate run ignored SIGTERM for 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let took = signalled.elapsed();
+    eprintln!("SIGTERM during {conflicts} lost races: exited {status} {took:?} after");
+    assert_eq!(status.code(), Some(128 + 15));
+    assert!(took < std::time::Duration::from_secs(2), "{took:?}");
+}
+
 fn jobgate(args: &[&str], env: &[(&'static str, String)]) -> Output {
     Command::new(jobgate_testkit::jobgate_bin())
         .args(args)

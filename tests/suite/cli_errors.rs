@@ -143,6 +143,44 @@ fn an_unreachable_endpoint_is_named() {
     assert!(line.contains(&format!("cannot reach {REFUSED}")), "{line}");
 }
 
+/// An HTTP server on loopback that answers every request with 404 and an
+/// HTML page, as an ordinary web server (or the wrong port) would.
+fn not_found_everywhere() -> String {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                // One request per read is enough for the SDK's small ones.
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let page = "<html><body>Not Found</body></html>";
+                    let answer = format!(
+                        "HTTP/1.1 404 Not Found\r\ncontent-type: text/html\r\ncontent-length: {}\r\n\r\n{page}",
+                        page.len()
+                    );
+                    if stream.write_all(answer.as_bytes()).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+#[test]
+fn an_endpoint_that_is_not_s3_is_named_within_seconds() {
+    let url: &'static str = not_found_everywhere().leak();
+    let line = one_short_line(jobgate(&run_args(&["--endpoint-url", url]), &CREDENTIALS));
+    assert!(line.contains("does not behave like S3"), "{line}");
+}
+
 #[test]
 fn verbose_runs_show_the_sdk_detail() {
     let verbose = [
