@@ -16,7 +16,9 @@ pub enum Error {
         source: crate::ledger::LedgerError,
     },
 
-    #[error("ledger {0} does not exist (pass --limit to create it)")]
+    #[error(
+        "ledger {0} does not exist yet (the first `jobgate run --limit N`, or ConcurrencyGroup, that uses it creates it)"
+    )]
     LedgerMissing(String),
 
     #[error(
@@ -24,8 +26,8 @@ pub enum Error {
     )]
     LedgerVanished(String),
 
-    #[error("invalid limit {0}: the limit must be at least 1")]
-    InvalidLimit(u64),
+    #[error("invalid limit {0}: the limit is a whole number from 1 to {max}", max = u32::MAX)]
+    InvalidLimit(i64),
 
     #[error("invalid ledger URL {url:?}: {why}")]
     InvalidUrl { url: String, why: String },

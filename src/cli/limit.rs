@@ -12,13 +12,23 @@ pub struct LimitArgs {
     store: StoreArgs,
     /// The new limit. Lowering it stops nothing that runs: new slots are
     /// granted once fewer than this are in use.
-    limit: u32,
+    #[arg(allow_negative_numbers = true)]
+    limit: i64,
+}
+
+/// A limit as given on the command line: from 1 to `u32::MAX`.
+pub fn parse_limit(n: i64) -> Result<u32> {
+    u32::try_from(n)
+        .ok()
+        .filter(|l| *l >= 1)
+        .ok_or(Error::InvalidLimit(n))
 }
 
 pub async fn limit(args: LimitArgs) -> Result<u8> {
+    let limit = parse_limit(args.limit)?;
     let (store, url) = args.store.open().await?;
     let who = format!("jobgate-limit@{}", crate::agent::hostname());
-    let (before, ledger) = match set_limit_by_hand(&store, url.key(), args.limit, &who).await {
+    let (before, ledger) = match set_limit_by_hand(&store, url.key(), limit, &who).await {
         Err(Error::LedgerMissing(_)) => {
             return Err(Error::InvalidArgument(format!(
                 "{url} does not exist, so there is no limit to change; the first `jobgate run --limit N` or ConcurrencyGroup that uses it creates it"

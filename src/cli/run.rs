@@ -10,6 +10,7 @@ use nix::sys::signal::Signal;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
+use super::limit::parse_limit;
 use super::{EXIT_ERROR, EXIT_LEASE_LOST, EXIT_WAIT_TIMEOUT, StoreArgs, parse_duration};
 use crate::agent::{hostname, new_agent_id};
 use crate::clock::SystemClocks;
@@ -31,8 +32,8 @@ pub struct RunArgs {
     #[command(flatten)]
     store: StoreArgs,
     /// The most commands that may hold a slot at once (creates the ledger if needed).
-    #[arg(long)]
-    limit: Option<u64>,
+    #[arg(long, allow_negative_numbers = true)]
+    limit: Option<i64>,
     /// How many units of the limit this command takes (for commands that
     /// cost more than others). It waits until that many are free. Other
     /// commands do not wait behind it: a stream of lighter ones can delay it.
@@ -67,13 +68,7 @@ pub struct RunArgs {
 const MIN_LEASE: Duration = Duration::from_secs(5);
 
 pub async fn run(args: RunArgs) -> Result<u8> {
-    if args.limit == Some(0) {
-        return Err(Error::InvalidLimit(0));
-    }
-    let limit = match args.limit {
-        Some(n) => Some(u32::try_from(n).map_err(|_| Error::InvalidLimit(n))?),
-        None => None,
-    };
+    let limit = args.limit.map(parse_limit).transpose()?;
     if let Some(limit) = limit.filter(|l| args.slots > *l) {
         return Err(Error::InvalidArgument(format!(
             "--slots {} is more than --limit {limit}: it could never run; lower --slots or raise --limit",

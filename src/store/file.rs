@@ -64,7 +64,14 @@ fn lock(path: &Path) -> Result<File, StoreError> {
         .truncate(false)
         .write(true)
         .open(&lock_path)
-        .map_err(|e| io_err("opening lock", Path::new(&lock_path), e))?;
+        .map_err(|e| match e.kind() {
+            // The lock file is ours, not the user's: name what they can fix.
+            ErrorKind::PermissionDenied => StoreError::AccessDenied(format!(
+                "cannot write in {} (permission denied): every jobgate that uses a ledger there needs to write in its directory",
+                dir.display()
+            )),
+            _ => io_err("opening lock", Path::new(&lock_path), e),
+        })?;
     file.lock().map_err(|e| io_err("locking", path, e))?;
     Ok(file)
 }
