@@ -399,13 +399,37 @@ fn bad_input_gets_one_line() {
         &[],
     ));
     assert!(err.contains("limit"), "{err}");
+    // Out of range either way: the same sentence, which names the range
+    // (not clap's tip to write `-- -1`, which would make -1 the command).
+    for limit in ["-1", "99999999999"] {
+        let err = one_line_error(&jobgate(
+            &["run", "--ledger", &ledger, "--limit", limit, "--", "true"],
+            &[],
+        ));
+        assert_eq!(
+            err,
+            format!(
+                "jobgate: error: invalid limit {limit}: the limit is a whole number from 1 to 4294967295"
+            )
+        );
+        let err = one_line_error(&jobgate(&["limit", "--ledger", &ledger, limit], &[]));
+        assert!(err.contains("from 1 to 4294967295"), "{err}");
+    }
     let err = one_line_error(&jobgate(
         &["run", "--ledger", "ftp://x/y", "--limit", "1", "--", "true"],
         &[],
     ));
     assert!(err.contains("s3://BUCKET/KEY"), "{err}");
-    let err = one_line_error(&jobgate(&["status", "--ledger", &ledger], &[]));
-    assert!(err.contains("does not exist"), "{err}");
+    // `status` and `release` take no --limit: told what creates a ledger.
+    for args in [
+        vec!["status", "--ledger", &ledger],
+        vec!["release", "--ledger", &ledger, "someone"],
+    ] {
+        let err = one_line_error(&jobgate(&args, &[]));
+        assert!(err.contains("does not exist yet"), "{err}");
+        assert!(err.contains("`jobgate run --limit N`"), "{err}");
+        assert!(!err.contains("pass --limit"), "{err}");
+    }
     let unreachable = [
         (
             "AWS_ENDPOINT_URL",
@@ -430,6 +454,29 @@ fn bad_input_gets_one_line() {
     assert!(
         err.contains("connect") || err.contains("unavailable"),
         "{err}"
+    );
+}
+
+/// A ledger in a directory jobgate may not write in is reported as that,
+/// not as the lock file jobgate makes beside it. The directory is `/sys`:
+/// sysfs refuses new files to everyone, root included.
+#[test]
+fn a_ledger_directory_that_is_not_writable_is_named() {
+    let err = one_line_error(&jobgate(
+        &[
+            "run",
+            "--ledger",
+            "file:///sys/jobgate-test.json",
+            "--limit",
+            "1",
+            "--",
+            "true",
+        ],
+        &[],
+    ));
+    assert_eq!(
+        err,
+        "jobgate: error: cannot write in /sys (permission denied): every jobgate that uses a ledger there needs to write in its directory"
     );
 }
 
