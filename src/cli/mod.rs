@@ -29,6 +29,23 @@ pub const EXIT_NOT_FOUND: u8 = 127;
 /// The lease could not be renewed, so the command was stopped.
 pub const EXIT_LEASE_LOST: u8 = 123;
 
+/// The end of `jobgate run --help`: what the command is given and what
+/// comes back (the constants above, and `run`'s environment).
+const RUN_AFTER_HELP: &str = "\
+The command receives, besides the environment of jobgate:
+  JOBGATE_HOLDER          the holder id of its slot
+  JOBGATE_FENCING_TOKEN   the slot's fencing token (only grows; pass it to what checks it)
+  JOBGATE_LEDGER          the ledger's URL
+
+Exit codes:
+  the command's own   when it ran to its end (128+N when it was killed by signal N)
+  123                 the lease could not be renewed in time, and the command was stopped
+  124                 no slot came within --wait
+  125                 jobgate failed (one line on standard error says why)
+  126                 the command could not be executed
+  127                 the command was not found
+  128+N               jobgate itself got signal N while waiting for a slot";
+
 /// What `--version` prints: the release's version (JOBGATE_VERSION at build
 /// time, as the Dockerfile passes it, else Cargo's) and the commit when the
 /// build was told it (JOBGATE_COMMIT). Empty values count as absent, since
@@ -68,6 +85,7 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Wait for a slot, run a command in it, release the slot when it exits.
+    #[command(after_long_help = RUN_AFTER_HELP)]
     Run(run::RunArgs),
     /// Show the limit, the holders and the agents of a ledger; with GROUP, a
     /// ConcurrencyGroup's ledger beside this cluster's view of it.
@@ -82,6 +100,12 @@ enum Command {
     Crd,
     /// Run the Kubernetes operator: admit suspended Jobs of ConcurrencyGroups.
     Controller(Box<controller::ControllerArgs>),
+    /// Print a shell completion script (e.g. `jobgate completions bash >
+    /// /etc/bash_completion.d/jobgate`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// The guard that `jobgate run` puts between itself and the command.
     #[command(name = crate::process::GUARD_SUBCOMMAND, hide = true)]
     Guard(crate::process::GuardArgs),
@@ -212,6 +236,15 @@ pub fn main() -> ExitCode {
             Command::Limit(args) => limit::limit(args).await,
             Command::Doctor(args) => doctor::doctor(args).await,
             Command::Crd => print_crd(),
+            Command::Completions { shell } => {
+                clap_complete::generate(
+                    shell,
+                    &mut <Cli as clap::CommandFactory>::command(),
+                    "jobgate",
+                    &mut std::io::stdout(),
+                );
+                Ok(0)
+            }
             Command::Controller(args) => controller::controller(*args).await,
             // Handled above, before the runtime.
             Command::Guard(_) => Ok(EXIT_ERROR),
