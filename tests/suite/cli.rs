@@ -580,3 +580,43 @@ fn weighted_runs_never_exceed_the_limit_in_units() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("--slots 4 is more than --limit 3"), "{err}");
 }
+
+/// `jobgate run --help` says what the command receives and what each exit
+/// code means; `jobgate completions SHELL` prints a script for each shell.
+#[test]
+fn help_lists_exit_codes_and_completions_exist_for_each_shell() {
+    let out = jobgate(&["run", "--help"], &[]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{help}");
+    for needle in [
+        "JOBGATE_HOLDER",
+        "JOBGATE_FENCING_TOKEN",
+        "JOBGATE_LEDGER",
+        "123 ",
+        "124 ",
+        "125 ",
+        "126 ",
+        "127 ",
+    ] {
+        assert!(help.contains(needle), "{needle} not in:\n{help}");
+    }
+    for (shell, marker) in [
+        ("bash", "_jobgate()"),
+        ("zsh", "#compdef jobgate"),
+        ("fish", "complete -c jobgate"),
+    ] {
+        let out = jobgate(&["completions", shell], &[]);
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{shell}: {out:?}");
+        assert!(script.contains(marker), "{shell}: {script}");
+        assert!(script.contains("doctor"), "{shell}: no subcommands");
+    }
+    let err = usage_error(&jobgate(&["completions", "tcsh"], &[]));
+    assert!(err.contains("tcsh"), "{err}");
+}
+
+/// clap's own usage errors (exit 2) for values it refuses.
+fn usage_error(out: &Output) -> String {
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
