@@ -30,6 +30,8 @@ pub struct JobView {
     /// Units of the limit it takes (`jobgate.dev/slots`); 0 when the
     /// annotation is not a positive integer.
     pub slots: u32,
+    /// Names a Kueue queue: Kueue suspends and resumes it, not jobgate.
+    pub in_kueue: bool,
 }
 
 /// Everything one pass decides from.
@@ -128,6 +130,10 @@ pub struct Decision {
     /// integer or is more than the limit: not admitted (suspended if
     /// running), and told why.
     pub bad_slots: Vec<String>,
+    /// Jobs without a slot that also name a Kueue queue: Kueue suspends and
+    /// resumes them, so jobgate neither admits nor suspends them, and tells
+    /// them why once.
+    pub in_kueue: Vec<String>,
     /// Suspended Jobs still marked admitted that hold no slot: a Job that
     /// lost its slot (kept running under `onLeaseLoss: Keep`, or released
     /// by hand) and was then suspended by a user. Marked no longer
@@ -244,6 +250,10 @@ pub fn decide(inputs: &Inputs) -> Decision {
             }
             continue;
         }
+        if j.in_kueue {
+            out.in_kueue.push(j.uid.clone());
+            continue;
+        }
         if j.grace_seconds > inputs.max_grace_seconds && !(j.suspended && j.admitted) {
             out.too_slow_to_stop.push(j.uid.clone());
             continue;
@@ -294,7 +304,7 @@ pub fn fence_without_ledger(
         return Vec::new();
     }
     jobs.iter()
-        .filter(|j| !j.finished && !j.suspended)
+        .filter(|j| !j.finished && !j.suspended && !j.in_kueue)
         .filter(|j| lost_permits.contains(&j.uid) || !permits.contains(&j.uid))
         .map(|j| j.uid.clone())
         .collect()
@@ -380,6 +390,7 @@ mod tests {
             active_pods: false,
             grace_seconds: 30,
             slots: 1,
+            in_kueue: false,
         }
     }
 
@@ -919,6 +930,28 @@ mod tests {
                 },
                 JobAction::KeepOverLimit { uid: "kept".into() },
             ]
+        );
+    }
+
+    #[test]
+    fn a_job_in_a_kueue_queue_is_neither_admitted_nor_suspended() {
+        let mut waiting = job("queued", "t");
+        waiting.in_kueue = true;
+        let mut running_in_kueue = running("kueue-ran");
+        running_in_kueue.admitted = false;
+        running_in_kueue.in_kueue = true;
+        let jobs = [waiting, running_in_kueue, job("plain", "u")];
+        let d = decide_with(&jobs, &[]);
+        assert_eq!(d.in_kueue, ids(&["queued", "kueue-ran"]));
+        assert_eq!(d.admit, ids(&["plain"]));
+        assert!(d.adopt.is_empty() && d.unslotted.is_empty(), "{d:?}");
+        // Nor suspended when the ledger cannot be read: Kueue let it run.
+        assert!(fence_without_ledger(&jobs, &BTreeSet::new(), &BTreeSet::new(), true).is_empty());
+        assert_eq!(
+            on_grants(&d, &jobs, &grants(&[]), false),
+            vec![JobAction::Wait {
+                uid: "plain".into()
+            }]
         );
     }
 }

@@ -242,6 +242,10 @@ pub const ADMITTED_AT_ANNOTATION: &str = "jobgate.dev/admitted-at";
 /// limit the Job takes, for Jobs whose parallelism or cost differs.
 pub const SLOTS_ANNOTATION: &str = "jobgate.dev/slots";
 pub const TOKEN_ANNOTATION: &str = "jobgate.dev/fencing-token";
+/// Kueue's label: a Job that carries it is Kueue's to suspend and resume,
+/// and two controllers toggling `spec.suspend` would fight; jobgate leaves
+/// such a Job alone and says so.
+pub const KUEUE_QUEUE_LABEL: &str = "kueue.x-k8s.io/queue-name";
 /// Held by every group while this cluster may hold slots for it: a deleted
 /// group gives its slots back before it goes.
 pub const FINALIZER: &str = "jobgate.dev/release-slots";

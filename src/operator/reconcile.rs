@@ -27,7 +27,8 @@ use super::admission::{self, Decision, Inputs, JobAction, JobView, ReleaseReason
 use super::allowlist::Allowlist;
 use super::crd::{
     ABANDON_ANNOTATION, ADMITTED_AT_ANNOTATION, ConcurrencyGroup, ControllerLossPolicy, FINALIZER,
-    GROUP_LABEL, LeaseLossPolicy, PRIORITY_ANNOTATION, SLOTS_ANNOTATION, TOKEN_ANNOTATION,
+    GROUP_LABEL, KUEUE_QUEUE_LABEL, LeaseLossPolicy, PRIORITY_ANNOTATION, SLOTS_ANNOTATION,
+    TOKEN_ANNOTATION,
 };
 use super::deadline;
 use super::deletion::{self, Held, Step};
@@ -893,6 +894,7 @@ async fn patch_jobs(
     disown(ctx, pass, decision).await?;
     refuse_too_slow(ctx, pass, group, decision).await?;
     refuse_bad_slots(ctx, pass, decision).await?;
+    leave_to_kueue(ctx, pass, decision);
     let held_back = hold_back(ctx, pass, group, decision).await;
     let actions = admission::on_grants(
         decision,
@@ -1101,6 +1103,34 @@ async fn refuse_bad_slots(ctx: &Context, pass: &Pass, decision: &Decision) -> Re
         }
     }
     Ok(())
+}
+
+/// Jobs that name a Kueue queue are told once that jobgate leaves them to
+/// Kueue: both controllers toggling `spec.suspend` would fight.
+fn leave_to_kueue(ctx: &Context, pass: &Pass, decision: &Decision) {
+    for uid in &decision.in_kueue {
+        let Some(job) = pass.jobs.get(uid) else {
+            continue;
+        };
+        if lock(&pass.gl.announced_refused).insert(format!("ManagedByKueue/{uid}")) {
+            let queue = job
+                .labels()
+                .get(KUEUE_QUEUE_LABEL)
+                .cloned()
+                .unwrap_or_default();
+            let note = format!(
+                "this Job also names Kueue queue {queue:?} ({KUEUE_QUEUE_LABEL}); Kueue suspends and resumes it, so jobgate neither admits nor suspends it and its group's limit does not count it. Remove one of the two labels"
+            );
+            publish(
+                ctx,
+                job,
+                EventType::Warning,
+                "ManagedByKueue",
+                "Admit",
+                note,
+            );
+        }
+    }
 }
 
 /// Waiting Jobs of a group that admits nothing new are told once why.
@@ -1433,6 +1463,7 @@ pub fn job_view(job: &Job) -> Option<JobView> {
             .get(SLOTS_ANNOTATION)
             .map_or(Some(1), |n| n.trim().parse().ok())
             .unwrap_or(0),
+        in_kueue: job.labels().contains_key(KUEUE_QUEUE_LABEL),
     })
 }
 

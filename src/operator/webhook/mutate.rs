@@ -8,7 +8,9 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use serde_json::json;
 
-use crate::operator::crd::{ADMITTED_AT_ANNOTATION, GROUP_LABEL, TOKEN_ANNOTATION};
+use crate::operator::crd::{
+    ADMITTED_AT_ANNOTATION, GROUP_LABEL, KUEUE_QUEUE_LABEL, TOKEN_ANNOTATION,
+};
 
 /// Where the API server sends Job creations (the chart's webhook
 /// configuration names the same path).
@@ -58,6 +60,9 @@ pub struct Request<'a> {
     pub old_suspend: Option<bool>,
     /// The request comes from this controller's own identity.
     pub by_controller: bool,
+    /// The Job names a Kueue queue: Kueue resumes it, and the controller
+    /// leaves it alone (see `admission::Decision::in_kueue`).
+    pub in_kueue: bool,
 }
 
 /// Resuming a Job of a group is the controller's decision, made against
@@ -67,7 +72,8 @@ pub struct Request<'a> {
 /// value is not checked: the configuration's `objectSelector` sends every
 /// labelled Job here, and a Job naming a group that does not exist waits
 /// (suspended) where the controller reports it, instead of running outside
-/// any limit. A running Job labelled by an update is not suspended here:
+/// any limit. A Job that also names a Kueue queue is Kueue's to resume.
+/// A running Job labelled by an update is not suspended here:
 /// the controller adopts it if a slot is free and suspends it otherwise,
 /// rather than this restarting its pods when a slot was free.
 pub fn decide(req: &Request) -> Verdict {
@@ -78,7 +84,12 @@ pub fn decide(req: &Request) -> Verdict {
     let suspended = req.suspend == Some(true);
     match req.operation {
         Operation::Create if !suspended => Verdict::Suspended,
-        Operation::Update if req.old_suspend == Some(true) && !suspended && !req.by_controller => {
+        Operation::Update
+            if req.old_suspend == Some(true)
+                && !suspended
+                && !req.by_controller
+                && !req.in_kueue =>
+        {
             Verdict::KeptSuspended
         }
         _ => Verdict::Unchanged,
@@ -109,6 +120,9 @@ pub fn respond(
             .as_ref()
             .and_then(|o| o.data["spec"]["suspend"].as_bool()),
         by_controller: req.user_info.username.as_deref() == Some(controller),
+        in_kueue: object
+            .and_then(|o| o.metadata.labels.as_ref())
+            .is_some_and(|l| l.contains_key(KUEUE_QUEUE_LABEL)),
     };
     let verdict = decide(&facts);
     let mut response = AdmissionResponse::from(req);
@@ -172,6 +186,7 @@ mod tests {
             suspend,
             old_suspend: None,
             by_controller: false,
+            in_kueue: false,
         }
     }
 
@@ -236,6 +251,13 @@ mod tests {
             ..job_request(Operation::Update, None, Some(false))
         };
         assert_eq!(decide(&unlabelled), Verdict::Unchanged);
+        // A Job in a Kueue queue: Kueue resumes it.
+        let kueue = Request {
+            old_suspend: Some(true),
+            in_kueue: true,
+            ..job_request(Operation::Update, Some("etl"), Some(false))
+        };
+        assert_eq!(decide(&kueue), Verdict::Unchanged);
     }
 
     fn review(
