@@ -296,3 +296,80 @@ async fn with_failure_policy_ignore_a_job_created_during_an_outage_runs_until_th
     );
     cp.kubectl(&["delete", "mutatingwebhookconfiguration", &name]);
 }
+
+/// A Job of a group that also names a Kueue queue: Kueue suspends and
+/// resumes it, so jobgate neither admits it (the group's free slot goes to
+/// another Job) nor keeps Kueue's resume from taking effect, and tells it
+/// why in a Warning Event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_in_a_kueue_queue_is_left_to_kueue_and_told_why() {
+    let bed = Bed::shared_held(NS).await;
+    let (cp, ns) = (&*bed.cp, bed.ns.as_str());
+    limit_one(&bed, "both", json!({}));
+    let pods = PodLog::default();
+    pods.watch(bed.kube.clone(), "one", ns);
+    let (controller, name) = with_webhook(&bed, "Fail").await;
+    // Created with both labels, as a user would write it.
+    let queued: k8s_openapi::api::batch::v1::Job = serde_json::from_value(json!({
+        "metadata": {"name": "queued", "labels": {
+            "jobgate.dev/group": "both",
+            "kueue.x-k8s.io/queue-name": "main",
+        }},
+        "spec": {
+            "suspend": true,
+            "template": {"spec": {
+                "restartPolicy": "Never",
+                "terminationGracePeriodSeconds": GRACE_SECONDS,
+                "containers": [{"name": "work", "image": "busybox", "command": ["sleep", "inf"]}],
+            }},
+        },
+    }))
+    .unwrap();
+    kube::Api::<k8s_openapi::api::batch::v1::Job>::namespaced(bed.kube.clone(), ns)
+        .create(&Default::default(), &queued)
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the ManagedByKueue Event",
+        || async {
+            let out = cp.kubectl(&[
+                "get",
+                "events",
+                "-n",
+                ns,
+                "--field-selector",
+                "reason=ManagedByKueue,involvedObject.name=queued",
+                "-o",
+                "jsonpath={.items[*].message}",
+            ]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.contains("Remove one of the two labels")
+                .then_some(text)
+        },
+    )
+    .await;
+    // The free slot goes to a Job of jobgate's own.
+    create_held_job(&bed.kube, ns, "plain", "both", GRACE_SECONDS, None).await;
+    until_suspend_is(cp, ns, "plain", false, Duration::from_secs(30)).await;
+    assert_eq!(job_field(cp, ns, "queued", "{.spec.suspend}"), "true");
+    // Kueue resumes its Job: the webhook lets it, and jobgate leaves it
+    // running (Kueue's limit, not the group's, applies to it).
+    let warning = set_suspend(
+        cp,
+        "system:serviceaccount:kueue-system:kueue",
+        ns,
+        "queued",
+        false,
+    );
+    assert!(!warning.contains("kept true"), "{warning}");
+    until_running(&pods, 2).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        job_field(cp, ns, "queued", "{.spec.suspend}"),
+        "false",
+        "{}",
+        controller.log_text()
+    );
+    cp.kubectl(&["delete", "mutatingwebhookconfiguration", &name]);
+}
