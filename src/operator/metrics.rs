@@ -104,6 +104,16 @@ impl Metrics {
             kube_requests: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("jobgate");
+        // Which build runs, for dashboards and for alerts that must tell
+        // replicas of different versions apart.
+        r.register(
+            "build",
+            "The running build: its version (and commit, when the build was told it)",
+            prometheus_client::metrics::info::Info::new(vec![(
+                "version",
+                crate::cli::VERSION.to_string(),
+            )]),
+        );
         r.register(
             "webhook_reviews",
             "Job creations the webhook reviewed, by what it did",
@@ -231,6 +241,13 @@ mod tests {
         m.admissions.get_or_create(&g).inc();
         m.observe_s3("put", Duration::from_millis(3));
         let text = render(&registry);
+        assert!(
+            text.contains(&format!(
+                "jobgate_build_info{{version=\"{}\"}} 1",
+                *crate::cli::VERSION
+            )),
+            "{text}"
+        );
         assert!(
             text.contains(r#"jobgate_admissions_total{namespace="batch",group="etl"} 1"#),
             "{text}"
