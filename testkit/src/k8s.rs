@@ -736,6 +736,22 @@ status:
             .unwrap()
     }
 
+    /// The Events of namespace `ns` that the field selector `selector`
+    /// picks, a line each: reason and message (under a header line).
+    pub fn events(&self, ns: &str, selector: &str) -> String {
+        let out = self.kubectl(&[
+            "get",
+            "events",
+            "-n",
+            ns,
+            "--field-selector",
+            selector,
+            "-o",
+            "custom-columns=REASON:.reason,MESSAGE:.message",
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// kubectl that must succeed: its standard output, or a panic with its
     /// standard error.
     pub fn kubectl_ok(&self, args: &[&str]) -> String {

@@ -71,17 +71,7 @@ fn condition(cp: &ControlPlane, ns: &str, name: &str, type_: &str, field: &str) 
 }
 
 fn events_of(cp: &ControlPlane, ns: &str, object: &str) -> String {
-    let out = cp.kubectl(&[
-        "get",
-        "events",
-        "-n",
-        ns,
-        "--field-selector",
-        &format!("involvedObject.name={object}"),
-        "-o",
-        "custom-columns=REASON:.reason,MESSAGE:.message",
-    ]);
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    cp.events(ns, &format!("involvedObject.name={object}"))
 }
 
 fn has_pod(cp: &ControlPlane, ns: &str, job: &str) -> bool {

@@ -213,17 +213,9 @@ async fn under_keep_a_job_suspended_after_losing_its_slot_and_resumed_waits_for_
         Duration::from_secs(30),
         "first kept over the limit",
         || async {
-            let out = cp.kubectl(&[
-                "get",
-                "events",
-                "-n",
-                ns,
-                "--field-selector",
-                "reason=OverLimit",
-                "-o",
-                "name",
-            ]);
-            (!out.stdout.is_empty()).then_some(())
+            cp.events(ns, "reason=OverLimit")
+                .contains("OverLimit")
+                .then_some(())
         },
     )
     .await;
@@ -333,17 +325,7 @@ async fn a_job_in_a_kueue_queue_is_left_to_kueue_and_told_why() {
         Duration::from_secs(30),
         "the ManagedByKueue Event",
         || async {
-            let out = cp.kubectl(&[
-                "get",
-                "events",
-                "-n",
-                ns,
-                "--field-selector",
-                "reason=ManagedByKueue,involvedObject.name=queued",
-                "-o",
-                "jsonpath={.items[*].message}",
-            ]);
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let text = cp.events(ns, "reason=ManagedByKueue,involvedObject.name=queued");
             text.contains("Remove one of the two labels")
                 .then_some(text)
         },
