@@ -64,7 +64,12 @@ impl SeaweedFs {
             // about 30 on one shared server) would otherwise run out and get
             // HTTP 500s. Volumes grow as written, so a high bound costs no
             // disk: 1,000 is room for about 140 buckets.
-            .arg("-volume.max=1000");
+            .arg("-volume.max=1000")
+            // By default a volume turns read-only below 1% free disk (2.5 GB
+            // of a 250 GB disk), and every write then fails after minutes of
+            // retries: a test's ledger needs kilobytes, so only a disk that
+            // is really full should stop the tests.
+            .arg("-volume.minFreeSpace=256MiB");
         for (flag, port) in [
             ("master.port", free_port()),
             ("master.port.grpc", free_port()),
