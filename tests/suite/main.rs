@@ -9,6 +9,7 @@
 //! Each module was a test binary of its own before; its tests keep their
 //! names under the module's (`cli::…`, `k8s_operate::…`).
 
+mod chart_support;
 mod cli;
 mod cli_errors;
 mod helm_chart;
