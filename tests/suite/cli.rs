@@ -615,6 +615,26 @@ fn help_lists_exit_codes_and_completions_exist_for_each_shell() {
     assert!(err.contains("tcsh"), "{err}");
 }
 
+/// A plain `cargo build` in a git checkout names its commit in `--version`
+/// (build.rs), as release builds do with JOBGATE_COMMIT.
+#[test]
+fn version_names_the_commit_it_was_built_from() {
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("git rev-parse: the tests run in a git checkout");
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
+    let out = jobgate(&["--version"], &[]);
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        version.trim(),
+        format!("jobgate {} ({head})", env!("CARGO_PKG_VERSION")),
+        "rebuild after committing: the binary is older than HEAD"
+    );
+}
+
 /// clap's own usage errors (exit 2) for values it refuses.
 fn usage_error(out: &Output) -> String {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
