@@ -30,6 +30,11 @@ pub enum Error {
     )]
     CredentialsMissing { name: String, namespace: String },
 
+    #[error(
+        "the controller may not read credentials Secret {name:?} in namespace {namespace}: the chart's credentialsSecrets.access leaves this namespace out, so add it to credentialsSecrets.namespaces (or drop credentialsSecretRef to use the controller's own AWS identity)"
+    )]
+    CredentialsForbidden { name: String, namespace: String },
+
     #[error("credentials Secret {name:?} lacks key {key}")]
     CredentialsIncomplete { name: String, key: &'static str },
 
@@ -77,6 +82,25 @@ pub enum Error {
 }
 
 impl Error {
+    /// What a failed read of a group's credentials Secret tells its owner:
+    /// a missing Secret and a refused read each have their own fix.
+    pub fn reading_secret(name: &str, ns: &str, source: kube::Error) -> Error {
+        match source {
+            kube::Error::Api(e) if e.code == 404 => Error::CredentialsMissing {
+                name: name.to_string(),
+                namespace: ns.to_string(),
+            },
+            kube::Error::Api(e) if e.code == 403 => Error::CredentialsForbidden {
+                name: name.to_string(),
+                namespace: ns.to_string(),
+            },
+            source => Error::Credentials {
+                name: name.to_string(),
+                source,
+            },
+        }
+    }
+
     /// The pass stopped before it could read the ledger: nothing but this
     /// process's own permits vouches for the group's running Jobs.
     pub fn leaves_ledger_unread(&self) -> bool {
@@ -86,6 +110,7 @@ impl Error {
                 | Error::LedgerNotAllowed(_)
                 | Error::Credentials { .. }
                 | Error::CredentialsMissing { .. }
+                | Error::CredentialsForbidden { .. }
                 | Error::CredentialsIncomplete { .. }
                 | Error::OpenLedger(_)
                 | Error::ReadLedger(_)
@@ -109,6 +134,7 @@ impl Error {
             Error::GatherPods(_) => "gather_pods",
             Error::Credentials { .. }
             | Error::CredentialsMissing { .. }
+            | Error::CredentialsForbidden { .. }
             | Error::CredentialsIncomplete { .. } => "credentials",
             Error::OpenLedger(_) => "open_ledger",
             Error::ReadLedger(_) => "read_ledger",
@@ -121,5 +147,34 @@ impl Error {
             Error::Leader(_) => "leader_election",
             Error::Startup(_) => "startup",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16, reason: &str) -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status::failure(&format!("secrets \"s3\" is {reason}"), reason)
+                .with_code(code)
+                .boxed(),
+        )
+    }
+
+    #[test]
+    fn a_refused_secret_read_names_the_chart_value_that_grants_it() {
+        let e = Error::reading_secret("s3", "team-a", api_error(403, "Forbidden"));
+        assert!(matches!(e, Error::CredentialsForbidden { .. }));
+        let msg = e.to_string();
+        assert!(msg.contains("credentialsSecrets.namespaces"), "{msg}");
+        assert!(msg.contains("team-a"), "{msg}");
+        assert!(e.leaves_ledger_unread());
+        assert_eq!(e.kind(), "credentials");
+
+        let e = Error::reading_secret("s3", "team-a", api_error(404, "NotFound"));
+        assert!(matches!(e, Error::CredentialsMissing { .. }));
+        let e = Error::reading_secret("s3", "team-a", api_error(500, "InternalError"));
+        assert!(matches!(e, Error::Credentials { .. }));
     }
 }

@@ -215,6 +215,7 @@ async fn pass(group: Arc<ConcurrencyGroup>, ctx: &Arc<Context>) -> Result<Action
                 }
                 Error::Credentials { .. }
                 | Error::CredentialsMissing { .. }
+                | Error::CredentialsForbidden { .. }
                 | Error::CredentialsIncomplete { .. } => {
                     Problem::new("CredentialsUnavailable", e.to_string())
                 }
@@ -1378,16 +1379,7 @@ async fn credentials(
     // credentials of another tenant (the CRD has no field to name one).
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let secret = timed(ctx, "get_secret", api.get(&secret_ref.name)).await;
-    let secret = secret.map_err(|source| match source {
-        kube::Error::Api(e) if e.code == 404 => Error::CredentialsMissing {
-            name: secret_ref.name.clone(),
-            namespace: ns.to_string(),
-        },
-        source => Error::Credentials {
-            name: secret_ref.name.clone(),
-            source,
-        },
-    })?;
+    let secret = secret.map_err(|source| Error::reading_secret(&secret_ref.name, ns, source))?;
     credentials_from_secret(&secret_ref.name, secret).map(Some)
 }
 

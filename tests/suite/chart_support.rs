@@ -12,11 +12,41 @@ pub(crate) const KUBE_VERSION: &str = "1.35.0";
 pub(crate) const NAMESPACE: &str = "jobgate";
 /// The values the brief's second example sets: a named cluster, one
 /// namespace, no leader election.
-pub(crate) const CUSTOM: &str = "clusterName=east,watchNamespace=batch,leaderElection.enabled=false";
+pub(crate) const CUSTOM: &str =
+    "clusterName=east,watchNamespace=batch,leaderElection.enabled=false";
 /// The webhook's TLS from cert-manager instead of the controller.
 pub(crate) const CERT_MANAGER: &str = "webhook.certManager.enabled=true";
 /// For clusters without a pod network.
 pub(crate) const HOST_NETWORK: &str = "hostNetwork=true";
+
+/// Every production value set at once (`--set-json` arguments), for lint
+/// and for the API server's dry run. The Secret Roles go to two namespaces
+/// that must exist: PRODUCTION_NAMESPACES.
+pub(crate) const PRODUCTION: &[&str] = &[
+    "--set-json",
+    r#"podDisruptionBudget={"enabled":true,"minAvailable":1}"#,
+    "--set-json",
+    r#"priorityClassName="system-cluster-critical""#,
+    "--set-json",
+    r#"topologySpreadConstraints=[{"maxSkew":1,"topologyKey":"topology.kubernetes.io/zone","whenUnsatisfiable":"DoNotSchedule"}]"#,
+    "--set-json",
+    r#"affinity={"nodeAffinity":{"requiredDuringSchedulingIgnoredDuringExecution":{"nodeSelectorTerms":[{"matchExpressions":[{"key":"kubernetes.io/os","operator":"In","values":["linux"]}]}]}}}"#,
+    "--set-json",
+    r#"tolerations=[{"key":"dedicated","operator":"Equal","value":"control","effect":"NoSchedule"}]"#,
+    "--set-json",
+    r#"nodeSelector={"kubernetes.io/os":"linux"}"#,
+    "--set-json",
+    r#"extraArgs=["--poll-idle","30s"]"#,
+    "--set-json",
+    r#"extraEnv=[{"name":"AWS_CA_BUNDLE","value":"/etc/jobgate/ca/ca.pem"}]"#,
+    "--set-json",
+    r#"extraVolumes=[{"name":"ca","configMap":{"name":"s3-ca"}}]"#,
+    "--set-json",
+    r#"extraVolumeMounts=[{"name":"ca","mountPath":"/etc/jobgate/ca","readOnly":true}]"#,
+    "--set-json",
+    r#"credentialsSecrets={"access":"namespaces","namespaces":["team-a","team-b"]}"#,
+];
+pub(crate) const PRODUCTION_NAMESPACES: [&str; 2] = ["team-a", "team-b"];
 
 /// Stand-ins for cert-manager's CRDs (the test bed has no cert-manager),
 /// with the part of the real v1 schema the chart uses. kubectl's strict
@@ -196,4 +226,3 @@ pub(crate) fn rule<'a>(docs: &'a [Value], group: &str, resource: &str) -> Option
         .iter()
         .find(|r| strings(&r["apiGroups"]).contains(&group) && r["resources"][0] == resource)
 }
-

@@ -65,6 +65,7 @@ fn default_values_render_a_leader_elected_controller() {
             "Deployment",
             "Lease",
             "MutatingWebhookConfiguration",
+            "PodDisruptionBudget",
             "Role",
             "Role",
             "RoleBinding",
@@ -269,11 +270,14 @@ fn the_api_server_accepts_the_crd_and_every_rendered_object() {
         let out = cp.kubectl(&["wait", "--for=condition=established", "--timeout=60s", crd]);
         assert!(out.status.success(), "{}", text(&out));
     }
-    let out = cp.kubectl(&["create", "namespace", NAMESPACE]);
-    assert!(out.status.success(), "{}", text(&out));
+    for ns in std::iter::once(NAMESPACE).chain(PRODUCTION_NAMESPACES) {
+        let out = cp.kubectl(&["create", "namespace", ns]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
 
     for extra in [
         &[][..],
+        PRODUCTION,
         &["--set", CUSTOM][..],
         &["--set", CERT_MANAGER][..],
         &[
@@ -488,6 +492,7 @@ fn cert_manager_mode_issues_the_certificate_and_mounts_it() {
             "Issuer",
             "Lease",
             "MutatingWebhookConfiguration",
+            "PodDisruptionBudget",
             "Role",
             "RoleBinding",
             "Service",
@@ -680,6 +685,7 @@ fn webhook_disabled_renders_no_webhook() {
             "ClusterRoleBinding",
             "Deployment",
             "Lease",
+            "PodDisruptionBudget",
             "Role",
             "RoleBinding",
             "Service",

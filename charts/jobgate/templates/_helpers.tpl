@@ -1,15 +1,22 @@
-{{/* Chart name, shortened to the 63 characters a label value may have. */}}
+{{/* Chart name (or nameOverride), shortened to the 63 characters a label
+value may have. */}}
 {{- define "jobgate.name" -}}
-{{- .Chart.Name | trunc 63 | trimSuffix "-" }}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{/* The release's name for its objects: the release name alone when it
-already contains the chart name ("jobgate"), else "<release>-jobgate". */}}
+{{/* The release's name for its objects: fullnameOverride when set; else the
+release name alone when it already contains the name ("jobgate"), else
+"<release>-jobgate". */}}
 {{- define "jobgate.fullname" -}}
-{{- if contains .Chart.Name .Release.Name }}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
 {{- .Release.Name | trunc 63 | trimSuffix "-" }}
 {{- else }}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -89,5 +96,29 @@ of. */}}
 {{- "$(POD_IP)" }}
 {{- else }}
 {{- "0.0.0.0" }}
+{{- end }}
+{{- end }}
+
+{{/* topologySpreadConstraints with the controller's own pods as each one's
+labelSelector, unless it names one. */}}
+{{- define "jobgate.topologySpreadConstraints" -}}
+{{- $selector := dict "matchLabels" (include "jobgate.selectorLabels" . | fromYaml) }}
+{{- range .Values.topologySpreadConstraints }}
+{{- $c := deepCopy . }}
+{{- if not (hasKey $c "labelSelector") }}
+{{- $_ := set $c "labelSelector" $selector }}
+{{- end }}
+- {{ toYaml $c | nindent 2 | trim }}
+{{- end }}
+{{- end }}
+
+{{/* Whether Secrets are read in every namespace, in the listed ones, or not
+at all (credentialsSecrets.access), with the list required for the second. */}}
+{{- define "jobgate.secretNamespaces" -}}
+{{- if eq .Values.credentialsSecrets.access "namespaces" }}
+{{- if not .Values.credentialsSecrets.namespaces }}
+{{- fail "credentialsSecrets.access=namespaces needs credentialsSecrets.namespaces: the namespaces whose Secrets groups may name" }}
+{{- end }}
+{{- toYaml .Values.credentialsSecrets.namespaces }}
 {{- end }}
 {{- end }}
