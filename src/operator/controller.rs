@@ -375,7 +375,7 @@ async fn admit(
             },
             metrics.clone(),
         ),
-        metrics,
+        metrics: metrics.clone(),
         ledgers,
         settings: LedgerSettings {
             cluster,
@@ -451,14 +451,25 @@ async fn admit(
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|result| {
             let missing_group = missing_group.clone();
+            let metrics = metrics.clone();
             async move {
                 match result {
                     // A Job names a group that does not exist.
                     Err(kube::runtime::controller::Error::ObjectNotFound(_)) => {
                         missing_group.notify_one();
                     }
+                    // A group counted as missing exists now: sweep again
+                    // soon, so that jobgate_jobs_without_group (and an
+                    // alert on it) clears now rather than at the next idle
+                    // sweep. The sweep lists the groups anew, so a sweep
+                    // running with an older list is corrected after it.
+                    Ok((group, _)) => {
+                        if orphans::counted_missing(&metrics, &group) {
+                            missing_group.notify_one();
+                        }
+                    }
                     // Reconciler errors are logged by the error policy.
-                    Err(kube::runtime::controller::Error::ReconcilerFailed(..)) | Ok(_) => {}
+                    Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
                     Err(e) => warn!(error = %e, "controller event"),
                 }
             }

@@ -5,10 +5,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
-use super::crd::GROUP_LABEL;
-use super::metrics::GroupLabels;
+use super::crd::{ConcurrencyGroup, GROUP_LABEL};
+use super::metrics::{GroupLabels, Metrics};
 use super::reconcile::Context;
 
 /// What the sweep needs of one labelled Job.
@@ -33,6 +34,15 @@ pub fn without_group(
         }
     }
     out
+}
+
+/// Whether the last sweep counted `group` as missing.
+pub fn counted_missing(metrics: &Metrics, group: &ObjectRef<ConcurrencyGroup>) -> bool {
+    let labels = GroupLabels {
+        namespace: group.namespace.clone().unwrap_or_default(),
+        group: group.name.clone(),
+    };
+    metrics.jobs_without_group.get(&labels).is_some()
 }
 
 /// One sweep: lists the groups and the labelled Jobs, sets the metric, and

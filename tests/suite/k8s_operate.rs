@@ -550,7 +550,9 @@ async fn a_job_whose_group_does_not_exist_is_warned_and_counted() {
     let (s3, bucket, cp, kube, ns) = (&*bed.s3, &bed.bucket, &*bed.cp, &bed.kube, bed.ns.as_str());
     let pods = PodLog::default();
     pods.watch(kube.clone(), "one", ns);
-    let ctl = controller(cp, ns, s3, "one", &[]);
+    // The idle sweep once a minute, as by default: the metric must clear
+    // when the group appears, not at the next sweep.
+    let ctl = controller(cp, ns, s3, "one", &["--poll-idle=60s"]);
     create_held_job(kube, ns, "orphan", "typo", 0, None).await;
     let events = eventually(
         Duration::from_secs(30),
@@ -571,16 +573,24 @@ async fn a_job_whose_group_does_not_exist_is_warned_and_counted() {
     })
     .await;
     group(cp, ns, s3, bucket, "typo", 1, json!({}));
+    let created = std::time::Instant::now();
+    eventually(Duration::from_secs(20), "the metric cleared", || async {
+        (!ctl.metrics().contains(metric)).then_some(())
+    })
+    .await;
+    let cleared = created.elapsed();
+    eprintln!("jobs_without_group cleared {cleared:?} after the group was created");
     eventually(
         Duration::from_secs(30),
         "admitted once the group exists",
         || async { has_pod(cp, ns, "orphan").then_some(()) },
     )
     .await;
-    eventually(Duration::from_secs(20), "the metric cleared", || async {
-        (!ctl.metrics().contains(metric)).then_some(())
-    })
-    .await;
+    // The sweep after a group appears waits 2 s (it gathers bursts).
+    assert!(
+        cleared < Duration::from_secs(10),
+        "jobs_without_group cleared {cleared:?} after the group was created"
+    );
     assert_eq!(pods.max(), 1);
 }
 
