@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"WAITING","type":"integer","jsonPath":".status.waitingHere","description":"Jobs waiting in this cluster"}"#,
     printcolumn = r#"{"name":"READY","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"SUSPENDED","type":"string","jsonPath":".status.conditions[?(@.type==\"Suspended\")].status","description":"Admits nothing new (spec.suspend, or being deleted)"}"#,
+    printcolumn = r#"{"name":"READ","type":"date","jsonPath":".status.ledgerReadTime","description":"When IN-USE was read from the ledger: at most this long ago"}"#,
     printcolumn = r#"{"name":"AGE","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     printcolumn = r#"{"name":"SPEC-LIMIT","type":"integer","jsonPath":".spec.limit","priority":1,"description":"The limit this cluster's spec asks for"}"#,
     printcolumn = r#"{"name":"BUCKET","type":"string","jsonPath":".spec.ledger.bucket","priority":1}"#,
@@ -203,6 +204,10 @@ pub struct ConcurrencyGroupStatus {
     /// Slots in use in all clusters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_use: Option<u32>,
+    /// When the ledger was read for the counts above: at most this long
+    /// ago (renewed at least every 30 seconds while the ledger is read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger_read_time: Option<String>,
     /// Jobs of this group admitted in this cluster and not finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admitted_here: Option<u32>,

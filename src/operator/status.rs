@@ -195,7 +195,7 @@ pub fn build(
         ),
     });
     let keep = |now: Option<u32>, before: Option<u32>| now.or(before);
-    ConcurrencyGroupStatus {
+    let mut next = ConcurrencyGroupStatus {
         limit: keep(obs.ledger_limit, prev.and_then(|s| s.limit)),
         spec_limit_applied: keep(
             obs.spec_limit_applied,
@@ -204,9 +204,40 @@ pub fn build(
         in_use: keep(obs.in_use, prev.and_then(|s| s.in_use)),
         admitted_here: keep(obs.admitted_here, prev.and_then(|s| s.admitted_here)),
         waiting_here: keep(obs.waiting_here, prev.and_then(|s| s.waiting_here)),
+        ledger_read_time: prev.and_then(|s| s.ledger_read_time.clone()),
         ledger_key: Some(obs.ledger_key.clone()),
         observed_generation: obs.generation,
         conditions,
+    };
+    if obs.in_use.is_some() && read_time_due(prev, &next, now) {
+        next.ledger_read_time = Some(now.to_string());
+    }
+    next
+}
+
+/// How stale `status.ledgerReadTime` may grow while nothing else in the
+/// status changes. Renewing it on every read would write the status on
+/// every pass (every `pollWaiting` while Jobs wait), and each write costs a
+/// pass more; so the time shown is an upper bound on the counts' age.
+pub const READ_TIME_EVERY: Duration = Duration::from_secs(30);
+
+/// Whether a pass that read the ledger at `now` records it: when the
+/// status changes anyway, or the recorded read is `READ_TIME_EVERY` old.
+fn read_time_due(
+    prev: Option<&ConcurrencyGroupStatus>,
+    next: &ConcurrencyGroupStatus,
+    now: &str,
+) -> bool {
+    let Some(prev) = prev else { return true };
+    if prev != next {
+        return true;
+    }
+    let parse = |t: &str| humantime::parse_rfc3339(t).ok();
+    match (prev.ledger_read_time.as_deref().and_then(parse), parse(now)) {
+        (Some(then), Some(now)) => now
+            .duration_since(then)
+            .is_ok_and(|age| age >= READ_TIME_EVERY),
+        _ => true,
     }
 }
 
@@ -227,6 +258,7 @@ pub fn write_after(
 ) -> Option<Duration> {
     let without_counts = |s: &ConcurrencyGroupStatus| ConcurrencyGroupStatus {
         in_use: None,
+        ledger_read_time: None,
         admitted_here: None,
         waiting_here: None,
         ..s.clone()
@@ -316,6 +348,34 @@ mod tests {
 
     fn cond<'a>(s: &'a ConcurrencyGroupStatus, t: &str) -> &'a GroupCondition {
         s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn the_read_time_is_renewed_with_any_change_or_every_thirty_seconds() {
+        let t0 = "2026-01-01T00:00:00Z";
+        let s = build(None, &healthy(), t0);
+        assert_eq!(s.ledger_read_time.as_deref(), Some(t0));
+        // Nothing else changed: the time stays, so the status is not
+        // written again on every pass.
+        let same = build(Some(&s), &healthy(), "2026-01-01T00:00:29Z");
+        assert_eq!(same, s);
+        let due = build(Some(&s), &healthy(), "2026-01-01T00:00:30Z");
+        assert_eq!(
+            due.ledger_read_time.as_deref(),
+            Some("2026-01-01T00:00:30Z")
+        );
+        // Any change carries the time of the read that saw it.
+        let mut freed = healthy();
+        freed.in_use = Some(0);
+        let s2 = build(Some(&s), &freed, "2026-01-01T00:00:05Z");
+        assert_eq!(s2.ledger_read_time.as_deref(), Some("2026-01-01T00:00:05Z"));
+        // A pass that could not read the ledger keeps the last read's time.
+        let mut unread = healthy();
+        unread.in_use = None;
+        unread.ledger_limit = None;
+        unread.problem = Some(Problem::new("LedgerUnreachable", "timed out"));
+        let s3 = build(Some(&s), &unread, "2026-01-01T00:01:00Z");
+        assert_eq!(s3.ledger_read_time.as_deref(), Some(t0));
     }
 
     #[test]

@@ -63,6 +63,22 @@ async fn limit_three_admits_ten_jobs_oldest_first_and_frees_every_slot() {
     })
     .await;
     assert!(status.starts_with("etl"), "{status}");
+    // READ: how long ago IN-USE was read from the ledger.
+    let read = cp.kubectl_ok(&[
+        "get",
+        "cg",
+        "etl",
+        "-n",
+        ns,
+        "-o",
+        "jsonpath={.status.ledgerReadTime}",
+    ]);
+    let read = humantime::parse_rfc3339(read.trim())
+        .unwrap_or_else(|e| panic!("ledgerReadTime {read:?}: {e}"));
+    let age = std::time::SystemTime::now()
+        .duration_since(read)
+        .unwrap_or_default();
+    assert!(age < Duration::from_secs(40), "IN-USE read {age:?} ago");
     let events = events_of(
         cp,
         ns,

@@ -57,6 +57,7 @@ fn crd_installs_and_the_api_server_validates_groups() {
         "WAITING",
         "READY",
         "SUSPENDED",
+        "READ",
         "AGE",
     ] {
         assert!(header.contains(column), "missing column {column}: {table}");

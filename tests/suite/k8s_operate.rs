@@ -47,7 +47,7 @@ fn group(
     );
 }
 
-/// `kubectl get cg NAME` columns: NAME LIMIT IN-USE HERE WAITING READY SUSPENDED AGE.
+/// `kubectl get cg NAME` columns: NAME LIMIT IN-USE HERE WAITING READY SUSPENDED READ AGE.
 fn cg_columns(cp: &ControlPlane, ns: &str, name: &str) -> Vec<String> {
     let out = cp.kubectl(&["get", "cg", name, "-n", ns, "--no-headers"]);
     String::from_utf8_lossy(&out.stdout)
