@@ -158,8 +158,18 @@ pub struct Semaphore {
     tx: mpsc::UnboundedSender<Request>,
     task: JoinHandle<()>,
     stats: Arc<Stats>,
-    safe_until: watch::Receiver<Option<Instant>>,
+    lease: watch::Receiver<Option<Lease>>,
     known: watch::Receiver<Option<Known>>,
+}
+
+/// The lease on the slots this client holds, on this process's monotonic
+/// clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// Send time of the last renewal known to have landed.
+    pub renewed: Instant,
+    /// When the slots stop being safe unless a renewal lands first.
+    pub safe_until: Instant,
 }
 
 /// The ledger as this client last read or wrote it, and when.
@@ -173,7 +183,7 @@ impl Semaphore {
     pub fn new(store: DynStore, key: impl Into<String>, config: Config) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(Stats::default());
-        let (safe_until_tx, safe_until) = watch::channel(None);
+        let (lease_tx, lease) = watch::channel(None);
         let (known_tx, known) = watch::channel(None);
         let clock_origin = config.clocks.read();
         let committer = Committer {
@@ -201,7 +211,7 @@ impl Semaphore {
             wrote: false,
             refused_creates: 0,
             stats: stats.clone(),
-            safe_until: safe_until_tx,
+            lease: lease_tx,
             known: known_tx,
         };
         let task = tokio::spawn(committer.run());
@@ -209,7 +219,7 @@ impl Semaphore {
             tx,
             task,
             stats,
-            safe_until,
+            lease,
             known,
         }
     }
@@ -219,7 +229,13 @@ impl Semaphore {
     /// landed plus the fence period), on this process's monotonic clock.
     /// `None` while it holds none.
     pub fn safe_until(&self) -> Option<Instant> {
-        *self.safe_until.borrow()
+        self.lease().map(|l| l.safe_until)
+    }
+
+    /// The lease on the slots held, for health metrics; `None` while this
+    /// client holds none.
+    pub fn lease(&self) -> Option<Lease> {
+        *self.lease.borrow()
     }
 
     pub fn stats(&self) -> &Arc<Stats> {
@@ -414,8 +430,8 @@ struct Committer {
     wrote: bool,
     /// Creates of the ledger refused in a row while reads found none.
     refused_creates: u32,
-    /// Publishes `fence_deadline()` after every step.
-    safe_until: watch::Sender<Option<Instant>>,
+    /// Publishes the last renewal and `fence_deadline()` after every step.
+    lease: watch::Sender<Option<Lease>>,
     stats: Arc<Stats>,
 }
 
@@ -527,10 +543,16 @@ impl Committer {
                 }
             }
             self.step().await;
-            let deadline = self.fence_deadline();
-            self.safe_until.send_if_modified(|d| {
-                let changed = *d != deadline;
-                *d = deadline;
+            let lease =
+                self.last_renewal_sent
+                    .zip(self.fence_deadline())
+                    .map(|(renewed, safe_until)| Lease {
+                        renewed,
+                        safe_until,
+                    });
+            self.lease.send_if_modified(|l| {
+                let changed = *l != lease;
+                *l = lease;
                 changed
             });
         }

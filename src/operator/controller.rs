@@ -1,6 +1,7 @@
 //! `jobgate controller`: wires the API client, metrics and health server,
 //! leader election and the kube-runtime Controller together.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +28,7 @@ use super::http::{self, Health};
 use super::job_cache::{self, JobCache};
 use super::leader::{self, LeaseConfig};
 use super::ledgers::{LedgerSettings, Ledgers};
-use super::metrics::Metrics;
+use super::metrics::{GroupLabels, Metrics};
 use super::orphans;
 use super::reconcile::{self, Context};
 use super::webhook::{self, WebhookSettings};
@@ -140,6 +141,12 @@ pub async fn run(config: kube::Config, settings: Settings) -> Result<()> {
         cfg
     });
     let ledgers = Arc::new(Ledgers::default());
+    // Renewals go on between leadership terms, so lease health is reported
+    // for the whole process, a second at most behind.
+    let _lease_gauges = AbortOnDrop(tokio::spawn(report_leases(
+        ledgers.clone(),
+        metrics.clone(),
+    )));
     let mut stop = stop_rx.clone();
     let mut leadership = None;
     if let Some(cfg) = &lease_cfg {
@@ -408,6 +415,7 @@ async fn admit(
         let wake = missing_group.clone();
         async move {
             let mut told = std::collections::BTreeSet::new();
+            let mut known: HashSet<(String, String)> = HashSet::new();
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(every) => {}
@@ -430,7 +438,14 @@ async fn admit(
                     }
                 };
                 ctx.ledgers.retain(&existing).await;
+                for (namespace, group) in known.difference(&existing) {
+                    ctx.metrics.forget_group(&GroupLabels {
+                        namespace: namespace.clone(),
+                        group: group.clone(),
+                    });
+                }
                 orphans::sweep(&ctx, &existing, &mut told).await;
+                known = existing;
             }
         }
     });
@@ -475,6 +490,20 @@ async fn admit(
             }
         })
         .await;
+}
+
+/// Every second, each group's lease as its client holds it
+/// (`jobgate_lease_*`).
+async fn report_leases(ledgers: Arc<Ledgers>, metrics: Arc<Metrics>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = tokio::time::Instant::now();
+        for ((namespace, group), gl) in ledgers.all().await {
+            metrics.set_lease(&GroupLabels { namespace, group }, gl.sem.lease(), now);
+        }
+    }
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

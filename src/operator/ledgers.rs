@@ -229,6 +229,15 @@ impl Ledgers {
             .cloned()
     }
 
+    /// Every group's client in use now.
+    pub async fn all(&self) -> Vec<(GroupId, Arc<GroupLedger>)> {
+        let groups = self.groups.lock().await;
+        groups
+            .iter()
+            .map(|(id, gl)| (id.clone(), gl.clone()))
+            .collect()
+    }
+
     /// Forgets a deleted group. Its slots are not released here: Jobs of a
     /// deleted group may still run, and its lease runs out at the others.
     pub async fn forget(&self, ns: &str, name: &str) {
@@ -250,7 +259,8 @@ impl Ledgers {
     }
 }
 
-/// Times every store request for the `s3_request_duration_seconds` histogram.
+/// Times every store request for the `s3_request_duration_seconds` histogram
+/// and counts its outcome in `s3_requests_total`.
 struct TimedStore<S> {
     inner: S,
     metrics: Arc<Metrics>,
@@ -268,6 +278,12 @@ impl<S: Store> Store for TimedStore<S> {
         let start = Instant::now();
         let out = self.inner.get(key, if_none_match).await;
         self.metrics.observe_s3("get", start.elapsed());
+        let found = out.as_ref().map(|f| match f {
+            Fetched::Found(_) => "ok",
+            Fetched::NotModified => "not_modified",
+            Fetched::Missing => "missing",
+        });
+        self.metrics.count_s3("get", outcome(found));
         out
     }
 
@@ -275,6 +291,8 @@ impl<S: Store> Store for TimedStore<S> {
         let start = Instant::now();
         let out = self.inner.put(key, body, condition).await;
         self.metrics.observe_s3("put", start.elapsed());
+        self.metrics
+            .count_s3("put", outcome(out.as_ref().map(|_| "ok")));
         out
     }
 
@@ -282,6 +300,8 @@ impl<S: Store> Store for TimedStore<S> {
         let start = Instant::now();
         let out = self.inner.delete(key, etag).await;
         self.metrics.observe_s3("delete", start.elapsed());
+        self.metrics
+            .count_s3("delete", outcome(out.as_ref().map(|_| "ok")));
         out
     }
 
@@ -290,9 +310,43 @@ impl<S: Store> Store for TimedStore<S> {
     }
 }
 
+/// A store request's outcome as a metric label: what succeeded, or which
+/// kind of failure (a lost race, maybe applied, certainly not sent, refused).
+fn outcome(result: Result<&'static str, &StoreError>) -> &'static str {
+    match result {
+        Ok(ok) => ok,
+        Err(StoreError::Conflict(_)) => "conflict",
+        Err(StoreError::Missing) => "missing",
+        Err(StoreError::Ambiguous(_)) => "ambiguous",
+        Err(StoreError::Unavailable(_)) => "unavailable",
+        Err(StoreError::AccessDenied(_)) => "denied",
+        Err(StoreError::NoSuchBucket(_)) => "no_bucket",
+        Err(StoreError::Unsupported(_)) => "unsupported",
+        Err(StoreError::Other(_)) => "error",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_store_outcome_has_its_own_label() {
+        let errors = [
+            StoreError::Conflict("412".into()),
+            StoreError::Missing,
+            StoreError::Ambiguous("timeout".into()),
+            StoreError::Unavailable("refused".into()),
+            StoreError::AccessDenied("403".into()),
+            StoreError::NoSuchBucket("b".into()),
+            StoreError::Unsupported("no If-Match".into()),
+            StoreError::Other("?".into()),
+        ];
+        let labels: BTreeSet<&str> = errors.iter().map(|e| outcome(Err(e))).collect();
+        assert_eq!(labels.len(), errors.len(), "{labels:?}");
+        assert!(!labels.contains("ok"));
+        assert_eq!(outcome(Ok("not_modified")), "not_modified");
+    }
 
     fn set(uids: &[&str]) -> BTreeSet<String> {
         uids.iter().map(|s| s.to_string()).collect()

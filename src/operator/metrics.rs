@@ -1,5 +1,6 @@
 //! Prometheus metrics of the controller, served on `/metrics`.
 
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -26,6 +27,15 @@ pub struct ReleaseLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpLabels {
     pub op: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// get, put, delete
+    pub op: String,
+    /// See `outcome` in ledgers.rs: ok, not_modified, missing, conflict,
+    /// ambiguous, unavailable, denied, no_bucket, unsupported, error.
+    pub outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -78,6 +88,10 @@ pub struct Metrics {
     pub webhook_reviews: Family<WebhookLabels, Counter>,
     pub jobs_without_group: Family<GroupLabels, Gauge>,
     pub kube_requests: Family<VerbLabels, Counter>,
+    pub s3_requests: Family<OutcomeLabels, Counter>,
+    pub group_ready: Family<GroupLabels, Gauge>,
+    pub lease_renewal_age: Family<GroupLabels, Gauge<f64, AtomicU64>>,
+    pub lease_remaining: Family<GroupLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl Metrics {
@@ -102,7 +116,12 @@ impl Metrics {
             webhook_reviews: Family::default(),
             jobs_without_group: Family::default(),
             kube_requests: Family::default(),
+            s3_requests: Family::default(),
+            group_ready: Family::default(),
+            lease_renewal_age: Family::default(),
+            lease_remaining: Family::default(),
         };
+        registry.register_collector(Box::new(super::process_metrics::ProcessCollector));
         let r = registry.sub_registry_with_prefix("jobgate");
         // Which build runs, for dashboards and for alerts that must tell
         // replicas of different versions apart.
@@ -197,6 +216,26 @@ impl Metrics {
             m.reconcile_errors.clone(),
         );
         r.register(
+            "s3_requests",
+            "S3 requests by operation and outcome (conflict: a compare-and-swap lost; ambiguous: may have been applied)",
+            m.s3_requests.clone(),
+        );
+        r.register(
+            "group_ready",
+            "1 while the group's Ready condition is True (its ledger is usable), else 0",
+            m.group_ready.clone(),
+        );
+        r.register(
+            "lease_last_renewal_age_seconds",
+            "While this cluster holds slots of the group: seconds since the send time of the last renewal known to have landed",
+            m.lease_renewal_age.clone(),
+        );
+        r.register(
+            "lease_remaining_seconds",
+            "While this cluster holds slots of the group: seconds until its Jobs are fenced (suspended) unless a renewal lands first",
+            m.lease_remaining.clone(),
+        );
+        r.register(
             "leader",
             "1 while this replica is the leader",
             m.leader.clone(),
@@ -208,6 +247,55 @@ impl Metrics {
         self.s3_latency
             .get_or_create(&OpLabels { op: op.into() })
             .observe(took.as_secs_f64());
+    }
+
+    /// Drops every series of a group that no longer exists, so that a gauge
+    /// (and an alert on it) does not keep a deleted group's last value.
+    pub fn forget_group(&self, labels: &GroupLabels) {
+        for family in [
+            &self.waiting,
+            &self.in_use,
+            &self.admitted_here,
+            &self.limit,
+            &self.group_ready,
+        ] {
+            family.remove(labels);
+        }
+        self.lease_renewal_age.remove(labels);
+        self.lease_remaining.remove(labels);
+    }
+
+    /// Sets the lease gauges of a group from its client's lease at `now`,
+    /// or removes them while it holds no slot.
+    pub fn set_lease(
+        &self,
+        labels: &GroupLabels,
+        lease: Option<crate::semaphore::Lease>,
+        now: tokio::time::Instant,
+    ) {
+        match lease {
+            Some(l) => {
+                self.lease_renewal_age
+                    .get_or_create(labels)
+                    .set(now.saturating_duration_since(l.renewed).as_secs_f64());
+                self.lease_remaining
+                    .get_or_create(labels)
+                    .set(l.safe_until.saturating_duration_since(now).as_secs_f64());
+            }
+            None => {
+                self.lease_renewal_age.remove(labels);
+                self.lease_remaining.remove(labels);
+            }
+        }
+    }
+
+    pub fn count_s3(&self, op: &str, outcome: &str) {
+        self.s3_requests
+            .get_or_create(&OutcomeLabels {
+                op: op.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
     }
 
     pub fn observe_api(&self, op: &str, took: Duration) {
@@ -256,5 +344,35 @@ mod tests {
             text.contains(r#"jobgate_s3_request_duration_seconds_count{op="put"} 1"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn lease_gauges_follow_the_lease_and_a_forgotten_group_leaves_no_series() {
+        let mut registry = Registry::default();
+        let m = Metrics::new(&mut registry);
+        let g = GroupLabels {
+            namespace: "batch".into(),
+            group: "etl".into(),
+        };
+        let now = tokio::time::Instant::now();
+        let lease = crate::semaphore::Lease {
+            renewed: now - Duration::from_secs(4),
+            safe_until: now + Duration::from_secs(11),
+        };
+        m.set_lease(&g, Some(lease), now);
+        m.group_ready.get_or_create(&g).set(1);
+        let text = render(&registry);
+        for line in [
+            r#"jobgate_lease_last_renewal_age_seconds{namespace="batch",group="etl"} 4.0"#,
+            r#"jobgate_lease_remaining_seconds{namespace="batch",group="etl"} 11.0"#,
+            r#"jobgate_group_ready{namespace="batch",group="etl"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} in:\n{text}");
+        }
+        // Holding no slot: no lease to report.
+        m.set_lease(&g, None, now);
+        assert!(!render(&registry).contains("jobgate_lease_remaining_seconds{"));
+        m.forget_group(&g);
+        assert!(!render(&registry).contains(r#"group="etl""#));
     }
 }

@@ -18,6 +18,7 @@ pub mod ledgers;
 pub mod limits;
 pub mod metrics;
 pub mod orphans;
+pub mod process_metrics;
 pub mod reconcile;
 pub mod requests;
 pub mod status;

@@ -225,6 +225,11 @@ async fn pass(group: Arc<ConcurrencyGroup>, ctx: &Arc<Context>) -> Result<Action
             });
         }
     }
+    // As the Ready condition says.
+    ctx.metrics
+        .group_ready
+        .get_or_create(&labels)
+        .set(i64::from(observed.problem.is_none()));
     let status_result = update_status(&group, &ns, &name, &observed, &ctx).await;
     if deleting {
         let open_here = ctx.ledgers.current(&ns, &name).await.is_some();
