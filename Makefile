@@ -19,7 +19,7 @@ e2e: testbed node
 	cargo test --test e2e
 
 # SeaweedFS, etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubelet, kubectl, kwok and helm, pinned, into ~/.cache/jobgate/testbed
+# kubelet, kubectl, kwok, helm and promtool, pinned, into ~/.cache/jobgate/testbed
 # (cold: about 17 minutes on 2 cores; then seconds). No root.
 testbed:
 	scripts/testbed.sh all

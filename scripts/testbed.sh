@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Builds the pinned test-bed binaries into a cache directory, once.
-# Usage: scripts/testbed.sh [seaweedfs|kubernetes|kubelet|etcd|kwok|k8s|node|helm|kueue|all]   (default: seaweedfs)
+# Usage: scripts/testbed.sh [seaweedfs|kubernetes|kubelet|etcd|kwok|k8s|node|helm|promtool|kueue|all]   (default: seaweedfs)
 #   seaweedfs   the S3 server (weed) the tests use
 #   k8s         kubernetes + etcd + kwok: the control plane for operator tests
 #   kubelet     the kubelet, for tests that run real containers
 #   node        kubelet plus the Debian packages a real node needs (containerd,
 #               runc, CNI plugins, static busybox for the test images); root only
 #   helm        helm: lints and renders the chart in charts/jobgate
+#   promtool    Prometheus's promtool: checks and unit-tests the chart's alerts
 #   kueue       Kueue's manager and CRDs, for the side-by-side benchmark only
 #               (make bench-operator); not part of `all`
 # Cache: $JOBGATE_TESTBED_DIR, default ~/.cache/jobgate/testbed
@@ -19,6 +20,8 @@ ETCD_VERSION="v3.6.16"
 KWOK_VERSION="v0.8.0"
 HELM_VERSION="v3.22.0"
 KUEUE_VERSION="v0.17.0"
+# Prometheus 3.x's Go module version (v0.3XX.Y is Prometheus 3.XX.Y).
+PROMETHEUS_VERSION="v0.316.0"
 # Parallel Go compile jobs; the machine has two cores.
 GO_JOBS="${JOBGATE_GO_JOBS:-2}"
 
@@ -166,6 +169,18 @@ build_helm() {
   log "built $BIN/helm (default Kubernetes version v1.$kminor.0)"
 }
 
+build_promtool() {
+  if built promtool "$PROMETHEUS_VERSION"; then log "promtool $PROMETHEUS_VERSION already built"; return; fi
+  log "building promtool (Prometheus) $PROMETHEUS_VERSION ..."
+  wrapper promtool "github.com/prometheus/prometheus@$PROMETHEUS_VERSION"
+  # remove_all_sd leaves out the service-discovery plugins (every cloud's
+  # SDK): rule checks and unit tests need none, and they are most of the
+  # build.
+  go build -p "$GO_JOBS" -tags remove_all_sd -trimpath -ldflags "-s -w" -o "$BIN/promtool" github.com/prometheus/prometheus/cmd/promtool
+  mark promtool "$PROMETHEUS_VERSION"
+  log "built $BIN/promtool"
+}
+
 what="${1:-seaweedfs}"
 case "$what" in
   seaweedfs) build_seaweedfs ;;
@@ -176,8 +191,9 @@ case "$what" in
   k8s) build_etcd; build_kwok; build_kubernetes ;;
   node) install_node_packages; build_kubelet ;;
   helm) build_helm ;;
+  promtool) build_promtool ;;
   kueue) build_kueue ;;
-  all) build_seaweedfs; build_etcd; build_kwok; build_kubernetes; build_kubelet; build_helm ;;
-  *) echo "usage: $0 [seaweedfs|kubernetes|kubelet|etcd|kwok|k8s|node|helm|kueue|all]" >&2; exit 2 ;;
+  all) build_seaweedfs; build_etcd; build_kwok; build_kubernetes; build_kubelet; build_helm; build_promtool ;;
+  *) echo "usage: $0 [seaweedfs|kubernetes|kubelet|etcd|kwok|k8s|node|helm|promtool|kueue|all]" >&2; exit 2 ;;
 esac
 log "done; binaries in $BIN"

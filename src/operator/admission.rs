@@ -288,6 +288,15 @@ pub fn decide(inputs: &Inputs) -> Decision {
     out
 }
 
+/// When the longest-waiting Job of the group was created: suspended, never
+/// admitted, unfinished and not Kueue's. For "waiting too long" alerts.
+pub fn oldest_waiting(jobs: &[JobView]) -> Option<&str> {
+    jobs.iter()
+        .filter(|j| j.suspended && !j.admitted && !j.finished && !j.in_kueue)
+        .map(|j| j.created.as_str())
+        .min()
+}
+
 /// The Jobs to suspend when the ledger cannot be read, so that the limit
 /// holds without it (with `onLeaseLoss: Suspend`): every running Job this
 /// process holds no valid permit for. That is a lost permit; a Job admitted
@@ -953,5 +962,36 @@ mod tests {
                 uid: "plain".into()
             }]
         );
+    }
+
+    #[test]
+    fn the_oldest_waiting_job_is_the_oldest_suspended_one_never_admitted() {
+        let mut jobs = vec![
+            view("running", "2026-01-01T00:00:00Z", false, true),
+            view("done", "2026-01-01T00:00:01Z", true, false),
+            view("late", "2026-01-01T00:00:09Z", true, false),
+            view("early", "2026-01-01T00:00:05Z", true, false),
+        ];
+        jobs[1].finished = true;
+        assert_eq!(oldest_waiting(&jobs), Some("2026-01-01T00:00:05Z"));
+        jobs[3].in_kueue = true;
+        assert_eq!(oldest_waiting(&jobs), Some("2026-01-01T00:00:09Z"));
+        assert_eq!(oldest_waiting(&jobs[..1]), None);
+    }
+
+    fn view(name: &str, created: &str, suspended: bool, admitted: bool) -> JobView {
+        JobView {
+            uid: name.into(),
+            name: name.into(),
+            created: created.into(),
+            priority: 0,
+            suspended,
+            admitted,
+            finished: false,
+            active_pods: admitted,
+            grace_seconds: 30,
+            slots: 1,
+            in_kueue: false,
+        }
     }
 }

@@ -168,7 +168,10 @@ pub async fn run(config: kube::Config, settings: Settings) -> Result<()> {
     let (trigger, triggers) = mpsc::unbounded_channel();
     let triggers = Arc::new(tokio::sync::Mutex::new(triggers));
     'terms: loop {
-        metrics.leader.set(i64::from(leadership.is_some()));
+        // Without leader election the one replica acts as the leader.
+        metrics
+            .leader
+            .set(i64::from(leadership.is_some() || lease_cfg.is_none()));
         let mut term = tokio::spawn(admit(
             client.clone(),
             settings.clone(),

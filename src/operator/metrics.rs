@@ -92,6 +92,7 @@ pub struct Metrics {
     pub group_ready: Family<GroupLabels, Gauge>,
     pub lease_renewal_age: Family<GroupLabels, Gauge<f64, AtomicU64>>,
     pub lease_remaining: Family<GroupLabels, Gauge<f64, AtomicU64>>,
+    pub oldest_waiting: Family<GroupLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl Metrics {
@@ -120,6 +121,7 @@ impl Metrics {
             group_ready: Family::default(),
             lease_renewal_age: Family::default(),
             lease_remaining: Family::default(),
+            oldest_waiting: Family::default(),
         };
         registry.register_collector(Box::new(super::process_metrics::ProcessCollector));
         let r = registry.sub_registry_with_prefix("jobgate");
@@ -236,8 +238,13 @@ impl Metrics {
             m.lease_remaining.clone(),
         );
         r.register(
+            "oldest_waiting_job_seconds",
+            "How long the group's longest-waiting Job in this cluster has waited since its creation (no series while none waits)",
+            m.oldest_waiting.clone(),
+        );
+        r.register(
             "leader",
-            "1 while this replica is the leader",
+            "1 while this replica is the leader (always, without leader election)",
             m.leader.clone(),
         );
         m
@@ -263,6 +270,7 @@ impl Metrics {
         }
         self.lease_renewal_age.remove(labels);
         self.lease_remaining.remove(labels);
+        self.oldest_waiting.remove(labels);
     }
 
     /// Sets the lease gauges of a group from its client's lease at `now`,

@@ -407,10 +407,32 @@ async fn admit(
     let granted = write_ledger(ctx, &pass, group, &decision).await?;
     let (waiting_here, read) = patch_jobs(ctx, &pass, group, &decision, &granted, labels).await?;
     export_counters(ctx, &pass.gl, labels);
+    export_oldest_waiting(ctx, &pass.views, labels);
     let mut summary = summarize(&pass, &decision, waiting_here, read, ctx).await?;
     summary.spec_limit_applied = pass.spec_limit_applied;
     summary.deadline_every = deadline_every;
     Ok(summary)
+}
+
+/// `jobgate_oldest_waiting_job_seconds`: how long the group's longest-waiting
+/// Job has waited, or no series while none waits.
+fn export_oldest_waiting(ctx: &Context, views: &[JobView], labels: &GroupLabels) {
+    let since =
+        admission::oldest_waiting(views).and_then(|created| humantime::parse_rfc3339(created).ok());
+    match since {
+        Some(created) => {
+            let age = std::time::SystemTime::now()
+                .duration_since(created)
+                .unwrap_or_default();
+            ctx.metrics
+                .oldest_waiting
+                .get_or_create(labels)
+                .set(age.as_secs_f64());
+        }
+        None => {
+            ctx.metrics.oldest_waiting.remove(labels);
+        }
+    }
 }
 
 /// `onControllerLoss: FailJobs`: moves on the deadline of each Job running

@@ -25,6 +25,7 @@ mod k8s_operate;
 mod k8s_resume;
 mod k8s_status;
 mod lease;
+mod monitoring;
 mod run_tree;
 mod semaphore_faults;
 mod store_conformance;
