@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
     plural = "concurrencygroups",
     shortname = "cg",
     namespaced,
+    doc = "At most spec.limit Jobs labelled jobgate.dev/group=<name> run at once in this namespace, counted together with every other cluster whose group names the same ledger object (bucket and key). Jobs wait, suspended, until the shared ledger grants them a slot.",
     status = "ConcurrencyGroupStatus",
+    validation = Rule::new("self.spec.leaseSeconds - self.spec.maxGracePeriodSeconds - 5 >= 2 && (self.spec.leaseSeconds - self.spec.maxGracePeriodSeconds - 5) * 5 >= self.spec.leaseSeconds").message("spec.leaseSeconds is too short for spec.maxGracePeriodSeconds: a cluster that cannot renew suspends its Jobs maxGracePeriodSeconds + 5 s before the lease ends, and at least a fifth of the lease (and 2 s) must be left to renew in. Raise leaseSeconds to at least (maxGracePeriodSeconds + 5) * 5 / 4, or lower maxGracePeriodSeconds").field_path(".spec.leaseSeconds"),
     printcolumn = r#"{"name":"LIMIT","type":"integer","jsonPath":".status.limit","description":"The limit in force: the shared ledger's"}"#,
     printcolumn = r#"{"name":"IN-USE","type":"integer","jsonPath":".status.inUse","description":"Slots in use in all clusters"}"#,
     printcolumn = r#"{"name":"HERE","type":"integer","jsonPath":".status.admittedHere","description":"Jobs admitted in this cluster"}"#,
@@ -32,35 +34,46 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct ConcurrencyGroupSpec {
     /// The most Jobs of this group that may run at once, in all clusters
-    /// together. A change is written to the shared ledger and applies in
-    /// every cluster; lowering it stops nothing that runs (new Jobs wait
-    /// until fewer than the new limit are in use).
+    /// together (1 to 100000; a Job annotated jobgate.dev/slots: N counts N).
+    /// A change is written to the shared ledger and applies in every
+    /// cluster; lowering it stops nothing that runs (new Jobs wait until
+    /// fewer than the new limit are in use). The limit in force is
+    /// status.limit.
     #[schemars(range(min = 1, max = 100000))]
     pub limit: u32,
     /// Admit no new Jobs while true; admitted ones run on and free their
-    /// slots as they end. Waiting Jobs keep their place.
+    /// slots as they end. Waiting Jobs keep their place. Default false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspend: bool,
-    /// Where the shared ledger object lives.
+    /// Where the shared ledger object lives: every cluster whose group names
+    /// the same bucket and key shares one limit. Bucket and key cannot be
+    /// changed; to move a group, suspend it, let its Jobs end, and create a
+    /// new one.
     pub ledger: LedgerSpec,
-    /// How long a cluster that stops renewing keeps its slots.
+    /// How long, in seconds, a cluster that stops renewing keeps its slots
+    /// before other clusters may take them (10 to 3600, default 60). Must
+    /// leave a fifth of itself for renewing after maxGracePeriodSeconds
+    /// plus 5 s.
     #[serde(default = "default_lease_seconds")]
     #[schemars(range(min = 10, max = 3600))]
     pub lease_seconds: u32,
     /// What to do with this cluster's admitted Jobs when the lease cannot be
-    /// renewed: Suspend them before it could run out (keeps the limit), or Keep them running.
+    /// renewed. Suspend (default): suspend them before it could run out,
+    /// which keeps the limit. Keep: let them run on, over the limit once
+    /// other clusters take the slots.
     #[serde(default)]
     pub on_lease_loss: LeaseLossPolicy,
-    /// The longest `terminationGracePeriodSeconds` a Job of this group may
-    /// ask for. A cluster that cannot renew its lease suspends its Jobs early
-    /// enough for their pods to stop within the lease: at `leaseSeconds`
-    /// minus this minus a 5 s margin. Jobs that ask for longer are not admitted.
+    /// The longest `terminationGracePeriodSeconds`, in seconds, a Job of this
+    /// group may ask for (0 to 3600, default 30). A cluster that cannot renew
+    /// its lease suspends its Jobs early enough for their pods to stop within
+    /// the lease: at `leaseSeconds` minus this minus a 5 s margin. Jobs that
+    /// ask for longer are not admitted.
     #[serde(default = "default_max_grace_period_seconds")]
     #[schemars(range(min = 0, max = 3600))]
     pub max_grace_period_seconds: u32,
     /// What happens to this cluster's running Jobs if its controller stops
     /// renewing (dead, hung, or its node lost) for longer than the lease.
-    /// Reclaim: other clusters take the slots after the lease and these
+    /// Reclaim (default): other clusters take the slots after the lease and these
     /// Jobs run on, over the limit, until they end. FailJobs: each admitted
     /// Job carries an activeDeadlineSeconds that the controller keeps
     /// extending, so the Job controller fails it (DeadlineExceeded) and
@@ -141,6 +154,7 @@ impl ConcurrencyGroupSpec {
     }
 }
 
+/// Suspend or Keep.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 pub enum LeaseLossPolicy {
     #[default]
@@ -148,6 +162,7 @@ pub enum LeaseLossPolicy {
     Keep,
 }
 
+/// Reclaim or FailJobs.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 pub enum ControllerLossPolicy {
     #[default]
@@ -158,24 +173,37 @@ pub enum ControllerLossPolicy {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.endpoint) || self.endpoint.startsWith('http://') || self.endpoint.startsWith('https://')").message("endpoint must be an http:// or https:// URL"))]
+#[x_kube(validation = Rule::new("!has(self.key) || !self.key.matches('(^|/)[.][.](/|$)')").message("key must not have a '..' segment: S3 keys are not paths, so it would name a different object than it seems").field_path(".key"))]
+#[x_kube(validation = Rule::new("self.bucket == oldSelf.bucket && has(self.key) == has(oldSelf.key) && (!has(self.key) || self.key == oldSelf.key)").message("bucket and key cannot change: the Jobs running under the old ledger would not be counted in the new one. To move a group, suspend it, let its Jobs end, delete it and create it anew"))]
 pub struct LedgerSpec {
-    /// The S3 bucket. Bucket and key must be a location the controller
-    /// allows (`--allowed-ledger`); by default any bucket, with a key under
-    /// `jobgate/<namespace>/`.
+    /// The S3 bucket (3 to 63 lowercase letters, digits, dots and hyphens).
+    /// Bucket and key must be a location the controller allows
+    /// (`--allowed-ledger`, the chart's allowedLedgers); by default any
+    /// bucket, with a key under `jobgate/<namespace>/`. Cannot be changed.
     #[schemars(
         length(min = 3, max = 63),
         regex(pattern = r"^[a-z0-9][a-z0-9.\-]*[a-z0-9]$")
     )]
     pub bucket: String,
-    /// The object key. Default: `jobgate/<namespace>/<name>.json`.
+    /// The object key (1 to 1024 characters, no '..' segment). Default:
+    /// `jobgate/<namespace>/<name>.json`. Cannot be changed, nor set or
+    /// removed once the group exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
     pub key: Option<String>,
+    /// The bucket's AWS region, e.g. `eu-west-1`. Default: the controller's
+    /// (AWS_REGION, or its AWS profile).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
     /// Endpoint of an S3-compatible store, e.g. `https://s3.example.com`.
+    /// Default: AWS S3 (or the controller's AWS_ENDPOINT_URL). It may change
+    /// to another address of the same store; pointing it at another store
+    /// moves the group, which is not supported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// Address the bucket as `<endpoint>/<bucket>` rather than
+    /// `<bucket>.<endpoint>`, as most S3-compatible stores need. Default
+    /// false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub force_path_style: Option<bool>,
     /// A Secret in the group's own namespace (never another) with
@@ -185,16 +213,21 @@ pub struct LedgerSpec {
     pub credentials_secret_ref: Option<SecretRef>,
 }
 
+/// A Secret in the group's namespace.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 pub struct SecretRef {
+    /// The Secret's name.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
 }
 
+/// This cluster's view of the group, written by its controller: the
+/// ledger's counts as last read, this cluster's Jobs, and conditions.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConcurrencyGroupStatus {
-    /// The limit in force: the ledger's.
+    /// The limit in force: the ledger's, which every cluster sharing it
+    /// applies (spec.limit is this cluster's request to change it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
     /// The spec.limit this cluster last wrote to the ledger or accepted from
@@ -217,24 +250,51 @@ pub struct ConcurrencyGroupStatus {
     /// The ledger object in use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ledger_key: Option<String>,
+    /// The metadata.generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Ready (the ledger is usable), LimitAgreed (spec.limit matches the
+    /// ledger's), JobsFit (every Job's pods can stop within the fence),
+    /// Suspended (admits nothing new).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<GroupCondition>,
 }
 
-/// A status condition, shaped like `metav1.Condition`.
+/// A status condition, shaped like `metav1.Condition` (same fields, limits
+/// and formats), so that generic tooling (kubectl wait --for=condition,
+/// kstatus) reads it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GroupCondition {
+    /// The condition's type, in CamelCase: Ready, LimitAgreed, JobsFit,
+    /// Suspended.
     #[serde(rename = "type")]
+    #[schemars(
+        length(min = 1, max = 316),
+        regex(
+            pattern = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"
+        )
+    )]
     pub type_: String,
     /// True, False or Unknown.
+    #[schemars(extend("enum" = ["True", "False", "Unknown"]))]
     pub status: String,
+    /// Why, in one CamelCase word (e.g. CredentialsRejected).
+    #[schemars(
+        length(min = 1, max = 1024),
+        regex(pattern = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    )]
     pub reason: String,
+    /// What it means for the group and what to do, for people.
+    #[schemars(length(max = 32768))]
     pub message: String,
+    /// When the status last changed (RFC 3339).
+    #[schemars(extend("format" = "date-time"))]
     pub last_transition_time: String,
+    /// The metadata.generation the condition was set from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub observed_generation: Option<i64>,
 }
 
@@ -356,6 +416,73 @@ mod tests {
         assert!(yaml.contains("- cg"), "{yaml}");
         for required in ["- limit", "- ledger", "- bucket"] {
             assert!(yaml.contains(required), "missing {required}");
+        }
+    }
+
+    /// `kubectl explain cg --recursive` has something to say of every field,
+    /// and nothing of kube-rs's own.
+    #[test]
+    fn every_field_has_a_description() {
+        fn walk(path: &str, node: &serde_json::Value, missing: &mut Vec<String>) {
+            let described = node["description"]
+                .as_str()
+                .is_some_and(|d| !d.trim().is_empty() && !d.contains("Auto-generated"));
+            if !described {
+                missing.push(path.to_string());
+            }
+            if let Some(props) = node["properties"].as_object() {
+                for (name, child) in props {
+                    // Kubernetes describes these itself.
+                    if path.is_empty()
+                        && ["apiVersion", "kind", "metadata"].contains(&name.as_str())
+                    {
+                        continue;
+                    }
+                    walk(&format!("{path}.{name}"), child, missing);
+                }
+            }
+            if node["items"].is_object() {
+                walk(&format!("{path}[]"), &node["items"], missing);
+            }
+        }
+        let crd = serde_json::to_value(ConcurrencyGroup::crd()).unwrap();
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let mut missing = Vec::new();
+        walk("", schema, &mut missing);
+        assert!(
+            missing.is_empty(),
+            "fields without a description: {missing:?}"
+        );
+    }
+
+    #[test]
+    fn conditions_are_a_list_map_shaped_like_metav1_condition() {
+        let crd = serde_json::to_value(ConcurrencyGroup::crd()).unwrap();
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let conditions = &schema["properties"]["status"]["properties"]["conditions"];
+        assert_eq!(conditions["x-kubernetes-list-type"], "map");
+        assert_eq!(
+            conditions["x-kubernetes-list-map-keys"],
+            serde_json::json!(["type"])
+        );
+        let item = &conditions["items"]["properties"];
+        assert_eq!(
+            item["status"]["enum"],
+            serde_json::json!(["True", "False", "Unknown"])
+        );
+        assert_eq!(item["type"]["maxLength"], 316);
+        assert_eq!(item["reason"]["maxLength"], 1024);
+        assert_eq!(item["message"]["maxLength"], 32768);
+        assert_eq!(item["lastTransitionTime"]["format"], "date-time");
+        let required = &conditions["items"]["required"];
+        for field in ["type", "status", "reason", "message", "lastTransitionTime"] {
+            assert!(
+                required
+                    .as_array()
+                    .unwrap()
+                    .contains(&serde_json::json!(field)),
+                "{field} not required: {required}"
+            );
         }
     }
 

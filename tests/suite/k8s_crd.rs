@@ -109,6 +109,18 @@ fn crd_installs_and_the_api_server_validates_groups() {
             "  limit: 2\n  leaseSeconds: 1\n  ledger:\n    bucket: my-bucket\n",
             "leaseSeconds",
         ),
+        // Valid alone, but the default 30 s grace leaves no time to renew
+        // in a 40 s lease: refused at once rather than not Ready later.
+        (
+            "nogap",
+            "  limit: 2\n  leaseSeconds: 40\n  ledger:\n    bucket: my-bucket\n",
+            "spec.leaseSeconds is too short for spec.maxGracePeriodSeconds",
+        ),
+        (
+            "dotdot",
+            "  limit: 2\n  ledger:\n    bucket: my-bucket\n    key: jobgate/a/../b.json\n",
+            "key must not have a '..' segment",
+        ),
     ] {
         let out = cp.kubectl_stdin(&["apply", "-f", "-"], &group(name, spec));
         let msg = text(&out);
@@ -117,5 +129,41 @@ fn crd_installs_and_the_api_server_validates_groups() {
             msg.contains(expect),
             "{name}: expected {expect:?} in: {msg}"
         );
+    }
+
+    // The smallest lease for the default grace passes (its twin above
+    // does not).
+    let fits = group(
+        "fits",
+        "  limit: 2\n  leaseSeconds: 44\n  ledger:\n    bucket: my-bucket\n    key: jobgate/a/..b.json\n",
+    );
+    let out = cp.kubectl_stdin(&["apply", "-f", "-"], &fits);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Bucket and key are fixed once the group exists; the endpoint is not.
+    for (patch, expect) in [
+        (
+            r#"{"spec":{"ledger":{"bucket":"other-bucket"}}}"#,
+            Some("bucket and key cannot change"),
+        ),
+        (
+            r#"{"spec":{"ledger":{"key":"jobgate/elsewhere.json"}}}"#,
+            Some("bucket and key cannot change"),
+        ),
+        (
+            r#"{"spec":{"ledger":{"endpoint":"https://s3.eu-west-1.amazonaws.com"}}}"#,
+            None,
+        ),
+        (r#"{"spec":{"limit":5}}"#, None),
+    ] {
+        let out = cp.kubectl(&["patch", "cg", "nightly", "--type=merge", "-p", patch]);
+        let msg = text(&out);
+        match expect {
+            Some(expect) => {
+                assert!(!out.status.success(), "{patch} was accepted: {msg}");
+                assert!(msg.contains(expect), "{patch}: {msg}");
+            }
+            None => assert!(out.status.success(), "{patch}: {msg}"),
+        }
     }
 }
