@@ -20,7 +20,7 @@ e2e: testbed node
 
 # SeaweedFS, etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
 # kubelet, kubectl, kwok, helm and promtool, pinned, into ~/.cache/jobgate/testbed
-# (cold: about 17 minutes on 2 cores; then seconds). No root.
+# (cold: about 20 minutes on 2 cores: 17 without promtool, which took 2m19s cold; then seconds). No root.
 testbed:
 	scripts/testbed.sh all
 
