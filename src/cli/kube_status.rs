@@ -149,6 +149,7 @@ async fn read_group_ledger(
         connect_timeout: Some(Duration::from_secs(5)),
         request_timeout: Some(Duration::from_secs(15)),
     };
+    crate::store::s3::ca::from_env().map_err(Error::Io)?;
     let s3: DynStore = Arc::new(S3Store::connect(&spec.bucket, &opts).await);
     Ok(read_ledger(&s3, &group.ledger_key()).await?.map(|(l, _)| l))
 }

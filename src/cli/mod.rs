@@ -144,6 +144,7 @@ impl StoreArgs {
         let url = LedgerUrl::parse(&self.ledger)?;
         let store: DynStore = match &url {
             LedgerUrl::S3 { bucket, .. } => {
+                crate::store::s3::ca::from_env().map_err(Error::Io)?;
                 let opts = S3Options {
                     endpoint: self.endpoint.clone(),
                     region: self.region.clone(),

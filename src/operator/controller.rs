@@ -79,6 +79,8 @@ pub struct LeaderSettings {
 /// sees another replica holding the Lease; that replica renews the same
 /// slots under the same agent ids.
 pub async fn run(config: kube::Config, settings: Settings) -> Result<()> {
+    // Every group's ledger client would fail its TLS handshakes: say why now.
+    crate::store::s3::ca::from_env().map_err(Error::Startup)?;
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
     // Every request counted, watches and Events included.

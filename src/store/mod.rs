@@ -11,7 +11,7 @@ use bytes::Bytes;
 mod counting;
 mod file;
 mod memory;
-mod s3;
+pub mod s3;
 mod url;
 
 pub use counting::{CountingStore, RequestCounts};

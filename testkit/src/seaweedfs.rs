@@ -28,13 +28,37 @@ pub struct SeaweedFs {
     child: std::sync::Mutex<Child>,
     dir: PathBuf,
     pub endpoint: String,
+    /// With [`SeaweedFs::start_tls`]: the PEM of the CA that signed the S3
+    /// gateway's certificate (written to [`SeaweedFs::ca_file`]).
+    ca_pem: Option<String>,
 }
 
 impl SeaweedFs {
     pub async fn start() -> Result<Self, String> {
+        Self::launch(false).await
+    }
+
+    /// The S3 gateway over HTTPS, with a certificate for 127.0.0.1 signed
+    /// by a CA of this server's own, which nothing trusts unless told
+    /// (`ca_file`, `AWS_CA_BUNDLE`).
+    pub async fn start_tls() -> Result<Self, String> {
+        Self::launch(true).await
+    }
+
+    /// The CA certificate of a [`SeaweedFs::start_tls`] server.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    async fn launch(tls: bool) -> Result<Self, String> {
         let weed = binary("weed")?;
         let dir = std::env::temp_dir().join(format!("jobgate-weed-{}", unique_suffix()));
         std::fs::create_dir_all(dir.join("data")).map_err(|e| e.to_string())?;
+        let ca_pem = if tls {
+            Some(write_tls_files(&dir).map_err(|e| format!("making the test CA: {e}"))?)
+        } else {
+            None
+        };
         let config = dir.join("s3.json");
         let identities = serde_json::json!({
             "identities": [{
@@ -70,6 +94,10 @@ impl SeaweedFs {
             // retries: a test's ledger needs kilobytes, so only a disk that
             // is really full should stop the tests.
             .arg("-volume.minFreeSpace=256MiB");
+        if tls {
+            cmd.arg(format!("-s3.cert.file={}", dir.join("s3.crt").display()))
+                .arg(format!("-s3.key.file={}", dir.join("s3.key").display()));
+        }
         for (flag, port) in [
             ("master.port", free_port()),
             ("master.port.grpc", free_port()),
@@ -97,7 +125,11 @@ impl SeaweedFs {
         let server = SeaweedFs {
             child: std::sync::Mutex::new(child),
             dir,
-            endpoint: format!("http://127.0.0.1:{s3_port}"),
+            endpoint: format!(
+                "{}://127.0.0.1:{s3_port}",
+                if tls { "https" } else { "http" }
+            ),
+            ca_pem,
         };
         server.wait_ready().await?;
         Ok(server)
@@ -136,7 +168,13 @@ impl SeaweedFs {
     /// (creating buckets) and for the naive baseline's unconditional writes.
     /// Like jobgate's own client: no SDK retries, `attempt_timeout` a request.
     pub fn sdk_client(&self, attempt_timeout: Duration) -> aws_sdk_s3::Client {
-        let config = aws_sdk_s3::Config::builder()
+        let mut config = aws_sdk_s3::Config::builder();
+        if let Some(pem) = &self.ca_pem {
+            let client = jobgate::store::s3::ca::https_client(pem.clone().into_bytes())
+                .unwrap_or_else(|e| panic!("{e}"));
+            config = config.http_client(client);
+        }
+        let config = config
             .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
             .retry_config(RetryConfig::disabled())
             .timeout_config(
@@ -199,6 +237,31 @@ impl SeaweedFs {
             self.endpoint
         ))
     }
+}
+
+/// A CA and, signed by it, a certificate for 127.0.0.1 and localhost:
+/// `ca.pem`, `s3.crt` and `s3.key` in `dir`. Returns the CA's PEM.
+fn write_tls_files(dir: &std::path::Path) -> Result<String, String> {
+    let err = |e: rcgen::Error| e.to_string();
+    let ca_key = rcgen::KeyPair::generate().map_err(err)?;
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "jobgate test CA");
+    let ca_cert = ca.self_signed(&ca_key).map_err(err)?;
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().map_err(err)?;
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+        .map_err(err)?
+        .signed_by(&key, &issuer)
+        .map_err(err)?;
+    let write = |name: &str, text: String| {
+        std::fs::write(dir.join(name), text).map_err(|e| format!("{name}: {e}"))
+    };
+    write("ca.pem", ca_cert.pem())?;
+    write("s3.crt", leaf.pem())?;
+    write("s3.key", key.serialize_pem())?;
+    Ok(ca_cert.pem())
 }
 
 async fn create_bucket_once(client: &aws_sdk_s3::Client, bucket: &str) -> Result<(), String> {

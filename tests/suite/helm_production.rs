@@ -37,16 +37,24 @@ fn production_values_reach_the_pod() {
     assert_eq!(args[0], "controller");
     assert_eq!(&args[args.len() - 2..], ["--poll-idle", "30s"]);
     assert_eq!(
+        env_var(c, "AWS_STS_REGIONAL_ENDPOINTS")["value"],
+        "regional"
+    );
+    assert_eq!(
         env_var(c, "AWS_CA_BUNDLE")["value"],
-        "/etc/jobgate/ca/ca.pem"
+        "/etc/jobgate/s3-ca/ca.pem"
     );
     // The chart's own environment is still there.
     assert_eq!(
         env_var(c, "POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"],
         "metadata.name"
     );
-    assert_eq!(c["volumeMounts"][0]["mountPath"], "/etc/jobgate/ca");
+    // The CA bundle's mount, then the extras.
+    assert_eq!(c["volumeMounts"][0]["mountPath"], "/etc/jobgate/s3-ca");
+    assert_eq!(c["volumeMounts"][0]["readOnly"], true);
     assert_eq!(spec["volumes"][0]["configMap"]["name"], "s3-ca");
+    assert_eq!(c["volumeMounts"][1]["mountPath"], "/tmp");
+    assert_eq!(spec["volumes"][1]["name"], "scratch");
 
     // With cert-manager's mount the extras come after it.
     let mut extra = PRODUCTION.to_vec();
@@ -58,14 +66,14 @@ fn production_values_reach_the_pod() {
         .iter()
         .map(|m| &m["name"])
         .collect();
-    assert_eq!(mounts, ["webhook-cert", "ca"]);
+    assert_eq!(mounts, ["webhook-cert", "s3-ca", "scratch"]);
     let volumes: Vec<&Value> = pod(&docs)["volumes"]
         .as_sequence()
         .unwrap()
         .iter()
         .map(|v| &v["name"])
         .collect();
-    assert_eq!(volumes, ["webhook-cert", "ca"]);
+    assert_eq!(volumes, ["webhook-cert", "s3-ca", "scratch"]);
 }
 
 /// By default replicas spread over nodes, selecting the controller's own
@@ -261,4 +269,31 @@ fn the_schema_refuses_what_the_controller_cannot_run() {
     ] {
         render(args);
     }
+}
+
+/// `s3.caBundle` from a Secret; from both a ConfigMap and a Secret is
+/// refused; unset, nothing is mounted.
+#[test]
+fn an_s3_ca_bundle_is_mounted_and_named_by_aws_ca_bundle() {
+    let docs = documents(&render(&["--set", "s3.caBundle.secret=s3-tls"]));
+    let c = container(&docs);
+    assert_eq!(
+        env_var(c, "AWS_CA_BUNDLE")["value"],
+        "/etc/jobgate/s3-ca/ca.crt"
+    );
+    assert_eq!(pod(&docs)["volumes"][0]["secret"]["secretName"], "s3-tls");
+
+    let msg = render_error(&["--set", "s3.caBundle.secret=a,s3.caBundle.configMap=b"]);
+    assert!(msg.contains("/s3/caBundle"), "{msg}");
+
+    let docs = documents(&render(&[]));
+    let c = container(&docs);
+    assert!(
+        !c["env"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "AWS_CA_BUNDLE")
+    );
+    assert!(pod(&docs).get("volumes").is_none());
 }

@@ -27,6 +27,7 @@ mod k8s_status;
 mod lease;
 mod monitoring;
 mod run_tree;
+mod s3_tls;
 mod semaphore_faults;
 mod store_conformance;
 mod stress;

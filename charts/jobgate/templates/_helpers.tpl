@@ -122,3 +122,13 @@ at all (credentialsSecrets.access), with the list required for the second. */}}
 {{- toYaml .Values.credentialsSecrets.namespaces }}
 {{- end }}
 {{- end }}
+
+{{/* Where the S3 CA bundle is mounted, when s3.caBundle names one. */}}
+{{- define "jobgate.s3CaDir" -}}
+/etc/jobgate/s3-ca
+{{- end }}
+
+{{- define "jobgate.s3CaBundle" -}}
+{{- $ca := .Values.s3.caBundle }}
+{{- if or $ca.configMap $ca.secret }}true{{ end }}
+{{- end }}

@@ -141,6 +141,11 @@ impl Cause {
             let why = tls.to_string();
             return Cause::Tls(if why.contains("corrupt message") {
                 "the server does not speak TLS; use http:// for a plain-HTTP endpoint".into()
+            } else if why.contains("UnknownIssuer") {
+                format!(
+                    "{}: its certificate is signed by a CA this host does not trust; for a private CA, set AWS_CA_BUNDLE to a PEM file with it",
+                    brief(&why)
+                )
             } else {
                 brief(&why)
             });
@@ -454,7 +459,7 @@ mod tests {
         let ep = target("https://s3.local");
         assert_eq!(
             Cause::of(&tls("invalid peer certificate: UnknownIssuer")).sentence(&ep),
-            "TLS handshake with https://s3.local failed (invalid peer certificate: UnknownIssuer)"
+            "TLS handshake with https://s3.local failed (invalid peer certificate: UnknownIssuer: its certificate is signed by a CA this host does not trust; for a private CA, set AWS_CA_BUNDLE to a PEM file with it)"
         );
         let plain = Cause::of(&tls("received corrupt message of type InvalidContentType"));
         assert!(plain.sentence(&ep).contains("use http://"), "{plain:?}");

@@ -19,6 +19,7 @@ use tracing::debug;
 
 use super::{Condition, ETag, Fetched, Store, StoreError, Versioned};
 
+pub mod ca;
 mod messages;
 
 use messages::{
@@ -92,6 +93,13 @@ impl S3Store {
                 None,
                 "jobgate",
             ));
+        }
+        // Checked at startup (`ca::from_env` in the CLI and the controller),
+        // so an error here was already reported.
+        if let Ok(Some(pem)) = ca::from_env()
+            && let Ok(client) = ca::https_client(pem)
+        {
+            loader = loader.http_client(client);
         }
         let shared = loader.load().await;
         let connect_timeout = opts.connect_timeout.unwrap_or(Duration::from_secs(3));
