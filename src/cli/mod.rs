@@ -16,6 +16,7 @@ mod kube;
 mod kube_status;
 mod limit;
 mod run;
+mod signal_origin;
 mod status;
 
 /// The wait for a slot timed out (`--wait`), as with timeout(1).

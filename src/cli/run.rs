@@ -11,6 +11,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
 use super::limit::parse_limit;
+use super::signal_origin;
 use super::{EXIT_ERROR, EXIT_LEASE_LOST, EXIT_WAIT_TIMEOUT, StoreArgs, parse_duration};
 use crate::agent::{hostname, new_agent_id};
 use crate::clock::SystemClocks;
@@ -169,6 +170,7 @@ struct Signals {
 
 impl Signals {
     fn new() -> Result<Self> {
+        super::signal_origin::watch().map_err(io_error)?;
         let on = |kind| signal(kind).map_err(io_error);
         Ok(Signals {
             int: on(SignalKind::interrupt())?,
@@ -246,8 +248,9 @@ async fn supervise(
                 return Ok(exit_code(status));
             }
             sig = signals.recv() => {
-                // The terminal already sent Ctrl-C to an interactive command.
-                if !(interactive && sig == Signal::SIGINT) {
+                // A terminal's signal has reached an interactive command
+                // already; one sent to jobgate alone has not.
+                if signal_origin::forward(interactive, signal_origin::sent_by_a_process(sig)) {
                     guard.signal(sig);
                 }
             }

@@ -19,6 +19,7 @@ pub mod naive;
 pub mod node;
 pub mod operator;
 pub mod pods;
+pub mod pty;
 pub mod seaweedfs;
 pub mod seed;
 pub mod shared;

@@ -26,6 +26,7 @@ mod k8s_resume;
 mod k8s_status;
 mod lease;
 mod monitoring;
+mod run_terminal;
 mod run_tree;
 mod s3_tls;
 mod semaphore_faults;
