@@ -140,6 +140,23 @@ fn crd_installs_and_the_api_server_validates_groups() {
     let out = cp.kubectl_stdin(&["apply", "-f", "-"], &fits);
     assert!(out.status.success(), "{}", text(&out));
 
+    // `kubectl explain` reads the descriptions from the API server.
+    let explain = text(&cp.kubectl(&["explain", "cg.spec.leaseSeconds"]));
+    assert!(
+        explain.contains("in seconds") && explain.contains("default 60"),
+        "{explain}"
+    );
+    let tree = text(&cp.kubectl(&["explain", "cg", "--recursive"]));
+    for field in [
+        "forcePathStyle",
+        "credentialsSecretRef",
+        "lastTransitionTime",
+        "ledgerReadTime",
+    ] {
+        assert!(tree.contains(field), "{field} not in:\n{tree}");
+    }
+    assert!(!tree.contains("Auto-generated"), "{tree}");
+
     // Bucket and key are fixed once the group exists; the endpoint is not.
     for (patch, expect) in [
         (
