@@ -7,6 +7,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use jobgate_testkit::SeaweedFs;
+use jobgate_testkit::k8s::ControlPlane;
 use jobgate_testkit::operator::{
     Bed, ControllerProcess, GroupSpec, apply_group_with, create_held_job, eventually,
 };
@@ -22,6 +23,23 @@ fn jobgate(s3: &SeaweedFs, args: &[&str], ca_bundle: Option<&str>) -> Output {
         cmd.env("AWS_CA_BUNDLE", path);
     }
     cmd.output().unwrap()
+}
+
+/// A group of limit 1 whose ledger is in the HTTPS store's bucket "private".
+fn private_group(cp: &ControlPlane, ns: &str, name: &str, s3: &SeaweedFs) {
+    apply_group_with(
+        cp,
+        &GroupSpec {
+            name,
+            ns,
+            limit: 1,
+            bucket: "private",
+            endpoint: &s3.endpoint,
+            key: None,
+            secret: None,
+        },
+        serde_json::json!({}),
+    );
 }
 
 fn stderr(out: &Output) -> String {
@@ -82,19 +100,7 @@ async fn the_controller_admits_through_a_store_with_a_private_ca() {
     let bed = Bed::shared_held("tls").await;
     let ns = bed.ns.as_str();
     s3.create_bucket("private").await.unwrap();
-    apply_group_with(
-        &bed.cp,
-        &GroupSpec {
-            name: "trusted",
-            ns,
-            limit: 1,
-            bucket: "private",
-            endpoint: &s3.endpoint,
-            key: None,
-            secret: None,
-        },
-        serde_json::json!({}),
-    );
+    private_group(&bed.cp, ns, "trusted", &s3);
     let pods = PodLog::default();
     pods.watch(bed.kube.clone(), "tls", ns);
     create_held_job(&bed.kube, ns, "a", "trusted", 0, None).await;
@@ -133,19 +139,7 @@ async fn the_controller_admits_through_a_store_with_a_private_ca() {
     let plain = jobgate_testkit::shared::control_plane();
     let other = format!("{ns}-plain");
     plain.kubectl_ok(&["create", "namespace", &other]);
-    apply_group_with(
-        plain,
-        &GroupSpec {
-            name: "untrusted",
-            ns: &other,
-            limit: 1,
-            bucket: "private",
-            endpoint: &s3.endpoint,
-            key: None,
-            secret: None,
-        },
-        serde_json::json!({}),
-    );
+    private_group(plain, &other, "untrusted", &s3);
     let _plain_ctl = ControllerProcess::start(plain, &s3, "plain", &other, true);
     let message = eventually(Duration::from_secs(60), "Ready False", || async {
         let out = plain.kubectl_ok(&[
