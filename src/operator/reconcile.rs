@@ -96,6 +96,9 @@ struct Summary {
     /// Who set the ledger's limit, for the LimitAgreed message.
     limit_source: String,
     spec_limit_applied: u32,
+    /// When the ledger the counts come from was read (RFC 3339): it may be
+    /// a read of an earlier pass (`known_ledger`).
+    read_at: Option<String>,
 }
 
 pub async fn reconcile(group: Arc<ConcurrencyGroup>, ctx: Arc<Context>) -> Result<Action> {
@@ -192,6 +195,7 @@ async fn pass(group: Arc<ConcurrencyGroup>, ctx: &Arc<Context>) -> Result<Action
             observed.spec_limit_applied = Some(s.spec_limit_applied);
             observed.ledger_limit = Some(s.ledger_limit);
             observed.in_use = Some(s.in_use);
+            observed.ledger_read_at = s.read_at.clone();
             observed.admitted_here = Some(s.admitted_here);
             observed.waiting_here = Some(s.waiting_here);
             observed.too_slow_to_stop = s.too_slow_to_stop;
@@ -1275,6 +1279,14 @@ async fn summarize(
         Some(ledger) => ledger,
         None => known_ledger(gl, ctx).await?,
     };
+    // The client's newest copy is `after` or newer, which moves the time
+    // back no further than a read of `after` would.
+    let read_at = gl.sem.known().map(|known| {
+        let then = std::time::SystemTime::now()
+            .checked_sub(known.at.elapsed())
+            .unwrap_or(std::time::UNIX_EPOCH);
+        humantime::format_rfc3339_seconds(then).to_string()
+    });
     Ok(Summary {
         ledger_limit: after.limit,
         in_use: after.in_use() as u32,
@@ -1285,6 +1297,7 @@ async fn summarize(
         deadline_every: None,
         limit_source: limits::describe_source(after.limit_set.as_ref()),
         spec_limit_applied: 0,
+        read_at,
     })
 }
 

@@ -74,6 +74,8 @@ pub struct Observed {
     pub suspended: bool,
     /// Admits nothing new: being deleted; how many slots it still holds here.
     pub deleting: Option<u32>,
+    /// When the ledger behind `in_use` was read (RFC 3339).
+    pub ledger_read_at: Option<String>,
 }
 
 pub fn build(
@@ -209,8 +211,10 @@ pub fn build(
         observed_generation: obs.generation,
         conditions,
     };
-    if obs.in_use.is_some() && read_time_due(prev, &next, now) {
-        next.ledger_read_time = Some(now.to_string());
+    if let Some(read_at) = &obs.ledger_read_at
+        && read_time_due(prev, &next, read_at)
+    {
+        next.ledger_read_time = Some(read_at.clone());
     }
     next
 }
@@ -221,22 +225,26 @@ pub fn build(
 /// pass more; so the time shown is an upper bound on the counts' age.
 pub const READ_TIME_EVERY: Duration = Duration::from_secs(30);
 
-/// Whether a pass that read the ledger at `now` records it: when the
-/// status changes anyway, or the recorded read is `READ_TIME_EVERY` old.
+/// Whether a pass whose counts come from a read at `read_at` records it:
+/// when the status changes anyway, or the recorded read is
+/// `READ_TIME_EVERY` older.
 fn read_time_due(
     prev: Option<&ConcurrencyGroupStatus>,
     next: &ConcurrencyGroupStatus,
-    now: &str,
+    read_at: &str,
 ) -> bool {
     let Some(prev) = prev else { return true };
     if prev != next {
         return true;
     }
     let parse = |t: &str| humantime::parse_rfc3339(t).ok();
-    match (prev.ledger_read_time.as_deref().and_then(parse), parse(now)) {
-        (Some(then), Some(now)) => now
+    match (
+        prev.ledger_read_time.as_deref().and_then(parse),
+        parse(read_at),
+    ) {
+        (Some(then), Some(read)) => read
             .duration_since(then)
-            .is_ok_and(|age| age >= READ_TIME_EVERY),
+            .is_ok_and(|newer| newer >= READ_TIME_EVERY),
         _ => true,
     }
 }
@@ -352,28 +360,36 @@ mod tests {
 
     #[test]
     fn the_read_time_is_renewed_with_any_change_or_every_thirty_seconds() {
+        let read = |at: &str| Observed {
+            ledger_read_at: Some(at.to_string()),
+            ..healthy()
+        };
         let t0 = "2026-01-01T00:00:00Z";
-        let s = build(None, &healthy(), t0);
+        let s = build(None, &read(t0), "2026-01-01T00:00:01Z");
         assert_eq!(s.ledger_read_time.as_deref(), Some(t0));
         // Nothing else changed: the time stays, so the status is not
         // written again on every pass.
-        let same = build(Some(&s), &healthy(), "2026-01-01T00:00:29Z");
+        let same = build(Some(&s), &read("2026-01-01T00:00:29Z"), "t");
         assert_eq!(same, s);
-        let due = build(Some(&s), &healthy(), "2026-01-01T00:00:30Z");
+        let due = build(Some(&s), &read("2026-01-01T00:00:30Z"), "t");
         assert_eq!(
             due.ledger_read_time.as_deref(),
             Some("2026-01-01T00:00:30Z")
         );
         // Any change carries the time of the read that saw it.
-        let mut freed = healthy();
-        freed.in_use = Some(0);
-        let s2 = build(Some(&s), &freed, "2026-01-01T00:00:05Z");
+        let freed = Observed {
+            in_use: Some(0),
+            ..read("2026-01-01T00:00:05Z")
+        };
+        let s2 = build(Some(&s), &freed, "t");
         assert_eq!(s2.ledger_read_time.as_deref(), Some("2026-01-01T00:00:05Z"));
         // A pass that could not read the ledger keeps the last read's time.
-        let mut unread = healthy();
-        unread.in_use = None;
-        unread.ledger_limit = None;
-        unread.problem = Some(Problem::new("LedgerUnreachable", "timed out"));
+        let unread = Observed {
+            in_use: None,
+            ledger_limit: None,
+            problem: Some(Problem::new("LedgerUnreachable", "timed out")),
+            ..healthy()
+        };
         let s3 = build(Some(&s), &unread, "2026-01-01T00:01:00Z");
         assert_eq!(s3.ledger_read_time.as_deref(), Some(t0));
     }
