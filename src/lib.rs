@@ -8,6 +8,7 @@ pub mod clock;
 pub mod decide;
 pub mod doctor;
 pub mod error;
+pub mod exit;
 pub mod lease;
 pub mod ledger;
 pub mod operator;
@@ -15,6 +16,7 @@ pub mod operator;
 pub mod process;
 pub mod semaphore;
 pub mod store;
+pub mod version;
 
 pub use error::{Error, Result};
 pub use ledger::Ledger;

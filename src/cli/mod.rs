@@ -19,16 +19,9 @@ mod run;
 mod signal_origin;
 mod status;
 
-/// The wait for a slot timed out (`--wait`), as with timeout(1).
-pub const EXIT_WAIT_TIMEOUT: u8 = 124;
-/// jobgate itself failed (bad input, store unreachable, ...).
-pub const EXIT_ERROR: u8 = 125;
-/// The command could not be executed.
-pub const EXIT_NOT_EXECUTABLE: u8 = 126;
-/// The command was not found.
-pub const EXIT_NOT_FOUND: u8 = 127;
-/// The lease could not be renewed, so the command was stopped.
-pub const EXIT_LEASE_LOST: u8 = 123;
+pub use crate::exit::{
+    EXIT_ERROR, EXIT_LEASE_LOST, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_WAIT_TIMEOUT,
+};
 
 /// The end of `jobgate run --help`: what the command is given and what
 /// comes back (the constants above, and `run`'s environment).
@@ -47,18 +40,7 @@ Exit codes:
   127                 the command was not found
   128+N               jobgate itself got signal N while waiting for a slot";
 
-/// What `--version` prints: the release's version (JOBGATE_VERSION at build
-/// time, as the Dockerfile passes it, else Cargo's) and the commit when the
-/// build was told it (JOBGATE_COMMIT). Empty values count as absent, since
-/// `--build-arg X=` passes an empty one.
-pub static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    let given = |v: Option<&'static str>| v.filter(|s| !s.is_empty());
-    let version = given(option_env!("JOBGATE_VERSION")).unwrap_or(env!("CARGO_PKG_VERSION"));
-    match given(option_env!("JOBGATE_COMMIT")) {
-        Some(commit) => format!("{version} ({commit})"),
-        None => version.to_string(),
-    }
-});
+pub use crate::version::VERSION;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -162,7 +162,7 @@ pub async fn run(config: kube::Config, settings: Settings) -> Result<()> {
         }
         info!("became the leader");
     }
-    info!(%cluster, version = %*crate::cli::VERSION, allowed_ledgers = %settings.allowlist.describe(), "controller running");
+    info!(%cluster, version = %*crate::version::VERSION, allowed_ledgers = %settings.allowlist.describe(), "controller running");
 
     // Passes asked for from outside the Controller (a slot's watcher saw it
     // lost) go through one channel for the whole process: watchers started

@@ -132,7 +132,7 @@ impl Metrics {
             "The running build: its version (and commit, when the build was told it)",
             prometheus_client::metrics::info::Info::new(vec![(
                 "version",
-                crate::cli::VERSION.to_string(),
+                crate::version::VERSION.to_string(),
             )]),
         );
         r.register(
@@ -340,7 +340,7 @@ mod tests {
         assert!(
             text.contains(&format!(
                 "jobgate_build_info{{version=\"{}\"}} 1",
-                *crate::cli::VERSION
+                *crate::version::VERSION
             )),
             "{text}"
         );

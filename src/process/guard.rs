@@ -41,7 +41,7 @@ use nix::unistd::{Pid, getpgrp};
 use tracing::warn;
 
 use super::tree;
-use crate::cli::{EXIT_ERROR, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND};
+use crate::exit::{EXIT_ERROR, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND};
 
 /// The hidden subcommand that runs the guard.
 pub(crate) const SUBCOMMAND: &str = "__guard";
