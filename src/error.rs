@@ -73,6 +73,15 @@ pub enum Error {
     NotS3(String),
 }
 
+impl From<crate::store::UrlError> for Error {
+    fn from(e: crate::store::UrlError) -> Self {
+        Error::InvalidUrl {
+            url: e.url,
+            why: e.why,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

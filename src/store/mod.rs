@@ -18,7 +18,7 @@ pub use counting::{CountingStore, RequestCounts};
 pub use file::FileStore;
 pub use memory::MemoryStore;
 pub use s3::{S3Options, S3Store};
-pub use url::LedgerUrl;
+pub use url::{LedgerUrl, UrlError};
 
 /// An entity tag, kept verbatim (quotes included) as the store returned it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

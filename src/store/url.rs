@@ -2,7 +2,14 @@
 
 use std::path::PathBuf;
 
-use crate::error::{Error, Result};
+/// A ledger URL that is not one; the crate's `Error::InvalidUrl` carries it
+/// to the user.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid ledger URL {url:?}: {why}")]
+pub struct UrlError {
+    pub url: String,
+    pub why: String,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LedgerUrl {
@@ -11,8 +18,8 @@ pub enum LedgerUrl {
 }
 
 impl LedgerUrl {
-    pub fn parse(url: &str) -> Result<Self> {
-        let bad = |why: &str| Error::InvalidUrl {
+    pub fn parse(url: &str) -> Result<Self, UrlError> {
+        let bad = |why: &str| UrlError {
             url: url.to_string(),
             why: why.to_string(),
         };
