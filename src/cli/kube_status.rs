@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::ledger::Ledger;
 use crate::operator::crd::{ConcurrencyGroup, GROUP_LABEL};
 use crate::operator::inspect::{AgentHint, ClusterView, cluster_view};
-use crate::operator::reconcile::credentials_from_secret;
+use crate::operator::ledgers::credentials_from_secret;
 use crate::semaphore::read_ledger;
 use crate::store::{DynStore, S3Options, S3Store};
 

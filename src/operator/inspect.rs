@@ -10,7 +10,7 @@ use kube::ResourceExt;
 use serde::Serialize;
 
 use super::crd::{ConcurrencyGroup, ConcurrencyGroupStatus, TOKEN_ANNOTATION};
-use super::reconcile::job_view;
+use super::jobs::job_view;
 use crate::ledger::Ledger;
 
 /// Where a Job of the group stands in this cluster.

@@ -139,7 +139,7 @@ pub fn prune(job: &mut Job) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::reconcile::job_view;
+    use crate::operator::jobs::job_view;
     use serde_json::json;
 
     fn job() -> Job {

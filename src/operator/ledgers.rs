@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use k8s_openapi::api::core::v1::Secret;
 use tracing::info;
 
 use crate::semaphore::{Config, Permit, Semaphore};
@@ -60,6 +61,28 @@ impl GroupLedger {
             .collect();
         (permits.keys().cloned().collect(), lost)
     }
+}
+
+/// The static credentials in a group's credentials Secret (`name`): its
+/// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`. Shared with `jobgate
+/// status`, which must read the ledger the way the controller does.
+pub fn credentials_from_secret(name: &str, secret: Secret) -> super::error::Result<Credentials> {
+    let data = secret.data.unwrap_or_default();
+    let field = |key: &'static str| {
+        data.get(key)
+            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| super::error::Error::CredentialsIncomplete {
+                name: name.to_string(),
+                key,
+            })
+    };
+    Ok(Credentials {
+        access_key_id: field("AWS_ACCESS_KEY_ID")?,
+        secret_access_key: field("AWS_SECRET_ACCESS_KEY")?,
+        version: secret.metadata.resource_version.unwrap_or_default(),
+    })
 }
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it: the

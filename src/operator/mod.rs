@@ -13,6 +13,7 @@ pub mod explain;
 pub mod http;
 pub mod inspect;
 pub mod job_cache;
+pub mod jobs;
 pub mod leader;
 pub mod ledgers;
 pub mod limits;

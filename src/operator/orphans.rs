@@ -63,7 +63,7 @@ pub async fn sweep(
                 namespace: j.namespace()?,
                 group: j.labels().get(GROUP_LABEL)?.clone(),
                 uid: j.uid()?,
-                finished: super::reconcile::is_finished(j),
+                finished: super::jobs::is_finished(j),
             })
         })
         .collect();

@@ -27,8 +27,7 @@ use super::admission::{self, Decision, Inputs, JobAction, JobView, ReleaseReason
 use super::allowlist::Allowlist;
 use super::crd::{
     ABANDON_ANNOTATION, ADMITTED_AT_ANNOTATION, ConcurrencyGroup, ControllerLossPolicy, FINALIZER,
-    GROUP_LABEL, KUEUE_QUEUE_LABEL, LeaseLossPolicy, PRIORITY_ANNOTATION, SLOTS_ANNOTATION,
-    TOKEN_ANNOTATION,
+    GROUP_LABEL, KUEUE_QUEUE_LABEL, LeaseLossPolicy, SLOTS_ANNOTATION, TOKEN_ANNOTATION,
 };
 use super::deadline;
 use super::deletion::{self, Held, Step};
@@ -36,15 +35,13 @@ use super::error::{Error, Result};
 use super::events;
 use super::explain;
 use super::job_cache::{self, JobCache};
+use super::jobs::{is_admitted, is_finished, job_view};
 use super::ledgers::{Credentials, GroupLedger, LedgerSettings, Ledgers, lock};
 use super::limits;
 use super::metrics::{GroupLabels, Metrics, ReleaseLabels};
 use super::status::{self, Observed, Problem};
 use crate::ledger::Ledger;
 use crate::semaphore::Permit;
-
-/// Kubernetes' `terminationGracePeriodSeconds` when a pod spec sets none.
-const DEFAULT_GRACE_SECONDS: i64 = 30;
 
 /// The field manager of every write this controller makes.
 pub const FIELD_MANAGER: &str = "jobgate-controller";
@@ -1420,83 +1417,7 @@ async fn credentials(
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let secret = timed(ctx, "get_secret", api.get(&secret_ref.name)).await;
     let secret = secret.map_err(|source| Error::reading_secret(&secret_ref.name, ns, source))?;
-    credentials_from_secret(&secret_ref.name, secret).map(Some)
-}
-
-/// The static credentials in a group's credentials Secret (`name`): its
-/// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`. Shared with `jobgate
-/// status`, which must read the ledger the way the controller does.
-pub fn credentials_from_secret(name: &str, secret: Secret) -> Result<Credentials> {
-    let data = secret.data.unwrap_or_default();
-    let field = |key: &'static str| {
-        data.get(key)
-            .and_then(|v| String::from_utf8(v.0.clone()).ok())
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| Error::CredentialsIncomplete {
-                name: name.to_string(),
-                key,
-            })
-    };
-    Ok(Credentials {
-        access_key_id: field("AWS_ACCESS_KEY_ID")?,
-        secret_access_key: field("AWS_SECRET_ACCESS_KEY")?,
-        version: secret.metadata.resource_version.unwrap_or_default(),
-    })
-}
-
-pub fn is_finished(job: &Job) -> bool {
-    job.metadata.deletion_timestamp.is_some()
-        || job
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
-            })
-}
-
-fn is_admitted(job: &Job) -> bool {
-    job.annotations().contains_key(ADMITTED_AT_ANNOTATION)
-}
-
-pub fn job_view(job: &Job) -> Option<JobView> {
-    let status = job.status.as_ref();
-    let count = |f: fn(&k8s_openapi::api::batch::v1::JobStatus) -> Option<i32>| {
-        status.and_then(f).unwrap_or(0)
-    };
-    Some(JobView {
-        uid: job.uid()?,
-        name: job.name_any(),
-        created: job
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map(|t| t.0.to_string())
-            .unwrap_or_default(),
-        priority: job
-            .annotations()
-            .get(PRIORITY_ANNOTATION)
-            .and_then(|p| p.trim().parse().ok())
-            .unwrap_or(0),
-        suspended: job.spec.as_ref().and_then(|s| s.suspend) == Some(true),
-        admitted: is_admitted(job),
-        finished: is_finished(job),
-        active_pods: count(|s| s.active) > 0 || count(|s| s.terminating) > 0,
-        grace_seconds: job
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.spec.as_ref())
-            .and_then(|s| s.termination_grace_period_seconds)
-            .unwrap_or(DEFAULT_GRACE_SECONDS),
-        slots: job
-            .annotations()
-            .get(SLOTS_ANNOTATION)
-            .map_or(Some(1), |n| n.trim().parse().ok())
-            .unwrap_or(0),
-        in_kueue: job.labels().contains_key(KUEUE_QUEUE_LABEL),
-    })
+    super::ledgers::credentials_from_secret(&secret_ref.name, secret).map(Some)
 }
 
 /// The annotations that mark a Job as admitted with `token`.
