@@ -1,21 +1,18 @@
 //! The controller's small HTTP server: `/metrics`, `/healthz`, `/readyz`.
 //! (The webhook has its own HTTPS server: `super::webhook`.)
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tracing::{debug, warn};
+use tracing::warn;
 
 /// Whether the process can serve: set once the controller (or the standby
 /// loop waiting for leadership) runs.
@@ -42,7 +39,7 @@ impl Health {
 }
 
 /// Binds `addr` now (so a taken port fails at startup), then serves in the
-/// background until the runtime stops.
+/// background until the runtime stops. axum, as the webhook's server is.
 pub async fn serve(
     addr: SocketAddr,
     registry: Arc<Registry>,
@@ -50,62 +47,85 @@ pub async fn serve(
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .with_state(Served { registry, health });
     tokio::spawn(async move {
-        loop {
-            let (stream, _) = match listener.accept().await {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Out of file descriptors, say: retrying at once would
-                    // spin on the same error.
-                    warn!(error = %e, "metrics server: accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let registry = registry.clone();
-            let health = health.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req| {
-                    let response = route(&req, &registry, &health);
-                    async move { Ok::<_, Infallible>(response) }
-                });
-                if let Err(e) = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
-                    debug!(error = %e, "metrics server: connection ended");
-                }
-            });
+        if let Err(e) = axum::serve(listener, app).await {
+            warn!(error = %e, "metrics server stopped");
         }
     });
     Ok(bound)
 }
 
-fn route(req: &Request<Incoming>, registry: &Registry, health: &Health) -> Response<Full<Bytes>> {
-    match req.uri().path() {
-        "/metrics" => reply(
-            StatusCode::OK,
+#[derive(Clone)]
+struct Served {
+    registry: Arc<Registry>,
+    health: Arc<Health>,
+}
+
+async fn metrics(State(s): State<Served>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            super::metrics::render(registry),
-        ),
-        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
-        "/readyz" if health.is_ready() => reply(StatusCode::OK, "text/plain", "ok\n".into()),
-        "/readyz" => reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            "not ready\n".into(),
-        ),
-        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+        )],
+        super::metrics::render(&s.registry),
+    )
+}
+
+async fn readyz(State(s): State<Served>) -> impl IntoResponse {
+    if s.health.is_ready() {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
     }
 }
 
-fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    if let Ok(value) = content_type.parse() {
-        response
-            .headers_mut()
-            .insert(hyper::header::CONTENT_TYPE, value);
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
     }
-    response
+
+    #[tokio::test]
+    async fn serves_metrics_and_health_and_readiness_follows_the_controller() {
+        let mut registry = Registry::default();
+        let _metrics = super::super::metrics::Metrics::new(&mut registry);
+        let health = Arc::new(Health::default());
+        let addr = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(registry),
+            health.clone(),
+        )
+        .await
+        .unwrap();
+        let metrics = get(addr, "/metrics").await;
+        assert!(metrics.contains(" 200 OK"), "{metrics}");
+        assert!(
+            metrics.contains("application/openmetrics-text"),
+            "{metrics}"
+        );
+        assert!(metrics.contains("jobgate_build_info"), "{metrics}");
+        assert!(get(addr, "/healthz").await.ends_with("ok\n"));
+        assert!(get(addr, "/readyz").await.contains(" 503 "));
+        health.set_ready(true);
+        assert!(get(addr, "/readyz").await.ends_with("ok\n"));
+        // The webhook on but without its certificate yet: not ready.
+        health.set_webhook_ready(false);
+        assert!(get(addr, "/readyz").await.contains(" 503 "));
+        assert!(get(addr, "/nothing").await.contains(" 404 "));
+    }
 }
