@@ -95,14 +95,18 @@ pub struct ControllerArgs {
     /// How long a silent leader keeps the Lease.
     #[arg(long, default_value = "15s", value_parser = super::parse_duration)]
     leader_election_lease: Duration,
-    /// Test only: do not suspend Jobs whose slot is lost unless the ledger
-    /// can be read (the behaviour before fencing without the ledger), so
-    /// that tests can show their checkers catch the limit being exceeded.
+    /// Test builds only (feature `test-flags`): do not suspend Jobs whose
+    /// slot is lost unless the ledger can be read (the behaviour before
+    /// fencing without the ledger), so that tests can show their checkers
+    /// catch the limit being exceeded.
+    #[cfg(feature = "test-flags")]
     #[arg(long, hide = true)]
     unsafe_fence_only_with_ledger: bool,
-    /// Test only: free the slot of a finished or deleted Job without
-    /// looking for its pods (the behaviour before pod counting), so that
-    /// tests can show the pod-level checker catches the limit being exceeded.
+    /// Test builds only (feature `test-flags`): free the slot of a finished
+    /// or deleted Job without looking for its pods (the behaviour before pod
+    /// counting), so that tests can show the pod-level checker catches the
+    /// limit being exceeded.
+    #[cfg(feature = "test-flags")]
     #[arg(long, hide = true)]
     unsafe_release_without_pods: bool,
     /// This replica's name in the Lease and in Events (default: host name and pid).
@@ -110,7 +114,22 @@ pub struct ControllerArgs {
     identity: Option<String>,
 }
 
+impl ControllerArgs {
+    /// The test-only flags as (fence only with the ledger, release without
+    /// looking for pods); both off in a release build, which lacks them.
+    fn unsafe_modes(&self) -> (bool, bool) {
+        #[cfg(feature = "test-flags")]
+        return (
+            self.unsafe_fence_only_with_ledger,
+            self.unsafe_release_without_pods,
+        );
+        #[cfg(not(feature = "test-flags"))]
+        (false, false)
+    }
+}
+
 pub async fn controller(args: ControllerArgs) -> Result<u8> {
+    let (fence_only_with_ledger, release_without_pods) = args.unsafe_modes();
     let identity = args
         .identity
         .unwrap_or_else(|| format!("{}-{}", crate::agent::hostname(), std::process::id()));
@@ -149,8 +168,8 @@ pub async fn controller(args: ControllerArgs) -> Result<u8> {
         deletion_timeout: args.deletion_timeout,
         max_concurrent_passes: args.max_concurrent_passes,
         allowlist,
-        fence_without_ledger: !args.unsafe_fence_only_with_ledger,
-        count_pods: !args.unsafe_release_without_pods,
+        fence_without_ledger: !fence_only_with_ledger,
+        count_pods: !release_without_pods,
         listen: args.listen,
         webhook,
         leader_election: args.leader_elect.then_some(LeaderSettings {

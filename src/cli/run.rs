@@ -55,8 +55,10 @@ pub struct RunArgs {
     /// What to do when the lease cannot be renewed in time.
     #[arg(long, value_enum, default_value = "stop")]
     on_lease_loss: OnLeaseLoss,
-    /// Test only: a file holding milliseconds added to the boot-time clock,
-    /// so that a test can make this process see a suspend it never had.
+    /// Test builds only (feature `test-flags`): a file holding milliseconds
+    /// added to the boot-time clock, so that a test can make this process
+    /// see a suspend it never had.
+    #[cfg(feature = "test-flags")]
     #[arg(long, hide = true, value_name = "FILE")]
     unsafe_test_extra_boot_time_file: Option<std::path::PathBuf>,
     /// The command and its arguments.
@@ -106,8 +108,12 @@ pub async fn run(args: RunArgs) -> Result<u8> {
     // whole lease is, so that agents that swap slots in one write (the
     // operator) leave this one a free slot instead of starving it.
     config.record_wait_after = Some(args.lease);
+    #[cfg(feature = "test-flags")]
+    let extra_boot_time_file = args.unsafe_test_extra_boot_time_file.clone();
+    #[cfg(not(feature = "test-flags"))]
+    let extra_boot_time_file = None;
     config.clocks = Arc::new(SystemClocks {
-        extra_boot_time_file: args.unsafe_test_extra_boot_time_file.clone(),
+        extra_boot_time_file,
     });
     let sem = Semaphore::new(store, url.key(), config);
 
