@@ -1,0 +1,500 @@
+//! Reconciliation of one ConcurrencyGroup, as a pipeline: fence lost slots
+//! (from this process's own permits) → gather (credentials, ledger, Jobs) →
+//! decide (`admission::decide`, pure) → fence → write the ledger (one batch)
+//! → patch Jobs (`admission::on_grants`, pure) → update status. A pass that
+//! cannot read the ledger suspends the running Jobs nothing vouches for.
+//!
+//! Every step is idempotent, so a controller killed anywhere finishes the
+//! work on its next pass: a slot granted but not yet acted on shows up as a
+//! held slot of a suspended Job, which `decide` turns into an unsuspend.
+//!
+//! This module drives the pass; the steps live beside it: `fence`, `gather`,
+//! `act` (with the Job patches in `patch`), `deadlines`, `report` (summary,
+//! metrics, Events, status) and `finalize`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::admission::{self, Decision, Inputs, JobAction, JobView, ReleaseReason};
+use super::allowlist::Allowlist;
+use super::crd::{
+    ABANDON_ANNOTATION, ADMITTED_AT_ANNOTATION, ConcurrencyGroup, ControllerLossPolicy, FINALIZER,
+    GROUP_LABEL, KUEUE_QUEUE_LABEL, LeaseLossPolicy, SLOTS_ANNOTATION, TOKEN_ANNOTATION,
+};
+use super::deadline;
+use super::deletion::{self, Held, Step};
+use super::error::{Error, Result};
+use super::events;
+use super::explain;
+use super::job_cache::{self, JobCache};
+use super::jobs::{is_admitted, is_finished, job_view};
+use super::ledgers::{Credentials, GroupLedger, LedgerSettings, Ledgers, lock};
+use super::limits;
+use super::metrics::{GroupLabels, Metrics, ReleaseLabels};
+use super::status::{self, Observed, Problem};
+use crate::ledger::Ledger;
+use crate::semaphore::Permit;
+
+mod act;
+/// The field manager of every write this controller makes.
+mod deadlines;
+mod fence;
+mod finalize;
+mod gather;
+mod patch;
+mod report;
+
+use act::*;
+use deadlines::*;
+use fence::*;
+use finalize::*;
+use gather::*;
+use patch::*;
+use report::*;
+
+pub const FIELD_MANAGER: &str = "jobgate-controller";
+
+pub struct Context {
+    pub client: kube::Client,
+    pub recorder: events::Publisher,
+    pub metrics: Arc<Metrics>,
+    /// Outlives a leadership term: the slots stay renewed between terms.
+    pub ledgers: Arc<Ledgers>,
+    pub settings: LedgerSettings,
+    /// The ledger locations groups may use, checked before anything of a
+    /// group's ledger or credentials is read.
+    pub allowlist: Allowlist,
+    /// How often to look again while Jobs wait, and when nothing waits.
+    pub poll_waiting: Duration,
+    pub poll_idle: Duration,
+    /// Suspend Jobs whose slot is lost without waiting for a ledger read.
+    pub fence_without_ledger: bool,
+    /// Keep a slot while pods of its finished or deleted Job may still run.
+    pub count_pods: bool,
+    /// Asks for a reconciliation of a group (e.g. when a slot is lost).
+    pub trigger: mpsc::UnboundedSender<ObjectRef<ConcurrencyGroup>>,
+    /// How long a deleted group waits for a ledger it cannot read before
+    /// its finalizer is dropped anyway.
+    pub deletion_timeout: Duration,
+    /// The labelled Jobs, from the controller's watch.
+    pub jobs: JobCache,
+    /// When this leadership term began: a ledger known from before it may
+    /// lack what another replica wrote under this cluster's agent id.
+    pub term_started: tokio::time::Instant,
+    /// When each group's status was last written from here, by (namespace,
+    /// name): counts alone are written at most once a second.
+    pub status_written: Mutex<BTreeMap<(String, String), tokio::time::Instant>>,
+}
+
+/// What a pass did, for the status and the requeue interval.
+struct Summary {
+    pub(super) ledger_limit: u32,
+    pub(super) in_use: u32,
+    pub(super) admitted_here: u32,
+    pub(super) waiting_here: u32,
+    /// Jobs refused for their grace period, and the longest one asked for.
+    pub(super) too_slow_to_stop: Option<(u32, i64)>,
+    pub(super) held_too_slow: Option<(u32, i64)>,
+    /// With `onControllerLoss: FailJobs` and Jobs running here: how often
+    /// their deadlines must be looked at.
+    pub(super) deadline_every: Option<Duration>,
+    /// Who set the ledger's limit, for the LimitAgreed message.
+    pub(super) limit_source: String,
+    pub(super) spec_limit_applied: u32,
+    /// When the ledger the counts come from was read (RFC 3339): it may be
+    /// a read of an earlier pass (`known_ledger`).
+    pub(super) read_at: Option<String>,
+}
+
+pub async fn reconcile(group: Arc<ConcurrencyGroup>, ctx: Arc<Context>) -> Result<Action> {
+    let started = std::time::Instant::now();
+    let labels = GroupLabels {
+        namespace: group.namespace().unwrap_or_default(),
+        group: group.name_any(),
+    };
+    let result = pass(group, &ctx).await;
+    ctx.metrics
+        .pass_duration
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+/// One reconciliation of a group.
+async fn pass(group: Arc<ConcurrencyGroup>, ctx: &Arc<Context>) -> Result<Action> {
+    let ctx = ctx.clone();
+    ctx.metrics.reconciles.inc();
+    let ns = group
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = group.name_any();
+    let finalized = group.finalizers().iter().any(|f| f == FINALIZER);
+    let deleting = group.metadata.deletion_timestamp.is_some();
+    if deleting && !finalized {
+        ctx.ledgers.forget(&ns, &name).await;
+        return Ok(Action::await_change());
+    }
+    if !finalized {
+        set_finalizer(&ctx, &group, &ns, true).await?;
+    }
+    if deleting && group.annotations().contains_key(ABANDON_ANNOTATION) {
+        // What this process holds for it, for the message.
+        let held = match ctx.ledgers.current(&ns, &name).await {
+            Some(gl) => Held::Known(gl.permits().0.len() as u32),
+            None => Held::Unknown,
+        };
+        if let Step::Abandon(why) = deletion::step(held, Duration::ZERO, ctx.deletion_timeout, true)
+        {
+            return finish_deletion(&ctx, &group, &ns, Some(why)).await;
+        }
+    }
+    let labels = GroupLabels {
+        namespace: ns.clone(),
+        group: name.clone(),
+    };
+    let admit_new = !deleting && !group.spec.suspend;
+    let waited = group
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .and_then(|t| {
+            let since = k8s_openapi::jiff::Timestamp::now().duration_since(t.0);
+            Duration::try_from(since).ok()
+        })
+        .unwrap_or_default();
+    let started = std::time::Instant::now();
+    let pass = admit(&group, &ns, &name, &ctx, &labels, admit_new);
+    let result = if deleting {
+        // A store that does not answer can hold a pass for minutes (request
+        // timeouts times retries): the deletion's deadline must not wait
+        // for it.
+        let left = ctx
+            .deletion_timeout
+            .saturating_sub(waited)
+            .max(Duration::from_secs(1));
+        match tokio::time::timeout(left, pass).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::PassTimedOut(left)),
+        }
+    } else {
+        match unless_deleted(&ctx, &ns, &name, pass).await {
+            Some(result) => result,
+            None => {
+                info!(group = %name, "the group is being deleted; this pass gives way to the deletion's");
+                return Ok(Action::requeue(Duration::ZERO));
+            }
+        }
+    };
+    let mut observed = Observed {
+        generation: group.metadata.generation,
+        ledger_key: group.ledger_key(),
+        spec_limit: group.spec.limit,
+        max_grace_seconds: group.spec.max_grace_period_seconds,
+        suspended: group.spec.suspend,
+        deleting: deleting.then(|| result.as_ref().map_or(0, |s| s.admitted_here)),
+        ..Default::default()
+    };
+    match &result {
+        Ok(s) => {
+            observed.limit_source = Some(s.limit_source.clone());
+            observed.spec_limit_applied = Some(s.spec_limit_applied);
+            observed.ledger_limit = Some(s.ledger_limit);
+            observed.in_use = Some(s.in_use);
+            observed.ledger_read_at = s.read_at.clone();
+            observed.admitted_here = Some(s.admitted_here);
+            observed.waiting_here = Some(s.waiting_here);
+            observed.too_slow_to_stop = s.too_slow_to_stop;
+            observed.held_too_slow = s.held_too_slow;
+            let m = &ctx.metrics;
+            m.waiting
+                .get_or_create(&labels)
+                .set(i64::from(s.waiting_here));
+            m.in_use.get_or_create(&labels).set(i64::from(s.in_use));
+            m.admitted_here
+                .get_or_create(&labels)
+                .set(i64::from(s.admitted_here));
+            m.limit
+                .get_or_create(&labels)
+                .set(i64::from(s.ledger_limit));
+        }
+        Err(e) => {
+            observed.problem = Some(match e {
+                Error::OpenLedger(inner) | Error::ReadLedger(inner) | Error::WriteLedger(inner) => {
+                    Problem::from_ledger(inner)
+                }
+                Error::Credentials { .. }
+                | Error::CredentialsMissing { .. }
+                | Error::CredentialsForbidden { .. }
+                | Error::CredentialsIncomplete { .. } => {
+                    Problem::new("CredentialsUnavailable", e.to_string())
+                }
+                Error::InvalidTiming(_) => Problem::new("LeaseTooShort", e.to_string()),
+                Error::LedgerNotAllowed(why) => Problem::new("LedgerNotAllowed", why.clone()),
+                other => Problem::new("ReconcileFailed", other.to_string()),
+            });
+        }
+    }
+    // As the Ready condition says.
+    ctx.metrics
+        .group_ready
+        .get_or_create(&labels)
+        .set(i64::from(observed.problem.is_none()));
+    let status_result = update_status(&group, &ns, &name, &observed, &ctx).await;
+    if deleting {
+        let open_here = ctx.ledgers.current(&ns, &name).await.is_some();
+        let held = match &result {
+            Ok(s) => Held::Known(s.admitted_here),
+            // Refused with no client in this process: nothing was admitted
+            // through it here (Jobs admitted before a restart with a
+            // narrower allowlist were suspended by the pass that refused it).
+            Err(Error::LedgerNotAllowed(_)) if !open_here => Held::Known(0),
+            Err(e) if e.is_ledger_unusable() => Held::LedgerUnusable,
+            // Anything else (an API call failed): keep trying, with no
+            // timeout, since the ledger itself is fine.
+            Err(_) => Held::Unknown,
+        };
+        let waited = waited + started.elapsed();
+        match deletion::step(held, waited, ctx.deletion_timeout, false) {
+            Step::Drain => {}
+            Step::Leave => return finish_deletion(&ctx, &group, &ns, None).await,
+            Step::Abandon(why) => return finish_deletion(&ctx, &group, &ns, Some(why)).await,
+        }
+    }
+    let summary = result?;
+    // Counts not written yet are written by a pass within a second.
+    let status_due = status_result?;
+    let wait = if summary.waiting_here > 0 && admit_new || deleting {
+        ctx.poll_waiting
+    } else {
+        ctx.poll_idle
+    };
+    let wait = summary.deadline_every.map_or(wait, |every| wait.min(every));
+    let wait = status_due.map_or(wait, |due| wait.min(due));
+    Ok(Action::requeue(wait))
+}
+
+pub fn error_policy(group: Arc<ConcurrencyGroup>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(error = %error, kind = error.kind(), "reconciliation failed");
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&super::metrics::ErrorLabels {
+            kind: error.kind().to_string(),
+        })
+        .inc();
+    let retry = Duration::from_secs(5);
+    // Deadlines of `FailJobs` groups must be moved on however the rest of
+    // the pass fares.
+    let fail_jobs = group.spec.on_controller_loss == ControllerLossPolicy::FailJobs;
+    match group.spec.fence_after(ctx.settings.leader_lease) {
+        Ok(fence_after) if fail_jobs => Action::requeue(retry.min(fence_after / 4)),
+        _ => Action::requeue(retry),
+    }
+}
+
+/// The pipeline: gather → decide → fence → write the ledger → patch Jobs.
+/// Returns what the status should say.
+async fn admit(
+    group: &ConcurrencyGroup,
+    ns: &str,
+    name: &str,
+    ctx: &Arc<Context>,
+    labels: &GroupLabels,
+    admit_new: bool,
+) -> Result<Summary> {
+    // Lost slots are fenced from this process's own state first: reading
+    // the ledger may take longer than the lease has left, or fail.
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    let current = ctx.ledgers.current(ns, name).await;
+    if ctx.fence_without_ledger
+        && current
+            .as_ref()
+            .is_some_and(|gl| !gl.permits().1.is_empty())
+    {
+        fence_without_ledger(ctx, group, &jobs_api, current.as_deref(), true).await?;
+    }
+    // Deadlines next, also before the ledger read: they need only this
+    // process's renewals and the API server, and must keep up while the
+    // ledger cannot be read.
+    let deadline_every = match current.as_deref() {
+        Some(gl) => keep_deadlines(ctx, gl, group, &jobs_api, labels).await,
+        None => None,
+    };
+    let gathered = match group.spec.fence_after(ctx.settings.leader_lease) {
+        Ok(fence_after) if current.is_none() && ctx.fence_without_ledger => {
+            // No client for this group yet (this process just started, or
+            // rebuilt it): no permit vouches for the Jobs admitted before.
+            // They are safe only while the previous process's renewals
+            // are: up to `fence_after` after its last one, which came at
+            // most a third of that before it stopped. Waiting for the
+            // ledger a third of `fence_after` keeps a restart within that
+            // third safe; past it the Jobs are suspended, and the ledger
+            // still awaited.
+            let gathering = gather(group, ns, name, ctx, jobs_api.clone());
+            tokio::pin!(gathering);
+            tokio::select! {
+                gathered = &mut gathering => gathered,
+                _ = tokio::time::sleep(fence_after / 3) => {
+                    warn!(group = name, "the ledger could not be read in time after a start; suspending the running Jobs no permit vouches for");
+                    if let Err(fence) = fence_without_ledger(ctx, group, &jobs_api, None, false).await {
+                        warn!(error = %fence, "could not suspend Jobs while the ledger is unreadable");
+                    }
+                    gathering.await
+                }
+            }
+        }
+        Ok(_) => gather(group, ns, name, ctx, jobs_api.clone()).await,
+        Err(e) => Err(Error::InvalidTiming(e)),
+    };
+    let pass = match gathered {
+        Ok(pass) => pass,
+        Err(e) if e.leaves_ledger_unread() && ctx.fence_without_ledger => {
+            // Without the ledger nothing but our own permits vouches for a
+            // running Job.
+            if let Err(fence) =
+                fence_without_ledger(ctx, group, &jobs_api, current.as_deref(), false).await
+            {
+                warn!(error = %fence, "could not suspend Jobs while the ledger is unreadable");
+            }
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
+    let mut pass = pass;
+    let mut decision = decide(&pass, group, admit_new);
+    // The cache can lag behind this process's own writes (a Job it just
+    // unsuspended still shown suspended and without pods) or miss a Job
+    // another replica admitted: a slot freed on such a view would be taken
+    // elsewhere while the Job's pods run. Finished is final; every other
+    // release, and any lost slot, is decided again from a LIST made now,
+    // after the ledger read as before. Such passes are few.
+    let unsure = !decision.lost.is_empty()
+        || decision
+            .release
+            .iter()
+            .any(|(_, why)| *why != ReleaseReason::Finished);
+    if unsure && ctx.jobs.is_ready() {
+        pass.jobs = by_uid(list_jobs(ctx, &pass.jobs_api, name).await?);
+        pass.views = pass.jobs.values().filter_map(|j| job_view(j)).collect();
+        pass.live_pods = pods_left(ctx, ns, &pass.gl, &pass.held_in_ledger, &pass.jobs).await?;
+        decision = decide(&pass, group, admit_new);
+    }
+    debug!(group = name, ?decision, "decided");
+    fence(ctx, &pass, &decision).await?;
+    let granted = write_ledger(ctx, &pass, group, &decision).await?;
+    let (waiting_here, read) = patch_jobs(ctx, &pass, group, &decision, &granted, labels).await?;
+    export_counters(ctx, &pass.gl, labels);
+    export_oldest_waiting(ctx, &pass.views, labels);
+    let mut summary = summarize(&pass, &decision, waiting_here, read, ctx).await?;
+    summary.spec_limit_applied = pass.spec_limit_applied;
+    summary.deadline_every = deadline_every;
+    Ok(summary)
+}
+
+/// Decide: the pure `admission::decide` over what was gathered and the
+/// permits this process holds.
+fn decide(pass: &Pass, group: &ConcurrencyGroup, admit_new: bool) -> Decision {
+    let (permits, lost_permits) = pass.gl.permits();
+    admission::decide(&Inputs {
+        jobs: &pass.views,
+        held_in_ledger: &pass.held_in_ledger,
+        permits: &permits,
+        lost_permits: &lost_permits,
+        suspend_on_loss: group.spec.on_lease_loss == LeaseLossPolicy::Suspend,
+        wait_recorded: pass.wait_recorded,
+        max_grace_seconds: i64::from(group.spec.max_grace_period_seconds),
+        live_pods: &pass.live_pods,
+        admit_new,
+        limit: pass.limit,
+    })
+}
+
+/// Write the ledger: every release and acquire of this pass in one batch.
+/// Returns the tokens granted, by Job UID.
+async fn write_ledger(
+    ctx: &Arc<Context>,
+    pass: &Pass,
+    group: &ConcurrencyGroup,
+    decision: &Decision,
+) -> Result<BTreeMap<String, u64>> {
+    let gl = &pass.gl;
+    if decision.withdraw_wait {
+        gl.sem.withdraw_wait().map_err(Error::WriteLedger)?;
+    }
+    let mut granted = BTreeMap::new();
+    if decision.writes_nothing() {
+        return Ok(granted);
+    }
+    let releases = decision.release_ids();
+    let acquires = decision.acquire();
+    // Looked up, not searched for: at depth every waiting Job asks.
+    let slots: BTreeMap<&str, u32> = pass
+        .views
+        .iter()
+        .map(|j| (j.uid.as_str(), j.slots))
+        .collect();
+    let weighted: Vec<(String, u32)> = acquires
+        .iter()
+        .map(|uid| {
+            let slots = slots.get(uid.as_str()).copied().unwrap_or(1);
+            (uid.clone(), slots.max(1))
+        })
+        .collect();
+    let answers = gl
+        .sem
+        .release_and_try_acquire(&releases, &weighted)
+        .await
+        .map_err(Error::WriteLedger)?;
+    // Forget released permits before tracking grants: a lost slot given up
+    // and granted again in this write must stay watched.
+    {
+        let mut permits = lock(&gl.permits);
+        for uid in &releases {
+            permits.remove(uid);
+        }
+    }
+    for (uid, answer) in acquires.iter().zip(answers) {
+        match answer {
+            // Granted too late to be safe: it waits, and the next pass gives
+            // the slot up.
+            Ok(Some(permit)) if permit.is_lost() => {
+                warn!(
+                    job = uid,
+                    "granted a slot whose lease had already run out; not admitted"
+                );
+                let job = pass.jobs.get(uid).map(|j| j.name_any()).unwrap_or_default();
+                track(gl, ctx, group, &job, permit);
+            }
+            Ok(Some(permit)) => {
+                granted.insert(uid.clone(), permit.token);
+                let job = pass.jobs.get(uid).map(|j| j.name_any()).unwrap_or_default();
+                track(gl, ctx, group, &job, permit);
+            }
+            Ok(None) => {}
+            Err(crate::Error::HolderTaken { agent, .. }) => {
+                warn!(job = uid, %agent, "the Job's UID is held by another agent in the ledger");
+            }
+            Err(e) => return Err(Error::WriteLedger(e)),
+        }
+    }
+    Ok(granted)
+}
+
+/// Runs an API call and records its latency.
+async fn timed<T>(ctx: &Context, call: &'static str, f: impl Future<Output = T>) -> T {
+    let started = std::time::Instant::now();
+    let out = f.await;
+    ctx.metrics.observe_api(call, started.elapsed());
+    out
+}

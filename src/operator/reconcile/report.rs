@@ -1,0 +1,222 @@
+//! What a pass tells: the summary for the status, metrics, Events and the
+//! status itself.
+
+use super::*;
+
+/// `jobgate_oldest_waiting_job_seconds`: how long the group's longest-waiting
+/// Job has waited, or no series while none waits.
+pub(super) fn export_oldest_waiting(ctx: &Context, views: &[JobView], labels: &GroupLabels) {
+    let since =
+        admission::oldest_waiting(views).and_then(|created| humantime::parse_rfc3339(created).ok());
+    match since {
+        Some(created) => {
+            let age = std::time::SystemTime::now()
+                .duration_since(created)
+                .unwrap_or_default();
+            ctx.metrics
+                .oldest_waiting
+                .get_or_create(labels)
+                .set(age.as_secs_f64());
+        }
+        None => {
+            ctx.metrics.oldest_waiting.remove(labels);
+        }
+    }
+}
+
+/// Exports the ledger client's write and conflict counters.
+pub(super) fn export_counters(ctx: &Context, gl: &GroupLedger, labels: &GroupLabels) {
+    let stats = gl.sem.stats();
+    let commits = stats.commits.load(std::sync::atomic::Ordering::Relaxed);
+    let conflicts = stats.conflicts.load(std::sync::atomic::Ordering::Relaxed);
+    let mut exported = lock(&gl.exported);
+    ctx.metrics
+        .ledger_writes
+        .get_or_create(labels)
+        .inc_by(commits.saturating_sub(exported.0));
+    ctx.metrics
+        .ledger_conflicts
+        .get_or_create(labels)
+        .inc_by(conflicts.saturating_sub(exported.1));
+    *exported = (commits, conflicts);
+}
+
+/// What the status says after the pass: the ledger as it is now (a
+/// conditional GET; usually unchanged), unless patching Jobs just read it.
+pub(super) async fn summarize(
+    pass: &Pass,
+    decision: &Decision,
+    waiting_here: u32,
+    read: Option<Ledger>,
+    ctx: &Context,
+) -> Result<Summary> {
+    let gl = &pass.gl;
+    let after = match read {
+        Some(ledger) => ledger,
+        None => known_ledger(gl, ctx).await?,
+    };
+    // The client's newest copy is `after` or newer, which moves the time
+    // back no further than a read of `after` would.
+    let read_at = gl.sem.known().map(|known| {
+        let then = std::time::SystemTime::now()
+            .checked_sub(known.at.elapsed())
+            .unwrap_or(std::time::UNIX_EPOCH);
+        humantime::format_rfc3339_seconds(then).to_string()
+    });
+    Ok(Summary {
+        ledger_limit: after.limit,
+        in_use: after.in_use() as u32,
+        admitted_here: after.holders_of(&gl.agent).count() as u32,
+        waiting_here,
+        too_slow_to_stop: longest_grace(&pass.views, &decision.too_slow_to_stop),
+        held_too_slow: longest_grace(&pass.views, &decision.held_too_slow),
+        deadline_every: None,
+        limit_source: limits::describe_source(after.limit_set.as_ref()),
+        spec_limit_applied: 0,
+        read_at,
+    })
+}
+
+/// How many of `uids` there are, and the longest grace period they ask for.
+pub(super) fn longest_grace(views: &[JobView], uids: &[String]) -> Option<(u32, i64)> {
+    uids.iter().fold(None, |acc, uid| {
+        let grace = views
+            .iter()
+            .find(|j| &j.uid == uid)
+            .map_or(0, |j| j.grace_seconds);
+        let (n, longest) = acc.unwrap_or((0, 0));
+        Some((n + 1, longest.max(grace)))
+    })
+}
+
+/// Counts every release and tells the Jobs that still exist.
+pub(super) async fn report_releases(
+    ctx: &Context,
+    pass: &Pass,
+    decision: &Decision,
+    labels: &GroupLabels,
+) {
+    for (uid, reason) in &decision.release {
+        ctx.metrics
+            .releases
+            .get_or_create(&ReleaseLabels {
+                namespace: labels.namespace.clone(),
+                group: labels.group.clone(),
+                reason: reason.label().to_string(),
+            })
+            .inc();
+        let job = match (reason, pass.jobs.get(uid)) {
+            (ReleaseReason::LeaseLost, _) => continue,
+            (_, None) => {
+                info!(group = %labels.group, holder = uid, "released the slot of a deleted Job");
+                continue;
+            }
+            (_, Some(job)) => job,
+        };
+        if *reason == ReleaseReason::Suspended {
+            // Suspended by a user: no longer admitted, so that it waits
+            // for a slot again if it is resumed.
+            let patch = json!({"metadata": {"annotations": not_admitted()}});
+            if let Err(e) = patch_job(ctx, &pass.jobs_api, job, patch).await {
+                warn!(error = %e, "could not mark a suspended Job as no longer admitted");
+            }
+        }
+        let why = match reason {
+            ReleaseReason::Finished => "finished",
+            _ => "suspended",
+        };
+        let note = format!("slot freed: the Job {why}");
+        publish(ctx, job, EventType::Normal, "Released", "Release", note);
+    }
+}
+
+pub(super) fn publish(
+    ctx: &Context,
+    job: &Job,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    publish_on(ctx, job.object_ref(&()), type_, reason, action, note);
+}
+
+pub(super) fn publish_on(
+    ctx: &Context,
+    target: k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: action.to_string(),
+        secondary: None,
+    };
+    ctx.recorder.publish(&event, &target);
+}
+
+pub(super) async fn update_status(
+    group: &ConcurrencyGroup,
+    ns: &str,
+    name: &str,
+    observed: &Observed,
+    ctx: &Context,
+) -> Result<Option<Duration>> {
+    let status = status::build(group.status.as_ref(), observed, &now_rfc3339());
+    if group.status.as_ref() == Some(&status) {
+        return Ok(None);
+    }
+    let key = (ns.to_string(), name.to_string());
+    let since = lock(&ctx.status_written).get(&key).map(|at| at.elapsed());
+    if let Some(wait) = status::write_after(group.status.as_ref(), &status, since) {
+        return Ok(Some(wait));
+    }
+    // Tell the group's users when it becomes usable or stops being so.
+    let ready = |s: Option<&crate::operator::crd::ConcurrencyGroupStatus>| {
+        s.and_then(|s| s.conditions.iter().find(|c| c.type_ == status::READY))
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    };
+    if let Some((now, reason, message)) = ready(Some(&status))
+        && ready(group.status.as_ref()).map(|(s, r, _)| (s, r))
+            != Some((now.clone(), reason.clone()))
+    {
+        let type_ = if now == "True" {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
+        publish_on(
+            ctx,
+            group.object_ref(&()),
+            type_,
+            &reason,
+            "Reconcile",
+            message,
+        );
+    }
+    let api: Api<ConcurrencyGroup> = Api::namespaced(ctx.client.clone(), ns);
+    let patch = json!({
+        "apiVersion": "jobgate.dev/v1alpha1",
+        "kind": "ConcurrencyGroup",
+        "status": status,
+    });
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let result = timed(
+        ctx,
+        "patch_status",
+        api.patch_status(name, &params, &Patch::Apply(&patch)),
+    )
+    .await;
+    match result {
+        Ok(_) => {
+            lock(&ctx.status_written).insert(key, tokio::time::Instant::now());
+            Ok(None)
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(None),
+        Err(e) => Err(Error::UpdateStatus(e)),
+    }
+}
