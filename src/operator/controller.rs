@@ -31,6 +31,7 @@ use super::ledgers::{LedgerSettings, Ledgers};
 use super::metrics::{GroupLabels, Metrics};
 use super::orphans;
 use super::reconcile::{self, Context};
+use super::terms::{self, AfterTerm, TermEnd};
 use super::webhook::{self, WebhookSettings};
 
 #[derive(Debug, Clone)]
@@ -197,31 +198,35 @@ pub async fn run(config: kube::Config, settings: Settings) -> Result<()> {
                 ended = &mut term => TermEnd::Ended(ended),
             },
         };
-        let lost = match end {
-            TermEnd::Stop => false,
-            TermEnd::Lost => true,
-            // A signal ends the term too (graceful shutdown), and the
-            // select may see the term's end before the signal: that is a
-            // stop like any other.
-            TermEnd::Ended(Ok(())) if *stop.borrow() => break 'terms,
-            TermEnd::Ended(ended) => term_ended(ended),
-        };
-        if !lost {
-            // A signal: let the reconciliations in flight finish, unless
-            // leadership runs out meanwhile.
-            match leadership.as_mut() {
-                Some(l) => tokio::select! {
-                    _ = &mut term => {}
-                    _ = l.lost() => {
-                        term.abort();
-                        leadership = None;
+        match terms::after_term(&end, *stop.borrow()) {
+            AfterTerm::Stop => break 'terms,
+            AfterTerm::Exit => {
+                match end {
+                    TermEnd::Ended(Err(e)) => {
+                        error!(error = %e, "the controller task failed; exiting")
                     }
-                },
-                None => {
-                    let _ = (&mut term).await;
+                    _ => error!("the controller task ended; exiting"),
                 }
+                std::process::exit(1);
             }
-            break;
+            AfterTerm::Drain => {
+                // Let the reconciliations in flight finish, unless
+                // leadership runs out meanwhile.
+                match leadership.as_mut() {
+                    Some(l) => tokio::select! {
+                        _ = &mut term => {}
+                        _ = l.lost() => {
+                            term.abort();
+                            leadership = None;
+                        }
+                    },
+                    None => {
+                        let _ = (&mut term).await;
+                    }
+                }
+                break;
+            }
+            AfterTerm::Reelect => {}
         }
         // Another replica may already be admitting for this cluster: stop
         // every reconciliation now, mid-flight (each step is idempotent).
@@ -287,28 +292,6 @@ async fn drain_webhook(settings: &Settings, health: &Health) {
         "unready; still serving the webhook before exiting"
     );
     tokio::time::sleep(WEBHOOK_DRAIN).await;
-}
-
-/// What ended a term's wait.
-enum TermEnd {
-    /// SIGTERM or SIGINT.
-    Stop,
-    /// Leadership ran out.
-    Lost,
-    /// The Controller task itself.
-    Ended(std::result::Result<(), tokio::task::JoinError>),
-}
-
-/// The per-term Controller task ended without being asked to: a panic, or
-/// its watch streams ended. Nothing would admit or fence any more while
-/// this replica kept the Lease; exit so that a restart (or the standby)
-/// takes over.
-fn term_ended(ended: std::result::Result<(), tokio::task::JoinError>) -> bool {
-    match ended {
-        Err(e) => error!(error = %e, "the controller task failed; exiting"),
-        Ok(()) => error!("the controller task ended; exiting"),
-    }
-    std::process::exit(1);
 }
 
 /// What every term shares: the ledger clients (whose renewals outlive a

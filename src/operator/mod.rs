@@ -23,6 +23,7 @@ pub mod process_metrics;
 pub mod reconcile;
 pub mod requests;
 pub mod status;
+pub mod terms;
 pub mod webhook;
 
 pub use error::{Error, Result};
