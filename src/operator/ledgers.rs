@@ -33,27 +33,37 @@ pub struct GroupLedger {
     /// This cluster's agent id for this group in the ledger.
     pub agent: String,
     fingerprint: String,
+    /// What the controller remembers between passes, behind one lock: a
+    /// pass takes it for a statement at a time and never holds it across
+    /// an await.
+    pub state: Mutex<Remembered>,
+}
+
+/// What the controller remembers of a group between passes.
+#[derive(Default)]
+pub struct Remembered {
     /// Slots this process holds, by Job UID; watched for loss.
-    pub permits: Mutex<BTreeMap<String, Permit>>,
+    pub permits: BTreeMap<String, Permit>,
     /// Jobs already told (by an Event) that they wait.
-    pub announced_waiting: Mutex<BTreeSet<String>>,
+    pub announced_waiting: BTreeSet<String>,
     /// Semaphore counters already exported to metrics.
-    pub exported: Mutex<(u64, u64)>,
+    pub exported: (u64, u64),
     /// The spec.limit this process wrote or accepted last (see
     /// `limits::plan`); ahead of the status, whose update may fail.
-    pub limit_applied: Mutex<Option<u32>>,
+    pub limit_applied: Option<u32>,
     /// Waiting Jobs already told why nothing is admitted (suspended or
     /// deleted group).
-    pub announced_held: Mutex<BTreeSet<String>>,
+    pub announced_held: BTreeSet<String>,
     /// Jobs already told why they are refused, as `reason/uid`.
-    pub announced_refused: Mutex<BTreeSet<String>>,
+    pub announced_refused: BTreeSet<String>,
 }
 
 impl GroupLedger {
     /// The Job UIDs this process holds a permit for, and those of them whose
     /// lease could not be renewed in time.
     pub fn permits(&self) -> (BTreeSet<String>, BTreeSet<String>) {
-        let permits = lock(&self.permits);
+        let state = lock(&self.state);
+        let permits = &state.permits;
         let lost = permits
             .iter()
             .filter(|(_, p)| p.is_lost())
@@ -204,12 +214,7 @@ impl Ledgers {
             key,
             agent,
             fingerprint,
-            permits: Mutex::new(BTreeMap::new()),
-            announced_waiting: Mutex::new(BTreeSet::new()),
-            exported: Mutex::new((0, 0)),
-            limit_applied: Mutex::new(None),
-            announced_held: Mutex::new(BTreeSet::new()),
-            announced_refused: Mutex::new(BTreeSet::new()),
+            state: Mutex::new(Remembered::default()),
         });
         // Reconciliations of one group never overlap, so nobody else built
         // a client for it meanwhile.

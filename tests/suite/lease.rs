@@ -242,7 +242,7 @@ async fn a_rebuilt_controller_client_keeps_its_slots_renewed_until_the_new_one_t
         .await
         .unwrap();
     let permit = first.sem.try_acquire("job-a").await.unwrap().unwrap();
-    lock(&first.permits).insert("job-a".into(), permit);
+    lock(&first.state).permits.insert("job-a".into(), permit);
     drop(first);
     // The Secret changes; the next pass builds a new client and stops.
     let second = ledgers
@@ -260,7 +260,7 @@ async fn a_rebuilt_controller_client_keeps_its_slots_renewed_until_the_new_one_t
     // A pass takes the slot up with the new client: the old one goes, and
     // the slot stays renewed.
     let permit = second.sem.try_acquire("job-a").await.unwrap().unwrap();
-    lock(&second.permits).insert("job-a".into(), permit);
+    lock(&second.state).permits.insert("job-a".into(), permit);
     ledgers
         .get(&group, Some(creds("2")), &settings, &metrics)
         .await

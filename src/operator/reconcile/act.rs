@@ -14,8 +14,10 @@ pub(super) async fn patch_jobs(
     labels: &GroupLabels,
 ) -> Result<(u32, Option<Ledger>)> {
     let gl = &pass.gl;
-    lock(&gl.announced_waiting).retain(|uid| pass.jobs.contains_key(uid));
-    lock(&gl.announced_refused).retain(|key| {
+    lock(&gl.state)
+        .announced_waiting
+        .retain(|uid| pass.jobs.contains_key(uid));
+    lock(&gl.state).announced_refused.retain(|key| {
         key.split_once('/')
             .is_some_and(|(_, uid)| pass.jobs.contains_key(uid))
     });
@@ -83,7 +85,7 @@ pub(super) async fn patch_jobs(
                     continue;
                 };
                 waiting += 1;
-                if lock(&gl.announced_waiting).insert(uid.clone()) {
+                if lock(&gl.state).announced_waiting.insert(uid.clone()) {
                     let note = match place.get(uid.as_str()) {
                         Some(at) => explain::waiting(at + 1, queue.len(), &now, &gl.agent),
                         // Holds a slot not confirmed yet (not in the queue).
@@ -101,7 +103,11 @@ pub(super) async fn patch_jobs(
                 };
                 // Lost since the write (the ledger read above can be slow):
                 // a later pass gives the slot up instead.
-                if lock(&gl.permits).get(&uid).is_some_and(Permit::is_lost) {
+                if lock(&gl.state)
+                    .permits
+                    .get(&uid)
+                    .is_some_and(Permit::is_lost)
+                {
                     continue;
                 }
                 let deadline = first_deadline(pass, group, job);
@@ -166,7 +172,11 @@ pub(super) async fn admit_one(
     let Some(job) = pass.jobs.get(uid) else {
         return Ok(());
     };
-    if lock(&pass.gl.permits).get(uid).is_some_and(Permit::is_lost) {
+    if lock(&pass.gl.state)
+        .permits
+        .get(uid)
+        .is_some_and(Permit::is_lost)
+    {
         return Ok(());
     }
     // A Job that ran before keeps its old startTime while suspended: the
@@ -192,7 +202,7 @@ pub(super) async fn admit_one(
     };
     let deadline = first_deadline(pass, group, job);
     if unsuspend(ctx, &pass.jobs_api, job, token, deadline, labels).await? {
-        lock(&pass.gl.announced_waiting).remove(uid);
+        lock(&pass.gl.state).announced_waiting.remove(uid);
     }
     Ok(())
 }
@@ -231,7 +241,10 @@ pub(super) async fn refuse_bad_slots(
         };
         if !view.suspended {
             suspend(ctx, &pass.jobs_api, job, "InvalidSlots", note).await?;
-        } else if lock(&pass.gl.announced_refused).insert(format!("InvalidSlots/{uid}")) {
+        } else if lock(&pass.gl.state)
+            .announced_refused
+            .insert(format!("InvalidSlots/{uid}"))
+        {
             publish(ctx, job, EventType::Warning, "InvalidSlots", "Admit", note);
         }
     }
@@ -245,7 +258,10 @@ pub(super) fn leave_to_kueue(ctx: &Context, pass: &Pass, decision: &Decision) {
         let Some(job) = pass.jobs.get(uid) else {
             continue;
         };
-        if lock(&pass.gl.announced_refused).insert(format!("ManagedByKueue/{uid}")) {
+        if lock(&pass.gl.state)
+            .announced_refused
+            .insert(format!("ManagedByKueue/{uid}"))
+        {
             let queue = job
                 .labels()
                 .get(KUEUE_QUEUE_LABEL)
@@ -274,10 +290,10 @@ pub(super) async fn hold_back(
     group: &ConcurrencyGroup,
     decision: &Decision,
 ) -> u32 {
-    let mut told = lock(&pass.gl.announced_held).clone();
+    let mut told = lock(&pass.gl.state).announced_held.clone();
     if decision.held_back.is_empty() {
         // Admitting again: tell them again next time.
-        lock(&pass.gl.announced_held).clear();
+        lock(&pass.gl.state).announced_held.clear();
         return 0;
     }
     let (reason, note) = if group.metadata.deletion_timestamp.is_some() {
@@ -309,7 +325,7 @@ pub(super) async fn hold_back(
         key.split_once('/')
             .is_some_and(|(_, uid)| pass.jobs.contains_key(uid))
     });
-    *lock(&pass.gl.announced_held) = told;
+    lock(&pass.gl.state).announced_held = told;
     decision.held_back.len() as u32
 }
 
@@ -335,7 +351,7 @@ pub(super) async fn refuse_too_slow(
         );
         if !view.suspended {
             suspend(ctx, &pass.jobs_api, job, "GracePeriodTooLong", note).await?;
-        } else if lock(&pass.gl.announced_waiting).insert(uid.clone()) {
+        } else if lock(&pass.gl.state).announced_waiting.insert(uid.clone()) {
             publish(
                 ctx,
                 job,

@@ -78,7 +78,8 @@ pub(super) fn track(
     job: &str,
     permit: Permit,
 ) {
-    let mut permits = lock(&gl.permits);
+    let mut state = lock(&gl.state);
+    let permits = &mut state.permits;
     if permits.get(&permit.holder).is_some_and(|p| !p.is_lost()) {
         return;
     }

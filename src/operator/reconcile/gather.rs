@@ -56,7 +56,8 @@ pub(super) async fn gather(
     // before it, whose Jobs the cache's first LIST took in), so the cache
     // shows its Job unless it is gone.
     // A new spec.limit is weighed against the ledger as it is now.
-    let applied = (*lock(&gl.limit_applied))
+    let applied = lock(&gl.state)
+        .limit_applied
         .or_else(|| group.status.as_ref().and_then(|s| s.spec_limit_applied));
     let mut ledger = if applied == Some(group.spec.limit) {
         known_ledger(&gl, ctx).await?
@@ -81,7 +82,7 @@ pub(super) async fn gather(
         );
         ledger = gl.sem.set_limit(change).await.map_err(Error::WriteLedger)?;
     }
-    *lock(&gl.limit_applied) = Some(plan.applied);
+    lock(&gl.state).limit_applied = Some(plan.applied);
     let jobs = by_uid(group_jobs(ctx, &jobs_api, ns, name).await?);
     let held_in_ledger: BTreeSet<String> = ledger.holders_of(&gl.agent).cloned().collect();
     let live_pods = pods_left(ctx, ns, &gl, &held_in_ledger, &jobs).await?;

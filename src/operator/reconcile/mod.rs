@@ -459,9 +459,9 @@ async fn write_ledger(
     // Forget released permits before tracking grants: a lost slot given up
     // and granted again in this write must stay watched.
     {
-        let mut permits = lock(&gl.permits);
+        let mut state = lock(&gl.state);
         for uid in &releases {
-            permits.remove(uid);
+            state.permits.remove(uid);
         }
     }
     for (uid, answer) in acquires.iter().zip(answers) {

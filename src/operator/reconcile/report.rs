@@ -29,7 +29,8 @@ pub(super) fn export_counters(ctx: &Context, gl: &GroupLedger, labels: &GroupLab
     let stats = gl.sem.stats();
     let commits = stats.commits.load(std::sync::atomic::Ordering::Relaxed);
     let conflicts = stats.conflicts.load(std::sync::atomic::Ordering::Relaxed);
-    let mut exported = lock(&gl.exported);
+    let mut state = lock(&gl.state);
+    let exported = &mut state.exported;
     ctx.metrics
         .ledger_writes
         .get_or_create(labels)
