@@ -210,8 +210,9 @@ pub fn apply(current: &Ledger, batch: &Batch) -> Outcome {
             out.waiting.push(holder.clone());
             continue;
         }
-        let free = next.free();
-        if blocked || free < weight as usize + ahead {
+        // Once one holder is blocked every later one is: the free count
+        // (a sum over the holders) is not needed for them.
+        if blocked || next.free() < weight as usize + ahead {
             blocked = true;
             wanted = wanted.saturating_add(weight);
             out.waiting.push(holder.clone());

@@ -8,7 +8,7 @@
 //! idempotent (see `decide::apply`), so a write that did land is recognised by
 //! finding its effects, never guessed from an error code.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -1183,9 +1183,18 @@ impl Committer {
         }
         self.releasing = still;
 
+        // Looked up, not searched for: a controller at depth asks for
+        // thousands of holders in one batch, and nearly all of them wait
+        // (searching the list of those for each was quadratic).
+        let granted: HashMap<&str, u64> = out
+            .granted
+            .iter()
+            .map(|(h, token)| (h.as_str(), *token))
+            .collect();
+        let waits: HashSet<&str> = out.waiting.iter().map(String::as_str).collect();
         let mut remaining = VecDeque::new();
         for waiter in self.waiting.drain(..) {
-            if let Some((_, token)) = out.granted.iter().find(|(h, _)| h == &waiter.holder) {
+            if let Some(token) = granted.get(waiter.holder.as_str()) {
                 let lost_rx = match self.held.get(&waiter.holder) {
                     Some(tx) => tx.subscribe(),
                     None => {
@@ -1214,7 +1223,7 @@ impl Committer {
                     holder: waiter.holder.clone(),
                     agent: agent.clone(),
                 }));
-            } else if out.waiting.contains(&waiter.holder) && !waiter.wait {
+            } else if waits.contains(waiter.holder.as_str()) && !waiter.wait {
                 let _ = waiter.reply.send(Ok(None));
             } else {
                 remaining.push_back(waiter);
