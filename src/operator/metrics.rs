@@ -93,6 +93,8 @@ pub struct Metrics {
     pub lease_renewal_age: Family<GroupLabels, Gauge<f64, AtomicU64>>,
     pub lease_remaining: Family<GroupLabels, Gauge<f64, AtomicU64>>,
     pub oldest_waiting: Family<GroupLabels, Gauge<f64, AtomicU64>>,
+    pub events_dropped: Counter,
+    pub event_repeats: Counter,
 }
 
 impl Metrics {
@@ -122,6 +124,8 @@ impl Metrics {
             lease_renewal_age: Family::default(),
             lease_remaining: Family::default(),
             oldest_waiting: Family::default(),
+            events_dropped: Counter::default(),
+            event_repeats: Counter::default(),
         };
         registry.register_collector(Box::new(super::process_metrics::ProcessCollector));
         let r = registry.sub_registry_with_prefix("jobgate");
@@ -144,6 +148,16 @@ impl Metrics {
             "jobs_without_group",
             "Unfinished Jobs labelled with a group that does not exist, by namespace and group name",
             m.jobs_without_group.clone(),
+        );
+        r.register(
+            "events_dropped",
+            "Events not created because too many waited to be (Normal ones past half the queue, Warnings when it is full)",
+            m.events_dropped.clone(),
+        );
+        r.register(
+            "event_repeats",
+            "Events that repeated a recent one on the same object and were counted on its series instead",
+            m.event_repeats.clone(),
         );
         r.register(
             "kube_requests",

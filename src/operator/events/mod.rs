@@ -6,10 +6,13 @@
 //! on every publish: at depth, with an Event per waiting Job, per admission
 //! and per release, that cache held most of the controller's memory and its
 //! scans much of its CPU (10,000 Jobs: about 30,000 Events kept, each
-//! publish scanning all of them). This controller tells a Job each thing
-//! once (see `reconcile`), so it has no repeats to count.
+//! publish scanning all of them). Here repeats are counted by a bounded map
+//! of hashes (`series`), and the queue of Events not yet created is bounded
+//! too: past its size Events are dropped and counted
+//! (`jobgate_events_dropped_total`), Normal ones already past half of it,
+//! so that a flood of "waiting" notes cannot crowd out a Warning.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -17,16 +20,39 @@ use k8s_openapi::api::events::v1::Event as K8sEvent;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Reporter};
+use serde_json::json;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tracing::debug;
 
 use super::metrics::Metrics;
 
+mod series;
+
+use series::{Key, Send, Series};
+
 /// How many Events are being created at once.
 const AT_ONCE: usize = 16;
+
+/// How many Events may wait to be created. At 16 at once and about 15 ms
+/// each that is about a second of them; a pass at depth hands over
+/// thousands at once, most of them "waiting" notes that say again what
+/// the status and `kubectl describe` already say.
+pub const QUEUE: usize = 1024;
+
+/// One request to the API server.
+#[derive(Debug)]
+enum Request {
+    Create(Box<K8sEvent>),
+    Series {
+        namespace: String,
+        name: String,
+        count: u32,
+        last: Timestamp,
+    },
+}
 
 /// Hands Events to a task that creates them, so that no pass waits for
 /// its Events: at depth a pass has an Event for every Job it admits,
@@ -36,34 +62,101 @@ const AT_ONCE: usize = 16;
 #[derive(Clone)]
 pub struct Publisher {
     reporter: Reporter,
-    queue: mpsc::UnboundedSender<K8sEvent>,
+    queue: mpsc::Sender<Request>,
+    series: Arc<Mutex<Series>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Publisher {
     pub fn start(client: Client, reporter: Reporter, metrics: Arc<Metrics>) -> Self {
-        let (queue, events) = mpsc::unbounded_channel();
+        let (queue, events) = mpsc::channel(QUEUE);
+        let task_metrics = metrics.clone();
         tokio::spawn(
-            UnboundedReceiverStream::new(events).for_each_concurrent(AT_ONCE, move |event| {
-                create(client.clone(), metrics.clone(), event)
+            ReceiverStream::new(events).for_each_concurrent(AT_ONCE, move |send| {
+                create(client.clone(), task_metrics.clone(), send)
             }),
         );
-        Publisher { reporter, queue }
+        Publisher {
+            reporter,
+            queue,
+            series: Arc::default(),
+            metrics,
+        }
     }
 
     /// Creates `event` about `regarding`, in its namespace, soon; its time
-    /// is now.
+    /// is now. A repeat of a recent Event counts on it instead.
     pub fn publish(&self, event: &Event, regarding: &ObjectReference) {
-        let event = build(&self.reporter, event, regarding, Timestamp::now());
-        // The task ends only once every sender is dropped.
-        let _ = self.queue.send(event);
+        let now = Timestamp::now();
+        let built = build(&self.reporter, event, regarding, now);
+        let name = built.metadata.name.clone().unwrap_or_default();
+        let key = Key {
+            namespace: regarding.namespace.as_deref().unwrap_or_default(),
+            object: regarding.name.as_deref().unwrap_or_default(),
+            uid: regarding.uid.as_deref().unwrap_or_default(),
+            type_: built.type_.as_deref().unwrap_or_default(),
+            reason: &event.reason,
+            action: &event.action,
+            note: event.note.as_deref().unwrap_or_default(),
+        };
+        let observed = match self.series.lock() {
+            Ok(mut series) => series.observe(&key, &name, std::time::Instant::now()),
+            // A panic elsewhere while counting: send it as a new one.
+            Err(_) => Send::Create,
+        };
+        let send = match observed {
+            Send::Create => Request::Create(Box::new(built)),
+            Send::Series { name, count } => Request::Series {
+                namespace: key.namespace.to_string(),
+                name,
+                count,
+                last: now,
+            },
+            Send::Nothing => {
+                self.metrics.event_repeats.inc();
+                return;
+            }
+        };
+        if matches!(send, Request::Series { .. }) {
+            self.metrics.event_repeats.inc();
+        }
+        let normal = matches!(event.type_, EventType::Normal);
+        if !admit(self.queue.capacity(), normal) || self.queue.try_send(send).is_err() {
+            self.metrics.events_dropped.inc();
+        }
     }
 }
 
-async fn create(client: Client, metrics: Arc<Metrics>, event: K8sEvent) {
-    let ns = event.metadata.namespace.as_deref().unwrap_or("default");
-    let api: Api<K8sEvent> = Api::namespaced(client, ns);
+/// Whether an Event goes into a queue with `free` places left: a Warning
+/// while there is room, a Normal one while at least half is free.
+fn admit(free: usize, normal: bool) -> bool {
+    if normal { free > QUEUE / 2 } else { free > 0 }
+}
+
+async fn create(client: Client, metrics: Arc<Metrics>, send: Request) {
     let started = std::time::Instant::now();
-    let result = api.create(&PostParams::default(), &event).await;
+    let result = match send {
+        Request::Create(event) => {
+            let ns = event.metadata.namespace.as_deref().unwrap_or("default");
+            let api: Api<K8sEvent> = Api::namespaced(client, ns);
+            api.create(&PostParams::default(), &event).await.map(drop)
+        }
+        Request::Series {
+            namespace,
+            name,
+            count,
+            last,
+        } => {
+            let api: Api<K8sEvent> = Api::namespaced(client, &namespace);
+            let patch = json!({"series": {
+                "count": count,
+                "lastObservedTime": MicroTime(last),
+            }});
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map(drop)
+        }
+    };
     metrics.observe_api("publish_event", started.elapsed());
     if let Err(e) = result {
         // Events are for humans; never fail anything over one.
@@ -154,5 +247,14 @@ mod tests {
         assert_eq!(built.reporting_instance.as_deref(), Some("jobgate-0"));
         assert_eq!(built.event_time, Some(MicroTime(now)));
         assert!(built.series.is_none());
+    }
+
+    #[test]
+    fn normal_events_give_way_to_warnings_when_the_queue_is_half_full() {
+        assert!(admit(QUEUE, true));
+        assert!(admit(QUEUE / 2 + 1, true));
+        assert!(!admit(QUEUE / 2, true));
+        assert!(admit(1, false));
+        assert!(!admit(0, false));
     }
 }
