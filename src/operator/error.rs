@@ -79,6 +79,11 @@ pub enum Error {
 
     #[error("{0}")]
     Startup(String),
+
+    /// The process must stop acting for this cluster: `main` exits, so
+    /// that a restart or the standby takes over.
+    #[error("{0}")]
+    MustExit(String),
 }
 
 impl Error {
@@ -146,6 +151,7 @@ impl Error {
             Error::MissingField(_) => "invalid_object",
             Error::Leader(_) => "leader_election",
             Error::Startup(_) => "startup",
+            Error::MustExit(_) => "must_exit",
         }
     }
 }

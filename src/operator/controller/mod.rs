@@ -86,13 +86,20 @@ pub async fn run(config: kube::Config, settings: Settings) -> Result<()> {
         .await
         .map_err(|e| Error::Startup(format!("cannot listen on {}: {e}", settings.listen)))?;
     info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+    // What makes the process stop on its own (the webhook cannot serve):
+    // it stops as on a signal, and `main` exits with an error.
+    let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<String>();
     if let Some(wh) = settings.webhook.clone() {
         let listen = wh.listen;
-        webhook::start(client.clone(), wh, metrics.clone(), health.clone())
-            .await
-            .map_err(|e| {
-                Error::Startup(format!("cannot listen on {listen} for the webhook: {e}"))
-            })?;
+        webhook::start(
+            client.clone(),
+            wh,
+            metrics.clone(),
+            health.clone(),
+            fatal_tx.clone(),
+        )
+        .await
+        .map_err(|e| Error::Startup(format!("cannot listen on {listen} for the webhook: {e}")))?;
     }
 
     let (cluster, cluster_uid) = match &settings.cluster_name {
@@ -121,10 +128,26 @@ pub async fn run(config: kube::Config, settings: Settings) -> Result<()> {
     health.set_ready(true);
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let signals = tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
+    let fatal = Arc::new(std::sync::Mutex::new(None::<String>));
+    let signals = tokio::spawn({
+        let fatal = fatal.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                Some(why) = fatal_rx.recv() => {
+                    error!("{why}");
+                    *super::ledgers::lock(&fatal) = Some(why);
+                }
+            }
+            let _ = stop_tx.send(true);
+        }
     });
+    // Kept open: with no webhook nothing else sends.
+    let _fatal_tx = fatal_tx;
+    let stopped = move || match super::ledgers::lock(&fatal).take() {
+        Some(why) => Err(Error::MustExit(why)),
+        None => Ok(()),
+    };
     let lease_cfg = settings.leader_election.as_ref().map(|le| {
         let mut cfg = LeaseConfig::new(
             le.namespace.clone(),
@@ -150,7 +173,7 @@ pub async fn run(config: kube::Config, settings: Settings) -> Result<()> {
             acquired = leader::acquire(client.clone(), cfg.clone()) => leadership = Some(acquired?),
             _ = stop.wait_for(|stopped| *stopped) => {
                 drain_webhook(&settings, &health).await;
-                return Ok(());
+                return stopped();
             }
         }
         info!("became the leader");
@@ -193,13 +216,15 @@ pub async fn run(config: kube::Config, settings: Settings) -> Result<()> {
         match terms::after_term(&end, *stop.borrow()) {
             AfterTerm::Stop => break 'terms,
             AfterTerm::Exit => {
-                match end {
-                    TermEnd::Ended(Err(e)) => {
-                        error!(error = %e, "the controller task failed; exiting")
-                    }
-                    _ => error!("the controller task ended; exiting"),
-                }
-                std::process::exit(1);
+                let why = match end {
+                    TermEnd::Ended(Err(e)) => format!("the controller task failed ({e}); exiting"),
+                    _ => "the controller task ended; exiting".to_string(),
+                };
+                error!("{why}");
+                // `main` drops the runtime at once, and with it every
+                // renewal, without releasing: a restart or the standby takes
+                // the slots up under the same agent ids.
+                return Err(Error::MustExit(why));
             }
             AfterTerm::Drain => {
                 // Let the reconciliations in flight finish, unless
@@ -250,7 +275,7 @@ pub async fn run(config: kube::Config, settings: Settings) -> Result<()> {
                     // That replica renews the same slots; ours must stop so
                     // that nothing of this process acts any more.
                     error!(%holder, "another replica leads now; exiting");
-                    std::process::exit(1);
+                    return Err(Error::MustExit(format!("another replica ({holder}) leads now; exiting so that this one's renewals stop")));
                 }
                 _ = stop.wait_for(|stopped| *stopped) => break 'terms,
             }
@@ -265,7 +290,7 @@ pub async fn run(config: kube::Config, settings: Settings) -> Result<()> {
     }
     drain_webhook(&settings, &health).await;
     info!("controller stopped");
-    Ok(())
+    stopped()
 }
 
 /// How long a stopping replica keeps serving the webhook after it reports

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use axum_server::tls_rustls::RustlsConfig;
 use kube::Client;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use super::http::Health;
 use super::metrics::Metrics;
@@ -101,6 +101,7 @@ pub async fn start(
     settings: WebhookSettings,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    fatal: tokio::sync::mpsc::UnboundedSender<String>,
 ) -> std::io::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind(settings.listen)?;
     listener.set_nonblocking(true)?;
@@ -157,11 +158,12 @@ pub async fn start(
             metrics,
             health.clone(),
             controller,
+            fatal.clone(),
         ) {
-            // Unready for good would only hide it: exit, so that the pod
-            // restarts and the failure shows.
-            error!(error = %e, "webhook: cannot serve; exiting");
-            std::process::exit(1);
+            // Unready for good would only hide it: the process stops
+            // (`main` exits), so that the pod restarts and the failure shows.
+            let _ = fatal.send(format!("webhook: cannot serve ({e}); exiting"));
+            return;
         }
         info!(addr = %bound, path = mutate::PATH, "serving the Job webhook");
         health.set_webhook_ready(true);

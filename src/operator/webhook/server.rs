@@ -8,7 +8,8 @@ use axum::{Json, Router};
 use axum_server::tls_rustls::RustlsConfig;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
-use tracing::{debug, error, info, warn};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
 
 use super::mutate::{self, Verdict};
 use crate::operator::http::Health;
@@ -69,6 +70,7 @@ pub fn serve(
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     controller: String,
+    fatal: mpsc::UnboundedSender<String>,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route(mutate::PATH, post(review))
@@ -79,14 +81,13 @@ pub fn serve(
     let server = axum_server::from_tcp_rustls(listener, tls)?;
     tokio::spawn(async move {
         let ended = server.serve(app.into_make_service()).await;
-        // Serving is what readiness promises: without it, exit so that the
-        // pod restarts.
+        // Serving is what readiness promises: without it, the process
+        // stops (`main` exits) so that the pod restarts.
         health.set_webhook_ready(false);
-        match ended {
-            Err(e) => error!(error = %e, "webhook server stopped; exiting"),
-            Ok(()) => error!("webhook server stopped; exiting"),
-        }
-        std::process::exit(1);
+        let _ = fatal.send(match ended {
+            Err(e) => format!("the webhook server stopped ({e}); exiting"),
+            Ok(()) => "the webhook server stopped; exiting".to_string(),
+        });
     });
     Ok(())
 }
