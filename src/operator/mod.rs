@@ -25,5 +25,6 @@ pub mod requests;
 pub mod status;
 pub mod terms;
 pub mod webhook;
+pub mod workload;
 
 pub use error::{Error, Result};

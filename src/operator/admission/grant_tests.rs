@@ -123,8 +123,8 @@ fn the_oldest_waiting_job_is_the_oldest_suspended_one_never_admitted() {
     assert_eq!(oldest_waiting(&jobs[..1]), None);
 }
 
-fn view(name: &str, created: &str, suspended: bool, admitted: bool) -> JobView {
-    JobView {
+fn view(name: &str, created: &str, suspended: bool, admitted: bool) -> WorkloadView {
+    WorkloadView {
         uid: name.into(),
         name: name.into(),
         created: created.into(),

@@ -7,37 +7,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-/// What the controller knows about one Job of the group.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobView {
-    /// The holder id in the ledger.
-    pub uid: String,
-    pub name: String,
-    /// Creation time as a sortable RFC 3339 string.
-    pub created: String,
-    /// `jobgate.dev/priority`; higher goes first.
-    pub priority: i32,
-    pub suspended: bool,
-    /// Carries the admitted-at annotation (this controller let it run).
-    pub admitted: bool,
-    /// Has a `Complete` or `Failed` condition, or is being deleted.
-    pub finished: bool,
-    /// Has pods that are not finished.
-    pub active_pods: bool,
-    /// The pod template's `terminationGracePeriodSeconds` (Kubernetes'
-    /// default, 30, when unset): how long its pods may take to stop.
-    pub grace_seconds: i64,
-    /// Units of the limit it takes (`jobgate.dev/slots`); 0 when the
-    /// annotation is not a positive integer.
-    pub slots: u32,
-    /// Names a Kueue queue: Kueue suspends and resumes it, not jobgate.
-    pub in_kueue: bool,
-}
+pub use super::workload::WorkloadView;
 
 /// Everything one pass decides from.
 #[derive(Debug, Clone, Copy)]
 pub struct Inputs<'a> {
-    pub jobs: &'a [JobView],
+    pub jobs: &'a [WorkloadView],
     /// Slots the ledger says this cluster holds.
     pub held_in_ledger: &'a BTreeSet<String>,
     /// Slots this process holds a permit for (and so renews).
@@ -170,7 +145,8 @@ impl Decision {
 }
 
 pub fn decide(inputs: &Inputs) -> Decision {
-    let jobs: BTreeMap<&str, &JobView> = inputs.jobs.iter().map(|j| (j.uid.as_str(), j)).collect();
+    let jobs: BTreeMap<&str, &WorkloadView> =
+        inputs.jobs.iter().map(|j| (j.uid.as_str(), j)).collect();
     let mut out = Decision::default();
 
     // Lost slots of Jobs that may still run. Their pods still count, so the
@@ -239,7 +215,7 @@ pub fn decide(inputs: &Inputs) -> Decision {
         .cloned()
         .collect();
 
-    let mut waiting: Vec<&JobView> = Vec::new();
+    let mut waiting: Vec<&WorkloadView> = Vec::new();
     for j in inputs.jobs {
         if j.finished {
             continue;
@@ -290,7 +266,7 @@ pub fn decide(inputs: &Inputs) -> Decision {
 
 /// When the longest-waiting Job of the group was created: suspended, never
 /// admitted, unfinished and not Kueue's. For "waiting too long" alerts.
-pub fn oldest_waiting(jobs: &[JobView]) -> Option<&str> {
+pub fn oldest_waiting(jobs: &[WorkloadView]) -> Option<&str> {
     jobs.iter()
         .filter(|j| j.suspended && !j.admitted && !j.finished && !j.in_kueue)
         .map(|j| j.created.as_str())
@@ -304,7 +280,7 @@ pub fn oldest_waiting(jobs: &[JobView]) -> Option<&str> {
 /// renewal is unknown, so other clusters may already have taken its slot;
 /// and a Job created running, which has no slot at all.
 pub fn fence_without_ledger(
-    jobs: &[JobView],
+    jobs: &[WorkloadView],
     permits: &BTreeSet<String>,
     lost_permits: &BTreeSet<String>,
     suspend_on_loss: bool,
@@ -326,7 +302,7 @@ pub fn fence_without_ledger(
 /// slot to give up, by a user (still admitted) or by a fence (`lost`). A Job
 /// granted a slot and not yet unsuspended is none of these, so admissions
 /// cost no pod list.
-pub fn frees_on_pods(job: Option<&JobView>, lost: bool) -> bool {
+pub fn frees_on_pods(job: Option<&WorkloadView>, lost: bool) -> bool {
     job.is_none_or(|j| j.finished || (j.suspended && (j.admitted || lost)))
 }
 
@@ -350,7 +326,7 @@ pub enum JobAction {
 /// every Job that asked. `keep_on_loss` is `onLeaseLoss: Keep`.
 pub fn on_grants(
     decision: &Decision,
-    jobs: &[JobView],
+    jobs: &[WorkloadView],
     granted: &BTreeMap<String, u64>,
     keep_on_loss: bool,
 ) -> Vec<JobAction> {

@@ -1,7 +1,7 @@
 use super::*;
 
-pub(super) fn job(uid: &str, created: &str) -> JobView {
-    JobView {
+pub(super) fn job(uid: &str, created: &str) -> WorkloadView {
+    WorkloadView {
         uid: uid.into(),
         name: format!("job-{uid}"),
         created: created.into(),
@@ -16,8 +16,8 @@ pub(super) fn job(uid: &str, created: &str) -> JobView {
     }
 }
 
-pub(super) fn running(uid: &str) -> JobView {
-    JobView {
+pub(super) fn running(uid: &str) -> WorkloadView {
+    WorkloadView {
         suspended: false,
         admitted: true,
         active_pods: true,
@@ -35,7 +35,7 @@ pub(super) fn ids(uids: &[&str]) -> Vec<String> {
 
 /// A pass where this process holds a permit for every held slot and
 /// none is lost, under `onLeaseLoss: Suspend`.
-pub(super) fn decide_with(jobs: &[JobView], held: &[&str]) -> Decision {
+pub(super) fn decide_with(jobs: &[WorkloadView], held: &[&str]) -> Decision {
     let held = set(held);
     decide(&Inputs {
         jobs,
@@ -178,7 +178,7 @@ fn a_job_suspended_again_by_a_user_is_released_once_its_pods_are_gone() {
 
 /// A pass where Job `uid` holds its slot, lost or not, and its pods may
 /// still run.
-fn decide_with_pods(jobs: &[JobView], uid: &str, lost: bool) -> Decision {
+fn decide_with_pods(jobs: &[WorkloadView], uid: &str, lost: bool) -> Decision {
     let held = set(&[uid]);
     decide(&Inputs {
         jobs,
@@ -277,7 +277,7 @@ fn held_slots_without_a_permit_are_asked_for_again() {
 }
 
 /// A lost permit for `uid` whose slot is still in the ledger.
-fn decide_lost(jobs: &[JobView], uid: &str, suspend_on_loss: bool) -> Decision {
+fn decide_lost(jobs: &[WorkloadView], uid: &str, suspend_on_loss: bool) -> Decision {
     let held = set(&[uid]);
     decide(&Inputs {
         jobs,
@@ -362,7 +362,7 @@ fn under_keep_a_lost_slot_is_not_fenced() {
 
 #[test]
 fn the_recorded_wait_is_withdrawn_when_nothing_waits() {
-    let inputs = |jobs: &[JobView]| {
+    let inputs = |jobs: &[WorkloadView]| {
         decide(&Inputs {
             jobs,
             held_in_ledger: &BTreeSet::new(),

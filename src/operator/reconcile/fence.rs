@@ -28,7 +28,7 @@ pub(super) async fn fence_without_ledger(
             ctx.jobs.of_group(&ns, &group.name_any())
         }
     };
-    let views: Vec<JobView> = jobs.iter().filter_map(|j| job_view(j)).collect();
+    let views: Vec<WorkloadView> = jobs.iter().filter_map(|j| job_view(j)).collect();
     let permits = if lost_only {
         &views.iter().map(|j| j.uid.clone()).collect()
     } else {

@@ -10,7 +10,7 @@ pub(super) struct Pass {
     pub(super) jobs_api: Api<Job>,
     /// The group's Jobs by UID.
     pub(super) jobs: BTreeMap<String, Arc<Job>>,
-    pub(super) views: Vec<JobView>,
+    pub(super) views: Vec<WorkloadView>,
     /// The slots the ledger says this cluster holds.
     pub(super) held_in_ledger: BTreeSet<String>,
     pub(super) wait_recorded: bool,
@@ -89,7 +89,7 @@ pub(super) async fn gather(
     Ok(Pass {
         spec_limit_applied: plan.applied,
         limit: ledger.limit,
-        views: jobs.values().filter_map(|j| job_view(j)).collect(),
+        views: jobs.values().filter_map(|j| j.view()).collect(),
         held_in_ledger,
         live_pods,
         wait_recorded: ledger.agents.get(&gl.agent).is_some_and(|a| a.waiting > 0),
@@ -163,16 +163,12 @@ pub(super) async fn pods_left(
     let candidates: Vec<&String> = held
         .union(&lost)
         .filter(|uid| {
-            let view = jobs.get(*uid).and_then(|j| job_view(j));
+            let view = jobs.get(*uid).and_then(|j| j.view());
             admission::frees_on_pods(view.as_ref(), lost.contains(*uid))
         })
         .collect();
     live_pods(ctx, ns, &candidates).await
 }
-
-/// The Job controller labels every pod of a Job with the Job's UID; the
-/// label stays on pods the Job orphaned.
-pub(super) const CONTROLLER_UID_LABEL: &str = "batch.kubernetes.io/controller-uid";
 
 /// Which of `jobs` (UIDs) have pods that may still run: not yet Succeeded or
 /// Failed, so pending, running, or terminating.
@@ -185,7 +181,7 @@ pub(super) async fn live_pods(
         return Ok(BTreeSet::new());
     }
     let uids: Vec<&str> = jobs.iter().map(|u| u.as_str()).collect();
-    let selector = format!("{CONTROLLER_UID_LABEL} in ({})", uids.join(","));
+    let selector = Job::pods_selector(&uids);
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let pods = timed(
         ctx,

@@ -27,7 +27,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::admission::{self, Decision, Inputs, JobAction, JobView, ReleaseReason};
+use super::admission::{self, Decision, Inputs, JobAction, ReleaseReason, WorkloadView};
 use super::allowlist::Allowlist;
 use super::crd::{
     ABANDON_ANNOTATION, ADMITTED_AT_ANNOTATION, ConcurrencyGroup, ControllerLossPolicy, FINALIZER,
@@ -39,11 +39,12 @@ use super::error::{Error, Result};
 use super::events;
 use super::explain;
 use super::job_cache::{self, JobCache};
-use super::jobs::{is_admitted, is_finished, job_view};
+use super::jobs::{CONTROLLER_UID_LABEL, is_admitted, is_finished, job_view};
 use super::ledgers::{Credentials, GroupLedger, LedgerSettings, Ledgers, lock};
 use super::limits;
 use super::metrics::{GroupLabels, Metrics, ReleaseLabels};
 use super::status::{self, Observed, Problem};
+use super::workload::Workload;
 use crate::ledger::Ledger;
 use crate::semaphore::Permit;
 

@@ -55,10 +55,8 @@ pub(super) async fn unsuspend(
     deadline: Option<(i64, Option<i64>)>,
     labels: &GroupLabels,
 ) -> Result<bool> {
-    let mut patch = json!({
-        "metadata": {"annotations": admitted(token)},
-        "spec": {"suspend": false},
-    });
+    let mut patch = Job::suspend_patch(false);
+    patch["metadata"] = json!({"annotations": admitted(token)});
     // Pods carry the group and the token (readable through the downward
     // API) when the template may still change: the API server allows that
     // only for a suspended Job that never started.
@@ -196,12 +194,10 @@ pub(super) async fn suspend(
     reason: &str,
     note: String,
 ) -> Result<()> {
-    let patch = json!({
-        "metadata": {"annotations": not_admitted()},
-        "spec": {"suspend": true},
-    });
+    let mut patch = Job::suspend_patch(true);
+    patch["metadata"] = json!({"annotations": not_admitted()});
     // Suspended meanwhile by someone else, who told it: nothing to do.
-    let still_runs = |j: &Job| j.spec.as_ref().and_then(|s| s.suspend) != Some(true);
+    let still_runs = |j: &Job| !j.is_suspended();
     if patch_while(ctx, api, job, still_runs, patch).await? {
         warn!(job = %job.name_any(), reason, "suspended");
         publish(ctx, job, EventType::Warning, reason, "Suspend", note);

@@ -5,7 +5,7 @@ use super::*;
 
 /// `jobgate_oldest_waiting_job_seconds`: how long the group's longest-waiting
 /// Job has waited, or no series while none waits.
-pub(super) fn export_oldest_waiting(ctx: &Context, views: &[JobView], labels: &GroupLabels) {
+pub(super) fn export_oldest_waiting(ctx: &Context, views: &[WorkloadView], labels: &GroupLabels) {
     let since =
         admission::oldest_waiting(views).and_then(|created| humantime::parse_rfc3339(created).ok());
     match since {
@@ -79,7 +79,7 @@ pub(super) async fn summarize(
 }
 
 /// How many of `uids` there are, and the longest grace period they ask for.
-pub(super) fn longest_grace(views: &[JobView], uids: &[String]) -> Option<(u32, i64)> {
+pub(super) fn longest_grace(views: &[WorkloadView], uids: &[String]) -> Option<(u32, i64)> {
     uids.iter().fold(None, |acc, uid| {
         let grace = views
             .iter()
