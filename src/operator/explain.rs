@@ -43,12 +43,11 @@ pub fn usage(ledger: &Ledger, me: &str) -> String {
 }
 
 /// The `Waiting` Event of the Job at `position` (1-based) of `queued` Jobs
-/// waiting in this cluster.
-pub fn waiting(position: usize, queued: usize, ledger: &Ledger, me: &str) -> String {
+/// waiting in this cluster, with the ledger's `usage`.
+pub fn waiting(position: usize, queued: usize, usage: &str) -> String {
     format!(
-        "waiting for a slot: position {position} of {queued} in this cluster's queue ({} ahead here); {}",
+        "waiting for a slot: position {position} of {queued} in this cluster's queue ({} ahead here); {usage}",
         position.saturating_sub(1),
-        usage(ledger, me)
     )
 }
 
@@ -86,7 +85,7 @@ mod tests {
     #[test]
     fn the_waiting_event_says_how_many_are_ahead_and_who_uses_the_slots() {
         assert_eq!(
-            waiting(3, 5, &ledger(), "east/b/g"),
+            waiting(3, 5, &usage(&ledger(), "east/b/g")),
             "waiting for a slot: position 3 of 5 in this cluster's queue (2 ahead here); in use 3/3 in all clusters (east 2, west 1); waiting elsewhere: west 4"
         );
         assert_eq!(

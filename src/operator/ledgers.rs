@@ -14,6 +14,7 @@ use crate::semaphore::{Config, Permit, Semaphore};
 use crate::store::{Condition, DynStore, ETag, Fetched, S3Options, S3Store, Store, StoreError};
 
 use super::crd::ConcurrencyGroup;
+use super::effects::Told;
 use super::metrics::Metrics;
 
 /// Static credentials read from the group's Secret.
@@ -44,18 +45,13 @@ pub struct GroupLedger {
 pub struct Remembered {
     /// Slots this process holds, by Job UID; watched for loss.
     pub permits: BTreeMap<String, Permit>,
-    /// Jobs already told (by an Event) that they wait.
-    pub announced_waiting: BTreeSet<String>,
+    /// What the group's Jobs have been told already (see `effects::tell_once`).
+    pub told: Told,
     /// Semaphore counters already exported to metrics.
     pub exported: (u64, u64),
     /// The spec.limit this process wrote or accepted last (see
     /// `limits::plan`); ahead of the status, whose update may fail.
     pub limit_applied: Option<u32>,
-    /// Waiting Jobs already told why nothing is admitted (suspended or
-    /// deleted group).
-    pub announced_held: BTreeSet<String>,
-    /// Jobs already told why they are refused, as `reason/uid`.
-    pub announced_refused: BTreeSet<String>,
 }
 
 impl GroupLedger {

@@ -7,6 +7,7 @@ pub mod controller;
 pub mod crd;
 pub mod deadline;
 pub mod deletion;
+pub mod effects;
 pub mod error;
 pub mod events;
 pub mod explain;

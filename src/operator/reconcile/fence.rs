@@ -96,7 +96,12 @@ pub(super) fn track(
         watch.lost().await;
         // Also ends when the slot is released (not lost) or the client stops.
         let in_use = client.upgrade().is_some();
-        if watch.is_lost() && in_use && suspend_on_loss && ctx.fence_without_ledger {
+        if plan::fence_on_loss(
+            watch.is_lost(),
+            in_use,
+            suspend_on_loss,
+            ctx.fence_without_ledger,
+        ) {
             fence_lost_job(&ctx, &ns, &job, &watch.holder).await;
         }
         let _ = ctx.trigger.send(target);

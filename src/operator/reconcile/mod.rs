@@ -27,7 +27,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::admission::{self, Decision, Inputs, JobAction, ReleaseReason, WorkloadView};
+use super::admission::{self, Decision, Inputs, ReleaseReason, WorkloadView};
 use super::allowlist::Allowlist;
 use super::crd::{
     ABANDON_ANNOTATION, ADMITTED_AT_ANNOTATION, ConcurrencyGroup, ControllerLossPolicy, FINALIZER,
@@ -37,24 +37,25 @@ use super::deadline;
 use super::deletion::{self, Held, Step};
 use super::error::{Error, Result};
 use super::events;
-use super::explain;
 use super::job_cache::{self, JobCache};
 use super::jobs::{CONTROLLER_UID_LABEL, is_admitted, is_finished, job_view};
 use super::ledgers::{Credentials, GroupLedger, LedgerSettings, Ledgers, lock};
 use super::limits;
 use super::metrics::{GroupLabels, Metrics, ReleaseLabels};
-use super::status::{self, Observed, Problem};
+use super::status::{self, Observed};
 use super::workload::Workload;
 use crate::ledger::Ledger;
 use crate::semaphore::Permit;
 
 mod act;
-/// The field manager of every write this controller makes.
 mod deadlines;
 mod fence;
 mod finalize;
 mod gather;
 mod patch;
+mod plan;
+#[cfg(test)]
+mod plan_tests;
 mod report;
 
 use act::*;
@@ -65,6 +66,7 @@ use gather::*;
 use patch::*;
 use report::*;
 
+/// The field manager of every write this controller makes.
 pub const FIELD_MANAGER: &str = "jobgate-controller";
 
 pub struct Context {
@@ -230,22 +232,7 @@ async fn pass(group: Arc<ConcurrencyGroup>, ctx: &Arc<Context>) -> Result<Action
                 .get_or_create(&labels)
                 .set(i64::from(s.ledger_limit));
         }
-        Err(e) => {
-            observed.problem = Some(match e {
-                Error::OpenLedger(inner) | Error::ReadLedger(inner) | Error::WriteLedger(inner) => {
-                    Problem::from_ledger(inner)
-                }
-                Error::Credentials { .. }
-                | Error::CredentialsMissing { .. }
-                | Error::CredentialsForbidden { .. }
-                | Error::CredentialsIncomplete { .. } => {
-                    Problem::new("CredentialsUnavailable", e.to_string())
-                }
-                Error::InvalidTiming(_) => Problem::new("LeaseTooShort", e.to_string()),
-                Error::LedgerNotAllowed(why) => Problem::new("LedgerNotAllowed", why.clone()),
-                other => Problem::new("ReconcileFailed", other.to_string()),
-            });
-        }
+        Err(e) => observed.problem = Some(plan::problem(e)),
     }
     // As the Ready condition says.
     ctx.metrics
@@ -276,13 +263,15 @@ async fn pass(group: Arc<ConcurrencyGroup>, ctx: &Arc<Context>) -> Result<Action
     let summary = result?;
     // Counts not written yet are written by a pass within a second.
     let status_due = status_result?;
-    let wait = if summary.waiting_here > 0 && admit_new || deleting {
-        ctx.poll_waiting
-    } else {
-        ctx.poll_idle
-    };
-    let wait = summary.deadline_every.map_or(wait, |every| wait.min(every));
-    let wait = status_due.map_or(wait, |due| wait.min(due));
+    let wait = plan::requeue_after(&plan::Requeue {
+        waiting_here: summary.waiting_here,
+        admit_new,
+        deleting,
+        poll_waiting: ctx.poll_waiting,
+        poll_idle: ctx.poll_idle,
+        deadline_every: summary.deadline_every,
+        status_due,
+    });
     Ok(Action::requeue(wait))
 }
 
@@ -294,14 +283,9 @@ pub fn error_policy(group: Arc<ConcurrencyGroup>, error: &Error, ctx: Arc<Contex
             kind: error.kind().to_string(),
         })
         .inc();
-    let retry = Duration::from_secs(5);
-    // Deadlines of `FailJobs` groups must be moved on however the rest of
-    // the pass fares.
     let fail_jobs = group.spec.on_controller_loss == ControllerLossPolicy::FailJobs;
-    match group.spec.fence_after(ctx.settings.leader_lease) {
-        Ok(fence_after) if fail_jobs => Action::requeue(retry.min(fence_after / 4)),
-        _ => Action::requeue(retry),
-    }
+    let fence_after = group.spec.fence_after(ctx.settings.leader_lease).ok();
+    Action::requeue(plan::retry_after(fail_jobs, fence_after))
 }
 
 /// The pipeline: gather → decide → fence → write the ledger → patch Jobs.
@@ -332,21 +316,25 @@ async fn admit(
         Some(gl) => keep_deadlines(ctx, gl, group, &jobs_api, labels).await,
         None => None,
     };
-    let gathered = match group.spec.fence_after(ctx.settings.leader_lease) {
-        Ok(fence_after) if current.is_none() && ctx.fence_without_ledger => {
-            // No client for this group yet (this process just started, or
-            // rebuilt it): no permit vouches for the Jobs admitted before.
-            // They are safe only while the previous process's renewals
-            // are: up to `fence_after` after its last one, which came at
-            // most a third of that before it stopped. Waiting for the
-            // ledger a third of `fence_after` keeps a restart within that
-            // third safe; past it the Jobs are suspended, and the ledger
-            // still awaited.
+    let fence_after = group
+        .spec
+        .fence_after(ctx.settings.leader_lease)
+        .map_err(Error::InvalidTiming);
+    let wait_then_fence = fence_after.as_ref().ok().and_then(|fence_after| {
+        plan::startup_fence_wait(*fence_after, current.is_some(), ctx.fence_without_ledger)
+    });
+    let gathered = match (fence_after, wait_then_fence) {
+        (Err(e), _) => Err(e),
+        (Ok(_), None) => gather(group, ns, name, ctx, jobs_api.clone()).await,
+        // No client for this group yet (this process just started, or
+        // rebuilt it): no permit vouches for the Jobs admitted before.
+        // Past the wait they are suspended, and the ledger still awaited.
+        (Ok(_), Some(wait)) => {
             let gathering = gather(group, ns, name, ctx, jobs_api.clone());
             tokio::pin!(gathering);
             tokio::select! {
                 gathered = &mut gathering => gathered,
-                _ = tokio::time::sleep(fence_after / 3) => {
+                _ = tokio::time::sleep(wait) => {
                     warn!(group = name, "the ledger could not be read in time after a start; suspending the running Jobs no permit vouches for");
                     if let Err(fence) = fence_without_ledger(ctx, group, &jobs_api, None, false).await {
                         warn!(error = %fence, "could not suspend Jobs while the ledger is unreadable");
@@ -355,8 +343,6 @@ async fn admit(
                 }
             }
         }
-        Ok(_) => gather(group, ns, name, ctx, jobs_api.clone()).await,
-        Err(e) => Err(Error::InvalidTiming(e)),
     };
     let pass = match gathered {
         Ok(pass) => pass,
@@ -374,17 +360,10 @@ async fn admit(
     };
     let mut pass = pass;
     let mut decision = decide(&pass, group, admit_new);
-    // The cache can lag behind this process's own writes (a Job it just
-    // unsuspended still shown suspended and without pods) or miss a Job
-    // another replica admitted: a slot freed on such a view would be taken
-    // elsewhere while the Job's pods run. Finished is final; every other
-    // release, and any lost slot, is decided again from a LIST made now,
-    // after the ledger read as before. Such passes are few.
-    let unsure = !decision.lost.is_empty()
-        || decision
-            .release
-            .iter()
-            .any(|(_, why)| *why != ReleaseReason::Finished);
+    // Decided again from a LIST made now, after the ledger read as before,
+    // when the cache's view could free a slot whose pods run (see
+    // `plan::needs_fresh_list`). Such passes are few.
+    let unsure = plan::needs_fresh_list(&decision);
     if unsure && ctx.jobs.is_ready() {
         pass.jobs = by_uid(list_jobs(ctx, &pass.jobs_api, name).await?);
         pass.views = pass.jobs.values().filter_map(|j| job_view(j)).collect();

@@ -90,47 +90,6 @@ pub(super) fn longest_grace(views: &[WorkloadView], uids: &[String]) -> Option<(
     })
 }
 
-/// Counts every release and tells the Jobs that still exist.
-pub(super) async fn report_releases(
-    ctx: &Context,
-    pass: &Pass,
-    decision: &Decision,
-    labels: &GroupLabels,
-) {
-    for (uid, reason) in &decision.release {
-        ctx.metrics
-            .releases
-            .get_or_create(&ReleaseLabels {
-                namespace: labels.namespace.clone(),
-                group: labels.group.clone(),
-                reason: reason.label().to_string(),
-            })
-            .inc();
-        let job = match (reason, pass.jobs.get(uid)) {
-            (ReleaseReason::LeaseLost, _) => continue,
-            (_, None) => {
-                info!(group = %labels.group, holder = uid, "released the slot of a deleted Job");
-                continue;
-            }
-            (_, Some(job)) => job,
-        };
-        if *reason == ReleaseReason::Suspended {
-            // Suspended by a user: no longer admitted, so that it waits
-            // for a slot again if it is resumed.
-            let patch = json!({"metadata": {"annotations": not_admitted()}});
-            if let Err(e) = patch_job(ctx, &pass.jobs_api, job, patch).await {
-                warn!(error = %e, "could not mark a suspended Job as no longer admitted");
-            }
-        }
-        let why = match reason {
-            ReleaseReason::Finished => "finished",
-            _ => "suspended",
-        };
-        let note = format!("slot freed: the Job {why}");
-        publish(ctx, job, EventType::Normal, "Released", "Release", note);
-    }
-}
-
 pub(super) fn publish(
     ctx: &Context,
     job: &Job,
