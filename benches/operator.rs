@@ -23,7 +23,7 @@ use jobgate_testkit::bench::{
     Seen, cost_per_million_jobs, freed_to_admitted, metric_sum, quantile, rate,
 };
 use jobgate_testkit::k8s::{ControlPlane, Pods, RUN_FOR_ANNOTATION};
-use jobgate_testkit::kueue::Kueue;
+use jobgate_testkit::kueue::{self, Kueue, KueueTuning};
 use jobgate_testkit::operator::{
     AdmissionLog, ControllerProcess, GroupSpec, Sim, apply_group_with, client, is_finished,
     observe, prepare,
@@ -51,10 +51,23 @@ enum Mode {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum System {
     Jobgate,
-    /// Kueue v0.17: a ClusterQueue whose `pods` quota is the limit.
-    Kueue,
+    /// Kueue v0.17: a ClusterQueue whose `pods` quota is the limit; its
+    /// client and controllers as the tuning says.
+    Kueue(KueueTuning),
     /// No admission controller and no limit: Jobs created running.
     Unlimited,
+}
+
+/// The report's system column, as `Debug` printed it before, but for Kueue
+/// also which tuning: its rows of the same work differ in nothing else.
+impl std::fmt::Display for System {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            System::Jobgate => write!(f, "Jobgate"),
+            System::Kueue(tuning) => write!(f, "Kueue {} ({tuning})", kueue::VERSION),
+            System::Unlimited => write!(f, "Unlimited"),
+        }
+    }
 }
 
 struct Scenario {
@@ -162,7 +175,7 @@ async fn create_jobs(kube: &Client, names: Vec<(String, String)>, mode: Mode, sy
                 let hold = HOLD_MS.0 + rand::random::<u64>() % (HOLD_MS.1 - HOLD_MS.0 + 1);
                 let labels = match system {
                     System::Jobgate => json!({"jobgate.dev/group": group}),
-                    System::Kueue => json!({"kueue.x-k8s.io/queue-name": "lq"}),
+                    System::Kueue(_) => json!({"kueue.x-k8s.io/queue-name": "lq"}),
                     System::Unlimited => json!({}),
                 };
                 let pod_annotations = match mode {
@@ -297,14 +310,14 @@ async fn run(sc: &Scenario, scale: f64, max_run: Duration, s3: &SeaweedFs) -> Fi
                 ControllerProcess::start_plain(&c.cp, s3, &flags, &c.name)
             })
             .collect(),
-        System::Kueue | System::Unlimited => Vec::new(),
+        System::Kueue(_) | System::Unlimited => Vec::new(),
     };
     // Kueue blocks while it starts (CRDs, readiness, queues): off the
     // runtime's workers, so that the watchers keep up.
     let kueues: Vec<Kueue> = match sc.system {
-        System::Kueue => clusters
+        System::Kueue(tuning) => clusters
             .iter()
-            .map(|c| tokio::task::block_in_place(|| Kueue::start(&c.cp, NS, sc.limit)))
+            .map(|c| tokio::task::block_in_place(|| Kueue::start(&c.cp, NS, sc.limit, tuning)))
             .collect(),
         _ => Vec::new(),
     };
@@ -524,7 +537,7 @@ fn report(sc: &Scenario, f: &Figures) -> String {
         }
     };
     format!(
-        "| {} | {:?} | {:?} | {} | {} | {} | {:.1} | {:.1} | {p50} | {p99} | {max} | {} ({}) | {} | {} | {} | {} | {} | {} | {} | {:.0} s |",
+        "| {} | {} | {:?} | {} | {} | {} | {:.1} | {:.1} | {p50} | {p99} | {max} | {} ({}) | {} | {} | {} | {} | {} | {} | {} | {:.0} s |",
         sc.name,
         sc.system,
         sc.mode,
@@ -581,9 +594,21 @@ fn scenarios() -> Vec<Scenario> {
         one("depth-10k-unlimited", Unlimited, StandIn, 10_000, 0),
         // The same work for jobgate and Kueue, side by side.
         one("depth-2k-limit-100", Jobgate, StandIn, 2_000, 100),
-        one("kueue-depth-2k-limit-100", Kueue, StandIn, 2_000, 100),
+        one(
+            "kueue-depth-2k-limit-100",
+            Kueue(KueueTuning::shipped_v017()),
+            StandIn,
+            2_000,
+            100,
+        ),
         one("full-1k-limit-100", Jobgate, Full, 1_000, 100),
-        one("kueue-full-1k-limit-100", Kueue, Full, 1_000, 100),
+        one(
+            "kueue-full-1k-limit-100",
+            Kueue(KueueTuning::shipped_v017()),
+            Full,
+            1_000,
+            100,
+        ),
         one("full-1k-unlimited", Unlimited, Full, 1_000, 0),
         Scenario {
             name: "two-clusters-20-groups",

@@ -23,6 +23,59 @@ use crate::testbed::{self, free_port};
 /// Where Kueue reads its metrics certificate, whatever its configuration.
 const METRICS_CERTS: &str = "/etc/kueue/metrics/certs";
 
+/// The Kueue release `scripts/testbed.sh kueue` builds (`KUEUE_VERSION`),
+/// for labels.
+pub const VERSION: &str = "v0.17";
+
+/// Kueue's client rate limit and controller concurrency: the settings that
+/// decide how fast it can talk to the API server, and so what the
+/// benchmark varies between its Kueue scenarios. The binary stays v0.17
+/// in all of them; only its configuration changes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct KueueTuning {
+    /// `clientConnection.qps`: requests per second the client allows.
+    pub qps: u32,
+    /// `clientConnection.burst`: requests it allows at once above that.
+    pub burst: u32,
+    /// `groupKindConcurrency` of `Job.batch`.
+    pub job_concurrency: u32,
+    /// `groupKindConcurrency` of `Workload.kueue.x-k8s.io`.
+    pub workload_concurrency: u32,
+    /// `groupKindConcurrency` of `LocalQueue` and `ClusterQueue`: one
+    /// field, because every configuration Kueue ships sets the two alike.
+    pub queue_concurrency: u32,
+}
+
+impl KueueTuning {
+    /// v0.17's shipped configuration
+    /// (`config/components/manager/controller_manager_config.yaml` at
+    /// v0.17.0): QPS 50, burst 100, Jobs and Workloads 5 at a time, each
+    /// kind of queue one at a time. Its built-in defaults (20/30) would
+    /// throttle it below what it can do, and the shipped file is what an
+    /// installation runs.
+    pub fn shipped_v017() -> KueueTuning {
+        KueueTuning {
+            qps: 50,
+            burst: 100,
+            job_concurrency: 5,
+            workload_concurrency: 5,
+            queue_concurrency: 1,
+        }
+    }
+}
+
+/// For the benchmark's system column: the client limit and the Workload
+/// concurrency, the two settings the scenarios differ in most.
+impl std::fmt::Display for KueueTuning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "QPS {}/{}, Workload concurrency {}",
+            self.qps, self.burst, self.workload_concurrency
+        )
+    }
+}
+
 pub struct Kueue {
     child: Child,
     pub log: PathBuf,
@@ -31,9 +84,9 @@ pub struct Kueue {
 impl Kueue {
     /// Installs Kueue's CRDs, starts its manager and creates one
     /// ResourceFlavor, a ClusterQueue whose `pods` quota is `limit` and a
-    /// LocalQueue `lq` in `ns`. Panics with the build command when the
-    /// binary is missing.
-    pub fn start(cp: &ControlPlane, ns: &str, limit: u32) -> Kueue {
+    /// LocalQueue `lq` in `ns`; its client and controllers as `tuning`
+    /// says. Panics with the build command when the binary is missing.
+    pub fn start(cp: &ControlPlane, ns: &str, limit: u32, tuning: KueueTuning) -> Kueue {
         let bin = testbed::binary("kueue").unwrap_or_else(|e| panic!("{e}"));
         let crds = testbed::cache_dir().join("kueue-crds");
         // The Workload CRD is too big for a client-side apply.
@@ -72,9 +125,16 @@ impl Kueue {
             write_certificate(Path::new(METRICS_CERTS));
         }
         let (webhook, health, metrics) = (free_port(), free_port(), free_port());
-        // Client QPS and burst as in Kueue's shipped configuration (its
-        // built-in defaults, 20 and 30, would throttle it below what it
-        // can do); the controllers' concurrency as shipped, too.
+        // Client QPS and burst and the controllers' concurrency from
+        // `tuning` (see KueueTuning); Cohort and ResourceFlavor one at a
+        // time, as every shipped configuration has them.
+        let KueueTuning {
+            qps,
+            burst,
+            job_concurrency,
+            workload_concurrency,
+            queue_concurrency,
+        } = tuning;
         let config = format!(
             r#"apiVersion: config.kueue.x-k8s.io/v1beta2
 kind: Configuration
@@ -92,14 +152,14 @@ metrics:
 health:
   healthProbeBindAddress: 127.0.0.1:{health}
 clientConnection:
-  qps: 50
-  burst: 100
+  qps: {qps}
+  burst: {burst}
 controller:
   groupKindConcurrency:
-    Job.batch: 5
-    Workload.kueue.x-k8s.io: 5
-    LocalQueue.kueue.x-k8s.io: 1
-    ClusterQueue.kueue.x-k8s.io: 1
+    Job.batch: {job_concurrency}
+    Workload.kueue.x-k8s.io: {workload_concurrency}
+    LocalQueue.kueue.x-k8s.io: {queue_concurrency}
+    ClusterQueue.kueue.x-k8s.io: {queue_concurrency}
     ResourceFlavor.kueue.x-k8s.io: 1
     Cohort.kueue.x-k8s.io: 1
 integrations:
