@@ -601,6 +601,23 @@ fn scenarios() -> Vec<Scenario> {
             2_000,
             100,
         ),
+        // Whether Kueue's client limit is what holds it back: the same work
+        // with the higher limit and concurrency v0.19 ships, then with no
+        // effective client limit at all.
+        one(
+            "kueue-v019-defaults-depth-2k-limit-100",
+            Kueue(KueueTuning::defaults_v019()),
+            StandIn,
+            2_000,
+            100,
+        ),
+        one(
+            "kueue-unthrottled-depth-2k-limit-100",
+            Kueue(KueueTuning::unthrottled()),
+            StandIn,
+            2_000,
+            100,
+        ),
         one("full-1k-limit-100", Jobgate, Full, 1_000, 100),
         one(
             "kueue-full-1k-limit-100",

@@ -62,6 +62,38 @@ impl KueueTuning {
             queue_concurrency: 1,
         }
     }
+
+    /// v0.19's defaults, given to v0.17: CHANGELOG/CHANGELOG-0.19.md, v0.19.0,
+    /// "Increase OOTB QPS and concurrency for Kueue: QPS: 300, Burst=500,
+    /// Workload concurrency: 10, LQ and CQ: 5. (#12440)". Its shipped
+    /// configuration at v0.19.0 says the same and keeps Job.batch at 5
+    /// (and Cohort and ResourceFlavor at 1). What the newer release's
+    /// settings alone would change, without its other changes.
+    pub fn defaults_v019() -> KueueTuning {
+        KueueTuning {
+            qps: 300,
+            burst: 500,
+            job_concurrency: 5,
+            workload_concurrency: 10,
+            queue_concurrency: 5,
+        }
+    }
+
+    /// v0.19's concurrency with a client limit so high it never throttles:
+    /// whether the client limit is what holds Kueue back. v0.17.0 does not
+    /// validate `clientConnection` (`pkg/config/validation.go` does not
+    /// look at it; its binary loads this configuration) and builds its
+    /// token bucket from any qps >= 0 (`cmd/kueue/main.go`). A negative
+    /// qps would drop that limiter, but then what limits the client is
+    /// left to client-go's and controller-runtime's defaults, which are
+    /// not checked here; a finite, huge limit says what it means.
+    pub fn unthrottled() -> KueueTuning {
+        KueueTuning {
+            qps: 100_000,
+            burst: 100_000,
+            ..KueueTuning::defaults_v019()
+        }
+    }
 }
 
 /// For the benchmark's system column: the client limit and the Workload
