@@ -2,6 +2,39 @@
 
 use super::*;
 
+/// The finalize step, first in every pass: a deleted group without the
+/// finalizer is forgotten; a group without it gets it; a deleted group
+/// marked to abandon its slots is let go at once. `Some`: the pass ends
+/// there.
+pub(super) async fn finalize_first(
+    ctx: &Context,
+    group: &ConcurrencyGroup,
+    ns: &str,
+    name: &str,
+) -> Result<Option<Action>> {
+    let finalized = group.finalizers().iter().any(|f| f == FINALIZER);
+    let deleting = group.metadata.deletion_timestamp.is_some();
+    if deleting && !finalized {
+        ctx.ledgers.forget(ns, name).await;
+        return Ok(Some(Action::await_change()));
+    }
+    if !finalized {
+        set_finalizer(ctx, group, ns, true).await?;
+    }
+    if deleting && group.annotations().contains_key(ABANDON_ANNOTATION) {
+        // What this process holds for it, for the message.
+        let held = match ctx.ledgers.current(ns, name).await {
+            Some(gl) => Held::Known(gl.permits().0.len() as u32),
+            None => Held::Unknown,
+        };
+        if let Step::Abandon(why) = deletion::step(held, Duration::ZERO, ctx.deletion_timeout, true)
+        {
+            return finish_deletion(ctx, group, ns, Some(why)).await.map(Some);
+        }
+    }
+    Ok(None)
+}
+
 /// Runs a pass of a group that is not being deleted, and gives it up
 /// (`None`) if the group's deletion begins meanwhile. A pass can be held for
 /// minutes by a store that does not answer (request timeouts times

@@ -55,6 +55,8 @@ mod gather;
 mod patch;
 mod plan;
 #[cfg(test)]
+mod plan_props;
+#[cfg(test)]
 mod plan_tests;
 mod report;
 
@@ -143,116 +145,29 @@ async fn pass(group: Arc<ConcurrencyGroup>, ctx: &Arc<Context>) -> Result<Action
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let name = group.name_any();
-    let finalized = group.finalizers().iter().any(|f| f == FINALIZER);
     let deleting = group.metadata.deletion_timestamp.is_some();
-    if deleting && !finalized {
-        ctx.ledgers.forget(&ns, &name).await;
-        return Ok(Action::await_change());
-    }
-    if !finalized {
-        set_finalizer(&ctx, &group, &ns, true).await?;
-    }
-    if deleting && group.annotations().contains_key(ABANDON_ANNOTATION) {
-        // What this process holds for it, for the message.
-        let held = match ctx.ledgers.current(&ns, &name).await {
-            Some(gl) => Held::Known(gl.permits().0.len() as u32),
-            None => Held::Unknown,
-        };
-        if let Step::Abandon(why) = deletion::step(held, Duration::ZERO, ctx.deletion_timeout, true)
-        {
-            return finish_deletion(&ctx, &group, &ns, Some(why)).await;
-        }
+    if let Some(done) = finalize_first(&ctx, &group, &ns, &name).await? {
+        return Ok(done);
     }
     let labels = GroupLabels {
         namespace: ns.clone(),
         group: name.clone(),
     };
     let admit_new = !deleting && !group.spec.suspend;
-    let waited = group
-        .metadata
-        .deletion_timestamp
-        .as_ref()
-        .and_then(|t| {
-            let since = k8s_openapi::jiff::Timestamp::now().duration_since(t.0);
-            Duration::try_from(since).ok()
-        })
-        .unwrap_or_default();
+    let waited = deletion_waited(&group);
     let started = std::time::Instant::now();
-    let pass = admit(&group, &ns, &name, &ctx, &labels, admit_new);
-    let result = if deleting {
-        // A store that does not answer can hold a pass for minutes (request
-        // timeouts times retries): the deletion's deadline must not wait
-        // for it.
-        let left = ctx
-            .deletion_timeout
-            .saturating_sub(waited)
-            .max(Duration::from_secs(1));
-        match tokio::time::timeout(left, pass).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::PassTimedOut(left)),
-        }
-    } else {
-        match unless_deleted(&ctx, &ns, &name, pass).await {
-            Some(result) => result,
-            None => {
-                info!(group = %name, "the group is being deleted; this pass gives way to the deletion's");
-                return Ok(Action::requeue(Duration::ZERO));
-            }
-        }
+    let pipeline = admit(&group, &ns, &name, &ctx, &labels, admit_new);
+    let Some(result) = bounded(&ctx, &ns, &name, deleting, waited, pipeline).await else {
+        info!(group = %name, "the group is being deleted; this pass gives way to the deletion's");
+        return Ok(Action::requeue(Duration::ZERO));
     };
-    let mut observed = Observed {
-        generation: group.metadata.generation,
-        ledger_key: group.ledger_key(),
-        spec_limit: group.spec.limit,
-        max_grace_seconds: group.spec.max_grace_period_seconds,
-        suspended: group.spec.suspend,
-        deleting: deleting.then(|| result.as_ref().map_or(0, |s| s.admitted_here)),
-        ..Default::default()
-    };
-    match &result {
-        Ok(s) => {
-            observed.limit_source = Some(s.limit_source.clone());
-            observed.spec_limit_applied = Some(s.spec_limit_applied);
-            observed.ledger_limit = Some(s.ledger_limit);
-            observed.in_use = Some(s.in_use);
-            observed.ledger_read_at = s.read_at.clone();
-            observed.admitted_here = Some(s.admitted_here);
-            observed.waiting_here = Some(s.waiting_here);
-            observed.too_slow_to_stop = s.too_slow_to_stop;
-            observed.held_too_slow = s.held_too_slow;
-            let m = &ctx.metrics;
-            m.waiting
-                .get_or_create(&labels)
-                .set(i64::from(s.waiting_here));
-            m.in_use.get_or_create(&labels).set(i64::from(s.in_use));
-            m.admitted_here
-                .get_or_create(&labels)
-                .set(i64::from(s.admitted_here));
-            m.limit
-                .get_or_create(&labels)
-                .set(i64::from(s.ledger_limit));
-        }
-        Err(e) => observed.problem = Some(plan::problem(e)),
-    }
-    // As the Ready condition says.
-    ctx.metrics
-        .group_ready
-        .get_or_create(&labels)
-        .set(i64::from(observed.problem.is_none()));
+    let observed = observed(&group, &result);
+    export_summary(&ctx, &labels, &result, &observed);
     let status_result = update_status(&group, &ns, &name, &observed, &ctx).await;
     if deleting {
         let open_here = ctx.ledgers.current(&ns, &name).await.is_some();
-        let held = match &result {
-            Ok(s) => Held::Known(s.admitted_here),
-            // Refused with no client in this process: nothing was admitted
-            // through it here (Jobs admitted before a restart with a
-            // narrower allowlist were suspended by the pass that refused it).
-            Err(Error::LedgerNotAllowed(_)) if !open_here => Held::Known(0),
-            Err(e) if e.is_ledger_unusable() => Held::LedgerUnusable,
-            // Anything else (an API call failed): keep trying, with no
-            // timeout, since the ledger itself is fine.
-            Err(_) => Held::Unknown,
-        };
+        let held_here = result.as_ref().map(|s| s.admitted_here);
+        let held = plan::held_for_deletion(held_here, open_here);
         let waited = waited + started.elapsed();
         match deletion::step(held, waited, ctx.deletion_timeout, false) {
             Step::Drain => {}
@@ -273,6 +188,44 @@ async fn pass(group: Arc<ConcurrencyGroup>, ctx: &Arc<Context>) -> Result<Action
         status_due,
     });
     Ok(Action::requeue(wait))
+}
+
+/// How long ago the group's deletion was asked for (zero if it was not).
+fn deletion_waited(group: &ConcurrencyGroup) -> Duration {
+    group
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .and_then(|t| {
+            let since = k8s_openapi::jiff::Timestamp::now().duration_since(t.0);
+            Duration::try_from(since).ok()
+        })
+        .unwrap_or_default()
+}
+
+/// Runs the pipeline within what the deletion has left, or until the group
+/// is seen being deleted (`None`: that pass gives way to the deletion's).
+async fn bounded(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    deleting: bool,
+    waited: Duration,
+    pipeline: impl Future<Output = Result<Summary>>,
+) -> Option<Result<Summary>> {
+    if !deleting {
+        return unless_deleted(ctx, ns, name, pipeline).await;
+    }
+    // A store that does not answer can hold a pass for minutes (request
+    // timeouts times retries): the deletion's deadline must not wait for it.
+    let left = ctx
+        .deletion_timeout
+        .saturating_sub(waited)
+        .max(Duration::from_secs(1));
+    Some(match tokio::time::timeout(left, pipeline).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::PassTimedOut(left)),
+    })
 }
 
 pub fn error_policy(group: Arc<ConcurrencyGroup>, error: &Error, ctx: Arc<Context>) -> Action {

@@ -16,6 +16,7 @@ use kube::runtime::events::EventType;
 
 use super::super::admission::{self, Decision, JobAction, ReleaseReason, WorkloadView};
 use super::super::crd::{KUEUE_QUEUE_LABEL, SLOTS_ANNOTATION};
+use super::super::deletion::Held;
 use super::super::effects::{Effect, Once, Told};
 use super::super::error::Error;
 use super::super::explain;
@@ -314,6 +315,23 @@ pub fn fence_on_loss(
     fence_without_ledger: bool,
 ) -> bool {
     lost && client_in_use && suspend_on_loss && fence_without_ledger
+}
+
+/// What a deleted group's pass (the slots it found held here, or why it
+/// failed) says this process still holds for it, for `deletion::step`.
+/// `open_here`: this process has a ledger client for it.
+pub fn held_for_deletion(outcome: Result<u32, &Error>, open_here: bool) -> Held {
+    match outcome {
+        Ok(held) => Held::Known(held),
+        // Refused with no client in this process: nothing was admitted
+        // through it here (Jobs admitted before a restart with a narrower
+        // allowlist were suspended by the pass that refused it).
+        Err(Error::LedgerNotAllowed(_)) if !open_here => Held::Known(0),
+        Err(e) if e.is_ledger_unusable() => Held::LedgerUnusable,
+        // Anything else (an API call failed): keep trying, with no timeout,
+        // since the ledger itself is fine.
+        Err(_) => Held::Unknown,
+    }
 }
 
 /// The condition a failed pass puts on its group.

@@ -3,6 +3,59 @@
 
 use super::*;
 
+/// What the status says of a pass's outcome.
+pub(super) fn observed(group: &ConcurrencyGroup, result: &Result<Summary>) -> Observed {
+    let deleting = group.metadata.deletion_timestamp.is_some();
+    let mut observed = Observed {
+        generation: group.metadata.generation,
+        ledger_key: group.ledger_key(),
+        spec_limit: group.spec.limit,
+        max_grace_seconds: group.spec.max_grace_period_seconds,
+        suspended: group.spec.suspend,
+        deleting: deleting.then(|| result.as_ref().map_or(0, |s| s.admitted_here)),
+        ..Default::default()
+    };
+    match result {
+        Ok(s) => {
+            observed.limit_source = Some(s.limit_source.clone());
+            observed.spec_limit_applied = Some(s.spec_limit_applied);
+            observed.ledger_limit = Some(s.ledger_limit);
+            observed.in_use = Some(s.in_use);
+            observed.ledger_read_at = s.read_at.clone();
+            observed.admitted_here = Some(s.admitted_here);
+            observed.waiting_here = Some(s.waiting_here);
+            observed.too_slow_to_stop = s.too_slow_to_stop;
+            observed.held_too_slow = s.held_too_slow;
+        }
+        Err(e) => observed.problem = Some(plan::problem(e)),
+    }
+    observed
+}
+
+/// The group's gauges after a pass.
+pub(super) fn export_summary(
+    ctx: &Context,
+    labels: &GroupLabels,
+    result: &Result<Summary>,
+    observed: &Observed,
+) {
+    let m = &ctx.metrics;
+    if let Ok(s) = result {
+        m.waiting
+            .get_or_create(labels)
+            .set(i64::from(s.waiting_here));
+        m.in_use.get_or_create(labels).set(i64::from(s.in_use));
+        m.admitted_here
+            .get_or_create(labels)
+            .set(i64::from(s.admitted_here));
+        m.limit.get_or_create(labels).set(i64::from(s.ledger_limit));
+    }
+    // As the Ready condition says.
+    m.group_ready
+        .get_or_create(labels)
+        .set(i64::from(observed.problem.is_none()));
+}
+
 /// `jobgate_oldest_waiting_job_seconds`: how long the group's longest-waiting
 /// Job has waited, or no series while none waits.
 pub(super) fn export_oldest_waiting(ctx: &Context, views: &[WorkloadView], labels: &GroupLabels) {
