@@ -99,8 +99,38 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 type GroupId = (String, String);
 
-#[derive(Default)]
+/// Opens the store that holds a group's ledger: the seam between the
+/// controller and where ledgers live, so that a pass can run over a store
+/// in memory. Whatever it opens is still timed, and probed for
+/// conditional writes before the first one ([`Ledgers::get`]).
+#[async_trait]
+pub trait OpenStore: Send + Sync {
+    async fn open(&self, group: &ConcurrencyGroup, creds: Option<&Credentials>) -> DynStore;
+}
+
+/// The controller's stores: S3, or the S3-compatible store the group's
+/// ledger spec names.
+pub struct S3Stores;
+
+#[async_trait]
+impl OpenStore for S3Stores {
+    async fn open(&self, group: &ConcurrencyGroup, creds: Option<&Credentials>) -> DynStore {
+        let ledger = &group.spec.ledger;
+        let opts = S3Options {
+            endpoint: ledger.endpoint.clone(),
+            region: ledger.region.clone(),
+            force_path_style: ledger.force_path_style,
+            access_key_id: creds.map(|c| c.access_key_id.clone()),
+            secret_access_key: creds.map(|c| c.secret_access_key.clone()),
+            ..Default::default()
+        };
+        Arc::new(S3Store::connect(&ledger.bucket, &opts).await)
+    }
+}
+
 pub struct Ledgers {
+    /// Where the groups' ledgers are opened.
+    stores: Arc<dyn OpenStore>,
     groups: tokio::sync::Mutex<HashMap<GroupId, Arc<GroupLedger>>>,
     /// Clients replaced by a rebuild, kept (and so renewing) until the
     /// client that replaced them holds every slot they held. The pass that
@@ -133,7 +163,23 @@ pub struct LedgerSettings {
     pub leader_lease: Option<Duration>,
 }
 
+impl Default for Ledgers {
+    /// Ledgers in S3, as the groups' specs say.
+    fn default() -> Self {
+        Ledgers::with_stores(Arc::new(S3Stores))
+    }
+}
+
 impl Ledgers {
+    /// Ledgers in the stores `stores` opens.
+    pub fn with_stores(stores: Arc<dyn OpenStore>) -> Self {
+        Ledgers {
+            stores,
+            groups: Default::default(),
+            retired: Default::default(),
+        }
+    }
+
     /// The client for `group`, built on first use and whenever its ledger
     /// settings or credentials change.
     pub async fn get(
@@ -168,17 +214,8 @@ impl Ledgers {
         }
         // Built without holding the lock: connecting and probing a store
         // that does not answer must not hold up the other groups.
-        let opts = S3Options {
-            endpoint: spec.ledger.endpoint.clone(),
-            region: spec.ledger.region.clone(),
-            force_path_style: spec.ledger.force_path_style,
-            access_key_id: creds.as_ref().map(|c| c.access_key_id.clone()),
-            secret_access_key: creds.as_ref().map(|c| c.secret_access_key.clone()),
-            ..Default::default()
-        };
-        let s3 = S3Store::connect(&spec.ledger.bucket, &opts).await;
         let store: DynStore = Arc::new(TimedStore {
-            inner: s3,
+            inner: self.stores.open(group, creds.as_ref()).await,
             metrics: metrics.clone(),
         });
         // Refuse a store that would not enforce the limit, before any write.
@@ -285,19 +322,19 @@ impl Ledgers {
 
 /// Times every store request for the `s3_request_duration_seconds` histogram
 /// and counts its outcome in `s3_requests_total`.
-struct TimedStore<S> {
-    inner: S,
+struct TimedStore {
+    inner: DynStore,
     metrics: Arc<Metrics>,
 }
 
-impl<S: std::fmt::Debug> std::fmt::Debug for TimedStore<S> {
+impl std::fmt::Debug for TimedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.inner.fmt(f)
     }
 }
 
 #[async_trait]
-impl<S: Store> Store for TimedStore<S> {
+impl Store for TimedStore {
     async fn get(&self, key: &str, if_none_match: Option<&ETag>) -> Result<Fetched, StoreError> {
         let start = Instant::now();
         let out = self.inner.get(key, if_none_match).await;
