@@ -51,6 +51,8 @@ mod act;
 mod deadlines;
 mod fence;
 mod finalize;
+#[cfg(test)]
+mod fixtures;
 mod gather;
 mod patch;
 mod plan;
@@ -59,6 +61,8 @@ mod plan_props;
 #[cfg(test)]
 mod plan_tests;
 mod report;
+#[cfg(test)]
+mod scenarios;
 
 use act::*;
 use deadlines::*;
