@@ -1,16 +1,18 @@
-//! Reconciliation of one ConcurrencyGroup, as a pipeline: fence lost slots
-//! (from this process's own permits) → gather (credentials, ledger, Jobs) →
-//! decide (`admission::decide`, pure) → fence → write the ledger (one batch)
-//! → patch Jobs (`admission::on_grants`, pure) → update status. A pass that
-//! cannot read the ledger suspends the running Jobs nothing vouches for.
+//! Reconciliation of one ConcurrencyGroup, as a short driver over named
+//! steps, each in a file of its own: finalize (`finalize`) → early fence,
+//! from this process's own permits (`fence`) → gather: credentials, ledger,
+//! Jobs, pods, as one snapshot (`gather`, IO only) → decide and plan, pure
+//! (`admission::decide`, then `plan`: the effects on each workload, and the
+//! pass's small rules) → write the ledger, one batch → act: carry the
+//! effects out (`act`, with the Job patches in `patch` and the Events in
+//! `tell`) → status (`report`). Deadlines under `onControllerLoss:
+//! FailJobs` are kept beside it (`deadlines`). A pass that cannot read the
+//! ledger suspends the running Jobs nothing vouches for.
 //!
 //! Every step is idempotent, so a controller killed anywhere finishes the
 //! work on its next pass: a slot granted but not yet acted on shows up as a
 //! held slot of a suspended Job, which `decide` turns into an unsuspend.
-//!
-//! This module drives the pass; the steps live beside it: `fence`, `gather`,
-//! `act` (with the Job patches in `patch`), `deadlines`, `report` (summary,
-//! metrics, Events, status) and `finalize`.
+//! Each step's failure is an `Error` variant of its own (`Error::kind`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -63,6 +65,7 @@ mod plan_tests;
 mod report;
 #[cfg(test)]
 mod scenarios;
+mod tell;
 
 use act::*;
 use deadlines::*;
@@ -71,6 +74,7 @@ use finalize::*;
 use gather::*;
 use patch::*;
 use report::*;
+use tell::*;
 
 /// The field manager of every write this controller makes.
 pub const FIELD_MANAGER: &str = "jobgate-controller";

@@ -143,35 +143,6 @@ pub(super) fn longest_grace(views: &[WorkloadView], uids: &[String]) -> Option<(
     })
 }
 
-pub(super) fn publish(
-    ctx: &Context,
-    job: &Job,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: String,
-) {
-    publish_on(ctx, job.object_ref(&()), type_, reason, action, note);
-}
-
-pub(super) fn publish_on(
-    ctx: &Context,
-    target: k8s_openapi::api::core::v1::ObjectReference,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: String,
-) {
-    let event = Event {
-        type_,
-        reason: reason.to_string(),
-        note: Some(note),
-        action: action.to_string(),
-        secondary: None,
-    };
-    ctx.recorder.publish(&event, &target);
-}
-
 pub(super) async fn update_status(
     group: &ConcurrencyGroup,
     ns: &str,
