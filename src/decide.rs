@@ -34,6 +34,12 @@ pub struct Batch {
     /// Record in the ledger how many of this agent's acquires wait, so that
     /// agents holding more slots leave free ones to it (see below).
     pub record_wait: bool,
+    /// Units of the limit wanted by holders of this agent that queue behind
+    /// `acquires` but were not put in them: a caller with thousands of
+    /// holders waiting asks only for those that could be granted. Once one
+    /// of `acquires` does not fit, every holder behind it waits, so these
+    /// are recorded as waiting with the rest, as if they had been asked.
+    pub waiting_behind: u32,
     /// Change the ledger's limit first (a deliberate change: a new spec or
     /// `jobgate limit`).
     pub set_limit: Option<LimitChange>,
@@ -235,6 +241,9 @@ pub fn apply(current: &Ledger, batch: &Batch) -> Outcome {
         changed = true;
     }
 
+    if blocked {
+        wanted = wanted.saturating_add(batch.waiting_behind);
+    }
     let holds_any = next.holders.values().any(|h| h.agent == batch.agent);
     let wants = if !batch.record_wait {
         0
@@ -315,6 +324,27 @@ mod tests {
         let mut b = batch(agent);
         b.acquires = holders.iter().map(|s| s.to_string()).collect();
         apply(l, &b)
+    }
+
+    #[test]
+    fn holders_waiting_behind_the_batch_are_recorded_as_if_they_were_asked() {
+        let mut l = Ledger::new(3);
+        l = acquire(&l, "b", &["b1"]).next.unwrap();
+        let all: Vec<String> = (0..10).map(|i| format!("h{i}")).collect();
+        let mut full = batch("a");
+        full.acquires = all.clone();
+        let whole = apply(&l, &full);
+        // Three asked (one past what could fit), seven behind.
+        let mut some = batch("a");
+        some.acquires = all[..3].to_vec();
+        some.waiting_behind = 7;
+        let part = apply(&l, &some);
+        assert_eq!(part.granted, whole.granted);
+        assert_eq!(part.granted.len(), 2);
+        let (whole, part) = (whole.next.unwrap(), part.next.unwrap());
+        assert_eq!(part.agents["a"].waiting, whole.agents["a"].waiting);
+        assert_eq!(part.agents["a"].waiting, 8);
+        assert_eq!(part.holders, whole.holders);
     }
 
     #[test]

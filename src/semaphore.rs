@@ -142,6 +142,9 @@ enum Request {
     },
     /// Requests that must join the same batch, in this order.
     Many(Vec<Request>),
+    /// Units wanted by holders that wait behind this batch's acquires
+    /// without being asked for (see `Batch::waiting_behind`).
+    WaitingBehind(u32),
     /// Nothing of ours waits any more: clear our recorded wait.
     WithdrawWait,
     SetLimit {
@@ -206,6 +209,7 @@ impl Semaphore {
             last_refresh: None,
             warned_limit: false,
             withdraw: false,
+            waiting_behind: 0,
             last_acquire: None,
             high_water: None,
             wrote: false,
@@ -284,6 +288,21 @@ impl Semaphore {
         releases: &[String],
         acquires: &[(String, u32)],
     ) -> Result<Vec<Result<Option<Permit>>>> {
+        self.release_and_try_acquire_ahead_of(releases, acquires, 0)
+            .await
+    }
+
+    /// [`Self::release_and_try_acquire`] for a caller whose holders that
+    /// wait are many more than could be granted: `acquires` are the first
+    /// of them in order, and `waiting_behind` the units the others want.
+    /// They are recorded as waiting as if asked (see
+    /// `Batch::waiting_behind`), without a request each.
+    pub async fn release_and_try_acquire_ahead_of(
+        &self,
+        releases: &[String],
+        acquires: &[(String, u32)],
+        waiting_behind: u32,
+    ) -> Result<Vec<Result<Option<Permit>>>> {
         let mut requests = Vec::new();
         let mut released = Vec::new();
         for holder in releases {
@@ -304,6 +323,9 @@ impl Semaphore {
                 reply,
             });
             granted.push(rx);
+        }
+        if waiting_behind > 0 {
+            requests.push(Request::WaitingBehind(waiting_behind));
         }
         self.send(Request::Many(requests))?;
         for rx in released {
@@ -419,6 +441,8 @@ struct Committer {
     warned_limit: bool,
     /// Clear our recorded wait in the next write.
     withdraw: bool,
+    /// See `Request::WaitingBehind`: until the batch it came with resolves.
+    waiting_behind: u32,
     /// When a caller last asked for a slot.
     last_acquire: Option<Instant>,
     /// The highest `seq` and `next_token` seen in the ledger. Once set, the
@@ -594,6 +618,7 @@ impl Committer {
                     self.take(req);
                 }
             }
+            Request::WaitingBehind(units) => self.waiting_behind = units,
             Request::WithdrawWait => self.withdraw = true,
             Request::SetLimit { change, reply } => self.limit_changes.push((change, reply)),
             Request::Leave { reply } => {
@@ -1091,6 +1116,7 @@ impl Committer {
             // batch with no acquires would keep their wait recorded.
             withdraw_wait: self.withdraw,
             record_wait: self.records_wait(now),
+            waiting_behind: self.waiting_behind,
             set_limit: self.limit_changes.last().map(|(c, _)| c.clone()),
             instance: self.cfg.instance.clone(),
             take_over: self.obs.stood_still(ledger, &self.cfg.agent, now),
@@ -1157,6 +1183,7 @@ impl Committer {
     /// are handed out lost and nobody starts work on them.
     fn resolve(&mut self, out: Outcome, late: bool) {
         self.withdraw = false;
+        self.waiting_behind = 0;
         if !out.evicted_agents.is_empty() {
             info!(agents = ?out.evicted_agents, "evicted agents whose lease ran out");
             self.stats
@@ -1234,6 +1261,7 @@ impl Committer {
 
     fn fail_pending(&mut self, e: Error) {
         debug!(error = %e, "ledger request failed");
+        self.waiting_behind = 0;
         for w in self.waiting.drain(..) {
             let _ = w.reply.send(Err(e.clone()));
         }

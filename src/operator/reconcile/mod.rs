@@ -378,23 +378,21 @@ async fn write_ledger(
         return Ok(granted);
     }
     let releases = decision.release_ids();
-    let acquires = decision.acquire();
     // Looked up, not searched for: at depth every waiting Job asks.
     let slots: BTreeMap<&str, u32> = pass
         .views
         .iter()
         .map(|j| (j.uid.as_str(), j.slots))
         .collect();
-    let weighted: Vec<(String, u32)> = acquires
-        .iter()
-        .map(|uid| {
-            let slots = slots.get(uid.as_str()).copied().unwrap_or(1);
-            (uid.clone(), slots.max(1))
-        })
-        .collect();
+    let (weighted, waiting_behind) = plan::ask(
+        decision,
+        |uid| slots.get(uid).copied().unwrap_or(1),
+        pass.limit,
+    );
+    let acquires: Vec<&String> = weighted.iter().map(|(uid, _)| uid).collect();
     let answers = gl
         .sem
-        .release_and_try_acquire(&releases, &weighted)
+        .release_and_try_acquire_ahead_of(&releases, &weighted, waiting_behind)
         .await
         .map_err(Error::WriteLedger)?;
     // Forget released permits before tracking grants: a lost slot given up
@@ -405,7 +403,7 @@ async fn write_ledger(
             state.permits.remove(uid);
         }
     }
-    for (uid, answer) in acquires.iter().zip(answers) {
+    for (uid, answer) in acquires.into_iter().zip(answers) {
         match answer {
             // Granted too late to be safe: it waits, and the next pass gives
             // the slot up.

@@ -66,9 +66,14 @@ pub struct Planned {
 /// left out before their notes are written: at depth a pass has thousands
 /// of Jobs that wait, told so once; `tell_once` then records the rest.
 pub fn effects(i: &Inputs, told: &Told) -> Planned {
-    let views: BTreeMap<&str, &WorkloadView> =
-        i.views.iter().map(|j| (j.uid.as_str(), j)).collect();
     let d = i.decision;
+    // Built only when a Job is refused: at depth a pass has thousands.
+    let views: BTreeMap<&str, &WorkloadView> =
+        if d.too_slow_to_stop.is_empty() && d.bad_slots.is_empty() {
+            BTreeMap::new()
+        } else {
+            i.views.iter().map(|j| (j.uid.as_str(), j)).collect()
+        };
     let mut out = Vec::new();
     for (uid, reason) in &d.release {
         out.push(Effect::Released {
@@ -177,11 +182,8 @@ pub fn effects(i: &Inputs, told: &Told) -> Planned {
         .iter()
         .filter(|u| !i.granted.contains_key(*u))
         .collect();
-    let place: BTreeMap<&str, usize> = queue
-        .iter()
-        .enumerate()
-        .map(|(at, uid)| (uid.as_str(), at))
-        .collect();
+    // Built only when a Job not told yet waits.
+    let mut place: Option<BTreeMap<&str, usize>> = None;
     // The same for every Job that waits in this pass.
     let usage = i
         .ledger
@@ -207,6 +209,13 @@ pub fn effects(i: &Inputs, told: &Told) -> Planned {
                 if told.waiting.contains(&uid) {
                     continue;
                 }
+                let place = place.get_or_insert_with(|| {
+                    queue
+                        .iter()
+                        .enumerate()
+                        .map(|(at, uid)| (uid.as_str(), at))
+                        .collect()
+                });
                 let note = match place.get(uid.as_str()) {
                     Some(at) => explain::waiting(at + 1, queue.len(), usage),
                     // Holds a slot not confirmed yet (not in the queue).
@@ -274,6 +283,44 @@ fn refuse(
         note,
         once: Some(once),
     })
+}
+
+/// What the ledger write asks for, in order: every slot to take up again,
+/// unsuspend or adopt, and of the Jobs that wait only as many as one write
+/// could grant: their units up to the first past `limit` (a write grants no
+/// more than the limit, strictly in order, so every Job behind that one
+/// waits whatever the ledger says). The units the rest want are returned
+/// apart, to be recorded as waiting as if they had asked: at depth that is
+/// thousands of Jobs a pass no longer asks for one by one.
+pub fn ask(
+    decision: &Decision,
+    slots: impl Fn(&str) -> u32,
+    limit: u32,
+) -> (Vec<(String, u32)>, u32) {
+    let weight = |uid: &str| slots(uid).max(1);
+    let mut asked: Vec<(String, u32)> = decision
+        .reacquire
+        .iter()
+        .chain(&decision.unsuspend)
+        .chain(&decision.adopt)
+        .map(|uid| (uid.clone(), weight(uid)))
+        .collect();
+    let mut units: u64 = 0;
+    let mut behind: u32 = 0;
+    for uid in &decision.admit {
+        let w = weight(uid);
+        if units <= u64::from(limit) {
+            // One wanting more than the limit holds back nobody behind it.
+            if w <= limit {
+                units += u64::from(w);
+            }
+            asked.push((uid.clone(), w));
+        } else if w <= limit {
+            // One wanting more than the limit never waits in the ledger.
+            behind = behind.saturating_add(w);
+        }
+    }
+    (asked, behind)
 }
 
 /// Whether the pass must decide again from a LIST made now: the watch

@@ -327,6 +327,31 @@ fn only_waiting_jobs_and_jobs_suspended_for_want_of_a_slot_count_as_waiting() {
 }
 
 #[test]
+fn a_write_asks_for_the_waiting_jobs_up_to_one_past_the_limit_and_counts_the_rest() {
+    let decision = Decision {
+        reacquire: ids(&["r"]),
+        adopt: ids(&["n"]),
+        admit: ids(&["a", "b", "c", "d", "e"]),
+        ..Default::default()
+    };
+    let slots = |uid: &str| match uid {
+        "b" => 2,
+        "e" => 9,
+        _ => 1,
+    };
+    let (asked, behind) = ask(&decision, slots, 2);
+    let names: Vec<&str> = asked.iter().map(|(u, _)| u.as_str()).collect();
+    // a (1) and b (2) reach 3, past the limit: c and d wait behind, and e
+    // (more than the limit) is not counted.
+    assert_eq!(names, vec!["r", "n", "a", "b"]);
+    assert_eq!(asked[3], ("b".to_string(), 2));
+    assert_eq!(behind, 2);
+    // Few waiting: every one is asked for.
+    let (asked, behind) = ask(&decision, |_| 1, 10);
+    assert_eq!((asked.len(), behind), (7, 0));
+}
+
+#[test]
 fn only_releases_other_than_finished_and_lost_slots_need_a_fresh_list() {
     let release = |why| Decision {
         release: vec![("a".into(), why)],
