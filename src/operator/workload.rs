@@ -35,6 +35,27 @@ pub struct WorkloadView {
     pub in_kueue: bool,
 }
 
+impl WorkloadView {
+    /// A Job waiting for a slot as created: suspended, never admitted, one
+    /// unit, Kubernetes' default grace period. For tests of the decisions.
+    #[cfg(test)]
+    pub fn waiting(uid: &str, created: &str) -> Self {
+        WorkloadView {
+            uid: uid.into(),
+            name: format!("job-{uid}"),
+            created: created.into(),
+            priority: 0,
+            suspended: true,
+            admitted: false,
+            finished: false,
+            active_pods: false,
+            grace_seconds: 30,
+            slots: 1,
+            in_kueue: false,
+        }
+    }
+}
+
 /// A kind of workload jobgate admits.
 pub trait Workload: Resource<DynamicType = ()> + Clone + Send + Sync + 'static {
     /// The view the decisions take; `None` for an object without a UID.

@@ -1,19 +1,7 @@
 use super::*;
 
 pub(super) fn job(uid: &str, created: &str) -> WorkloadView {
-    WorkloadView {
-        uid: uid.into(),
-        name: format!("job-{uid}"),
-        created: created.into(),
-        priority: 0,
-        suspended: true,
-        admitted: false,
-        finished: false,
-        active_pods: false,
-        grace_seconds: 30,
-        slots: 1,
-        in_kueue: false,
-    }
+    WorkloadView::waiting(uid, created)
 }
 
 pub(super) fn running(uid: &str) -> WorkloadView {

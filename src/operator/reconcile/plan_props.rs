@@ -12,19 +12,7 @@ use crate::operator::admission::{self, Decision, WorkloadView};
 use crate::operator::effects::{Effect, Told};
 
 fn job(uid: &str) -> WorkloadView {
-    WorkloadView {
-        uid: uid.into(),
-        name: format!("job-{uid}"),
-        created: format!("2026-12-01T00:00:{uid:0>2}Z"),
-        priority: 0,
-        suspended: true,
-        admitted: false,
-        finished: false,
-        active_pods: false,
-        grace_seconds: 30,
-        slots: 1,
-        in_kueue: false,
-    }
+    WorkloadView::waiting(uid, &format!("2026-12-01T00:00:{uid:0>2}Z"))
 }
 
 /// A generated pass: Jobs in every state, slots held for some, permits
