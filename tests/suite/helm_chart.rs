@@ -159,9 +159,10 @@ fn default_values_render_a_leader_elected_controller() {
     let secrets = rule(&docs, "", "secrets").expect("a secrets rule");
     assert_eq!(strings(&secrets["verbs"]), ["get"]);
     assert!(rule(&docs, "jobgate.dev", "concurrencygroups/status").is_some());
-    // Events are created once each and never updated; no core-group rule.
+    // Events are created, and a repeat patches the first one's series;
+    // nothing else, and no core-group rule.
     let events = rule(&docs, "events.k8s.io", "events").expect("an events rule");
-    assert_eq!(strings(&events["verbs"]), ["create"]);
+    assert_eq!(strings(&events["verbs"]), ["create", "patch"]);
     assert!(rule(&docs, "", "events").is_none());
 
     let service = named(&docs, "Service", "jobgate-metrics");
