@@ -71,7 +71,10 @@ pub(super) fn deadline_patches<'a>(
     let mut patches = Vec::new();
     let mut managing = false;
     for job in jobs {
-        let Some(uid) = job.uid() else { continue };
+        // Borrowed, not cloned: every pass looks at every Job of the group.
+        let Some(uid) = job.metadata.uid.as_deref() else {
+            continue;
+        };
         let recorded = job
             .annotations()
             .get(deadline::USER_DEADLINE_ANNOTATION)
@@ -89,7 +92,7 @@ pub(super) fn deadline_patches<'a>(
             })
         } else {
             let running = !job.is_suspended() && !is_finished(job) && is_admitted(job);
-            if !running || !permits.contains(&uid) || lost.contains(&uid) {
+            if !running || !permits.contains(uid) || lost.contains(uid) {
                 continue;
             }
             let Some(want) = deadline_for(job, user, stop_in, now) else {
