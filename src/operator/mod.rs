@@ -15,6 +15,7 @@ pub mod http;
 pub mod inspect;
 pub mod job_cache;
 pub mod jobs;
+pub mod kinds;
 pub mod leader;
 pub mod ledgers;
 pub mod limits;

@@ -1,0 +1,435 @@
+//! Kinds of work other than `batch/v1` Job, described by data rather than
+//! code: where the switch that holds one back is, how it is finished, how
+//! its pods are found and how many units of the limit it takes. The
+//! built-in kinds (JobSet, Argo Workflow, RayJob) are such descriptions;
+//! an administrator describes any other kind the same way
+//! (`--workload-kinds`). Everything here is pure: the controller and the
+//! webhook carry it out.
+
+use std::collections::BTreeMap;
+
+use kube::ResourceExt;
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::crd::{
+    ADMITTED_AT_ANNOTATION, KUEUE_QUEUE_LABEL, PRIORITY_ANNOTATION, SLOTS_ANNOTATION,
+};
+use super::workload::WorkloadView;
+
+/// Kubernetes' `terminationGracePeriodSeconds` when a pod spec sets none.
+const DEFAULT_GRACE_SECONDS: i64 = 30;
+
+/// One kind of workload, as the configuration describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KindSpec {
+    /// API group, empty for the core group.
+    pub group: String,
+    pub version: String,
+    pub kind: String,
+    /// The resource's plural name, as in its URL.
+    pub plural: String,
+    pub suspend: Suspend,
+    pub finished: Finished,
+    pub pods: PodLink,
+    /// Units of the limit each one takes; without this, its
+    /// `jobgate.dev/slots` annotation, or 1, as for Jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub units: Option<Units>,
+    /// Dotted path of its pods' `terminationGracePeriodSeconds`, for the
+    /// group's `maxGracePeriodSeconds` check; without it, Kubernetes'
+    /// default of 30 s is assumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_period_path: Option<String>,
+}
+
+/// The switch that keeps it from running.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Suspend {
+    /// Dotted path, such as `spec.suspend` or `spec.runPolicy.suspend`.
+    pub path: String,
+    /// Without it the field is a boolean, true while held. With it, the
+    /// field holds this value while held (Tekton's `spec.status:
+    /// PipelineRunPending`) and is removed to let it run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_value: Option<Value>,
+}
+
+/// When it will not run again. One of the two.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Finished {
+    /// Finished once a `status.conditions` entry of one of these types is
+    /// `True`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<String>,
+    /// Finished once the field at this dotted path holds one of `values`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+/// How its pods are found: a label every one of them carries, whose value
+/// is the workload's UID or name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodLink {
+    pub label: String,
+    #[serde(default)]
+    pub value: LabelValue,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum LabelValue {
+    #[default]
+    Uid,
+    Name,
+}
+
+/// Units of the limit: a constant, or read from a field. One of the two.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Units {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constant: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// A description that cannot work, in one sentence.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("workload kind {kind}: {problem}")]
+pub struct InvalidKind {
+    pub kind: String,
+    pub problem: String,
+}
+
+impl KindSpec {
+    /// `Kind.group`, as kubectl names a kind: `JobSet.jobset.x-k8s.io`.
+    pub fn id(&self) -> String {
+        match self.group.as_str() {
+            "" => self.kind.clone(),
+            group => format!("{}.{group}", self.kind),
+        }
+    }
+
+    pub fn api_resource(&self) -> ApiResource {
+        let gvk = GroupVersionKind::gvk(&self.group, &self.version, &self.kind);
+        ApiResource::from_gvk_with_plural(&gvk, &self.plural)
+    }
+
+    /// Checks what deserializing cannot: one sentence naming the field.
+    pub fn validate(&self) -> Result<(), InvalidKind> {
+        let problem = |p: &str| InvalidKind {
+            kind: self.id(),
+            problem: p.to_string(),
+        };
+        if self.kind.is_empty() || self.version.is_empty() || self.plural.is_empty() {
+            return Err(problem("kind, version and plural must all be given"));
+        }
+        if self.group == "batch" && self.kind == "Job" {
+            return Err(problem(
+                "batch/v1 Jobs are always gated; leave them out of --workload-kinds",
+            ));
+        }
+        if self.group.is_empty() && self.kind == "Pod" {
+            return Err(problem(
+                "Pods have no suspend switch; they are not a kind to describe here",
+            ));
+        }
+        if bad_path(&self.suspend.path) {
+            return Err(problem(
+                "suspend.path must be a dotted path such as spec.suspend",
+            ));
+        }
+        let f = &self.finished;
+        match (f.conditions.is_empty(), &f.path) {
+            (false, None) if f.values.is_empty() => {}
+            (true, Some(path)) if !bad_path(path) && !f.values.is_empty() => {}
+            _ => {
+                return Err(problem(
+                    "finished needs either conditions (a list of condition types) or a path with values",
+                ));
+            }
+        }
+        if self.pods.label.trim().is_empty() {
+            return Err(problem("pods.label must name the label its pods carry"));
+        }
+        if let Some(u) = &self.units {
+            match (u.constant, &u.path) {
+                (Some(n), None) if n > 0 => {}
+                (None, Some(path)) if !bad_path(path) => {}
+                _ => return Err(problem("units needs either a positive constant or a path")),
+            }
+        }
+        if self.grace_period_path.as_deref().is_some_and(bad_path) {
+            return Err(problem("gracePeriodPath must be a dotted path"));
+        }
+        Ok(())
+    }
+
+    pub fn is_suspended(&self, obj: &DynamicObject) -> bool {
+        let at = get(&obj.data, &self.suspend.path);
+        match &self.suspend.held_value {
+            None => at == Some(&Value::Bool(true)),
+            Some(held) => at == Some(held),
+        }
+    }
+
+    /// Done, failed, or being deleted: it will not run again.
+    pub fn is_finished(&self, obj: &DynamicObject) -> bool {
+        if obj.metadata.deletion_timestamp.is_some() {
+            return true;
+        }
+        let f = &self.finished;
+        if let Some(path) = &f.path {
+            return get(&obj.data, path)
+                .and_then(Value::as_str)
+                .is_some_and(|v| f.values.iter().any(|want| want == v));
+        }
+        obj.data["status"]["conditions"]
+            .as_array()
+            .is_some_and(|cs| {
+                cs.iter().any(|c| {
+                    c["status"] == "True"
+                        && c["type"]
+                            .as_str()
+                            .is_some_and(|t| f.conditions.iter().any(|want| want == t))
+                })
+            })
+    }
+
+    /// The view the admission decisions take; `None` without a UID. Its
+    /// pods are counted by listing them (`active_pods` stays false: no
+    /// status of these kinds counts them the same way), which every pass
+    /// that could free its slot does.
+    pub fn view(&self, obj: &DynamicObject) -> Option<WorkloadView> {
+        let annotations = obj.annotations();
+        Some(WorkloadView {
+            uid: obj.uid()?,
+            name: obj.name_any(),
+            created: obj
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.to_string())
+                .unwrap_or_default(),
+            priority: annotations
+                .get(PRIORITY_ANNOTATION)
+                .and_then(|p| p.trim().parse().ok())
+                .unwrap_or(0),
+            suspended: self.is_suspended(obj),
+            admitted: annotations.contains_key(ADMITTED_AT_ANNOTATION),
+            finished: self.is_finished(obj),
+            active_pods: false,
+            grace_seconds: self
+                .grace_period_path
+                .as_deref()
+                .and_then(|p| get(&obj.data, p))
+                .and_then(Value::as_i64)
+                .unwrap_or(DEFAULT_GRACE_SECONDS),
+            slots: self.units_of(obj, annotations),
+            in_kueue: obj.labels().contains_key(KUEUE_QUEUE_LABEL),
+        })
+    }
+
+    /// 0 when what names the units is not a positive integer (the plan
+    /// refuses it with an Event, as for Jobs).
+    fn units_of(&self, obj: &DynamicObject, annotations: &BTreeMap<String, String>) -> u32 {
+        match &self.units {
+            Some(Units {
+                constant: Some(n), ..
+            }) => *n,
+            Some(Units {
+                path: Some(path), ..
+            }) => get(&obj.data, path)
+                .and_then(Value::as_u64)
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(0),
+            _ => annotations
+                .get(SLOTS_ANNOTATION)
+                .map_or(Some(1), |n| n.trim().parse().ok())
+                .unwrap_or(0),
+        }
+    }
+
+    /// The merge patch that holds it (`true`) or lets it run.
+    pub fn suspend_patch(&self, suspend: bool) -> Value {
+        let value = match (&self.suspend.held_value, suspend) {
+            (None, s) => Value::Bool(s),
+            (Some(held), true) => held.clone(),
+            // A merge patch's null removes the field.
+            (Some(_), false) => Value::Null,
+        };
+        nest(&self.suspend.path, value)
+    }
+
+    /// The JSON pointer of the switch, for the webhook's JSON patch.
+    pub fn suspend_pointer(&self) -> String {
+        pointer(&self.suspend.path)
+    }
+
+    /// The value the webhook sets to hold it.
+    pub fn held(&self) -> Value {
+        self.suspend.held_value.clone().unwrap_or(Value::Bool(true))
+    }
+
+    /// What its pods' label holds for `obj`.
+    pub fn pod_key(&self, obj: &DynamicObject) -> Option<String> {
+        match self.pods.value {
+            LabelValue::Uid => obj.uid(),
+            LabelValue::Name => obj.metadata.name.clone(),
+        }
+    }
+
+    /// The selector of the pods whose label holds one of `keys`; of every
+    /// pod that carries the label, when `keys` is `None` (a workload whose
+    /// name is no longer known).
+    pub fn pods_selector(&self, keys: Option<&[&str]>) -> String {
+        match keys {
+            Some(keys) => format!("{} in ({})", self.pods.label, keys.join(",")),
+            None => self.pods.label.clone(),
+        }
+    }
+}
+
+/// The descriptions jobgate ships, by the name `--workload-kinds` takes.
+pub fn builtin(name: &str) -> Option<KindSpec> {
+    let spec = |group: &str, version: &str, kind: &str, plural: &str| KindSpec {
+        group: group.into(),
+        version: version.into(),
+        kind: kind.into(),
+        plural: plural.into(),
+        suspend: Suspend {
+            path: "spec.suspend".into(),
+            held_value: None,
+        },
+        finished: Finished::default(),
+        pods: PodLink {
+            label: String::new(),
+            value: LabelValue::Uid,
+        },
+        units: None,
+        grace_period_path: None,
+    };
+    match name.to_ascii_lowercase().as_str() {
+        // The JobSet controller labels its Jobs and their pods with the
+        // JobSet's UID (`jobset.sigs.k8s.io/jobset-uid`), and removes a
+        // suspended JobSet's Jobs.
+        "jobset" => Some(KindSpec {
+            finished: Finished {
+                conditions: vec!["Completed".into(), "Failed".into()],
+                ..Finished::default()
+            },
+            pods: PodLink {
+                label: "jobset.sigs.k8s.io/jobset-uid".into(),
+                value: LabelValue::Uid,
+            },
+            ..spec("jobset.x-k8s.io", "v1alpha2", "JobSet", "jobsets")
+        }),
+        // Argo labels each pod of a workflow with the workflow's name.
+        "workflow" => Some(KindSpec {
+            finished: Finished {
+                path: Some("status.phase".into()),
+                values: vec!["Succeeded".into(), "Failed".into(), "Error".into()],
+                ..Finished::default()
+            },
+            pods: PodLink {
+                label: "workflows.argoproj.io/workflow".into(),
+                value: LabelValue::Name,
+            },
+            ..spec("argoproj.io", "v1alpha1", "Workflow", "workflows")
+        }),
+        // KubeRay labels the pods of the cluster a RayJob makes, and of
+        // its submitter Job, with the RayJob's name.
+        "rayjob" => Some(KindSpec {
+            finished: Finished {
+                path: Some("status.jobDeploymentStatus".into()),
+                values: vec!["Complete".into(), "Failed".into()],
+                ..Finished::default()
+            },
+            pods: PodLink {
+                label: "ray.io/originated-from-cr-name".into(),
+                value: LabelValue::Name,
+            },
+            ..spec("ray.io", "v1", "RayJob", "rayjobs")
+        }),
+        _ => None,
+    }
+}
+
+/// The names `builtin` knows.
+pub const BUILTIN_NAMES: &[&str] = &["jobset", "workflow", "rayjob"];
+
+/// The kinds `--workload-kinds` names: built-in names, or files holding a
+/// YAML list of descriptions. One sentence for what cannot be used.
+pub fn parse(
+    entries: &[String],
+    read: impl Fn(&str) -> std::io::Result<String>,
+) -> Result<Vec<KindSpec>, String> {
+    let mut kinds: Vec<KindSpec> = Vec::new();
+    for entry in entries.iter().flat_map(|e| e.split(',')).map(str::trim) {
+        if entry.is_empty() {
+            continue;
+        }
+        let found = match builtin(entry) {
+            Some(kind) => vec![kind],
+            None if entry.contains('/') || entry.ends_with(".yaml") || entry.ends_with(".json") => {
+                let text = read(entry)
+                    .map_err(|e| format!("cannot read the workload kinds file {entry}: {e}"))?;
+                serde_yaml::from_str::<Vec<KindSpec>>(&text).map_err(|e| {
+                    format!(
+                        "the workload kinds file {entry} is not a list of kind descriptions: {e}"
+                    )
+                })?
+            }
+            None => {
+                return Err(format!(
+                    "unknown workload kind {entry:?}: give one of {} or the path of a YAML file describing kinds",
+                    BUILTIN_NAMES.join(", ")
+                ));
+            }
+        };
+        for kind in found {
+            kind.validate().map_err(|e| e.to_string())?;
+            if kinds.iter().any(|k| k.id() == kind.id()) {
+                return Err(format!("workload kind {} is named twice", kind.id()));
+            }
+            kinds.push(kind);
+        }
+    }
+    Ok(kinds)
+}
+
+fn bad_path(path: &str) -> bool {
+    path.is_empty() || path.split('.').any(str::is_empty)
+}
+
+/// The value at a dotted path; a number steps into a list.
+pub fn get<'a>(data: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(data, |v, key| match v {
+        Value::Array(items) => items.get(key.parse::<usize>().ok()?),
+        _ => v.get(key),
+    })
+}
+
+/// `{"a": {"b": value}}` for `a.b`.
+fn nest(path: &str, value: Value) -> Value {
+    path.rsplit('.')
+        .fold(value, |inner, key| json!({ key: inner }))
+}
+
+/// `/a/b` for `a.b`, escaped as RFC 6901 says.
+fn pointer(path: &str) -> String {
+    path.split('.')
+        .map(|k| format!("/{}", k.replace('~', "~0").replace('/', "~1")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,207 @@
+use super::*;
+
+fn object(value: Value) -> DynamicObject {
+    serde_json::from_value(value).unwrap()
+}
+
+fn jobset(spec: Value, status: Value) -> DynamicObject {
+    object(json!({
+        "apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet",
+        "metadata": {"name": "train", "namespace": "team", "uid": "u1",
+                     "creationTimestamp": "2026-12-01T00:00:00Z",
+                     "annotations": {"jobgate.dev/priority": "4"}},
+        "spec": spec, "status": status,
+    }))
+}
+
+#[test]
+fn a_jobset_is_held_by_spec_suspend_and_finished_by_its_conditions() {
+    let kind = builtin("JobSet").unwrap();
+    kind.validate().unwrap();
+    let held = jobset(json!({"suspend": true}), json!({}));
+    assert!(kind.is_suspended(&held));
+    assert!(!kind.is_finished(&held));
+    let view = kind.view(&held).unwrap();
+    assert_eq!(
+        (
+            view.uid.as_str(),
+            view.priority,
+            view.slots,
+            view.suspended,
+            view.grace_seconds
+        ),
+        ("u1", 4, 1, true, 30)
+    );
+    let done = jobset(
+        json!({"suspend": false}),
+        json!({"conditions": [{"type": "Completed", "status": "True"}]}),
+    );
+    assert!(kind.is_finished(&done) && !kind.is_suspended(&done));
+    let not_yet = jobset(
+        json!({}),
+        json!({"conditions": [{"type": "Completed", "status": "False"}]}),
+    );
+    assert!(!kind.is_finished(&not_yet));
+    assert_eq!(
+        kind.suspend_patch(false),
+        json!({"spec": {"suspend": false}})
+    );
+    assert_eq!(kind.suspend_pointer(), "/spec/suspend");
+    assert_eq!(
+        kind.pods_selector(Some(&["u1", "u2"])),
+        "jobset.sigs.k8s.io/jobset-uid in (u1,u2)"
+    );
+    assert_eq!(kind.pod_key(&held).as_deref(), Some("u1"));
+}
+
+#[test]
+fn a_workflow_is_finished_by_its_phase_and_its_pods_carry_its_name() {
+    let kind = builtin("workflow").unwrap();
+    let wf = |phase: &str| {
+        object(json!({
+            "apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+            "metadata": {"name": "pipe", "uid": "w1"},
+            "spec": {"suspend": true}, "status": {"phase": phase},
+        }))
+    };
+    assert!(!kind.is_finished(&wf("Running")));
+    for phase in ["Succeeded", "Failed", "Error"] {
+        assert!(kind.is_finished(&wf(phase)), "{phase}");
+    }
+    assert_eq!(kind.pod_key(&wf("Running")).as_deref(), Some("pipe"));
+    assert_eq!(kind.pods_selector(None), "workflows.argoproj.io/workflow");
+}
+
+#[test]
+fn a_deleted_workload_is_finished_whatever_its_status() {
+    let kind = builtin("rayjob").unwrap();
+    let mut ray = object(json!({"metadata": {"name": "r", "uid": "r1"}, "spec": {}}));
+    assert!(!kind.is_finished(&ray));
+    ray.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        "2026-12-01T00:00:00Z".parse().unwrap(),
+    ));
+    assert!(kind.is_finished(&ray));
+}
+
+#[test]
+fn a_pending_value_holds_it_and_removing_the_field_lets_it_run() {
+    let yaml = r#"
+- group: tekton.dev
+  version: v1
+  kind: PipelineRun
+  plural: pipelineruns
+  suspend: {path: spec.status, heldValue: PipelineRunPending}
+  finished: {conditions: [Succeeded]}
+  pods: {label: tekton.dev/pipelineRun, value: name}
+  units: {constant: 2}
+  gracePeriodPath: spec.taskRunTemplate.podTemplate.terminationGracePeriodSeconds
+"#;
+    let kinds = parse(&["kinds.yaml".into()], |_| Ok(yaml.into())).unwrap();
+    let kind = &kinds[0];
+    assert_eq!(kind.id(), "PipelineRun.tekton.dev");
+    let run = |status: Value| {
+        object(
+            json!({"metadata": {"name": "p", "uid": "p1"}, "spec": {"status": status,
+            "taskRunTemplate": {"podTemplate": {"terminationGracePeriodSeconds": 90}}}}),
+        )
+    };
+    assert!(kind.is_suspended(&run(json!("PipelineRunPending"))));
+    assert!(!kind.is_suspended(&run(Value::Null)));
+    assert_eq!(
+        kind.suspend_patch(true),
+        json!({"spec": {"status": "PipelineRunPending"}})
+    );
+    assert_eq!(kind.suspend_patch(false), json!({"spec": {"status": null}}));
+    assert_eq!(kind.held(), json!("PipelineRunPending"));
+    let view = kind.view(&run(Value::Null)).unwrap();
+    assert_eq!((view.slots, view.grace_seconds), (2, 90));
+}
+
+#[test]
+fn units_come_from_a_path_and_a_bad_value_is_zero_which_the_plan_refuses() {
+    let mut kind = builtin("jobset").unwrap();
+    kind.units = Some(Units {
+        constant: None,
+        path: Some("spec.replicatedJobs.0.replicas".into()),
+    });
+    kind.validate().unwrap();
+    let with = |replicas: Value| {
+        object(json!({"metadata": {"name": "j", "uid": "j1"},
+            "spec": {"replicatedJobs": [{"replicas": replicas}]}}))
+    };
+    assert_eq!(kind.view(&with(json!(3))).unwrap().slots, 3);
+    assert_eq!(kind.view(&with(json!("three"))).unwrap().slots, 0);
+    let annotated = object(json!({"metadata": {"name": "j", "uid": "j1",
+        "annotations": {"jobgate.dev/slots": "x"}}}));
+    assert_eq!(
+        builtin("jobset").unwrap().view(&annotated).unwrap().slots,
+        0
+    );
+}
+
+#[test]
+fn what_cannot_work_is_refused_in_one_sentence_naming_the_field() {
+    let read = |text: &'static str| move |_: &str| Ok::<_, std::io::Error>(text.to_string());
+    let base = "- {group: x.io, version: v1, kind: Thing, plural: things, suspend: {path: spec.suspend}, pods: {label: x.io/owner}";
+    let cases = [
+        (format!("{base}, finished: {{}}}}"), "finished needs either"),
+        (
+            format!("{base}, finished: {{conditions: [Done], path: status.phase, values: [Done]}}}}"),
+            "finished needs either",
+        ),
+        (
+            format!("{base}, finished: {{conditions: [Done]}}, units: {{constant: 0}}}}"),
+            "units needs",
+        ),
+        (
+            "- {group: batch, version: v1, kind: Job, plural: jobs, suspend: {path: spec.suspend}, finished: {conditions: [Complete]}, pods: {label: a}}".to_string(),
+            "always gated",
+        ),
+        (
+            "- {group: x.io, version: v1, kind: Thing, plural: things, suspend: {path: spec..suspend}, finished: {conditions: [Done]}, pods: {label: a}}".to_string(),
+            "suspend.path",
+        ),
+        (format!("{base}, finished: {{conditions: [Done]}}, colour: red}}"), "unknown field"),
+    ];
+    for (text, want) in cases {
+        let text: &'static str = Box::leak(text.into_boxed_str());
+        let err = parse(&["k.yaml".into()], read(text)).unwrap_err();
+        assert!(err.contains(want), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+    let err = parse(&["jobsets".into()], read("")).unwrap_err();
+    assert!(err.contains("jobset, workflow, rayjob"), "{err}");
+    let err = parse(&["jobset,JobSet".into()], read("")).unwrap_err();
+    assert!(err.contains("named twice"), "{err}");
+    let err = parse(&["/nowhere/k.yaml".into()], |_| {
+        Err(std::io::Error::other("gone"))
+    })
+    .unwrap_err();
+    assert!(
+        err.starts_with("cannot read the workload kinds file /nowhere/k.yaml"),
+        "{err}"
+    );
+}
+
+#[test]
+fn built_in_names_and_files_combine() {
+    let yaml = "- {group: x.io, version: v1, kind: Thing, plural: things, suspend: {path: spec.hold}, finished: {conditions: [Done]}, pods: {label: x.io/owner}}";
+    let kinds = parse(&["jobset, workflow".into(), "./k.yaml".into()], |_| {
+        Ok(yaml.into())
+    })
+    .unwrap();
+    let ids: Vec<String> = kinds.iter().map(KindSpec::id).collect();
+    assert_eq!(
+        ids,
+        [
+            "JobSet.jobset.x-k8s.io",
+            "Workflow.argoproj.io",
+            "Thing.x.io"
+        ]
+    );
+    let ar = kinds[2].api_resource();
+    assert_eq!(
+        (ar.api_version.as_str(), ar.plural.as_str()),
+        ("x.io/v1", "things")
+    );
+}
