@@ -8,6 +8,7 @@ use clap::Args;
 use crate::error::{Error, Result};
 use crate::operator::allowlist::Allowlist;
 use crate::operator::controller::{self, LeaderSettings, Settings};
+use crate::operator::kinds;
 use crate::operator::webhook::{self, CertSource, WebhookSettings};
 
 #[derive(Debug, Args)]
@@ -47,6 +48,17 @@ pub struct ControllerArgs {
     /// read at start-up. Keep it above the number of groups.
     #[arg(long, default_value_t = 0)]
     max_concurrent_passes: u16,
+    /// Kinds of work gated besides Jobs (repeat, or separate by commas):
+    /// jobset, workflow (Argo), rayjob, or the path of a YAML file that
+    /// describes other kinds (see docs/kinds.md). Objects of these kinds
+    /// labelled jobgate.dev/group wait for a slot as Jobs do.
+    #[arg(
+        long,
+        value_name = "KIND|FILE",
+        env = "JOBGATE_WORKLOAD_KINDS",
+        value_delimiter = ','
+    )]
+    workload_kinds: Vec<String>,
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
@@ -159,6 +171,8 @@ pub async fn controller(args: ControllerArgs) -> Result<u8> {
     // Refused before connecting: a typo must not leave groups unchecked.
     let allowlist = Allowlist::parse(&args.allowed_ledgers)
         .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    let kinds = kinds::parse(&args.workload_kinds, |path| std::fs::read_to_string(path))
+        .map_err(Error::InvalidArgument)?;
     let config = super::kube::config(args.kubeconfig.as_deref(), None).await?;
     let settings = Settings {
         cluster_name: args.cluster_name.filter(|s| !s.is_empty()),
@@ -170,6 +184,7 @@ pub async fn controller(args: ControllerArgs) -> Result<u8> {
         allowlist,
         fence_without_ledger: !fence_only_with_ledger,
         count_pods: !release_without_pods,
+        kinds: std::sync::Arc::new(kinds.into_iter().map(std::sync::Arc::new).collect()),
         listen: args.listen,
         webhook,
         leader_election: args.leader_elect.then_some(LeaderSettings {

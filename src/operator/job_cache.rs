@@ -19,10 +19,13 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
+use kube::core::DynamicObject;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 
 use super::crd::GROUP_LABEL;
+use super::kinds::KindSpec;
+use super::workload::Object;
 
 /// Annotations that can be large and that no decision reads.
 const DROPPED_ANNOTATIONS: &[&str] = &["kubectl.kubernetes.io/last-applied-configuration"];
@@ -30,29 +33,86 @@ const DROPPED_ANNOTATIONS: &[&str] = &["kubectl.kubernetes.io/last-applied-confi
 #[derive(Clone)]
 pub struct JobCache {
     store: Store<Job>,
+    /// The labelled objects of each other kind gated, from a watch each.
+    others: Vec<(Arc<KindSpec>, Store<DynamicObject>)>,
 }
 
 impl JobCache {
     pub fn new(store: Store<Job>) -> Self {
-        JobCache { store }
+        JobCache {
+            store,
+            others: Vec::new(),
+        }
     }
 
-    /// Whether the first LIST is in (never waits: callers list instead).
+    /// With the watch caches of other kinds.
+    pub fn with_kinds(mut self, others: Vec<(Arc<KindSpec>, Store<DynamicObject>)>) -> Self {
+        self.others = others;
+        self
+    }
+
+    /// Whether the Jobs' first LIST is in (never waits: callers list
+    /// instead).
     pub fn is_ready(&self) -> bool {
         matches!(self.store.wait_until_ready().now_or_never(), Some(Ok(())))
     }
 
     /// The Jobs of group `group` in namespace `ns`.
     pub fn of_group(&self, ns: &str, group: &str) -> Vec<Arc<Job>> {
-        self.store.state_filter(|job| {
-            job.metadata.namespace.as_deref() == Some(ns)
-                && job.labels().get(GROUP_LABEL).map(String::as_str) == Some(group)
-        })
+        self.store
+            .state_filter(|job| in_group(&job.metadata, ns, group))
+    }
+
+    /// The workloads of every kind of group `group` in namespace `ns`, as
+    /// far as the watches have them, and the kinds whose first LIST is not
+    /// in (a kind whose CRD is missing never has one).
+    pub fn workloads_of_group(&self, ns: &str, group: &str) -> (Vec<Object>, Vec<Arc<KindSpec>>) {
+        let mut all: Vec<Object> = self
+            .of_group(ns, group)
+            .into_iter()
+            .map(Object::Job)
+            .collect();
+        let mut not_ready = Vec::new();
+        for (kind, store) in &self.others {
+            if !matches!(store.wait_until_ready().now_or_never(), Some(Ok(()))) {
+                not_ready.push(kind.clone());
+                continue;
+            }
+            all.extend(
+                store
+                    .state_filter(|o| in_group(&o.metadata, ns, group))
+                    .into_iter()
+                    .map(|o| Object::Other(kind.clone(), o)),
+            );
+        }
+        (all, not_ready)
     }
 
     /// Every labelled Job.
     pub fn all(&self) -> Vec<Arc<Job>> {
         self.store.state()
+    }
+}
+
+fn in_group(meta: &ObjectMeta, ns: &str, group: &str) -> bool {
+    meta.namespace.as_deref() == Some(ns)
+        && meta
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(GROUP_LABEL))
+            .map(String::as_str)
+            == Some(group)
+}
+
+/// Drops what no decision reads from an object of another kind before it
+/// is kept. Its spec stays whole: where its switch, units and grace period
+/// are is configuration.
+pub fn prune_other(obj: &mut DynamicObject) {
+    obj.metadata.managed_fields = None;
+    if let Some(annotations) = obj.metadata.annotations.as_mut() {
+        for key in DROPPED_ANNOTATIONS {
+            annotations.remove(*key);
+        }
     }
 }
 

@@ -2,10 +2,20 @@
 //! speaks of workloads: something with a UID, a suspend switch, units of
 //! the limit it takes, a grace period its pods may take to stop, a
 //! finished state, and pods found by a label selector. `batch/v1` Job
-//! (`jobs.rs`) is the one kind so far; another kind implements `Workload`
-//! and leaves the plan as it is.
+//! (`jobs.rs`) is typed; every other kind is described by data
+//! (`kinds.rs`), and a pass holds either as an [`Object`].
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
+use kube::core::{ApiResource, DynamicObject};
+
+use super::crd::ADMITTED_AT_ANNOTATION;
+use super::kinds::KindSpec;
 
 /// What the controller knows about one workload of the group: all the
 /// admission decisions read of it, whatever its kind.
@@ -70,4 +80,121 @@ pub trait Workload: Resource<DynamicType = ()> + Clone + Send + Sync + 'static {
     /// The label selector of the pods of the workloads with these UIDs,
     /// orphaned ones included.
     fn pods_selector(uids: &[&str]) -> String;
+}
+
+/// One workload of a group, of whichever kind: a `batch/v1` Job, typed
+/// (its deadlines and pod template are the Job path's own), or an object
+/// of a kind described by a [`KindSpec`].
+#[derive(Debug, Clone)]
+pub enum Object {
+    Job(Arc<Job>),
+    Other(Arc<KindSpec>, Arc<DynamicObject>),
+}
+
+impl Object {
+    pub fn meta(&self) -> &ObjectMeta {
+        match self {
+            Object::Job(job) => &job.metadata,
+            Object::Other(_, obj) => &obj.metadata,
+        }
+    }
+
+    pub fn uid(&self) -> Option<String> {
+        self.meta().uid.clone()
+    }
+
+    pub fn name_any(&self) -> String {
+        self.meta().name.clone().unwrap_or_default()
+    }
+
+    pub fn annotations(&self) -> &BTreeMap<String, String> {
+        static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+        self.meta().annotations.as_ref().unwrap_or(&EMPTY)
+    }
+
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+        self.meta().labels.as_ref().unwrap_or(&EMPTY)
+    }
+
+    pub fn view(&self) -> Option<WorkloadView> {
+        match self {
+            Object::Job(job) => Workload::view(job.as_ref()),
+            Object::Other(kind, obj) => kind.view(obj),
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        match self {
+            Object::Job(job) => Workload::is_finished(job.as_ref()),
+            Object::Other(kind, obj) => kind.is_finished(obj),
+        }
+    }
+
+    pub fn is_admitted(&self) -> bool {
+        self.annotations().contains_key(ADMITTED_AT_ANNOTATION)
+    }
+
+    pub fn is_suspended(&self) -> bool {
+        match self {
+            Object::Job(job) => Workload::is_suspended(job.as_ref()),
+            Object::Other(kind, obj) => kind.is_suspended(obj),
+        }
+    }
+
+    /// The merge patch that sets its suspend switch.
+    pub fn suspend_patch(&self, suspend: bool) -> serde_json::Value {
+        match self {
+            Object::Job(_) => Job::suspend_patch(suspend),
+            Object::Other(kind, _) => kind.suspend_patch(suspend),
+        }
+    }
+
+    /// The Job, for what only Jobs have (deadlines, a pod template the
+    /// controller labels).
+    pub fn as_job(&self) -> Option<&Job> {
+        match self {
+            Object::Job(job) => Some(job),
+            Object::Other(..) => None,
+        }
+    }
+
+    /// Its kind as people name it: `Job`, `JobSet`.
+    pub fn kind_name(&self) -> &str {
+        match self {
+            Object::Job(_) => "Job",
+            Object::Other(kind, _) => &kind.kind,
+        }
+    }
+
+    /// Its API resource, for requests made through `DynamicObject`.
+    pub fn api_resource(&self) -> ApiResource {
+        match self {
+            Object::Job(_) => ApiResource::erase::<Job>(&()),
+            Object::Other(kind, _) => kind.api_resource(),
+        }
+    }
+
+    /// The reference an Event about it names.
+    pub fn object_ref(&self) -> ObjectReference {
+        let ar = self.api_resource();
+        let meta = self.meta();
+        ObjectReference {
+            api_version: Some(ar.api_version),
+            kind: Some(ar.kind),
+            name: meta.name.clone(),
+            namespace: meta.namespace.clone(),
+            uid: meta.uid.clone(),
+            resource_version: meta.resource_version.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// The same object as read again (by a GET through `DynamicObject`).
+    pub fn with(&self, fresh: DynamicObject) -> Option<Object> {
+        Some(match self {
+            Object::Job(_) => Object::Job(Arc::new(fresh.try_parse().ok()?)),
+            Object::Other(kind, _) => Object::Other(kind.clone(), Arc::new(fresh)),
+        })
+    }
 }

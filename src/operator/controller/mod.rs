@@ -16,6 +16,7 @@ use super::allowlist::Allowlist;
 use super::crd::ConcurrencyGroup;
 use super::error::{Error, Result};
 use super::http::{self, Health};
+use super::kinds::KindSpec;
 use super::leader::{self, LeaseConfig};
 use super::ledgers::Ledgers;
 use super::metrics::{GroupLabels, Metrics};
@@ -46,6 +47,8 @@ pub struct Settings {
     /// Keep a slot while pods of its finished or deleted Job may still run.
     /// Off only in tests that show what goes wrong without it.
     pub count_pods: bool,
+    /// The kinds gated besides Jobs.
+    pub kinds: Arc<Vec<Arc<KindSpec>>>,
     pub listen: SocketAddr,
     /// The Job webhook, served by every replica; `None`: off.
     pub webhook: Option<WebhookSettings>,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, ListParams};
+use kube::core::DynamicObject;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef};
@@ -20,6 +21,7 @@ use tracing::warn;
 use super::super::crd::{ConcurrencyGroup, GROUP_LABEL};
 use super::super::events;
 use super::super::job_cache::{self, JobCache};
+use super::super::kinds::KindSpec;
 use super::super::ledgers::{LedgerSettings, Ledgers};
 use super::super::metrics::{GroupLabels, Metrics};
 use super::super::orphans;
@@ -79,7 +81,16 @@ pub(super) async fn admit(
             };
             futures::stream::iter(triggers)
         });
-    let job_cache = JobCache::new(job_store);
+    // One watch per other kind gated, each feeding its own cache and
+    // triggering the passes of its objects' groups.
+    let mut kind_stores = Vec::new();
+    let mut kind_triggers = Vec::new();
+    for kind in settings.kinds.iter() {
+        let (store, events) = watch_kind(&client, settings.namespace.as_deref(), kind);
+        kind_stores.push((kind.clone(), store));
+        kind_triggers.push(events);
+    }
+    let job_cache = JobCache::new(job_store).with_kinds(kind_stores);
     // This term's share of the process-wide channel.
     let (term_trigger, term_triggers) = mpsc::unbounded_channel();
     let requeue = trigger.clone();
@@ -119,6 +130,7 @@ pub(super) async fn admit(
         trigger,
         deletion_timeout: settings.deletion_timeout,
         jobs: job_cache.clone(),
+        kinds: settings.kinds.clone(),
         term_started: tokio::time::Instant::now(),
         status_written: Default::default(),
     });
@@ -173,14 +185,18 @@ pub(super) async fn admit(
     // Aborting this task drops the sweeper's handle without stopping it.
     let _sweeper = AbortOnDrop(sweeper);
     let mut shutdown = stop;
-    Controller::new(groups, watcher::Config::default())
+    let mut controller = Controller::new(groups, watcher::Config::default())
         .with_config(controller::Config::default().concurrency(settings.max_concurrent_passes))
         .watches_stream(job_events, |job: Job| {
             let group = job.labels().get(GROUP_LABEL)?.clone();
             let ns = job.namespace()?;
             Some(ObjectRef::<ConcurrencyGroup>::new(&group).within(&ns))
         })
-        .reconcile_on(UnboundedReceiverStream::new(term_triggers))
+        .reconcile_on(UnboundedReceiverStream::new(term_triggers));
+    for events in kind_triggers {
+        controller = controller.reconcile_on(events);
+    }
+    controller
         .graceful_shutdown_on(async move {
             let _ = shutdown.wait_for(|stopped| *stopped).await;
         })
@@ -211,4 +227,65 @@ pub(super) async fn admit(
             }
         })
         .await;
+}
+
+/// The watch of one other kind's labelled objects: its cache, and the
+/// groups its events concern. A (re)list's end triggers every group in
+/// the cache; a group whose last object was deleted while the watch was
+/// down is looked at again by its own periodic pass.
+fn watch_kind(
+    client: &Client,
+    namespace: Option<&str>,
+    kind: &Arc<KindSpec>,
+) -> (
+    reflector::Store<DynamicObject>,
+    futures::stream::BoxStream<'static, ObjectRef<ConcurrencyGroup>>,
+) {
+    let ar = kind.api_resource();
+    let api: Api<DynamicObject> = match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+        None => Api::all_with(client.clone(), &ar),
+    };
+    let writer = reflector::store::Writer::new(ar);
+    let store = writer.as_reader();
+    let relisted = store.clone();
+    let id = kind.id();
+    let mut missing_told = false;
+    let events = watcher(api, watcher::Config::default().labels(GROUP_LABEL))
+        .default_backoff()
+        .modify(job_cache::prune_other)
+        .reflect(writer)
+        .flat_map(move |event| {
+            let objects: Vec<ObjectRef<ConcurrencyGroup>> = match event {
+                Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => {
+                    group_ref(&o).into_iter().collect()
+                }
+                Ok(watcher::Event::InitDone) => {
+                    let groups: HashSet<_> =
+                        relisted.state().iter().filter_map(|o| group_ref(o)).collect();
+                    groups.into_iter().collect()
+                }
+                Ok(_) => Vec::new(),
+                Err(e) => {
+                    // Its CRD is not installed: said once, and watched
+                    // for until it is; the other kinds go on.
+                    let missing = matches!(&e, watcher::Error::InitialListFailed(kube::Error::Api(a)) if a.code == 404);
+                    if missing && !missing_told {
+                        warn!(kind = %id, "this kind is not installed in the cluster (no CRD serves it); its objects are gated once it is");
+                        missing_told = true;
+                    } else if !missing {
+                        warn!(kind = %id, error = %e, "watching this kind failed; retrying");
+                    }
+                    Vec::new()
+                }
+            };
+            futures::stream::iter(objects)
+        })
+        .boxed();
+    (store, events)
+}
+
+fn group_ref(obj: &DynamicObject) -> Option<ObjectRef<ConcurrencyGroup>> {
+    let group = obj.labels().get(GROUP_LABEL)?;
+    Some(ObjectRef::<ConcurrencyGroup>::new(group).within(&obj.namespace()?))
 }

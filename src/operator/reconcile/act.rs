@@ -27,7 +27,7 @@ pub(super) async fn patch_jobs(
         false => None,
     };
     let (_, lost) = gl.permits();
-    let of_jobs = |uids: &[String], value: &dyn Fn(&Job) -> Option<String>| {
+    let of_jobs = |uids: &[String], value: &dyn Fn(&Object) -> Option<String>| {
         uids.iter()
             .filter_map(|uid| {
                 let job = pass.jobs.get(uid)?;
@@ -146,16 +146,15 @@ async fn carry_out_one(
             let Some(job) = pass.jobs.get(&uid) else {
                 return Ok(());
             };
-            let paused =
-                |j: &Job| j.spec.as_ref().and_then(|s| s.suspend) == Some(true) && is_admitted(j);
+            let paused = |j: &Object| j.is_suspended() && j.is_admitted();
             let patch = json!({"metadata": {"annotations": not_admitted()}});
-            if patch_while(ctx, &pass.jobs_api, job, paused, patch).await? {
+            if patch_while(ctx, job, paused, patch).await? {
                 info!(job = %job.name_any(), "a suspended Job without a slot is no longer admitted; resumed, it waits for one");
             }
         }
         Effect::Suspend { uid, reason, note } => {
             if let Some(job) = pass.jobs.get(&uid) {
-                suspend(ctx, &pass.jobs_api, job, reason, note).await?;
+                suspend(ctx, job, reason, note).await?;
             }
         }
         Effect::Unsuspend { uid, token } => {
@@ -175,7 +174,7 @@ async fn carry_out_one(
             }
             let deadline = first_deadline(pass, group, job);
             let name = group.name_any();
-            adopt(ctx, &pass.jobs_api, job, token, deadline, &name, labels).await?;
+            adopt(ctx, job, token, deadline, &name, labels).await?;
         }
         Effect::Tell {
             uid,
@@ -213,7 +212,7 @@ async fn release_told(
     };
     if reason == ReleaseReason::Suspended {
         let patch = json!({"metadata": {"annotations": not_admitted()}});
-        if let Err(e) = patch_job(ctx, &pass.jobs_api, job, patch).await {
+        if let Err(e) = patch_job(ctx, job, patch).await {
             warn!(error = %e, "could not mark a suspended Job as no longer admitted");
         }
     }
@@ -253,22 +252,24 @@ pub(super) async fn admit_one(
     // earlier run time until the next pass. Without a startTime it counts
     // from the resume, as the deadline set here does.
     let cleared;
-    let job = if group.spec.on_controller_loss == ControllerLossPolicy::FailJobs
-        && started_at(job).is_some()
-    {
-        match clear_start_time(ctx, &pass.jobs_api, job).await? {
-            Some(fresh) => {
-                cleared = fresh;
-                &cleared
+    let job = match job.as_job() {
+        Some(ran)
+            if group.spec.on_controller_loss == ControllerLossPolicy::FailJobs
+                && started_at(ran).is_some() =>
+        {
+            match clear_start_time(ctx, &pass.jobs_api, ran).await? {
+                Some(fresh) => {
+                    cleared = Object::Job(Arc::new(fresh));
+                    &cleared
+                }
+                // Changed meanwhile: its event brings another pass.
+                None => return Ok(()),
             }
-            // Changed meanwhile: its event brings another pass.
-            None => return Ok(()),
         }
-    } else {
-        job.as_ref()
+        _ => job,
     };
     let deadline = first_deadline(pass, group, job);
-    if unsuspend(ctx, &pass.jobs_api, job, token, deadline, labels).await? {
+    if unsuspend(ctx, job, token, deadline, labels).await? {
         lock(&pass.gl.state).told.admitted(uid);
     }
     Ok(())

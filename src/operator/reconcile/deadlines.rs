@@ -38,7 +38,8 @@ pub(super) async fn keep_deadlines(
         // As seen: a deadline counted from a startTime the cache has not
         // caught up with could fall after the fence. A conflict's event
         // brings another pass.
-        match patch_job_as_seen(ctx, jobs_api, job, patch).await {
+        let seen = Object::Job(Arc::new(job.clone()));
+        match patch_job_as_seen(ctx, &seen, patch).await {
             Ok(false) => {}
             Ok(true) if fail_jobs => {
                 ctx.metrics.deadline_patches.get_or_create(labels).inc();
@@ -178,8 +179,10 @@ pub(super) async fn clear_start_time(
 pub(super) fn first_deadline(
     pass: &Pass,
     group: &ConcurrencyGroup,
-    job: &Job,
+    job: &Object,
 ) -> Option<(i64, Option<i64>)> {
+    // Only Jobs have a deadline the API server enforces.
+    let job = job.as_job()?;
     if group.spec.on_controller_loss != ControllerLossPolicy::FailJobs {
         return None;
     }

@@ -21,14 +21,14 @@ pub(super) async fn fence_without_ledger(
     let ns = group.namespace().unwrap_or_default();
     // Listed now: the cache may still show a Job this process unsuspended
     // as suspended. The cache's copy only if the API server does not answer.
-    let jobs = match list_jobs(ctx, jobs_api, &group.name_any()).await {
+    let jobs = match list_workloads(ctx, jobs_api, &ns, &group.name_any()).await {
         Ok(listed) => listed,
         Err(e) => {
             warn!(error = %e, "could not list Jobs to fence; using the watch's copy");
-            ctx.jobs.of_group(&ns, &group.name_any())
+            ctx.jobs.workloads_of_group(&ns, &group.name_any()).0
         }
     };
-    let views: Vec<WorkloadView> = jobs.iter().filter_map(|j| job_view(j)).collect();
+    let views: Vec<WorkloadView> = jobs.iter().filter_map(|j| j.view()).collect();
     let permits = if lost_only {
         &views.iter().map(|j| j.uid.clone()).collect()
     } else {
@@ -44,7 +44,7 @@ pub(super) async fn fence_without_ledger(
         } else {
             "the ledger cannot be read and this controller holds no lease for this Job's slot, so the slot may already be taken elsewhere; suspended to keep the limit, it waits for a slot again"
         };
-        suspend(ctx, jobs_api, job, "LeaseLost", note.into()).await?;
+        suspend(ctx, job, "LeaseLost", note.into()).await?;
     }
     Ok(())
 }
@@ -56,7 +56,6 @@ pub(super) async fn fence(ctx: &Context, pass: &Pass, decision: &Decision) -> Re
         if let Some(job) = pass.jobs.get(uid) {
             suspend(
                 ctx,
-                &pass.jobs_api,
                 job,
                 "LeaseLost",
                 "this cluster could not renew its lease on the ledger in time; suspended to keep the limit, it waits for a slot again".into(),
@@ -75,7 +74,7 @@ pub(super) fn track(
     gl: &Arc<GroupLedger>,
     ctx: &Arc<Context>,
     group: &ConcurrencyGroup,
-    job: &str,
+    job: Option<&Object>,
     permit: Permit,
 ) {
     let mut state = lock(&gl.state);
@@ -91,7 +90,7 @@ pub(super) fn track(
     let ctx = ctx.clone();
     let target = ObjectRef::from_obj(group);
     let suspend_on_loss = group.spec.on_lease_loss == LeaseLossPolicy::Suspend;
-    let (ns, job) = (group.namespace().unwrap_or_default(), job.to_string());
+    let job = job.cloned();
     tokio::spawn(async move {
         watch.lost().await;
         // Also ends when the slot is released (not lost) or the client stops.
@@ -101,22 +100,27 @@ pub(super) fn track(
             in_use,
             suspend_on_loss,
             ctx.fence_without_ledger,
-        ) {
-            fence_lost_job(&ctx, &ns, &job, &watch.holder).await;
+        ) && let Some(job) = &job
+        {
+            fence_lost_job(&ctx, job, &watch.holder).await;
         }
         let _ = ctx.trigger.send(target);
     });
 }
 
-/// Suspends the Job whose slot was just lost, if it still runs.
-pub(super) async fn fence_lost_job(ctx: &Context, ns: &str, name: &str, uid: &str) {
-    let api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+/// Suspends the workload whose slot was just lost, if it still runs.
+pub(super) async fn fence_lost_job(ctx: &Context, seen: &Object, uid: &str) {
+    let api = api_of(ctx, seen);
+    let name = seen.name_any();
     // Read until the API server answers (a pass would fence it too, but a
     // pass may be stuck on the ledger): every moment it runs counts.
     let mut pause = Duration::from_millis(200);
     let job = loop {
-        match timed(ctx, "get_job", api.get_opt(name)).await {
-            Ok(Some(job)) if job.uid().as_deref() == Some(uid) => break job,
+        match timed(ctx, "get_job", api.get_opt(&name)).await {
+            Ok(Some(job)) if job.metadata.uid.as_deref() == Some(uid) => match seen.with(job) {
+                Some(job) => break job,
+                None => return,
+            },
             Ok(_) => return,
             Err(e) => {
                 warn!(job = name, error = %e, "could not read a Job whose slot was lost; trying again");
@@ -125,11 +129,11 @@ pub(super) async fn fence_lost_job(ctx: &Context, ns: &str, name: &str, uid: &st
             }
         }
     };
-    if is_finished(&job) || job.spec.as_ref().and_then(|s| s.suspend) == Some(true) {
+    if job.is_finished() || job.is_suspended() {
         return;
     }
     let note = "this cluster could not renew its lease on the ledger in time; suspended to keep the limit, it waits for a slot again";
-    if let Err(e) = suspend(ctx, &api, &job, "LeaseLost", note.into()).await {
+    if let Err(e) = suspend(ctx, &job, "LeaseLost", note.into()).await {
         warn!(job = name, error = %e, "could not suspend a Job whose slot was lost");
     }
 }

@@ -8,8 +8,8 @@ use super::*;
 pub(super) struct Pass {
     pub(super) gl: Arc<GroupLedger>,
     pub(super) jobs_api: Api<Job>,
-    /// The group's Jobs by UID.
-    pub(super) jobs: BTreeMap<String, Arc<Job>>,
+    /// The group's workloads, of every kind, by UID.
+    pub(super) jobs: BTreeMap<String, Object>,
     pub(super) views: Vec<WorkloadView>,
     /// The slots the ledger says this cluster holds.
     pub(super) held_in_ledger: BTreeSet<String>,
@@ -83,7 +83,7 @@ pub(super) async fn gather(
         ledger = gl.sem.set_limit(change).await.map_err(Error::WriteLedger)?;
     }
     lock(&gl.state).limit_applied = Some(plan.applied);
-    let jobs = by_uid(group_jobs(ctx, &jobs_api, ns, name).await?);
+    let jobs = by_uid(group_workloads(ctx, &jobs_api, ns, name).await?);
     let held_in_ledger: BTreeSet<String> = ledger.holders_of(&gl.agent).cloned().collect();
     let live_pods = pods_left(ctx, ns, &gl, &held_in_ledger, &jobs).await?;
     Ok(Pass {
@@ -115,6 +115,68 @@ pub(super) async fn group_jobs(
     list_jobs(ctx, api, group).await
 }
 
+/// The group's workloads of every kind, from the watches' caches, or
+/// listed while a first LIST is not in yet.
+pub(super) async fn group_workloads(
+    ctx: &Context,
+    api: &Api<Job>,
+    ns: &str,
+    group: &str,
+) -> Result<Vec<Object>> {
+    if !ctx.jobs.is_ready() {
+        return list_workloads(ctx, api, ns, group).await;
+    }
+    let (mut all, not_ready) = ctx.jobs.workloads_of_group(ns, group);
+    for kind in &not_ready {
+        all.extend(list_kind(ctx, kind, ns, group).await?);
+    }
+    Ok(all)
+}
+
+/// The group's workloads of every kind, listed now.
+pub(super) async fn list_workloads(
+    ctx: &Context,
+    api: &Api<Job>,
+    ns: &str,
+    group: &str,
+) -> Result<Vec<Object>> {
+    let mut all: Vec<Object> = list_jobs(ctx, api, group)
+        .await?
+        .into_iter()
+        .map(Object::Job)
+        .collect();
+    for kind in ctx.kinds.iter() {
+        all.extend(list_kind(ctx, kind, ns, group).await?);
+    }
+    Ok(all)
+}
+
+/// The group's objects of one other kind, listed now.
+async fn list_kind(
+    ctx: &Context,
+    kind: &Arc<KindSpec>,
+    ns: &str,
+    group: &str,
+) -> Result<Vec<Object>> {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), ns, &kind.api_resource());
+    let params = ListParams::default().labels(&format!("{GROUP_LABEL}={group}"));
+    match timed(ctx, "list_workloads", api.list(&params)).await {
+        Ok(listed) => Ok(listed
+            .items
+            .into_iter()
+            .map(|mut obj| {
+                job_cache::prune_other(&mut obj);
+                Object::Other(kind.clone(), Arc::new(obj))
+            })
+            .collect()),
+        // Its CRD is not installed: none of it can exist here (its watch
+        // says so once).
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(Vec::new()),
+        Err(e) => Err(Error::GatherJobs(e)),
+    }
+}
+
 /// The group's Jobs listed now, pruned as the cache's are. In pages, each
 /// pruned as it comes: a group's whole list at once would hold every Job in
 /// full (pod template, managed fields) in memory together, which at depth
@@ -140,7 +202,7 @@ pub(super) async fn list_jobs(ctx: &Context, api: &Api<Job>, group: &str) -> Res
     }
 }
 
-pub(super) fn by_uid(jobs: Vec<Arc<Job>>) -> BTreeMap<String, Arc<Job>> {
+pub(super) fn by_uid(jobs: Vec<Object>) -> BTreeMap<String, Object> {
     jobs.into_iter()
         .filter_map(|j| j.uid().map(|uid| (uid, j)))
         .collect()
@@ -148,13 +210,14 @@ pub(super) fn by_uid(jobs: Vec<Arc<Job>>) -> BTreeMap<String, Arc<Job>> {
 
 /// Of the slots held here (in the ledger, or lost), those whose freeing
 /// waits on pods ([`admission::frees_on_pods`]) and whose pods may still
-/// run: one pod list, and only in passes that may free such a slot.
+/// run: a pod list per kind concerned, and only in passes that may free
+/// such a slot.
 pub(super) async fn pods_left(
     ctx: &Context,
     ns: &str,
     gl: &GroupLedger,
     held: &BTreeSet<String>,
-    jobs: &BTreeMap<String, Arc<Job>>,
+    jobs: &BTreeMap<String, Object>,
 ) -> Result<BTreeSet<String>> {
     if !ctx.count_pods {
         return Ok(BTreeSet::new());
@@ -167,38 +230,31 @@ pub(super) async fn pods_left(
             admission::frees_on_pods(view.as_ref(), lost.contains(*uid))
         })
         .collect();
-    live_pods(ctx, ns, &candidates).await
+    let queries = {
+        let mut state = lock(&gl.state);
+        remember_pod_keys(&mut state.pod_keys, held, &lost, jobs);
+        pods::queries(&candidates, jobs, &ctx.kinds, &state.pod_keys)
+    };
+    pods::run(ctx, ns, &queries).await
 }
 
-/// Which of `jobs` (UIDs) have pods that may still run: not yet Succeeded or
-/// Failed, so pending, running, or terminating.
-pub(super) async fn live_pods(
-    ctx: &Context,
-    ns: &str,
-    jobs: &[&String],
-) -> Result<BTreeSet<String>> {
-    if jobs.is_empty() {
-        return Ok(BTreeSet::new());
+/// Keeps the pod-label value of each held workload whose pods carry its
+/// name, for when it is gone; forgets those no longer held.
+fn remember_pod_keys(
+    keys: &mut BTreeMap<String, (String, String)>,
+    held: &BTreeSet<String>,
+    lost: &BTreeSet<String>,
+    jobs: &BTreeMap<String, Object>,
+) {
+    keys.retain(|uid, _| held.contains(uid) || lost.contains(uid));
+    for uid in held.union(lost) {
+        if let Some(Object::Other(kind, obj)) = jobs.get(uid)
+            && kind.pods.value == LabelValue::Name
+            && let Some(key) = kind.pod_key(obj)
+        {
+            keys.insert(uid.clone(), (kind.id(), key));
+        }
     }
-    let uids: Vec<&str> = jobs.iter().map(|u| u.as_str()).collect();
-    let selector = Job::pods_selector(&uids);
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    let pods = timed(
-        ctx,
-        "list_pods",
-        api.list(&ListParams::default().labels(&selector)),
-    )
-    .await
-    .map_err(Error::GatherPods)?;
-    Ok(pods
-        .items
-        .iter()
-        .filter(|p| {
-            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
-            !matches!(phase, Some("Succeeded" | "Failed"))
-        })
-        .filter_map(|p| p.labels().get(CONTROLLER_UID_LABEL).cloned())
-        .collect())
 }
 
 /// The ledger as this process knows it, read again when that is older

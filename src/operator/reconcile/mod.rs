@@ -40,14 +40,16 @@ use super::deletion::{self, Held, Step};
 use super::error::{Error, Result};
 use super::events;
 use super::job_cache::{self, JobCache};
-use super::jobs::{CONTROLLER_UID_LABEL, is_admitted, is_finished, job_view};
+use super::jobs::{CONTROLLER_UID_LABEL, is_admitted, is_finished};
+use super::kinds::{KindSpec, LabelValue};
 use super::ledgers::{Credentials, GroupLedger, LedgerSettings, Ledgers, lock};
 use super::limits;
 use super::metrics::{GroupLabels, Metrics, ReleaseLabels};
 use super::status::{self, Observed};
-use super::workload::Workload;
+use super::workload::{Object, Workload};
 use crate::ledger::Ledger;
 use crate::semaphore::Permit;
+use kube::core::DynamicObject;
 
 mod act;
 mod deadlines;
@@ -62,6 +64,7 @@ mod plan;
 mod plan_props;
 #[cfg(test)]
 mod plan_tests;
+mod pods;
 mod report;
 #[cfg(test)]
 mod scenarios;
@@ -101,8 +104,10 @@ pub struct Context {
     /// How long a deleted group waits for a ledger it cannot read before
     /// its finalizer is dropped anyway.
     pub deletion_timeout: Duration,
-    /// The labelled Jobs, from the controller's watch.
+    /// The labelled workloads, from the controller's watches.
     pub jobs: JobCache,
+    /// The kinds gated besides Jobs (`--workload-kinds`).
+    pub kinds: Arc<Vec<Arc<KindSpec>>>,
     /// When this leadership term began: a ledger known from before it may
     /// lack what another replica wrote under this cluster's agent id.
     pub term_started: tokio::time::Instant,
@@ -326,8 +331,8 @@ async fn admit(
     // `plan::needs_fresh_list`). Such passes are few.
     let unsure = plan::needs_fresh_list(&decision);
     if unsure && ctx.jobs.is_ready() {
-        pass.jobs = by_uid(list_jobs(ctx, &pass.jobs_api, name).await?);
-        pass.views = pass.jobs.values().filter_map(|j| job_view(j)).collect();
+        pass.jobs = by_uid(list_workloads(ctx, &pass.jobs_api, ns, name).await?);
+        pass.views = pass.jobs.values().filter_map(Object::view).collect();
         pass.live_pods = pods_left(ctx, ns, &pass.gl, &pass.held_in_ledger, &pass.jobs).await?;
         decision = decide(&pass, group, admit_new);
     }
@@ -412,13 +417,11 @@ async fn write_ledger(
                     job = uid,
                     "granted a slot whose lease had already run out; not admitted"
                 );
-                let job = pass.jobs.get(uid).map(|j| j.name_any()).unwrap_or_default();
-                track(gl, ctx, group, &job, permit);
+                track(gl, ctx, group, pass.jobs.get(uid), permit);
             }
             Ok(Some(permit)) => {
                 granted.insert(uid.clone(), permit.token);
-                let job = pass.jobs.get(uid).map(|j| j.name_any()).unwrap_or_default();
-                track(gl, ctx, group, &job, permit);
+                track(gl, ctx, group, pass.jobs.get(uid), permit);
             }
             Ok(None) => {}
             Err(crate::Error::HolderTaken { agent, .. }) => {

@@ -1,5 +1,8 @@
-//! Job patches: the admission annotations, unsuspend, adopt, suspend, each
-//! guarded by what the pass saw of the Job.
+//! Workload patches: the admission annotations, unsuspend, adopt, suspend,
+//! each guarded by what the pass saw of the workload. Made through
+//! `DynamicObject` for every kind, Jobs included (a merge patch is the
+//! same request either way); what only Jobs have (their pod template,
+//! deadlines) is added for Jobs alone.
 
 use super::*;
 
@@ -20,10 +23,23 @@ pub(super) fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
+/// The API of `obj`'s kind in its namespace.
+pub(super) fn api_of(ctx: &Context, obj: &Object) -> Api<DynamicObject> {
+    let ns = obj.meta().namespace.clone().unwrap_or_default();
+    Api::namespaced_with(ctx.client.clone(), &ns, &obj.api_resource())
+}
+
+/// The request's name in the API latency metric.
+fn patch_call(obj: &Object) -> &'static str {
+    match obj {
+        Object::Job(_) => "patch_job",
+        Object::Other(..) => "patch_workload",
+    }
+}
+
 pub(super) async fn patch_job(
     ctx: &Context,
-    api: &Api<Job>,
-    job: &Job,
+    job: &Object,
     mut patch: serde_json::Value,
 ) -> Result<()> {
     let name = job.name_any();
@@ -31,9 +47,10 @@ pub(super) async fn patch_job(
     // and re-created under the same name since it was listed.
     patch["metadata"]["uid"] = json!(job.uid());
     let params = PatchParams::default();
+    let api = api_of(ctx, job);
     let result = timed(
         ctx,
-        "patch_job",
+        patch_call(job),
         api.patch(&name, &params, &Patch::Merge(&patch)),
     )
     .await;
@@ -49,22 +66,23 @@ pub(super) async fn patch_job(
 /// since (its event brings another pass, which unsuspends it then).
 pub(super) async fn unsuspend(
     ctx: &Context,
-    api: &Api<Job>,
-    job: &Job,
+    job: &Object,
     token: u64,
     deadline: Option<(i64, Option<i64>)>,
     labels: &GroupLabels,
 ) -> Result<bool> {
-    let mut patch = Job::suspend_patch(false);
+    let mut patch = job.suspend_patch(false);
     patch["metadata"] = json!({"annotations": admitted(token)});
-    // Pods carry the group and the token (readable through the downward
-    // API) when the template may still change: the API server allows that
-    // only for a suspended Job that never started.
-    let never_started = job
-        .status
-        .as_ref()
-        .and_then(|s| s.start_time.as_ref())
-        .is_none();
+    // A Job's pods carry the group and the token (readable through the
+    // downward API) when the template may still change: the API server
+    // allows that only for a suspended Job that never started. Other
+    // kinds' templates are where their own controllers put them.
+    let never_started = job.as_job().is_some_and(|job| {
+        job.status
+            .as_ref()
+            .and_then(|s| s.start_time.as_ref())
+            .is_none()
+    });
     if never_started {
         patch["spec"]["template"] = json!({"metadata": {
             "labels": {GROUP_LABEL: labels.group},
@@ -76,7 +94,7 @@ pub(super) async fn unsuspend(
         patch["metadata"]["annotations"][deadline::USER_DEADLINE_ANNOTATION] =
             json!(deadline::record(user));
     }
-    if !patch_job_as_seen(ctx, api, job, patch).await? {
+    if !patch_job_as_seen(ctx, job, patch).await? {
         return Ok(false);
     }
     if deadline.is_some() {
@@ -84,7 +102,7 @@ pub(super) async fn unsuspend(
     }
     info!(job = %job.name_any(), token, "admitted");
     ctx.metrics.admissions.get_or_create(labels).inc();
-    if let Some(created) = &job.metadata.creation_timestamp {
+    if let Some(created) = &job.meta().creation_timestamp {
         let waited = std::time::SystemTime::now()
             .duration_since(std::time::SystemTime::from(created.0))
             .unwrap_or_default();
@@ -109,14 +127,13 @@ pub(super) async fn unsuspend(
 /// so that it is covered even if this controller dies before its next pass.
 pub(super) async fn adopt(
     ctx: &Context,
-    api: &Api<Job>,
-    job: &Job,
+    job: &Object,
     token: u64,
     deadline: Option<(i64, Option<i64>)>,
     group: &str,
     labels: &GroupLabels,
 ) -> Result<()> {
-    let was_admitted = is_admitted(job);
+    let was_admitted = job.is_admitted();
     let mut patch = json!({
         "metadata": {"annotations": admitted(token)},
     });
@@ -128,9 +145,8 @@ pub(super) async fn adopt(
     // Not dropped on a conflict (a running Job's status changes often): a
     // held Job that runs is never adopted again, and one not marked
     // admitted gets no deadline and would be resumed if suspended.
-    let running =
-        |j: &Job| j.spec.as_ref().and_then(|s| s.suspend) != Some(true) && !is_finished(j);
-    if !patch_while(ctx, api, job, running, patch).await? {
+    let running = |j: &Object| !j.is_suspended() && !j.is_finished();
+    if !patch_while(ctx, job, running, patch).await? {
         return Ok(());
     }
     if deadline.is_some() {
@@ -143,7 +159,8 @@ pub(super) async fn adopt(
         )
     } else {
         format!(
-            "created without spec.suspend: true; a slot was free, so it keeps running (fencing token {token}). Create Jobs of group {group} with spec.suspend: true so they never start before they have a slot"
+            "created without being suspended; a slot was free, so it keeps running (fencing token {token}). Create {kind}s of group {group} suspended so they never start before they have a slot",
+            kind = job.kind_name()
         )
     };
     publish(
@@ -163,16 +180,16 @@ pub(super) async fn adopt(
 /// another pass, which decides again; nothing is counted or told twice.
 pub(super) async fn patch_job_as_seen(
     ctx: &Context,
-    api: &Api<Job>,
-    job: &Job,
+    job: &Object,
     mut patch: serde_json::Value,
 ) -> Result<bool> {
     let name = job.name_any();
     patch["metadata"]["uid"] = json!(job.uid());
-    patch["metadata"]["resourceVersion"] = json!(job.resource_version());
+    patch["metadata"]["resourceVersion"] = json!(job.meta().resource_version);
+    let api = api_of(ctx, job);
     let result = timed(
         ctx,
-        "patch_job",
+        patch_call(job),
         api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)),
     )
     .await;
@@ -187,19 +204,13 @@ pub(super) async fn patch_job_as_seen(
 /// resourceVersion it was decided on: the watcher of a lost permit and a
 /// pass can decide to suspend the same Job at once, and only the one whose
 /// patch lands tells the Job (one Event, not two).
-pub(super) async fn suspend(
-    ctx: &Context,
-    api: &Api<Job>,
-    job: &Job,
-    reason: &str,
-    note: String,
-) -> Result<()> {
-    let mut patch = Job::suspend_patch(true);
+pub(super) async fn suspend(ctx: &Context, job: &Object, reason: &str, note: String) -> Result<()> {
+    let mut patch = job.suspend_patch(true);
     patch["metadata"] = json!({"annotations": not_admitted()});
     // Suspended meanwhile by someone else, who told it: nothing to do.
-    let still_runs = |j: &Job| !j.is_suspended();
-    if patch_while(ctx, api, job, still_runs, patch).await? {
-        warn!(job = %job.name_any(), reason, "suspended");
+    let still_runs = |j: &Object| !j.is_suspended();
+    if patch_while(ctx, job, still_runs, patch).await? {
+        warn!(job = %job.name_any(), kind = job.kind_name(), reason, "suspended");
         publish(ctx, job, EventType::Warning, reason, "Suspend", note);
     }
     Ok(())
@@ -212,25 +223,28 @@ pub(super) async fn suspend(
 /// were dropped on a conflict.
 pub(super) async fn patch_while(
     ctx: &Context,
-    api: &Api<Job>,
-    job: &Job,
-    wanted: impl Fn(&Job) -> bool,
+    job: &Object,
+    wanted: impl Fn(&Object) -> bool,
     patch: serde_json::Value,
 ) -> Result<bool> {
     // A few rounds: other writers (the Job controller's status updates)
     // change the resourceVersion too, but not many times in a row.
     const ROUNDS: usize = 5;
     let name = job.name_any();
+    let api = api_of(ctx, job);
     let mut seen = job.clone();
     for _ in 0..ROUNDS {
         if !wanted(&seen) {
             return Ok(false);
         }
-        if patch_job_as_seen(ctx, api, &seen, patch.clone()).await? {
+        if patch_job_as_seen(ctx, &seen, patch.clone()).await? {
             return Ok(true);
         }
         match timed(ctx, "get_job", api.get_opt(&name)).await {
-            Ok(Some(now)) if now.uid() == job.uid() => seen = now,
+            Ok(Some(now)) if now.metadata.uid == job.uid() => match job.with(now) {
+                Some(now) => seen = now,
+                None => return Ok(false),
+            },
             Ok(_) => return Ok(false),
             Err(source) => return Err(Error::PatchJob { name, source }),
         }

@@ -7,13 +7,13 @@ use super::*;
 
 pub(super) fn publish(
     ctx: &Context,
-    job: &Job,
+    job: &Object,
     type_: EventType,
     reason: &str,
     action: &str,
     note: String,
 ) {
-    publish_on(ctx, job.object_ref(&()), type_, reason, action, note);
+    publish_on(ctx, job.object_ref(), type_, reason, action, note);
 }
 
 pub(super) fn publish_on(
