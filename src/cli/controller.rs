@@ -145,7 +145,15 @@ pub async fn controller(args: ControllerArgs) -> Result<u8> {
     let identity = args
         .identity
         .unwrap_or_else(|| format!("{}-{}", crate::agent::hostname(), std::process::id()));
+    let kinds: std::sync::Arc<Vec<_>> = std::sync::Arc::new(
+        kinds::parse(&args.workload_kinds, |path| std::fs::read_to_string(path))
+            .map_err(Error::InvalidArgument)?
+            .into_iter()
+            .map(std::sync::Arc::new)
+            .collect(),
+    );
     let webhook = args.webhook_listen.map(|listen| WebhookSettings {
+        kinds: kinds.clone(),
         listen,
         certs: match args.webhook_cert_dir {
             Some(dir) => CertSource::Dir(dir),
@@ -171,8 +179,6 @@ pub async fn controller(args: ControllerArgs) -> Result<u8> {
     // Refused before connecting: a typo must not leave groups unchecked.
     let allowlist = Allowlist::parse(&args.allowed_ledgers)
         .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-    let kinds = kinds::parse(&args.workload_kinds, |path| std::fs::read_to_string(path))
-        .map_err(Error::InvalidArgument)?;
     let config = super::kube::config(args.kubeconfig.as_deref(), None).await?;
     let settings = Settings {
         cluster_name: args.cluster_name.filter(|s| !s.is_empty()),
@@ -184,7 +190,7 @@ pub async fn controller(args: ControllerArgs) -> Result<u8> {
         allowlist,
         fence_without_ledger: !fence_only_with_ledger,
         count_pods: !release_without_pods,
-        kinds: std::sync::Arc::new(kinds.into_iter().map(std::sync::Arc::new).collect()),
+        kinds,
         listen: args.listen,
         webhook,
         leader_election: args.leader_elect.then_some(LeaderSettings {

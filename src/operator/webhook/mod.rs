@@ -21,6 +21,7 @@ use kube::Client;
 use tracing::{info, warn};
 
 use super::http::Health;
+use super::kinds::KindSpec;
 use super::metrics::Metrics;
 use tls::{SelfManaged, Serving, TlsError};
 
@@ -46,6 +47,8 @@ pub enum CertSource {
 pub struct WebhookSettings {
     pub listen: SocketAddr,
     pub certs: CertSource,
+    /// The kinds it holds back besides Jobs (`--workload-kinds`).
+    pub kinds: Arc<Vec<Arc<KindSpec>>>,
 }
 
 /// The names a certificate for Service `service` in `namespace` carries,
@@ -106,6 +109,7 @@ pub async fn start(
     let listener = std::net::TcpListener::bind(settings.listen)?;
     listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
+    let kinds = settings.kinds.clone();
     let (source, refresh) = match settings.certs {
         CertSource::Dir(dir) => (Source::Dir(dir), REFRESH_DIR),
         CertSource::SelfManaged {
@@ -158,6 +162,7 @@ pub async fn start(
             metrics,
             health.clone(),
             controller,
+            kinds,
             fatal.clone(),
         ) {
             // Unready for good would only hide it: the process stops

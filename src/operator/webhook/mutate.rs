@@ -8,9 +8,12 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use serde_json::json;
 
+use std::sync::Arc;
+
 use crate::operator::crd::{
     ADMITTED_AT_ANNOTATION, GROUP_LABEL, KUEUE_QUEUE_LABEL, TOKEN_ANNOTATION,
 };
+use crate::operator::kinds::KindSpec;
 
 /// Where the API server sends Job creations (the chart's webhook
 /// configuration names the same path).
@@ -63,6 +66,10 @@ pub struct Request<'a> {
     /// The Job names a Kueue queue: Kueue resumes it, and the controller
     /// leaves it alone (see `admission::Decision::in_kueue`).
     pub in_kueue: bool,
+    /// Of a kind `--workload-kinds` describes: held back as Jobs are, by
+    /// its own switch (`suspend` and `old_suspend` then say whether it is
+    /// held).
+    pub described: bool,
 }
 
 /// Resuming a Job of a group is the controller's decision, made against
@@ -78,7 +85,7 @@ pub struct Request<'a> {
 /// rather than this restarting its pods when a slot was free.
 pub fn decide(req: &Request) -> Verdict {
     let is_job = req.group == "batch" && req.kind == "Job";
-    if !is_job || req.group_label.is_none() {
+    if !(is_job || req.described) || req.group_label.is_none() {
         return Verdict::Unchanged;
     }
     let suspended = req.suspend == Some(true);
@@ -101,8 +108,16 @@ pub fn decide(req: &Request) -> Verdict {
 pub fn respond(
     req: &AdmissionRequest<DynamicObject>,
     controller: &str,
+    kinds: &[Arc<KindSpec>],
 ) -> (AdmissionResponse, Verdict) {
     let object = req.object.as_ref();
+    let described = kinds
+        .iter()
+        .find(|k| k.group == req.kind.group && k.kind == req.kind.kind);
+    let held = |o: &DynamicObject| match described {
+        Some(kind) => Some(kind.is_suspended(o)),
+        None => o.data["spec"]["suspend"].as_bool(),
+    };
     let facts = Request {
         operation: &req.operation,
         group: &req.kind.group,
@@ -114,21 +129,22 @@ pub fn respond(
                 .and_then(|l| l.get(GROUP_LABEL))
                 .map(String::as_str)
         }),
-        suspend: object.and_then(|o| o.data["spec"]["suspend"].as_bool()),
-        old_suspend: req
-            .old_object
-            .as_ref()
-            .and_then(|o| o.data["spec"]["suspend"].as_bool()),
+        suspend: object.and_then(held),
+        old_suspend: req.old_object.as_ref().and_then(held),
         by_controller: req.user_info.username.as_deref() == Some(controller),
         in_kueue: object
             .and_then(|o| o.metadata.labels.as_ref())
             .is_some_and(|l| l.contains_key(KUEUE_QUEUE_LABEL)),
+        described: described.is_some(),
     };
     let verdict = decide(&facts);
     let mut response = AdmissionResponse::from(req);
     let group = facts.group_label.unwrap_or_default();
     // `add` also replaces a `suspend: false` the Job came with.
-    let mut ops = vec![json!({"op": "add", "path": "/spec/suspend", "value": true})];
+    let mut ops = match (described, object) {
+        (Some(kind), Some(o)) => vec![hold_op(kind, &o.data)],
+        _ => vec![json!({"op": "add", "path": "/spec/suspend", "value": true})],
+    };
     // kubectl prints warnings: the user learns why the Job does not start.
     let warning = match verdict {
         Verdict::Suspended => format!(
@@ -165,6 +181,33 @@ pub fn respond(
     }
 }
 
+/// The JSON patch operation that sets `kind`'s switch to held in
+/// `object`: an `add` at the first part of its path that is missing,
+/// carrying the rest (JSON patch cannot add below a missing object).
+fn hold_op(kind: &KindSpec, object: &serde_json::Value) -> serde_json::Value {
+    let path: Vec<&str> = kind.suspend.path.split('.').collect();
+    let mut at = object;
+    let mut depth = 0;
+    while depth + 1 < path.len() {
+        match at.get(path[depth]) {
+            Some(next) if next.is_object() => {
+                at = next;
+                depth += 1;
+            }
+            _ => break,
+        }
+    }
+    let mut value = kind.held();
+    for key in path[depth + 1..].iter().rev() {
+        value = json!({ *key: value });
+    }
+    let pointer: String = path[..=depth]
+        .iter()
+        .map(|k| format!("/{}", k.replace('~', "~0").replace('/', "~1")))
+        .collect();
+    json!({"op": "add", "path": pointer, "value": value})
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,6 +230,7 @@ mod tests {
             old_suspend: None,
             by_controller: false,
             in_kueue: false,
+            described: false,
         }
     }
 
@@ -308,7 +352,7 @@ mod tests {
     #[test]
     fn the_response_carries_a_json_patch_for_labelled_jobs() {
         let req = review(json!({GROUP_LABEL: "etl"}), json!({"template": {}}));
-        let (response, verdict) = respond(&req, CONTROLLER);
+        let (response, verdict) = respond(&req, CONTROLLER, &[]);
         assert_eq!(verdict, Verdict::Suspended);
         let patch_bytes = response.patch.clone();
         assert!(
@@ -330,10 +374,114 @@ mod tests {
         );
     }
 
+    /// A labelled object of another kind, created (`old` is `None`) or
+    /// updated, through the whole review.
+    fn other_kind(
+        group: &str,
+        kind: &str,
+        spec: serde_json::Value,
+        old: Option<serde_json::Value>,
+        user: &str,
+    ) -> AdmissionRequest<DynamicObject> {
+        let object = |spec: serde_json::Value| {
+            json!({"apiVersion": format!("{group}/v1"), "kind": kind,
+                   "metadata": {"name": "w", "labels": {GROUP_LABEL: "g"},
+                                "annotations": {ADMITTED_AT_ANNOTATION: "2026-12-01T00:00:00Z"}},
+                   "spec": spec})
+        };
+        let review: AdmissionReview<DynamicObject> = serde_json::from_value(json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "u", "name": "w", "namespace": "team",
+                "kind": {"group": group, "version": "v1", "kind": kind},
+                "resource": {"group": group, "version": "v1", "resource": "things"},
+                "operation": if old.is_some() { "UPDATE" } else { "CREATE" },
+                "userInfo": {"username": user},
+                "object": object(spec),
+                "oldObject": old.map(object),
+            }
+        }))
+        .unwrap();
+        review.try_into().unwrap()
+    }
+
+    fn patch_of(response: AdmissionResponse) -> serde_json::Value {
+        serde_json::from_slice(response.patch.as_deref().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_described_kind_is_held_by_its_own_switch_wherever_it_is() {
+        let jobset = Arc::new(crate::operator::kinds::builtin("jobset").unwrap());
+        let mut training = (*jobset).clone();
+        training.group = "kubeflow.org".into();
+        training.kind = "PyTorchJob".into();
+        training.suspend.path = "spec.runPolicy.suspend".into();
+        let mut tekton = (*jobset).clone();
+        tekton.group = "tekton.dev".into();
+        tekton.kind = "PipelineRun".into();
+        tekton.suspend.path = "spec.status".into();
+        tekton.suspend.held_value = Some(json!("PipelineRunPending"));
+        let kinds = [jobset, Arc::new(training), Arc::new(tekton)];
+
+        let req = other_kind(
+            "jobset.x-k8s.io",
+            "JobSet",
+            json!({"suspend": false}),
+            None,
+            "alice",
+        );
+        let (response, verdict) = respond(&req, CONTROLLER, &kinds);
+        assert_eq!(verdict, Verdict::Suspended);
+        assert_eq!(
+            patch_of(response),
+            json!([{"op": "add", "path": "/spec/suspend", "value": true}])
+        );
+
+        // No runPolicy yet: added whole, as a JSON patch cannot add below it.
+        let req = other_kind("kubeflow.org", "PyTorchJob", json!({}), None, "alice");
+        let (response, _) = respond(&req, CONTROLLER, &kinds);
+        assert_eq!(
+            patch_of(response),
+            json!([{"op": "add", "path": "/spec/runPolicy", "value": {"suspend": true}}])
+        );
+
+        // Held by a value; someone else's update that clears it is undone,
+        // and the admission marks go.
+        let held = json!({"status": "PipelineRunPending"});
+        let req = other_kind(
+            "tekton.dev",
+            "PipelineRun",
+            json!({}),
+            Some(held.clone()),
+            "alice",
+        );
+        let (response, verdict) = respond(&req, CONTROLLER, &kinds);
+        assert_eq!(verdict, Verdict::KeptSuspended);
+        let patch = patch_of(response);
+        assert_eq!(
+            patch[0],
+            json!({"op": "add", "path": "/spec/status", "value": "PipelineRunPending"})
+        );
+        assert_eq!(patch[1]["op"], "remove");
+        // The controller's own resume passes.
+        let req = other_kind(
+            "tekton.dev",
+            "PipelineRun",
+            json!({}),
+            Some(held),
+            CONTROLLER,
+        );
+        assert_eq!(respond(&req, CONTROLLER, &kinds).1, Verdict::Unchanged);
+        // A kind not described passes unchanged.
+        let req = other_kind("x.io", "Thing", json!({}), None, "alice");
+        assert_eq!(respond(&req, CONTROLLER, &kinds).1, Verdict::Unchanged);
+    }
+
     #[test]
     fn unlabelled_jobs_get_no_patch() {
         let req = review(json!({"app": "etl"}), json!({"template": {}}));
-        let (response, verdict) = respond(&req, CONTROLLER);
+        let (response, verdict) = respond(&req, CONTROLLER, &[]);
         assert_eq!(verdict, Verdict::Unchanged);
         let out = serde_json::to_value(response.into_review()).unwrap();
         assert_eq!(out["response"]["allowed"], true);
@@ -355,7 +503,7 @@ mod tests {
                 Some(json!({"suspend": true, "template": {}})),
             )
         };
-        let (response, verdict) = respond(&resume("argocd"), CONTROLLER);
+        let (response, verdict) = respond(&resume("argocd"), CONTROLLER, &[]);
         assert_eq!(verdict, Verdict::KeptSuspended);
         assert!(
             response
@@ -385,7 +533,7 @@ mod tests {
             json!({"metadata": {"labels": {GROUP_LABEL: "etl"}, "annotations": {"team": "data"}}, "spec": {"suspend": true}})
         );
 
-        let (response, verdict) = respond(&resume(CONTROLLER), CONTROLLER);
+        let (response, verdict) = respond(&resume(CONTROLLER), CONTROLLER, &[]);
         assert_eq!(verdict, Verdict::Unchanged);
         assert!(response.patch.is_none());
     }

@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::mutate::{self, Verdict};
 use crate::operator::http::Health;
+use crate::operator::kinds::KindSpec;
 use crate::operator::metrics::{Metrics, WebhookLabels};
 
 /// What every review reads.
@@ -20,6 +21,8 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// The user name of the controller's own requests.
     controller: String,
+    /// The kinds held back besides Jobs.
+    kinds: Arc<Vec<Arc<KindSpec>>>,
 }
 
 async fn review(
@@ -29,13 +32,14 @@ async fn review(
     let request: Result<AdmissionRequest<DynamicObject>, _> = review.try_into();
     let (response, verdict) = match request {
         Ok(req) => {
-            let (response, verdict) = mutate::respond(&req, &shared.controller);
+            let (response, verdict) = mutate::respond(&req, &shared.controller, &shared.kinds);
             if verdict == Verdict::KeptSuspended {
                 info!(
                     namespace = req.namespace.as_deref().unwrap_or_default(),
                     name = %req.name,
                     user = req.user_info.username.as_deref().unwrap_or_default(),
-                    "webhook: kept a Job suspended that someone else resumed"
+                    kind = %req.kind.kind,
+                    "webhook: kept a workload suspended that someone else resumed"
                 );
             }
             debug!(
@@ -70,6 +74,7 @@ pub fn serve(
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     controller: String,
+    kinds: Arc<Vec<Arc<KindSpec>>>,
     fatal: mpsc::UnboundedSender<String>,
 ) -> std::io::Result<()> {
     let app = Router::new()
@@ -77,6 +82,7 @@ pub fn serve(
         .with_state(Arc::new(Shared {
             metrics,
             controller,
+            kinds,
         }));
     let server = axum_server::from_tcp_rustls(listener, tls)?;
     tokio::spawn(async move {
