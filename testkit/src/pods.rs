@@ -65,13 +65,13 @@ fn may_run(pod: &Pod) -> bool {
     !matches!(phase, Some("Succeeded" | "Failed"))
 }
 
-fn keyed(cluster: &str, pod: &Pod) -> Option<(JobKey, String)> {
-    let job = pod.labels().get(JOB_UID_LABEL)?.clone();
+fn keyed(label: &str, cluster: &str, pod: &Pod) -> Option<(JobKey, String)> {
+    let job = pod.labels().get(label)?.clone();
     Some(((cluster.to_string(), job), pod.uid()?))
 }
 
-fn apply(map: &mut BTreeMap<JobKey, BTreeSet<String>>, cluster: &str, pod: &Pod) {
-    let Some((job, uid)) = keyed(cluster, pod) else {
+fn apply(map: &mut BTreeMap<JobKey, BTreeSet<String>>, label: &str, cluster: &str, pod: &Pod) {
+    let Some((job, uid)) = keyed(label, cluster, pod) else {
         return;
     };
     if may_run(pod) {
@@ -91,12 +91,30 @@ fn remove(map: &mut BTreeMap<JobKey, BTreeSet<String>>, job: JobKey, uid: &str) 
 }
 
 /// Counts Jobs with pods that may still run, across clusters, over time.
-#[derive(Default, Clone)]
+#[derive(Clone)]
 pub struct PodLog {
     state: Arc<Mutex<State>>,
+    /// The pod label whose value names the workload a pod belongs to.
+    label: Arc<str>,
+}
+
+impl Default for PodLog {
+    fn default() -> Self {
+        PodLog::by_label(JOB_UID_LABEL)
+    }
 }
 
 impl PodLog {
+    /// Counts workloads of another kind: pods are grouped by the value of
+    /// `label` (a JobSet's `jobset.sigs.k8s.io/jobset-uid`, an Argo
+    /// Workflow's `workflows.argoproj.io/workflow`).
+    pub fn by_label(label: &str) -> Self {
+        PodLog {
+            state: Arc::default(),
+            label: label.into(),
+        }
+    }
+
     /// Starts watching the Job pods of namespace `ns` in `cluster`.
     pub fn watch(&self, client: Client, cluster: &str, ns: &str) {
         self.watch_selected(client, cluster, ns, "");
@@ -107,9 +125,9 @@ impl PodLog {
     pub fn watch_selected(&self, client: Client, cluster: &str, ns: &str, selector: &str) {
         let api: Api<Pod> = Api::namespaced(client, ns);
         let labels = if selector.is_empty() {
-            JOB_UID_LABEL.to_string()
+            self.label.to_string()
         } else {
-            format!("{JOB_UID_LABEL},{selector}")
+            format!("{},{selector}", self.label)
         };
         let config = watcher::Config::default().labels(&labels);
         let cluster = cluster.to_string();
@@ -129,8 +147,9 @@ impl PodLog {
             watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => Some(pod),
             _ => None,
         };
+        let label = &*self.label;
         if let Some(pod) = pod
-            && let Some((job, _)) = keyed(cluster, pod)
+            && let Some((job, _)) = keyed(label, cluster, pod)
         {
             let units = pod
                 .annotations()
@@ -140,9 +159,9 @@ impl PodLog {
             s.weights.insert(job, units);
         }
         match event {
-            watcher::Event::Apply(pod) => apply(&mut s.live, cluster, &pod),
+            watcher::Event::Apply(pod) => apply(&mut s.live, label, cluster, &pod),
             watcher::Event::Delete(pod) => {
-                if let Some((job, uid)) = keyed(cluster, &pod) {
+                if let Some((job, uid)) = keyed(label, cluster, &pod) {
                     remove(&mut s.live, job, &uid);
                 }
             }
@@ -151,7 +170,7 @@ impl PodLog {
             }
             watcher::Event::InitApply(pod) => {
                 let staged = s.relisting.entry(cluster.to_string()).or_default();
-                apply(staged, cluster, &pod);
+                apply(staged, label, cluster, &pod);
             }
             watcher::Event::InitDone => {
                 let staged = s.relisting.remove(cluster).unwrap_or_default();

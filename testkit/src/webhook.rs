@@ -24,6 +24,9 @@ pub struct Registration<'a> {
     /// them: here the test and kube-controller-manager use the same admin
     /// user as the controller.)
     pub controller_user: Option<&'a str>,
+    /// Other kinds held back, as (API group, plural): a second webhook of
+    /// the same configuration sends their creations and updates.
+    pub kinds: &'a [(&'a str, &'a str)],
 }
 
 impl Registration<'_> {
@@ -79,6 +82,48 @@ webhooks:
           ((has(oldObject.spec.suspend) && oldObject.spec.suspend) &&
           !(has(object.spec.suspend) && object.spec.suspend))
 {not_controller}    clientConfig:
+      url: https://127.0.0.1:{port}/mutate-jobs
+{kinds}"#,
+            kinds = self.kinds_webhook(&namespaces),
+        )
+    }
+
+    /// The webhook entry for the other kinds, if any: every creation and
+    /// update of a labelled object of theirs but the controller's own.
+    fn kinds_webhook(&self, namespaces: &str) -> String {
+        if self.kinds.is_empty() {
+            return String::new();
+        }
+        let (port, failure_policy) = (self.port, self.failure_policy);
+        let rules: String = self
+            .kinds
+            .iter()
+            .map(|(group, plural)| {
+                format!(
+                    "      - {{apiGroups: [\"{group}\"], apiVersions: [\"*\"], operations: [CREATE, UPDATE], resources: [{plural}], scope: Namespaced}}\n"
+                )
+            })
+            .collect();
+        let not_controller = self
+            .controller_user
+            .map(|user| {
+                format!(
+                    "    matchConditions:\n      - name: not-the-controllers-resume\n        expression: \"request.operation != 'UPDATE' || request.userInfo.username != '{user}'\"\n"
+                )
+            })
+            .unwrap_or_default();
+        format!(
+            r#"  - name: suspend.workloads.jobgate.dev
+    admissionReviewVersions: ["v1"]
+    sideEffects: None
+    failurePolicy: {failure_policy}
+    timeoutSeconds: 5
+    matchPolicy: Equivalent
+    objectSelector:
+      matchExpressions:
+        - {{key: jobgate.dev/group, operator: Exists}}
+{namespaces}    rules:
+{rules}{not_controller}    clientConfig:
       url: https://127.0.0.1:{port}/mutate-jobs
 "#
         )

@@ -68,6 +68,7 @@ fn registration<'a>(port: u16, failure_policy: &'a str, admin: &'a str) -> Regis
         port,
         failure_policy,
         namespace: None,
+        kinds: &[],
         controller_user: Some(admin),
     }
 }

@@ -45,6 +45,7 @@ async fn with_webhook(bed: &Bed, failure_policy: &str) -> (ControllerProcess, St
         port: free_port(),
         failure_policy,
         namespace: Some(ns),
+        kinds: &[],
         controller_user: None,
     };
     webhook.apply(cp);
