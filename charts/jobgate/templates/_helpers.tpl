@@ -132,3 +132,30 @@ at all (credentialsSecrets.access), with the list required for the second. */}}
 {{- $ca := .Values.s3.caBundle }}
 {{- if or $ca.configMap $ca.secret }}true{{ end }}
 {{- end }}
+
+{{/*
+The kinds gated besides Jobs, as a JSON list of {name, group, plural}:
+name is what --workload-kinds takes for a built-in kind, empty for one
+described in workloads.custom.
+*/}}
+{{- define "jobgate.workloadKinds" -}}
+{{- $kinds := list -}}
+{{- if .Values.workloads.jobSet -}}
+{{- $kinds = append $kinds (dict "name" "jobset" "group" "jobset.x-k8s.io" "plural" "jobsets") -}}
+{{- end -}}
+{{- if .Values.workloads.argoWorkflow -}}
+{{- $kinds = append $kinds (dict "name" "workflow" "group" "argoproj.io" "plural" "workflows") -}}
+{{- end -}}
+{{- if .Values.workloads.rayJob -}}
+{{- $kinds = append $kinds (dict "name" "rayjob" "group" "ray.io" "plural" "rayjobs") -}}
+{{- end -}}
+{{- range .Values.workloads.custom -}}
+{{- $kinds = append $kinds (dict "name" "" "group" .group "plural" .plural) -}}
+{{- end -}}
+{{- toJson $kinds -}}
+{{- end -}}
+
+{{/* Where the custom kinds' descriptions are mounted. */}}
+{{- define "jobgate.kindsFile" -}}
+/etc/jobgate/kinds/kinds.yaml
+{{- end -}}
