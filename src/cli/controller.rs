@@ -49,7 +49,8 @@ pub struct ControllerArgs {
     #[arg(long, default_value_t = 0)]
     max_concurrent_passes: u16,
     /// Kinds of work gated besides Jobs (repeat, or separate by commas):
-    /// jobset, workflow (Argo), rayjob, or the path of a YAML file that
+    /// jobset, workflow (Argo), rayjob, pod (plain Pods, held by a
+    /// scheduling gate), or the path of a YAML file that
     /// describes other kinds (see docs/kinds.md). Objects of these kinds
     /// labelled jobgate.dev/group wait for a slot as Jobs do.
     #[arg(
@@ -145,15 +146,14 @@ pub async fn controller(args: ControllerArgs) -> Result<u8> {
     let identity = args
         .identity
         .unwrap_or_else(|| format!("{}-{}", crate::agent::hostname(), std::process::id()));
-    let kinds: std::sync::Arc<Vec<_>> = std::sync::Arc::new(
-        kinds::parse(&args.workload_kinds, |path| std::fs::read_to_string(path))
-            .map_err(Error::InvalidArgument)?
-            .into_iter()
-            .map(std::sync::Arc::new)
-            .collect(),
-    );
+    let gated = kinds::parse(&args.workload_kinds, |path| std::fs::read_to_string(path))
+        .map_err(Error::InvalidArgument)?;
+    let gate_pods = gated.pods;
+    let kinds: std::sync::Arc<Vec<_>> =
+        std::sync::Arc::new(gated.kinds.into_iter().map(std::sync::Arc::new).collect());
     let webhook = args.webhook_listen.map(|listen| WebhookSettings {
         kinds: kinds.clone(),
+        gate_pods,
         listen,
         certs: match args.webhook_cert_dir {
             Some(dir) => CertSource::Dir(dir),
@@ -191,6 +191,7 @@ pub async fn controller(args: ControllerArgs) -> Result<u8> {
         fence_without_ledger: !fence_only_with_ledger,
         count_pods: !release_without_pods,
         kinds,
+        gate_pods,
         listen: args.listen,
         webhook,
         leader_election: args.leader_elect.then_some(LeaderSettings {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{Pod, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use kube::core::DynamicObject;
@@ -24,6 +24,7 @@ use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 
 use super::crd::GROUP_LABEL;
+use super::gated_pods;
 use super::kinds::KindSpec;
 use super::workload::Object;
 
@@ -35,6 +36,8 @@ pub struct JobCache {
     store: Store<Job>,
     /// The labelled objects of each other kind gated, from a watch each.
     others: Vec<(Arc<KindSpec>, Store<DynamicObject>)>,
+    /// The labelled plain Pods, when Pods are gated.
+    pods: Option<Store<Pod>>,
 }
 
 impl JobCache {
@@ -42,7 +45,14 @@ impl JobCache {
         JobCache {
             store,
             others: Vec::new(),
+            pods: None,
         }
+    }
+
+    /// With the watch cache of plain Pods.
+    pub fn with_pods(mut self, pods: Store<Pod>) -> Self {
+        self.pods = Some(pods);
+        self
     }
 
     /// With the watch caches of other kinds.
@@ -51,10 +61,14 @@ impl JobCache {
         self
     }
 
-    /// Whether the Jobs' first LIST is in (never waits: callers list
-    /// instead).
+    /// Whether the first LIST of Jobs (and of plain Pods, when gated) is
+    /// in (never waits: callers list instead).
     pub fn is_ready(&self) -> bool {
         matches!(self.store.wait_until_ready().now_or_never(), Some(Ok(())))
+            && self
+                .pods
+                .as_ref()
+                .is_none_or(|pods| matches!(pods.wait_until_ready().now_or_never(), Some(Ok(()))))
     }
 
     /// The Jobs of group `group` in namespace `ns`.
@@ -72,6 +86,15 @@ impl JobCache {
             .into_iter()
             .map(Object::Job)
             .collect();
+        if let Some(pods) = &self.pods {
+            all.extend(
+                pods.state_filter(|p| {
+                    in_group(&p.metadata, ns, group) && !gated_pods::has_controller(p)
+                })
+                .into_iter()
+                .map(Object::Pod),
+            );
+        }
         let mut not_ready = Vec::new();
         for (kind, store) in &self.others {
             if !matches!(store.wait_until_ready().now_or_never(), Some(Ok(()))) {
@@ -114,6 +137,13 @@ pub fn prune_other(obj: &mut DynamicObject) {
             annotations.remove(*key);
         }
     }
+}
+
+/// The label selector of the plain Pods a group may hold: labelled, and
+/// not a Job's (every pod of an admitted Job carries the group label too).
+/// Pods other controllers own are left out as they are read.
+pub fn plain_pods_selector() -> String {
+    format!("{GROUP_LABEL},!{}", super::jobs::CONTROLLER_UID_LABEL)
 }
 
 /// Which groups a watch event should reconcile, each as a Job that carries

@@ -11,6 +11,7 @@ pub mod effects;
 pub mod error;
 pub mod events;
 pub mod explain;
+pub mod gated_pods;
 pub mod http;
 pub mod inspect;
 pub mod job_cache;

@@ -9,12 +9,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
+use kube::api::Patch;
 use kube::core::{ApiResource, DynamicObject};
 
 use super::crd::ADMITTED_AT_ANNOTATION;
+use super::gated_pods;
 use super::kinds::KindSpec;
 
 /// What the controller knows about one workload of the group: all the
@@ -89,6 +91,8 @@ pub trait Workload: Resource<DynamicType = ()> + Clone + Send + Sync + 'static {
 pub enum Object {
     Job(Arc<Job>),
     Other(Arc<KindSpec>, Arc<DynamicObject>),
+    /// A plain Pod held by a scheduling gate (`gated_pods`).
+    Pod(Arc<Pod>),
 }
 
 impl Object {
@@ -96,6 +100,7 @@ impl Object {
         match self {
             Object::Job(job) => &job.metadata,
             Object::Other(_, obj) => &obj.metadata,
+            Object::Pod(pod) => &pod.metadata,
         }
     }
 
@@ -121,6 +126,7 @@ impl Object {
         match self {
             Object::Job(job) => Workload::view(job.as_ref()),
             Object::Other(kind, obj) => kind.view(obj),
+            Object::Pod(pod) => gated_pods::view(pod),
         }
     }
 
@@ -128,6 +134,7 @@ impl Object {
         match self {
             Object::Job(job) => Workload::is_finished(job.as_ref()),
             Object::Other(kind, obj) => kind.is_finished(obj),
+            Object::Pod(pod) => gated_pods::is_finished(pod),
         }
     }
 
@@ -139,14 +146,29 @@ impl Object {
         match self {
             Object::Job(job) => Workload::is_suspended(job.as_ref()),
             Object::Other(kind, obj) => kind.is_suspended(obj),
+            Object::Pod(pod) => gated_pods::is_gated(pod),
         }
     }
 
-    /// The merge patch that sets its suspend switch.
+    /// The patch that sets its suspend switch (see [`Object::patch`]). A
+    /// Pod's gate can only be removed: held again, it is deleted instead
+    /// (`reconcile::patch::suspend`), so `suspend` asks nothing of it.
     pub fn suspend_patch(&self, suspend: bool) -> serde_json::Value {
         match self {
             Object::Job(_) => Job::suspend_patch(suspend),
             Object::Other(kind, _) => kind.suspend_patch(suspend),
+            Object::Pod(_) if suspend => serde_json::json!({}),
+            Object::Pod(_) => gated_pods::ungate_patch(),
+        }
+    }
+
+    /// `value` as the patch request for its kind: a strategic merge patch
+    /// for a Pod (which removes one gate from its list), a merge patch for
+    /// the rest.
+    pub fn patch(&self, value: serde_json::Value) -> Patch<serde_json::Value> {
+        match self {
+            Object::Pod(_) => Patch::Strategic(value),
+            _ => Patch::Merge(value),
         }
     }
 
@@ -155,7 +177,7 @@ impl Object {
     pub fn as_job(&self) -> Option<&Job> {
         match self {
             Object::Job(job) => Some(job),
-            Object::Other(..) => None,
+            Object::Other(..) | Object::Pod(_) => None,
         }
     }
 
@@ -164,6 +186,7 @@ impl Object {
         match self {
             Object::Job(_) => "Job",
             Object::Other(kind, _) => &kind.kind,
+            Object::Pod(_) => "Pod",
         }
     }
 
@@ -172,6 +195,7 @@ impl Object {
         match self {
             Object::Job(_) => ApiResource::erase::<Job>(&()),
             Object::Other(kind, _) => kind.api_resource(),
+            Object::Pod(_) => ApiResource::erase::<Pod>(&()),
         }
     }
 
@@ -195,6 +219,7 @@ impl Object {
         Some(match self {
             Object::Job(_) => Object::Job(Arc::new(fresh.try_parse().ok()?)),
             Object::Other(kind, _) => Object::Other(kind.clone(), Arc::new(fresh)),
+            Object::Pod(_) => Object::Pod(Arc::new(fresh.try_parse().ok()?)),
         })
     }
 }

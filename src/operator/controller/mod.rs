@@ -49,6 +49,8 @@ pub struct Settings {
     pub count_pods: bool,
     /// The kinds gated besides Jobs.
     pub kinds: Arc<Vec<Arc<KindSpec>>>,
+    /// Plain Pods gated too (by a scheduling gate).
+    pub gate_pods: bool,
     pub listen: SocketAddr,
     /// The Job webhook, served by every replica; `None`: off.
     pub webhook: Option<WebhookSettings>,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use kube::core::DynamicObject;
 use kube::runtime::controller::{self, Controller};
@@ -20,6 +21,7 @@ use tracing::warn;
 
 use super::super::crd::{ConcurrencyGroup, GROUP_LABEL};
 use super::super::events;
+use super::super::gated_pods;
 use super::super::job_cache::{self, JobCache};
 use super::super::kinds::KindSpec;
 use super::super::ledgers::{LedgerSettings, Ledgers};
@@ -90,7 +92,12 @@ pub(super) async fn admit(
         kind_stores.push((kind.clone(), store));
         kind_triggers.push(events);
     }
-    let job_cache = JobCache::new(job_store).with_kinds(kind_stores);
+    let mut job_cache = JobCache::new(job_store).with_kinds(kind_stores);
+    if settings.gate_pods {
+        let (store, events) = watch_plain_pods(&client, settings.namespace.as_deref());
+        job_cache = job_cache.with_pods(store);
+        kind_triggers.push(events);
+    }
     // This term's share of the process-wide channel.
     let (term_trigger, term_triggers) = mpsc::unbounded_channel();
     let requeue = trigger.clone();
@@ -131,6 +138,7 @@ pub(super) async fn admit(
         deletion_timeout: settings.deletion_timeout,
         jobs: job_cache.clone(),
         kinds: settings.kinds.clone(),
+        gate_pods: settings.gate_pods,
         term_started: tokio::time::Instant::now(),
         status_written: Default::default(),
     });
@@ -288,4 +296,58 @@ fn watch_kind(
 fn group_ref(obj: &DynamicObject) -> Option<ObjectRef<ConcurrencyGroup>> {
     let group = obj.labels().get(GROUP_LABEL)?;
     Some(ObjectRef::<ConcurrencyGroup>::new(group).within(&obj.namespace()?))
+}
+
+/// The watch of labelled plain Pods (not a Job's): their cache, and the
+/// groups their events concern, as [`watch_kind`] does for other kinds.
+fn watch_plain_pods(
+    client: &Client,
+    namespace: Option<&str>,
+) -> (
+    reflector::Store<Pod>,
+    futures::stream::BoxStream<'static, ObjectRef<ConcurrencyGroup>>,
+) {
+    let api: Api<Pod> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let (store, writer) = reflector::store();
+    let relisted = store.clone();
+    let events = watcher(
+        api,
+        watcher::Config::default().labels(&job_cache::plain_pods_selector()),
+    )
+    .default_backoff()
+    .modify(|p: &mut Pod| p.metadata.managed_fields = None)
+    .reflect(writer)
+    .flat_map(move |event| {
+        let plain = |p: &Pod| !gated_pods::has_controller(p);
+        let groups: Vec<ObjectRef<ConcurrencyGroup>> = match event {
+            Ok(watcher::Event::Apply(p) | watcher::Event::Delete(p)) if plain(&p) => {
+                pod_group_ref(&p).into_iter().collect()
+            }
+            Ok(watcher::Event::InitDone) => {
+                let groups: HashSet<_> = relisted
+                    .state()
+                    .iter()
+                    .filter(|p| plain(p))
+                    .filter_map(|p| pod_group_ref(p))
+                    .collect();
+                groups.into_iter().collect()
+            }
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                warn!(error = %e, "watching plain Pods failed; retrying");
+                Vec::new()
+            }
+        };
+        futures::stream::iter(groups)
+    })
+    .boxed();
+    (store, events)
+}
+
+fn pod_group_ref(pod: &Pod) -> Option<ObjectRef<ConcurrencyGroup>> {
+    let group = pod.labels().get(GROUP_LABEL)?;
+    Some(ObjectRef::<ConcurrencyGroup>::new(group).within(&pod.namespace()?))
 }

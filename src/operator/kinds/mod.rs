@@ -363,18 +363,40 @@ pub fn builtin(name: &str) -> Option<KindSpec> {
     }
 }
 
-/// The names `builtin` knows.
-pub const BUILTIN_NAMES: &[&str] = &["jobset", "workflow", "rayjob"];
+/// The names `--workload-kinds` knows: `builtin`'s and plain Pods.
+pub const BUILTIN_NAMES: &[&str] = &["jobset", "workflow", "rayjob", "pod"];
 
-/// The kinds `--workload-kinds` names: built-in names, or files holding a
-/// YAML list of descriptions. One sentence for what cannot be used.
+/// What `--workload-kinds` gates besides Jobs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Gated {
+    /// Kinds with a suspend switch, described.
+    pub kinds: Vec<KindSpec>,
+    /// Plain Pods, through a scheduling gate (`gated_pods`).
+    pub pods: bool,
+}
+
+/// What is gated besides Jobs, as the controller and the webhook share it.
+#[derive(Debug, Clone, Default)]
+pub struct Gating {
+    pub kinds: std::sync::Arc<Vec<std::sync::Arc<KindSpec>>>,
+    pub pods: bool,
+}
+
+/// The kinds `--workload-kinds` names: built-in names, `pod`, or files
+/// holding a YAML list of descriptions. One sentence for what cannot be
+/// used.
 pub fn parse(
     entries: &[String],
     read: impl Fn(&str) -> std::io::Result<String>,
-) -> Result<Vec<KindSpec>, String> {
+) -> Result<Gated, String> {
     let mut kinds: Vec<KindSpec> = Vec::new();
+    let mut pods = false;
     for entry in entries.iter().flat_map(|e| e.split(',')).map(str::trim) {
         if entry.is_empty() {
+            continue;
+        }
+        if matches!(entry.to_ascii_lowercase().as_str(), "pod" | "pods") {
+            pods = true;
             continue;
         }
         let found = match builtin(entry) {
@@ -403,7 +425,7 @@ pub fn parse(
             kinds.push(kind);
         }
     }
-    Ok(kinds)
+    Ok(Gated { kinds, pods })
 }
 
 fn bad_path(path: &str) -> bool {

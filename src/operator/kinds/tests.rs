@@ -96,7 +96,9 @@ fn a_pending_value_holds_it_and_removing_the_field_lets_it_run() {
   units: {constant: 2}
   gracePeriodPath: spec.taskRunTemplate.podTemplate.terminationGracePeriodSeconds
 "#;
-    let kinds = parse(&["kinds.yaml".into()], |_| Ok(yaml.into())).unwrap();
+    let kinds = parse(&["kinds.yaml".into()], |_| Ok(yaml.into()))
+        .unwrap()
+        .kinds;
     let kind = &kinds[0];
     assert_eq!(kind.id(), "PipelineRun.tekton.dev");
     let run = |status: Value| {
@@ -170,7 +172,7 @@ fn what_cannot_work_is_refused_in_one_sentence_naming_the_field() {
         assert!(!err.contains('\n'), "{err}");
     }
     let err = parse(&["jobsets".into()], read("")).unwrap_err();
-    assert!(err.contains("jobset, workflow, rayjob"), "{err}");
+    assert!(err.contains("jobset, workflow, rayjob, pod"), "{err}");
     let err = parse(&["jobset,JobSet".into()], read("")).unwrap_err();
     assert!(err.contains("named twice"), "{err}");
     let err = parse(&["/nowhere/k.yaml".into()], |_| {
@@ -186,10 +188,10 @@ fn what_cannot_work_is_refused_in_one_sentence_naming_the_field() {
 #[test]
 fn built_in_names_and_files_combine() {
     let yaml = "- {group: x.io, version: v1, kind: Thing, plural: things, suspend: {path: spec.hold}, finished: {conditions: [Done]}, pods: {label: x.io/owner}}";
-    let kinds = parse(&["jobset, workflow".into(), "./k.yaml".into()], |_| {
-        Ok(yaml.into())
-    })
-    .unwrap();
+    let entries = ["jobset, workflow".into(), "./k.yaml".into(), "Pod".into()];
+    let gated = parse(&entries, |_| Ok(yaml.into())).unwrap();
+    assert!(gated.pods);
+    let kinds = gated.kinds;
     let ids: Vec<String> = kinds.iter().map(KindSpec::id).collect();
     assert_eq!(
         ids,

@@ -148,6 +148,24 @@ pub(super) async fn list_workloads(
     for kind in ctx.kinds.iter() {
         all.extend(list_kind(ctx, kind, ns, group).await?);
     }
+    if ctx.gate_pods {
+        let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+        let selector = format!("{},{GROUP_LABEL}={group}", job_cache::plain_pods_selector());
+        let params = ListParams::default().labels(&selector);
+        let listed = timed(ctx, "list_pods", api.list(&params))
+            .await
+            .map_err(Error::GatherPods)?;
+        all.extend(
+            listed
+                .items
+                .into_iter()
+                .filter(|p| !crate::operator::gated_pods::has_controller(p))
+                .map(|mut p| {
+                    p.metadata.managed_fields = None;
+                    Object::Pod(Arc::new(p))
+                }),
+        );
+    }
     Ok(all)
 }
 
@@ -235,7 +253,9 @@ pub(super) async fn pods_left(
         remember_pod_keys(&mut state.pod_keys, held, &lost, jobs);
         pods::queries(&candidates, jobs, &ctx.kinds, &state.pod_keys)
     };
-    pods::run(ctx, ns, &queries).await
+    let mut live = pods::run(ctx, ns, &queries).await?;
+    live.extend(pods::plain_pods_live(&candidates, jobs));
+    Ok(live)
 }
 
 /// Keeps the pod-label value of each held workload whose pods carry its

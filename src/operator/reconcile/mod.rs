@@ -108,6 +108,8 @@ pub struct Context {
     pub jobs: JobCache,
     /// The kinds gated besides Jobs (`--workload-kinds`).
     pub kinds: Arc<Vec<Arc<KindSpec>>>,
+    /// Plain Pods are gated too.
+    pub gate_pods: bool,
     /// When this leadership term began: a ledger known from before it may
     /// lack what another replica wrote under this cluster's agent id.
     pub term_started: tokio::time::Instant,

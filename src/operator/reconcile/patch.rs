@@ -34,6 +34,7 @@ fn patch_call(obj: &Object) -> &'static str {
     match obj {
         Object::Job(_) => "patch_job",
         Object::Other(..) => "patch_workload",
+        Object::Pod(_) => "patch_pod",
     }
 }
 
@@ -51,7 +52,7 @@ pub(super) async fn patch_job(
     let result = timed(
         ctx,
         patch_call(job),
-        api.patch(&name, &params, &Patch::Merge(&patch)),
+        api.patch(&name, &params, &job.patch(patch)),
     )
     .await;
     match result {
@@ -190,7 +191,7 @@ pub(super) async fn patch_job_as_seen(
     let result = timed(
         ctx,
         patch_call(job),
-        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)),
+        api.patch(&name, &PatchParams::default(), &job.patch(patch)),
     )
     .await;
     match result {
@@ -205,6 +206,9 @@ pub(super) async fn patch_job_as_seen(
 /// pass can decide to suspend the same Job at once, and only the one whose
 /// patch lands tells the Job (one Event, not two).
 pub(super) async fn suspend(ctx: &Context, job: &Object, reason: &str, note: String) -> Result<()> {
+    if let Object::Pod(_) = job {
+        return delete_pod(ctx, job, reason, note).await;
+    }
     let mut patch = job.suspend_patch(true);
     patch["metadata"] = json!({"annotations": not_admitted()});
     // Suspended meanwhile by someone else, who told it: nothing to do.
@@ -214,6 +218,35 @@ pub(super) async fn suspend(ctx: &Context, job: &Object, reason: &str, note: Str
         publish(ctx, job, EventType::Warning, reason, "Suspend", note);
     }
     Ok(())
+}
+
+/// A plain Pod cannot be held again once ungated (a scheduling gate can
+/// only be removed): where a Job would be suspended, the Pod is deleted,
+/// within its grace period, and its slot waits until it is gone. The UID
+/// precondition keeps a Pod re-created under the name from being deleted.
+async fn delete_pod(ctx: &Context, pod: &Object, reason: &str, note: String) -> Result<()> {
+    if pod.is_finished() {
+        return Ok(());
+    }
+    let name = pod.name_any();
+    let params = kube::api::DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: pod.uid(),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match timed(ctx, "delete_pod", api_of(ctx, pod).delete(&name, &params)).await {
+        Ok(_) => {
+            warn!(pod = %name, reason, "deleted: a Pod cannot be held again once it ran");
+            let note =
+                format!("{note} (a Pod cannot be held again once it ran, so it was deleted)");
+            publish(ctx, pod, EventType::Warning, reason, "Suspend", note);
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        Err(source) => Err(Error::PatchJob { name, source }),
+    }
 }
 
 /// [`patch_job_as_seen`] until the patch lands, while `wanted` holds for

@@ -62,6 +62,8 @@ pub(super) fn queries(
                 Some((*uid).clone()),
                 (*uid).clone(),
             )),
+            // The Pod is its own pod: see `plain_pods_live`.
+            (Some(Object::Pod(_)), _) => {}
             (Some(Object::Other(kind, obj)), _) => {
                 if let Some(key) = kind.pod_key(obj) {
                     wanted.push((kind.pods.label.clone(), Some(key), (*uid).clone()));
@@ -116,6 +118,22 @@ pub(super) fn queries(
         }
     }
     out
+}
+
+/// Of `candidates`, the plain Pods (gated by jobgate) that may still run.
+/// One that is gone from the group's objects has been deleted and is gone
+/// from the API server too: the watch removes a Pod only then.
+pub(super) fn plain_pods_live(
+    candidates: &[&String],
+    objects: &BTreeMap<String, Object>,
+) -> BTreeSet<String> {
+    candidates
+        .iter()
+        .filter(|uid| {
+            matches!(objects.get(**uid), Some(Object::Pod(pod)) if crate::operator::gated_pods::is_live(pod))
+        })
+        .map(|uid| (*uid).clone())
+        .collect()
 }
 
 /// The UIDs the live pods of `query` vouch for, given each live pod's

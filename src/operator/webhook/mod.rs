@@ -8,6 +8,7 @@
 
 pub mod certs;
 pub mod mutate;
+pub mod pods;
 pub mod server;
 pub mod tls;
 
@@ -21,7 +22,7 @@ use kube::Client;
 use tracing::{info, warn};
 
 use super::http::Health;
-use super::kinds::KindSpec;
+use super::kinds::{Gating, KindSpec};
 use super::metrics::Metrics;
 use tls::{SelfManaged, Serving, TlsError};
 
@@ -49,6 +50,8 @@ pub struct WebhookSettings {
     pub certs: CertSource,
     /// The kinds it holds back besides Jobs (`--workload-kinds`).
     pub kinds: Arc<Vec<Arc<KindSpec>>>,
+    /// Plain Pods get a scheduling gate.
+    pub gate_pods: bool,
 }
 
 /// The names a certificate for Service `service` in `namespace` carries,
@@ -109,7 +112,10 @@ pub async fn start(
     let listener = std::net::TcpListener::bind(settings.listen)?;
     listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
-    let kinds = settings.kinds.clone();
+    let gating = Gating {
+        kinds: settings.kinds.clone(),
+        pods: settings.gate_pods,
+    };
     let (source, refresh) = match settings.certs {
         CertSource::Dir(dir) => (Source::Dir(dir), REFRESH_DIR),
         CertSource::SelfManaged {
@@ -162,7 +168,7 @@ pub async fn start(
             metrics,
             health.clone(),
             controller,
-            kinds,
+            gating,
             fatal.clone(),
         ) {
             // Unready for good would only hide it: the process stops

@@ -36,6 +36,9 @@ pub enum Verdict {
     /// The request could not be read; the API server applies the
     /// configuration's `failurePolicy`.
     Invalid,
+    /// Someone other than the controller removed jobgate's scheduling
+    /// gate from a plain Pod: denied, since a gate cannot be put back.
+    Refused,
 }
 
 impl Verdict {
@@ -45,6 +48,7 @@ impl Verdict {
             Verdict::KeptSuspended => "kept_suspended",
             Verdict::Unchanged => "unchanged",
             Verdict::Invalid => "invalid",
+            Verdict::Refused => "refused",
         }
     }
 }
@@ -109,7 +113,11 @@ pub fn respond(
     req: &AdmissionRequest<DynamicObject>,
     controller: &str,
     kinds: &[Arc<KindSpec>],
+    gate_pods: bool,
 ) -> (AdmissionResponse, Verdict) {
+    if gate_pods && req.kind.group.is_empty() && req.kind.kind == "Pod" {
+        return super::pods::respond(req, controller);
+    }
     let object = req.object.as_ref();
     let described = kinds
         .iter()
@@ -165,7 +173,7 @@ pub fn respond(
                 "jobgate: spec.suspend kept true; only jobgate resumes Jobs of ConcurrencyGroup {group}, and this one starts when the group has a free slot"
             )
         }
-        Verdict::Unchanged | Verdict::Invalid => return (response, verdict),
+        Verdict::Unchanged | Verdict::Invalid | Verdict::Refused => return (response, verdict),
     };
     response.warnings = Some(vec![warning]);
     let patch = serde_json::from_value::<json_patch::Patch>(serde_json::Value::Array(ops));
@@ -352,7 +360,7 @@ mod tests {
     #[test]
     fn the_response_carries_a_json_patch_for_labelled_jobs() {
         let req = review(json!({GROUP_LABEL: "etl"}), json!({"template": {}}));
-        let (response, verdict) = respond(&req, CONTROLLER, &[]);
+        let (response, verdict) = respond(&req, CONTROLLER, &[], false);
         assert_eq!(verdict, Verdict::Suspended);
         let patch_bytes = response.patch.clone();
         assert!(
@@ -431,7 +439,7 @@ mod tests {
             None,
             "alice",
         );
-        let (response, verdict) = respond(&req, CONTROLLER, &kinds);
+        let (response, verdict) = respond(&req, CONTROLLER, &kinds, false);
         assert_eq!(verdict, Verdict::Suspended);
         assert_eq!(
             patch_of(response),
@@ -440,7 +448,7 @@ mod tests {
 
         // No runPolicy yet: added whole, as a JSON patch cannot add below it.
         let req = other_kind("kubeflow.org", "PyTorchJob", json!({}), None, "alice");
-        let (response, _) = respond(&req, CONTROLLER, &kinds);
+        let (response, _) = respond(&req, CONTROLLER, &kinds, false);
         assert_eq!(
             patch_of(response),
             json!([{"op": "add", "path": "/spec/runPolicy", "value": {"suspend": true}}])
@@ -456,7 +464,7 @@ mod tests {
             Some(held.clone()),
             "alice",
         );
-        let (response, verdict) = respond(&req, CONTROLLER, &kinds);
+        let (response, verdict) = respond(&req, CONTROLLER, &kinds, false);
         assert_eq!(verdict, Verdict::KeptSuspended);
         let patch = patch_of(response);
         assert_eq!(
@@ -472,16 +480,22 @@ mod tests {
             Some(held),
             CONTROLLER,
         );
-        assert_eq!(respond(&req, CONTROLLER, &kinds).1, Verdict::Unchanged);
+        assert_eq!(
+            respond(&req, CONTROLLER, &kinds, false).1,
+            Verdict::Unchanged
+        );
         // A kind not described passes unchanged.
         let req = other_kind("x.io", "Thing", json!({}), None, "alice");
-        assert_eq!(respond(&req, CONTROLLER, &kinds).1, Verdict::Unchanged);
+        assert_eq!(
+            respond(&req, CONTROLLER, &kinds, false).1,
+            Verdict::Unchanged
+        );
     }
 
     #[test]
     fn unlabelled_jobs_get_no_patch() {
         let req = review(json!({"app": "etl"}), json!({"template": {}}));
-        let (response, verdict) = respond(&req, CONTROLLER, &[]);
+        let (response, verdict) = respond(&req, CONTROLLER, &[], false);
         assert_eq!(verdict, Verdict::Unchanged);
         let out = serde_json::to_value(response.into_review()).unwrap();
         assert_eq!(out["response"]["allowed"], true);
@@ -503,7 +517,7 @@ mod tests {
                 Some(json!({"suspend": true, "template": {}})),
             )
         };
-        let (response, verdict) = respond(&resume("argocd"), CONTROLLER, &[]);
+        let (response, verdict) = respond(&resume("argocd"), CONTROLLER, &[], false);
         assert_eq!(verdict, Verdict::KeptSuspended);
         assert!(
             response
@@ -533,7 +547,7 @@ mod tests {
             json!({"metadata": {"labels": {GROUP_LABEL: "etl"}, "annotations": {"team": "data"}}, "spec": {"suspend": true}})
         );
 
-        let (response, verdict) = respond(&resume(CONTROLLER), CONTROLLER, &[]);
+        let (response, verdict) = respond(&resume(CONTROLLER), CONTROLLER, &[], false);
         assert_eq!(verdict, Verdict::Unchanged);
         assert!(response.patch.is_none());
     }

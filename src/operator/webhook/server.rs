@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::mutate::{self, Verdict};
 use crate::operator::http::Health;
-use crate::operator::kinds::KindSpec;
+use crate::operator::kinds::Gating;
 use crate::operator::metrics::{Metrics, WebhookLabels};
 
 /// What every review reads.
@@ -22,7 +22,8 @@ struct Shared {
     /// The user name of the controller's own requests.
     controller: String,
     /// The kinds held back besides Jobs.
-    kinds: Arc<Vec<Arc<KindSpec>>>,
+    /// What is held back besides Jobs.
+    gating: Gating,
 }
 
 async fn review(
@@ -32,7 +33,12 @@ async fn review(
     let request: Result<AdmissionRequest<DynamicObject>, _> = review.try_into();
     let (response, verdict) = match request {
         Ok(req) => {
-            let (response, verdict) = mutate::respond(&req, &shared.controller, &shared.kinds);
+            let (response, verdict) = mutate::respond(
+                &req,
+                &shared.controller,
+                &shared.gating.kinds,
+                shared.gating.pods,
+            );
             if verdict == Verdict::KeptSuspended {
                 info!(
                     namespace = req.namespace.as_deref().unwrap_or_default(),
@@ -74,7 +80,7 @@ pub fn serve(
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     controller: String,
-    kinds: Arc<Vec<Arc<KindSpec>>>,
+    gating: Gating,
     fatal: mpsc::UnboundedSender<String>,
 ) -> std::io::Result<()> {
     let app = Router::new()
@@ -82,7 +88,7 @@ pub fn serve(
         .with_state(Arc::new(Shared {
             metrics,
             controller,
-            kinds,
+            gating,
         }));
     let server = axum_server::from_tcp_rustls(listener, tls)?;
     tokio::spawn(async move {
