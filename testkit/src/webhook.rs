@@ -122,6 +122,7 @@ webhooks:
     objectSelector:
       matchExpressions:
         - {{key: jobgate.dev/group, operator: Exists}}
+        - {{key: batch.kubernetes.io/controller-uid, operator: DoesNotExist}}
 {namespaces}    rules:
 {rules}{not_controller}    clientConfig:
       url: https://127.0.0.1:{port}/mutate-jobs

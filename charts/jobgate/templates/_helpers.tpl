@@ -149,6 +149,9 @@ described in workloads.custom.
 {{- if .Values.workloads.rayJob -}}
 {{- $kinds = append $kinds (dict "name" "rayjob" "group" "ray.io" "plural" "rayjobs") -}}
 {{- end -}}
+{{- if .Values.workloads.pods -}}
+{{- $kinds = append $kinds (dict "name" "pod" "group" "" "plural" "pods") -}}
+{{- end -}}
 {{- range .Values.workloads.custom -}}
 {{- $kinds = append $kinds (dict "name" "" "group" .group "plural" .plural) -}}
 {{- end -}}
