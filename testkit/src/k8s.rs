@@ -51,8 +51,9 @@ const UNINITIALIZED_TAINT: &str = "node.cloudprovider.kubernetes.io/uninitialize
 pub enum Pods {
     /// Running at once, Succeeded at once, gone at once when deleted.
     Fast,
-    /// Like real work with a real shutdown: a Job's pod runs for the
-    /// duration in its [`RUN_FOR_ANNOTATION`] (for good without it), and a
+    /// Like real work with a real shutdown: a pod runs for the duration in
+    /// its [`RUN_FOR_ANNOTATION`] (for good without it), whoever made it
+    /// (a Job, another kind's controller, or a user), and a
     /// pod being deleted stays Terminating until its deletion timestamp, so
     /// it uses its whole `terminationGracePeriodSeconds`.
     Held,
@@ -79,9 +80,6 @@ spec:
     - key: '.status.phase'
       operator: 'In'
       values: ['Running']
-    - key: '.metadata.ownerReferences.[].kind'
-      operator: 'In'
-      values: ['Job']
     - key: '.metadata.annotations["jobgate.test/run-for"]'
       operator: 'Exists'
   delay:

@@ -7,6 +7,7 @@
 //! It lives outside the `jobgate` library so that nothing shipped can start
 //! test servers or write a ledger unconditionally.
 
+pub mod batchrun;
 pub mod bench;
 pub mod chart;
 pub mod conformance;

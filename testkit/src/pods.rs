@@ -24,6 +24,8 @@ use kube::{Client, ResourceExt};
 
 const JOB_UID_LABEL: &str = "batch.kubernetes.io/controller-uid";
 const SLOTS_ANNOTATION: &str = "jobgate.dev/slots";
+/// The scheduling gate jobgate holds plain Pods with.
+const JOBGATE_GATE: &str = "jobgate.dev/slot";
 
 /// (cluster, Job UID)
 type JobKey = (String, String);
@@ -59,14 +61,25 @@ impl State {
 }
 
 /// May this pod still run? Anything not Succeeded or Failed: pending,
-/// running, or being deleted but not yet gone.
+/// running, or being deleted but not yet gone; except a pod still held by
+/// jobgate's scheduling gate, which no scheduler places until the gate is
+/// removed, and which only jobgate removes (as a suspended Job has no pods).
 fn may_run(pod: &Pod) -> bool {
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    !matches!(phase, Some("Succeeded" | "Failed"))
+    let gated = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.scheduling_gates.as_ref())
+        .is_some_and(|gates| gates.iter().any(|g| g.name == JOBGATE_GATE));
+    !matches!(phase, Some("Succeeded" | "Failed")) && !gated
 }
 
 fn keyed(label: &str, cluster: &str, pod: &Pod) -> Option<(JobKey, String)> {
-    let job = pod.labels().get(label)?.clone();
+    // No label: each pod is a workload of its own (a plain Pod).
+    let job = match label {
+        "" => pod.uid()?,
+        _ => pod.labels().get(label)?.clone(),
+    };
     Some(((cluster.to_string(), job), pod.uid()?))
 }
 
@@ -115,6 +128,12 @@ impl PodLog {
         }
     }
 
+    /// Counts plain Pods, each its own workload; watch them with
+    /// [`watch_selected`](Self::watch_selected) and a selector.
+    pub fn per_pod() -> Self {
+        PodLog::by_label("")
+    }
+
     /// Starts watching the Job pods of namespace `ns` in `cluster`.
     pub fn watch(&self, client: Client, cluster: &str, ns: &str) {
         self.watch_selected(client, cluster, ns, "");
@@ -124,10 +143,10 @@ impl PodLog {
     /// selector) picks, to leave out Jobs outside the limit under test.
     pub fn watch_selected(&self, client: Client, cluster: &str, ns: &str, selector: &str) {
         let api: Api<Pod> = Api::namespaced(client, ns);
-        let labels = if selector.is_empty() {
-            self.label.to_string()
-        } else {
-            format!("{},{selector}", self.label)
+        let labels = match (self.label.is_empty(), selector.is_empty()) {
+            (_, true) => self.label.to_string(),
+            (true, false) => selector.to_string(),
+            (false, false) => format!("{},{selector}", self.label),
         };
         let config = watcher::Config::default().labels(&labels);
         let cluster = cluster.to_string();
@@ -350,5 +369,40 @@ mod tests {
         let timeline = [(s(0), 1), (s(100), 3), (s(250), 2), (s(400), 3)];
         assert_eq!(time_over(&timeline, 2, s(1000)), Duration::from_millis(750));
         assert_eq!(time_over(&timeline, 3, s(1000)), Duration::ZERO);
+    }
+}
+
+#[cfg(test)]
+mod plain_pod_tests {
+    use super::*;
+
+    fn plain(uid: &str, gated: bool, phase: &str) -> Pod {
+        let gates = if gated {
+            serde_json::json!([{"name": JOBGATE_GATE}])
+        } else {
+            serde_json::json!([{"name": "someone-else"}])
+        };
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"uid": uid, "name": uid},
+            "spec": {"containers": [], "schedulingGates": gates},
+            "status": {"phase": phase},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn each_plain_pod_counts_once_ungated_and_an_overrun_is_caught() {
+        let log = PodLog::per_pod();
+        for (uid, gated) in [("a", false), ("b", false), ("c", true)] {
+            log.on_event("one", watcher::Event::Apply(plain(uid, gated, "Pending")));
+        }
+        // The gated one cannot be scheduled: two may run.
+        assert_eq!(log.running(), 2);
+        // Ungated (by whoever): it counts, and the limit of 2 is exceeded.
+        log.on_event("one", watcher::Event::Apply(plain("c", false, "Running")));
+        assert_eq!(log.max(), 3);
+        assert!(!log.rises_above(2, Instant::now() - Duration::from_secs(60)).is_empty());
+        log.on_event("one", watcher::Event::Apply(plain("a", false, "Succeeded")));
+        assert_eq!(log.running(), 2);
     }
 }

@@ -20,6 +20,7 @@ mod k8s_crd;
 mod k8s_deadlines;
 mod k8s_faults;
 mod k8s_handover;
+mod k8s_kinds;
 mod k8s_leader;
 mod k8s_operate;
 mod k8s_resume;
