@@ -19,8 +19,11 @@ e2e: testbed node
 	cargo test --test e2e
 
 # SeaweedFS, etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubelet, kubectl, kwok, helm and promtool, pinned, into ~/.cache/jobgate/testbed
-# (cold: about 20 minutes on 2 cores: 17 without promtool, which took 2m19s cold; then seconds). No root.
+# kubelet, kubectl, kwok, helm, promtool and three workload controllers (JobSet,
+# Argo Workflows, KubeRay), pinned, into ~/.cache/jobgate/testbed (cold: about
+# 30 minutes on 2 cores: 17 without promtool, which took 2m19s cold, and the
+# workload controllers, which took 2m44s, 3m58s and 2m32s with empty Go caches;
+# then seconds). No root.
 testbed:
 	scripts/testbed.sh all
 

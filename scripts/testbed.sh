@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the pinned test-bed binaries into a cache directory, once.
-# Usage: scripts/testbed.sh [seaweedfs|kubernetes|kubelet|etcd|kwok|k8s|node|helm|promtool|kueue|all]   (default: seaweedfs)
+# Usage: scripts/testbed.sh [seaweedfs|kubernetes|kubelet|etcd|kwok|k8s|node|helm|promtool|workloads|jobset|argo|kuberay|kueue|all]
+#        (default: seaweedfs)
 #   seaweedfs   the S3 server (weed) the tests use
 #   k8s         kubernetes + etcd + kwok: the control plane for operator tests
 #   kubelet     the kubelet, for tests that run real containers
@@ -8,6 +9,13 @@
 #               runc, CNI plugins, static busybox for the test images); root only
 #   helm        helm: lints and renders the chart in charts/jobgate
 #   promtool    Prometheus's promtool: checks and unit-tests the chart's alerts
+#   workloads   jobset + argo + kuberay: workload controllers that run beside
+#               the test control plane (testkit/src/workloads.rs), with their CRDs
+#               (cold, with empty Go caches on 2 cores: about 9 minutes)
+#   jobset      JobSet's controller (sigs.k8s.io/jobset)
+#   argo        Argo Workflows' workflow-controller; loopback test beds only
+#               (security advisories are open against the pinned release)
+#   kuberay     KubeRay's ray-operator (RayCluster, RayJob, RayService)
 #   kueue       Kueue's manager and CRDs, for the side-by-side benchmark only
 #               (make bench-operator); not part of `all`
 # Cache: $JOBGATE_TESTBED_DIR, default ~/.cache/jobgate/testbed
@@ -20,6 +28,11 @@ ETCD_VERSION="v3.6.16"
 KWOK_VERSION="v0.8.0"
 HELM_VERSION="v3.22.0"
 KUEUE_VERSION="v0.17.0"
+JOBSET_VERSION="v0.11.1"
+# v3 is not on the module proxy. Advisories are open against v4.0.5: it only
+# ever runs against a loopback control plane here, never in anything shipped.
+ARGO_VERSION="v4.0.5"
+KUBERAY_VERSION="v1.6.0"
 # Prometheus 3.x's Go module version (v0.3XX.Y is Prometheus 3.XX.Y).
 PROMETHEUS_VERSION="v0.316.0"
 # Parallel Go compile jobs; the machine has two cores.
@@ -148,6 +161,71 @@ build_kueue() {
   log "built $BIN/kueue"
 }
 
+# copy_crds NAME DIR: the CRD files in DIR (of a module in the module cache)
+# into $CACHE/NAME-crds, writable so the next copy can replace them.
+copy_crds() {
+  [ -d "$2" ] || { log "no CRDs at $2"; exit 1; }
+  rm -rf "$CACHE/$1-crds"; mkdir -p "$CACHE/$1-crds"
+  cp "$2"/*.yaml "$CACHE/$1-crds/"
+  rm -f "$CACHE/$1-crds/kustomization.yaml"
+  chmod -R u+w "$CACHE/$1-crds"
+}
+
+# wrapped_build NAME MODULE VERSION PACKAGE [LDFLAGS]: PACKAGE of MODULE at
+# VERSION as $BIN/NAME, built in a wrapper module (`go install module@version`
+# asks the proxy for the module's version list to look for deprecations, and
+# the proxy refuses to list these modules). The wrapper requires only MODULE,
+# so the build uses the versions MODULE's release pinned, and it takes the
+# GODEBUG defaults of MODULE's own go line, as MODULE's own build would.
+wrapped_build() {
+  wrapper "$1" "$2@$3"
+  local gov
+  gov="$(go list -m -f '{{.GoVersion}}' "$2")"
+  go mod edit -godebug="default=go${gov%.*}"
+  go build -p "$GO_JOBS" -trimpath -ldflags "-s -w ${5:-}" -o "$BIN/$1" "$4"
+}
+
+build_jobset() {
+  if built jobset "$JOBSET_VERSION"; then log "jobset $JOBSET_VERSION already built"; return; fi
+  log "building jobset $JOBSET_VERSION ..."
+  # The controller is the module's root package. The version stamp as
+  # upstream's Makefile sets it (it logs it at start).
+  wrapped_build jobset sigs.k8s.io/jobset "$JOBSET_VERSION" sigs.k8s.io/jobset \
+    "-X sigs.k8s.io/jobset/pkg/version.GitVersion=$JOBSET_VERSION"
+  copy_crds jobset "$(go env GOMODCACHE)/sigs.k8s.io/jobset@$JOBSET_VERSION/config/components/crd/bases"
+  mark jobset "$JOBSET_VERSION"
+  log "built $BIN/jobset (CRDs in $CACHE/jobset-crds)"
+}
+
+build_argo() {
+  if built workflow-controller "$ARGO_VERSION"; then log "workflow-controller $ARGO_VERSION already built"; return; fi
+  log "building Argo Workflows' workflow-controller $ARGO_VERSION ..."
+  # The version stamp as upstream's Makefile sets it: without it the
+  # controller calls itself v0.0.0 and puts argoexec:v0.0.0 as the image of
+  # the containers it adds to each pod.
+  wrapped_build workflow-controller github.com/argoproj/argo-workflows/v4 "$ARGO_VERSION" \
+    github.com/argoproj/argo-workflows/v4/cmd/workflow-controller \
+    "-X github.com/argoproj/argo-workflows/v4.version=$ARGO_VERSION"
+  # The full CRDs (with their schemas, so the API server validates and
+  # prunes as in a real installation); they need a server-side apply.
+  copy_crds argo "$(go env GOMODCACHE)/github.com/argoproj/argo-workflows/v4@$ARGO_VERSION/manifests/base/crds/full"
+  mark workflow-controller "$ARGO_VERSION"
+  log "built $BIN/workflow-controller (CRDs in $CACHE/argo-crds)"
+}
+
+build_kuberay() {
+  if built ray-operator "$KUBERAY_VERSION"; then log "ray-operator $KUBERAY_VERSION already built"; return; fi
+  log "building KubeRay's ray-operator $KUBERAY_VERSION ..."
+  # The operator is the module's root package.
+  wrapped_build ray-operator github.com/ray-project/kuberay/ray-operator "$KUBERAY_VERSION" \
+    github.com/ray-project/kuberay/ray-operator
+  copy_crds kuberay "$(go env GOMODCACHE)/github.com/ray-project/kuberay/ray-operator@$KUBERAY_VERSION/config/crd/bases"
+  mark ray-operator "$KUBERAY_VERSION"
+  log "built $BIN/ray-operator (CRDs in $CACHE/kuberay-crds)"
+}
+
+build_workloads() { build_jobset; build_argo; build_kuberay; }
+
 build_helm() {
   if built helm "$HELM_VERSION"; then log "helm $HELM_VERSION already built"; return; fi
   log "building helm $HELM_VERSION ..."
@@ -192,8 +270,12 @@ case "$what" in
   node) install_node_packages; build_kubelet ;;
   helm) build_helm ;;
   promtool) build_promtool ;;
+  workloads) build_workloads ;;
+  jobset) build_jobset ;;
+  argo) build_argo ;;
+  kuberay) build_kuberay ;;
   kueue) build_kueue ;;
-  all) build_seaweedfs; build_etcd; build_kwok; build_kubernetes; build_kubelet; build_helm; build_promtool ;;
-  *) echo "usage: $0 [seaweedfs|kubernetes|kubelet|etcd|kwok|k8s|node|helm|promtool|kueue|all]" >&2; exit 2 ;;
+  all) build_seaweedfs; build_etcd; build_kwok; build_kubernetes; build_kubelet; build_helm; build_promtool; build_workloads ;;
+  *) echo "usage: $0 [seaweedfs|kubernetes|kubelet|etcd|kwok|k8s|node|helm|promtool|workloads|jobset|argo|kuberay|kueue|all]" >&2; exit 2 ;;
 esac
 log "done; binaries in $BIN"

@@ -27,6 +27,7 @@ pub mod shared;
 pub mod tcpproxy;
 pub mod testbed;
 pub mod webhook;
+pub mod workloads;
 
 pub use seaweedfs::{SeaweedFs, bucket, seaweed};
 

@@ -26,16 +26,26 @@ pub fn binary(name: &str) -> Result<PathBuf, String> {
     if path.is_file() {
         return Ok(path);
     }
-    let target = match name {
-        "weed" => "seaweedfs",
-        "helm" => "helm",
-        "kueue" => "kueue",
-        _ => "k8s",
-    };
+    let target = build_target(name);
     Err(format!(
         "test-bed binary {name:?} not found at {}: build it with `{BUILD_COMMAND} {target}` (or `make testbed`)",
         path.display()
     ))
+}
+
+/// The `scripts/testbed.sh` target that builds test-bed binary `name`.
+fn build_target(name: &str) -> &'static str {
+    match name {
+        "weed" => "seaweedfs",
+        "helm" => "helm",
+        "promtool" => "promtool",
+        "kubelet" => "kubelet",
+        "kueue" => "kueue",
+        "jobset" => "jobset",
+        "workflow-controller" => "argo",
+        "ray-operator" => "kuberay",
+        _ => "k8s",
+    }
 }
 
 /// A free TCP port on 127.0.0.1 (free when asked; good enough for tests).
@@ -67,4 +77,24 @@ pub fn free_port() -> u16 {
         .unwrap_or(0);
     given.insert(port);
     port
+}
+
+#[cfg(test)]
+mod tests {
+    use super::build_target;
+
+    #[test]
+    fn a_missing_binary_names_the_target_that_builds_it() {
+        for (name, target) in [
+            ("kube-apiserver", "k8s"),
+            ("kwok", "k8s"),
+            ("weed", "seaweedfs"),
+            ("promtool", "promtool"),
+            ("jobset", "jobset"),
+            ("workflow-controller", "argo"),
+            ("ray-operator", "kuberay"),
+        ] {
+            assert_eq!(build_target(name), target, "{name}");
+        }
+    }
 }

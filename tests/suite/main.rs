@@ -33,3 +33,4 @@ mod s3_tls;
 mod semaphore_faults;
 mod store_conformance;
 mod stress;
+mod workload_controllers;
