@@ -401,7 +401,10 @@ mod plain_pod_tests {
         // Ungated (by whoever): it counts, and the limit of 2 is exceeded.
         log.on_event("one", watcher::Event::Apply(plain("c", false, "Running")));
         assert_eq!(log.max(), 3);
-        assert!(!log.rises_above(2, Instant::now() - Duration::from_secs(60)).is_empty());
+        assert!(
+            !log.rises_above(2, Instant::now() - Duration::from_secs(60))
+                .is_empty()
+        );
         log.on_event("one", watcher::Event::Apply(plain("a", false, "Succeeded")));
         assert_eq!(log.running(), 2);
     }

@@ -1,9 +1,12 @@
 //! Kinds of work other than Jobs, gated end to end and counted on pods,
 //! on the binary's shared full cluster with held pods (each runs for its
-//! `jobgate.test/run-for`, then succeeds): plain Pods behind a scheduling
-//! gate, and a kind jobgate has no description of (`BatchRun`, the tests'
-//! own, with its own controller) described as an administrator would.
+//! `jobgate.test/run-for`, then succeeds): JobSets and Argo Workflows with
+//! their real controllers (`testkit::workloads`), plain Pods behind a
+//! scheduling gate, and a kind jobgate has no description of (`BatchRun`,
+//! the tests' own, with its own controller) described as an administrator
+//! would.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use kube::api::{Api, PostParams};
@@ -16,6 +19,7 @@ use jobgate_testkit::operator::{Bed, ControllerProcess, eventually};
 use jobgate_testkit::pods::PodLog;
 use jobgate_testkit::testbed::free_port;
 use jobgate_testkit::webhook::Registration;
+use jobgate_testkit::workloads::{self, Handle};
 
 /// The webhook registered for the bed's namespace, holding back Jobs and
 /// `kinds` (API group, plural), and a controller serving it that gates
@@ -184,6 +188,186 @@ async fn a_kind_described_by_its_administrator_is_gated_by_units_counted_on_pods
         pods.summary(3)
     );
     bed.ledger_drains(&bed.key("runs")).await;
+    let log = controller.log_text();
+    assert!(!log.contains("panicked"), "the controller panicked: {log}");
+    cp.kubectl_ok(&["delete", "mutatingwebhookconfiguration", &config]);
+}
+
+/// The workload controllers run once per test binary on the shared held
+/// cluster, beside everything else on it: each watches its own kind only.
+fn shared_controller(which: &str, cp: &'static ControlPlane) {
+    static JOBSET: OnceLock<Handle> = OnceLock::new();
+    static ARGO: OnceLock<Handle> = OnceLock::new();
+    match which {
+        "jobset" => JOBSET.get_or_init(|| workloads::jobset::start(cp)),
+        _ => ARGO.get_or_init(|| workloads::argo::start(cp)),
+    };
+}
+
+/// A JobSet of `group` with two replicated Jobs of one pod each, running
+/// for `run_for`, defaulted as JobSet's own webhook would leave it (none
+/// is registered: see `workloads::jobset::start`), created as a user would.
+fn jobset(name: &str, group: &str, run_for: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet",
+        "metadata": {"name": name, "labels": {"jobgate.dev/group": group}},
+        "spec": {
+            "successPolicy": {"operator": "All"},
+            "startupPolicy": {"startupPolicyOrder": "AnyOrder"},
+            "network": {"enableDNSHostnames": true, "publishNotReadyAddresses": true},
+            "replicatedJobs": [{"name": "workers", "replicas": 2, "template": {"spec": {
+                "parallelism": 1, "completions": 1, "completionMode": "Indexed", "backoffLimit": 0,
+                "template": {
+                    "metadata": {"annotations": {RUN_FOR_ANNOTATION: run_for}},
+                    "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+                             "containers": [{"name": "main", "image": "busybox", "command": ["true"]}]},
+                },
+            }}}],
+        },
+    })
+}
+
+/// JobSets of a group at limit 2, counted on their pods (both Jobs' pods
+/// of a JobSet count as one): created held by the webhook, admitted two at
+/// a time, and the limit holds through a SIGKILL of the controller in the
+/// middle. A JobSet's child Jobs are the JobSet's: jobgate does not gate
+/// them as Jobs of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobsets_are_admitted_two_at_a_time_through_a_controller_kill() {
+    let bed = Bed::shared_held("kinds-jobset").await;
+    let (cp, ns) = (&*bed.cp, bed.ns.as_str());
+    shared_controller("jobset", jobgate_testkit::shared::held_cluster());
+    bed.group_with(
+        "sets",
+        2,
+        json!({"leaseSeconds": 20, "maxGracePeriodSeconds": 5}),
+    );
+    let pods = PodLog::by_label(workloads::jobset::UID_LABEL);
+    pods.watch(bed.kube.clone(), "one", ns);
+    let (mut controller, config) =
+        with_webhook(&bed, "jobset", &[("jobset.x-k8s.io", "jobsets")]).await;
+
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        bed.kube.clone(),
+        ns,
+        &jobgate::operator::kinds::builtin("jobset")
+            .unwrap()
+            .api_resource(),
+    );
+    let names: Vec<String> = (0..5).map(|i| format!("set-{i}")).collect();
+    for name in &names {
+        let set: DynamicObject = serde_json::from_value(jobset(name, "sets", "4s")).unwrap();
+        api.create(&PostParams::default(), &set).await.unwrap();
+    }
+    assert_eq!(field(cp, ns, "jobset/set-4", "{.spec.suspend}"), "true");
+    eventually(Duration::from_secs(60), "two JobSets running", || async {
+        (pods.running() == 2).then_some(())
+    })
+    .await;
+    controller.kill9();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    controller.restart();
+    eventually(
+        Duration::from_secs(150),
+        "every JobSet Completed",
+        || async {
+            let done = names
+                .iter()
+                .filter(|n| {
+                    field(
+                        cp,
+                        ns,
+                        &format!("jobset/{n}"),
+                        r#"{.status.conditions[?(@.type=="Completed")].status}"#,
+                    ) == "True"
+                })
+                .count();
+            (done == names.len()).then_some(())
+        },
+    )
+    .await;
+    assert!(pods.max() <= 2, "over the limit: {}", pods.summary(2));
+    assert_eq!(pods.max(), 2, "never used the limit: {}", pods.summary(2));
+    // The child Jobs were never held back as Jobs of the group.
+    let child_suspended = field(
+        cp,
+        ns,
+        "jobs",
+        "{.items[*].metadata.annotations.jobgate\\.dev/admitted-at}",
+    );
+    assert!(
+        child_suspended.is_empty(),
+        "child Jobs were admitted as Jobs: {child_suspended}"
+    );
+    bed.ledger_drains(&bed.key("sets")).await;
+    let log = controller.log_text();
+    assert!(!log.contains("panicked"), "the controller panicked: {log}");
+    cp.kubectl_ok(&["delete", "mutatingwebhookconfiguration", &config]);
+}
+
+/// Argo Workflows of a group at limit 1, counted on their pods: each
+/// admitted in turn, its steps run (this test plays argoexec and the
+/// kubelet: `workloads::argo::finish_pod`), and the next admitted only once
+/// the last step's pod has stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn argo_workflows_run_one_at_a_time_counted_on_their_pods() {
+    let bed = Bed::shared_held("kinds-argo").await;
+    let (cp, ns) = (&*bed.cp, bed.ns.as_str());
+    shared_controller("argo", jobgate_testkit::shared::held_cluster());
+    bed.group_with(
+        "flows",
+        1,
+        json!({"leaseSeconds": 60, "maxGracePeriodSeconds": 35}),
+    );
+    let pods = PodLog::by_label(workloads::argo::WORKFLOW_LABEL);
+    pods.watch(bed.kube.clone(), "one", ns);
+    let (controller, config) =
+        with_webhook(&bed, "workflow", &[("argoproj.io", "workflows")]).await;
+    let names: Vec<String> = (0..3).map(|i| format!("flow-{i}")).collect();
+    for name in &names {
+        let flow = format!(
+            r#"{{"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+               "metadata": {{"name": "{name}", "namespace": "{ns}", "labels": {{"jobgate.dev/group": "flows"}}}},
+               "spec": {{"entrypoint": "main", "templates": [
+                 {{"name": "main", "steps": [[{{"name": "one", "template": "step"}}], [{{"name": "two", "template": "step"}}]]}},
+                 {{"name": "step", "container": {{"image": "busybox", "command": ["true"]}}}}]}}}}"#
+        );
+        let out = cp.kubectl_stdin(&["create", "-f", "-"], &flow);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(field(cp, ns, "workflow/flow-2", "{.spec.suspend}"), "true");
+    // Each step's pod, once running, finishes after a moment.
+    eventually(
+        Duration::from_secs(180),
+        "every Workflow Succeeded",
+        || async {
+            let running = field(
+                cp,
+                ns,
+                "pods",
+                r#"{range .items[?(@.status.phase=="Running")]}{.metadata.name}{" "}{end}"#,
+            );
+            for pod in running.split_whitespace() {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                workloads::argo::finish_pod(cp, ns, pod);
+            }
+            let phases = field(cp, ns, "workflows", "{.items[*].status.phase}");
+            (phases
+                .split_whitespace()
+                .filter(|p| *p == "Succeeded")
+                .count()
+                == names.len())
+            .then_some(())
+        },
+    )
+    .await;
+    assert!(pods.max() <= 1, "over the limit: {}", pods.summary(1));
+    assert_eq!(pods.max(), 1, "nothing ran: {}", pods.summary(1));
+    bed.ledger_drains(&bed.key("flows")).await;
     let log = controller.log_text();
     assert!(!log.contains("panicked"), "the controller panicked: {log}");
     cp.kubectl_ok(&["delete", "mutatingwebhookconfiguration", &config]);

@@ -168,7 +168,9 @@ impl KindSpec {
             }
         }
         if self.grace_period_path.as_deref().is_some_and(bad_path) {
-            return Err(problem("gracePeriodPath must be a dotted path"));
+            return Err(problem(
+                "gracePeriodPath must be a dotted path (a * takes every item of a list)",
+            ));
         }
         Ok(())
     }
@@ -227,12 +229,16 @@ impl KindSpec {
             admitted: annotations.contains_key(ADMITTED_AT_ANNOTATION),
             finished: self.is_finished(obj),
             active_pods: false,
-            grace_seconds: self
-                .grace_period_path
-                .as_deref()
-                .and_then(|p| get(&obj.data, p))
-                .and_then(Value::as_i64)
-                .unwrap_or(DEFAULT_GRACE_SECONDS),
+            // The longest of its pods' (a `*` in the path takes every
+            // item of a list), each defaulting as Kubernetes does.
+            grace_seconds: match self.grace_period_path.as_deref() {
+                Some(p) => get_all(&obj.data, p)
+                    .into_iter()
+                    .map(|v| v.as_i64().unwrap_or(DEFAULT_GRACE_SECONDS))
+                    .max()
+                    .unwrap_or(DEFAULT_GRACE_SECONDS),
+                None => DEFAULT_GRACE_SECONDS,
+            },
             slots: self.units_of(obj, annotations),
             in_kueue: obj.labels().contains_key(KUEUE_QUEUE_LABEL),
         })
@@ -319,9 +325,13 @@ pub fn builtin(name: &str) -> Option<KindSpec> {
     };
     match name.to_ascii_lowercase().as_str() {
         // The JobSet controller labels its Jobs and their pods with the
-        // JobSet's UID (`jobset.sigs.k8s.io/jobset-uid`), and removes a
-        // suspended JobSet's Jobs.
+        // JobSet's UID (`jobset.sigs.k8s.io/jobset-uid`), and suspends a
+        // suspended JobSet's Jobs, whose pods then go.
         "jobset" => Some(KindSpec {
+            grace_period_path: Some(
+                "spec.replicatedJobs.*.template.spec.template.spec.terminationGracePeriodSeconds"
+                    .into(),
+            ),
             finished: Finished {
                 conditions: vec!["Completed".into(), "Failed".into()],
                 ..Finished::default()
@@ -438,6 +448,34 @@ pub fn get<'a>(data: &'a Value, path: &str) -> Option<&'a Value> {
         Value::Array(items) => items.get(key.parse::<usize>().ok()?),
         _ => v.get(key),
     })
+}
+
+/// Every value at a dotted path in which `*` stands for each item of a
+/// list (or each value of an object); a missing field is `null`, so that
+/// an item that leaves it unset still counts (as the default).
+pub fn get_all<'a>(data: &'a Value, path: &str) -> Vec<&'a Value> {
+    static NULL: Value = Value::Null;
+    let mut at: Vec<&Value> = vec![data];
+    for key in path.split('.') {
+        at = at
+            .into_iter()
+            .flat_map(|v| -> Vec<&Value> {
+                match (key, v) {
+                    ("*", Value::Array(items)) => items.iter().collect(),
+                    ("*", Value::Object(map)) => map.values().collect(),
+                    (_, Value::Array(items)) => key
+                        .parse::<usize>()
+                        .ok()
+                        .and_then(|i| items.get(i))
+                        .into_iter()
+                        .collect(),
+                    (_, Value::Null) => vec![&NULL],
+                    _ => vec![v.get(key).unwrap_or(&NULL)],
+                }
+            })
+            .collect();
+    }
+    at
 }
 
 /// `{"a": {"b": value}}` for `a.b`.

@@ -207,3 +207,30 @@ fn built_in_names_and_files_combine() {
         ("x.io/v1", "things")
     );
 }
+
+#[test]
+fn a_jobsets_grace_period_is_the_longest_of_its_replicated_jobs_pods() {
+    let kind = builtin("jobset").unwrap();
+    let with = |graces: Value| {
+        let jobs: Vec<Value> = graces
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| match g {
+                Value::Null => json!({"template": {"spec": {"template": {"spec": {}}}}}),
+                g => json!({"template": {"spec": {"template": {"spec": {"terminationGracePeriodSeconds": g}}}}}),
+            })
+            .collect();
+        object(json!({"metadata": {"name": "s", "uid": "s1"}, "spec": {"replicatedJobs": jobs}}))
+    };
+    assert_eq!(
+        kind.view(&with(json!([5, 90, 1]))).unwrap().grace_seconds,
+        90
+    );
+    // One that sets none takes Kubernetes' 30.
+    assert_eq!(
+        kind.view(&with(json!([5, null]))).unwrap().grace_seconds,
+        30
+    );
+    assert_eq!(kind.view(&with(json!([2]))).unwrap().grace_seconds, 2);
+}
