@@ -15,7 +15,7 @@ use serde_json::json;
 
 use jobgate_testkit::batchrun;
 use jobgate_testkit::k8s::{ControlPlane, RUN_FOR_ANNOTATION};
-use jobgate_testkit::operator::{Bed, ControllerProcess, eventually};
+use jobgate_testkit::operator::{Bed, ControllerProcess, create_job, eventually};
 use jobgate_testkit::pods::PodLog;
 use jobgate_testkit::testbed::free_port;
 use jobgate_testkit::webhook::Registration;
@@ -370,5 +370,62 @@ async fn argo_workflows_run_one_at_a_time_counted_on_their_pods() {
     bed.ledger_drains(&bed.key("flows")).await;
     let log = controller.log_text();
     assert!(!log.contains("panicked"), "the controller panicked: {log}");
+    cp.kubectl_ok(&["delete", "mutatingwebhookconfiguration", &config]);
+}
+
+/// A kind gated but not installed in the cluster (no CRD serves it) is
+/// reported once, in the group's KindsInstalled condition and an Event,
+/// and does not stop the group from admitting its Jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kind_not_installed_is_reported_and_the_others_are_still_gated() {
+    let bed = Bed::shared_held("kinds-missing").await;
+    let (cp, ns) = (&*bed.cp, bed.ns.as_str());
+    bed.group_with(
+        "mixed",
+        1,
+        json!({"leaseSeconds": 20, "maxGracePeriodSeconds": 5}),
+    );
+    let description = bed.cp.dir.path().join(format!("kinds-{ns}.yaml"));
+    std::fs::write(
+        &description,
+        "- {group: nowhere.example, version: v1, kind: Missing, plural: missings, suspend: {path: spec.suspend}, finished: {conditions: [Done]}, pods: {label: nowhere.example/owner}}\n",
+    )
+    .unwrap();
+    let (controller, config) = with_webhook(
+        &bed,
+        &description.display().to_string(),
+        &[("nowhere.example", "missings")],
+    )
+    .await;
+    create_job(&bed.kube, ns, "etl", "mixed", true).await;
+    eventually(Duration::from_secs(60), "the Job admitted", || async {
+        (field(cp, ns, "job/etl", "{.spec.suspend}") == "false").then_some(())
+    })
+    .await;
+    let condition = r#"{.status.conditions[?(@.type=="KindsInstalled")]}"#;
+    let reported = eventually(Duration::from_secs(60), "KindsInstalled False", || async {
+        let c = field(cp, ns, "concurrencygroup/mixed", condition);
+        c.contains(r#""status":"False""#).then_some(c)
+    })
+    .await;
+    assert!(
+        reported.contains("not installed in this cluster (no CRD serves it): Missing.nowhere.example;"),
+        "{reported}"
+    );
+    eventually(
+        Duration::from_secs(30),
+        "a KindNotInstalled Event",
+        || async {
+            let events = cp.events(ns, "reason=KindNotInstalled");
+            events.contains("Missing.nowhere.example").then_some(())
+        },
+    )
+    .await;
+    let log = controller.log_text();
+    assert_eq!(
+        log.matches("this kind is not installed").count(),
+        1,
+        "said more than once: {log}"
+    );
     cp.kubectl_ok(&["delete", "mutatingwebhookconfiguration", &config]);
 }

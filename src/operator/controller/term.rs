@@ -17,14 +17,14 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::super::crd::{ConcurrencyGroup, GROUP_LABEL};
 use super::super::events;
 use super::super::gated_pods;
 use super::super::job_cache::{self, JobCache};
 use super::super::kinds::KindSpec;
-use super::super::ledgers::{LedgerSettings, Ledgers};
+use super::super::ledgers::{LedgerSettings, Ledgers, lock};
 use super::super::metrics::{GroupLabels, Metrics};
 use super::super::orphans;
 use super::super::reconcile::{self, Context};
@@ -87,8 +87,14 @@ pub(super) async fn admit(
     // triggering the passes of its objects' groups.
     let mut kind_stores = Vec::new();
     let mut kind_triggers = Vec::new();
+    let kinds_missing = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
     for kind in settings.kinds.iter() {
-        let (store, events) = watch_kind(&client, settings.namespace.as_deref(), kind);
+        let (store, events) = watch_kind(
+            &client,
+            settings.namespace.as_deref(),
+            kind,
+            kinds_missing.clone(),
+        );
         kind_stores.push((kind.clone(), store));
         kind_triggers.push(events);
     }
@@ -139,6 +145,7 @@ pub(super) async fn admit(
         jobs: job_cache.clone(),
         kinds: settings.kinds.clone(),
         gate_pods: settings.gate_pods,
+        kinds_missing,
         term_started: tokio::time::Instant::now(),
         status_written: Default::default(),
     });
@@ -245,6 +252,7 @@ fn watch_kind(
     client: &Client,
     namespace: Option<&str>,
     kind: &Arc<KindSpec>,
+    missing: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 ) -> (
     reflector::Store<DynamicObject>,
     futures::stream::BoxStream<'static, ObjectRef<ConcurrencyGroup>>,
@@ -269,19 +277,27 @@ fn watch_kind(
                     group_ref(&o).into_iter().collect()
                 }
                 Ok(watcher::Event::InitDone) => {
+                    // Installed (again): every group's status says so.
+                    let was_missing = lock(&missing).remove(&id);
                     let groups: HashSet<_> =
                         relisted.state().iter().filter_map(|o| group_ref(o)).collect();
+                    if was_missing {
+                        info!(kind = %id, "this kind is installed now; its objects are gated");
+                        missing_told = false;
+                    }
                     groups.into_iter().collect()
                 }
                 Ok(_) => Vec::new(),
                 Err(e) => {
-                    // Its CRD is not installed: said once, and watched
+                    // Its CRD is not installed: said once (here, and in
+                    // each group's KindsInstalled condition), and watched
                     // for until it is; the other kinds go on.
-                    let missing = matches!(&e, watcher::Error::InitialListFailed(kube::Error::Api(a)) if a.code == 404);
-                    if missing && !missing_told {
+                    let not_installed = matches!(&e, watcher::Error::InitialListFailed(kube::Error::Api(a)) if a.code == 404);
+                    if not_installed && !missing_told {
                         warn!(kind = %id, "this kind is not installed in the cluster (no CRD serves it); its objects are gated once it is");
+                        lock(&missing).insert(id.clone());
                         missing_told = true;
-                    } else if !missing {
+                    } else if !not_installed {
                         warn!(kind = %id, error = %e, "watching this kind failed; retrying");
                     }
                     Vec::new()

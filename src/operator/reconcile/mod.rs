@@ -110,6 +110,8 @@ pub struct Context {
     pub kinds: Arc<Vec<Arc<KindSpec>>>,
     /// Plain Pods are gated too.
     pub gate_pods: bool,
+    /// Of `kinds`, those no CRD serves in this cluster (their watches say).
+    pub kinds_missing: Arc<Mutex<BTreeSet<String>>>,
     /// When this leadership term began: a ledger known from before it may
     /// lack what another replica wrote under this cluster's agent id.
     pub term_started: tokio::time::Instant,
@@ -176,7 +178,9 @@ async fn pass(group: Arc<ConcurrencyGroup>, ctx: &Arc<Context>) -> Result<Action
         info!(group = %name, "the group is being deleted; this pass gives way to the deletion's");
         return Ok(Action::requeue(Duration::ZERO));
     };
-    let observed = observed(&group, &result);
+    let kinds_missing =
+        (!ctx.kinds.is_empty()).then(|| lock(&ctx.kinds_missing).iter().cloned().collect());
+    let observed = observed(&group, &result, kinds_missing);
     export_summary(&ctx, &labels, &result, &observed);
     let status_result = update_status(&group, &ns, &name, &observed, &ctx).await;
     if deleting {

@@ -4,7 +4,11 @@
 use super::*;
 
 /// What the status says of a pass's outcome.
-pub(super) fn observed(group: &ConcurrencyGroup, result: &Result<Summary>) -> Observed {
+pub(super) fn observed(
+    group: &ConcurrencyGroup,
+    result: &Result<Summary>,
+    kinds_missing: Option<Vec<String>>,
+) -> Observed {
     let deleting = group.metadata.deletion_timestamp.is_some();
     let mut observed = Observed {
         generation: group.metadata.generation,
@@ -13,6 +17,7 @@ pub(super) fn observed(group: &ConcurrencyGroup, result: &Result<Summary>) -> Ob
         max_grace_seconds: group.spec.max_grace_period_seconds,
         suspended: group.spec.suspend,
         deleting: deleting.then(|| result.as_ref().map_or(0, |s| s.admitted_here)),
+        kinds_missing,
         ..Default::default()
     };
     match result {
@@ -159,28 +164,37 @@ pub(super) async fn update_status(
     if let Some(wait) = status::write_after(group.status.as_ref(), &status, since) {
         return Ok(Some(wait));
     }
-    // Tell the group's users when it becomes usable or stops being so.
-    let ready = |s: Option<&crate::operator::crd::ConcurrencyGroupStatus>| {
-        s.and_then(|s| s.conditions.iter().find(|c| c.type_ == status::READY))
-            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-    };
-    if let Some((now, reason, message)) = ready(Some(&status))
-        && ready(group.status.as_ref()).map(|(s, r, _)| (s, r))
-            != Some((now.clone(), reason.clone()))
-    {
-        let type_ = if now == "True" {
-            EventType::Normal
-        } else {
-            EventType::Warning
+    // Tell the group's users when it becomes usable or stops being so,
+    // and when a kind it gates is missing or comes.
+    for kind in [status::READY, status::KINDS_INSTALLED] {
+        let of = |s: Option<&crate::operator::crd::ConcurrencyGroupStatus>| {
+            s.and_then(|s| s.conditions.iter().find(|c| c.type_ == kind))
+                .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
         };
-        publish_on(
-            ctx,
-            group.object_ref(&()),
-            type_,
-            &reason,
-            "Reconcile",
-            message,
-        );
+        let Some((now, reason, message)) = of(Some(&status)) else {
+            continue;
+        };
+        let before = of(group.status.as_ref()).map(|(s, r, _)| (s, r));
+        // A kind installed from the start is no news.
+        let news = match before {
+            None => kind == status::READY || now != "True",
+            Some(before) => before != (now.clone(), reason.clone()),
+        };
+        if news {
+            let type_ = if now == "True" {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            };
+            publish_on(
+                ctx,
+                group.object_ref(&()),
+                type_,
+                &reason,
+                "Reconcile",
+                message,
+            );
+        }
     }
     let api: Api<ConcurrencyGroup> = Api::namespaced(ctx.client.clone(), ns);
     let patch = json!({

@@ -8,6 +8,8 @@ use crate::store::StoreError;
 
 use super::crd::{ConcurrencyGroupStatus, GroupCondition};
 
+/// With kinds gated besides Jobs: whether each is installed.
+pub const KINDS_INSTALLED: &str = "KindsInstalled";
 pub const READY: &str = "Ready";
 pub const LIMIT_AGREED: &str = "LimitAgreed";
 pub const JOBS_FIT: &str = "JobsFit";
@@ -76,6 +78,9 @@ pub struct Observed {
     pub deleting: Option<u32>,
     /// When the ledger behind `in_use` was read (RFC 3339).
     pub ledger_read_at: Option<String>,
+    /// With kinds gated besides Jobs: those (as `Kind.group`) that no CRD
+    /// serves in this cluster yet; `None` when only Jobs are gated.
+    pub kinds_missing: Option<Vec<String>>,
 }
 
 pub fn build(
@@ -196,6 +201,24 @@ pub fn build(
             "Jobs are admitted as slots free up".to_string(),
         ),
     });
+    match &obs.kinds_missing {
+        Some(missing) if missing.is_empty() => conditions.push(condition(
+            KINDS_INSTALLED,
+            true,
+            "KindsInstalled",
+            "every kind gated here is installed".to_string(),
+        )),
+        Some(missing) => conditions.push(condition(
+            KINDS_INSTALLED,
+            false,
+            "KindNotInstalled",
+            format!(
+                "not installed in this cluster (no CRD serves it): {}; none of it can be created yet, and jobgate gates it once it is installed; the other kinds are gated as usual. Install its CRD, or take it out of --workload-kinds (the chart's workloads)",
+                missing.join(", ")
+            ),
+        )),
+        None => {}
+    }
     let keep = |now: Option<u32>, before: Option<u32>| now.or(before);
     let mut next = ConcurrencyGroupStatus {
         limit: keep(obs.ledger_limit, prev.and_then(|s| s.limit)),
