@@ -52,10 +52,11 @@ pub struct Remembered {
     /// The spec.limit this process wrote or accepted last (see
     /// `limits::plan`); ahead of the status, whose update may fail.
     pub limit_applied: Option<u32>,
-    /// The kind and pod-label value of each workload of another kind whose
-    /// pods carry its name, by UID: once it is deleted its name can no
-    /// longer be read, and its slot is freed only when its pods are gone.
-    pub pod_keys: BTreeMap<String, (String, String)>,
+    /// Every (pod label, value) seen for each held workload of another
+    /// kind whose pods carry its name or a field's value, by UID: once it
+    /// is deleted (or names a new cluster) these can no longer be read, and
+    /// its slot is freed only when all those pods are gone.
+    pub pod_keys: BTreeMap<String, BTreeSet<(String, String)>>,
 }
 
 impl GroupLedger {

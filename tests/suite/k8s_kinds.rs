@@ -409,7 +409,8 @@ async fn a_kind_not_installed_is_reported_and_the_others_are_still_gated() {
     })
     .await;
     assert!(
-        reported.contains("not installed in this cluster (no CRD serves it): Missing.nowhere.example;"),
+        reported
+            .contains("not installed in this cluster (no CRD serves it): Missing.nowhere.example;"),
         "{reported}"
     );
     eventually(

@@ -33,14 +33,18 @@ pub struct KindSpec {
     pub plural: String,
     pub suspend: Suspend,
     pub finished: Finished,
-    pub pods: PodLink,
+    /// How its pods are found: one link, or several when its pods differ
+    /// (a RayJob's cluster pods and its submitter's).
+    #[serde(with = "one_or_many")]
+    pub pods: Vec<PodLink>,
     /// Units of the limit each one takes; without this, its
     /// `jobgate.dev/slots` annotation, or 1, as for Jobs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub units: Option<Units>,
-    /// Dotted path of its pods' `terminationGracePeriodSeconds`, for the
-    /// group's `maxGracePeriodSeconds` check; without it, Kubernetes'
-    /// default of 30 s is assumed.
+    /// Dotted paths (separated by commas) of its pods'
+    /// `terminationGracePeriodSeconds`, for the group's
+    /// `maxGracePeriodSeconds` check: the longest counts, and a `*` takes
+    /// every item of a list. Without it, Kubernetes' default of 30 s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grace_period_path: Option<String>,
 }
@@ -73,14 +77,43 @@ pub struct Finished {
     pub values: Vec<String>,
 }
 
-/// How its pods are found: a label every one of them carries, whose value
-/// is the workload's UID or name.
+/// How (some of) its pods are found: a label they carry, whose value is
+/// the workload's UID or name, or the value of one of its fields (`path`,
+/// such as the name of a cluster it made).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PodLink {
     pub label: String,
     #[serde(default)]
     pub value: LabelValue,
+    /// With `value: path`: the dotted path of the field whose value the
+    /// label holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// `pods:` as one link or a list of them.
+mod one_or_many {
+    use super::PodLink;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(PodLink),
+        Many(Vec<PodLink>),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PodLink>, D::Error> {
+        Ok(match OneOrMany::deserialize(d)? {
+            OneOrMany::One(link) => vec![link],
+            OneOrMany::Many(links) => links,
+        })
+    }
+
+    pub fn serialize<S: Serializer>(links: &[PodLink], s: S) -> Result<S::Ok, S::Error> {
+        links.serialize(s)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -89,6 +122,8 @@ pub enum LabelValue {
     #[default]
     Uid,
     Name,
+    /// The value at the link's `path`.
+    Path,
 }
 
 /// Units of the limit: a constant, or read from a field. One of the two.
@@ -157,8 +192,20 @@ impl KindSpec {
                 ));
             }
         }
-        if self.pods.label.trim().is_empty() {
+        if self.pods.is_empty() || self.pods.iter().any(|l| l.label.trim().is_empty()) {
             return Err(problem("pods.label must name the label its pods carry"));
+        }
+        for link in &self.pods {
+            match (link.value, &link.path) {
+                (LabelValue::Path, Some(path)) if !bad_path(path) => {}
+                (LabelValue::Path, _) => {
+                    return Err(problem(
+                        "pods with value: path needs the path of the field the label holds",
+                    ));
+                }
+                (_, Some(_)) => return Err(problem("pods.path is read only with value: path")),
+                _ => {}
+            }
         }
         if let Some(u) = &self.units {
             match (u.constant, &u.path) {
@@ -167,7 +214,11 @@ impl KindSpec {
                 _ => return Err(problem("units needs either a positive constant or a path")),
             }
         }
-        if self.grace_period_path.as_deref().is_some_and(bad_path) {
+        if self
+            .grace_period_path
+            .as_deref()
+            .is_some_and(|paths| paths.split(',').any(|p| bad_path(p.trim())))
+        {
             return Err(problem(
                 "gracePeriodPath must be a dotted path (a * takes every item of a list)",
             ));
@@ -232,8 +283,9 @@ impl KindSpec {
             // The longest of its pods' (a `*` in the path takes every
             // item of a list), each defaulting as Kubernetes does.
             grace_seconds: match self.grace_period_path.as_deref() {
-                Some(p) => get_all(&obj.data, p)
-                    .into_iter()
+                Some(paths) => paths
+                    .split(',')
+                    .flat_map(|p| get_all(&obj.data, p.trim()))
                     .map(|v| v.as_i64().unwrap_or(DEFAULT_GRACE_SECONDS))
                     .max()
                     .unwrap_or(DEFAULT_GRACE_SECONDS),
@@ -285,22 +337,34 @@ impl KindSpec {
         self.suspend.held_value.clone().unwrap_or(Value::Bool(true))
     }
 
-    /// What its pods' label holds for `obj`.
-    pub fn pod_key(&self, obj: &DynamicObject) -> Option<String> {
-        match self.pods.value {
-            LabelValue::Uid => obj.uid(),
-            LabelValue::Name => obj.metadata.name.clone(),
-        }
+    /// For each of its pod links, the label and what it holds for `obj`
+    /// (`None` where the field it names is not set).
+    pub fn pod_keys(&self, obj: &DynamicObject) -> Vec<(&str, Option<String>)> {
+        self.pods
+            .iter()
+            .map(|link| {
+                let key = match link.value {
+                    LabelValue::Uid => obj.uid(),
+                    LabelValue::Name => obj.metadata.name.clone(),
+                    LabelValue::Path => link
+                        .path
+                        .as_deref()
+                        .and_then(|p| get(&obj.data, p))
+                        .and_then(Value::as_str)
+                        .filter(|v| !v.is_empty())
+                        .map(String::from),
+                };
+                (link.label.as_str(), key)
+            })
+            .collect()
     }
+}
 
-    /// The selector of the pods whose label holds one of `keys`; of every
-    /// pod that carries the label, when `keys` is `None` (a workload whose
-    /// name is no longer known).
-    pub fn pods_selector(&self, keys: Option<&[&str]>) -> String {
-        match keys {
-            Some(keys) => format!("{} in ({})", self.pods.label, keys.join(",")),
-            None => self.pods.label.clone(),
-        }
+fn link(label: &str, value: LabelValue, path: Option<&str>) -> PodLink {
+    PodLink {
+        label: label.into(),
+        value,
+        path: path.map(String::from),
     }
 }
 
@@ -316,10 +380,7 @@ pub fn builtin(name: &str) -> Option<KindSpec> {
             held_value: None,
         },
         finished: Finished::default(),
-        pods: PodLink {
-            label: String::new(),
-            value: LabelValue::Uid,
-        },
+        pods: Vec::new(),
         units: None,
         grace_period_path: None,
     };
@@ -336,10 +397,7 @@ pub fn builtin(name: &str) -> Option<KindSpec> {
                 conditions: vec!["Completed".into(), "Failed".into()],
                 ..Finished::default()
             },
-            pods: PodLink {
-                label: "jobset.sigs.k8s.io/jobset-uid".into(),
-                value: LabelValue::Uid,
-            },
+            pods: vec![link("jobset.sigs.k8s.io/jobset-uid", LabelValue::Uid, None)],
             ..spec("jobset.x-k8s.io", "v1alpha2", "JobSet", "jobsets")
         }),
         // Argo labels each pod of a workflow with the workflow's name.
@@ -349,24 +407,38 @@ pub fn builtin(name: &str) -> Option<KindSpec> {
                 values: vec!["Succeeded".into(), "Failed".into(), "Error".into()],
                 ..Finished::default()
             },
-            pods: PodLink {
-                label: "workflows.argoproj.io/workflow".into(),
-                value: LabelValue::Name,
-            },
+            pods: vec![link(
+                "workflows.argoproj.io/workflow",
+                LabelValue::Name,
+                None,
+            )],
             ..spec("argoproj.io", "v1alpha1", "Workflow", "workflows")
         }),
-        // KubeRay labels the pods of the cluster a RayJob makes, and of
-        // its submitter Job, with the RayJob's name.
+        // No label on a RayJob's pods names it: the pods of the Ray
+        // cluster it makes carry the cluster's name (`ray.io/cluster`,
+        // which its status names, and which is new after each suspension:
+        // the controller remembers every one it saw), and the pod of its
+        // submitter Job (named after the RayJob) the Job's name.
         "rayjob" => Some(KindSpec {
             finished: Finished {
                 path: Some("status.jobDeploymentStatus".into()),
                 values: vec!["Complete".into(), "Failed".into()],
                 ..Finished::default()
             },
-            pods: PodLink {
-                label: "ray.io/originated-from-cr-name".into(),
-                value: LabelValue::Name,
-            },
+            pods: vec![
+                link(
+                    "ray.io/cluster",
+                    LabelValue::Path,
+                    Some("status.rayClusterName"),
+                ),
+                link("batch.kubernetes.io/job-name", LabelValue::Name, None),
+            ],
+            // Its head's and its workers' pods.
+            grace_period_path: Some(
+                "spec.rayClusterSpec.headGroupSpec.template.spec.terminationGracePeriodSeconds, \
+                 spec.rayClusterSpec.workerGroupSpecs.*.template.spec.terminationGracePeriodSeconds"
+                    .into(),
+            ),
             ..spec("ray.io", "v1", "RayJob", "rayjobs")
         }),
         _ => None,

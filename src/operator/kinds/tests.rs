@@ -48,10 +48,9 @@ fn a_jobset_is_held_by_spec_suspend_and_finished_by_its_conditions() {
     );
     assert_eq!(kind.suspend_pointer(), "/spec/suspend");
     assert_eq!(
-        kind.pods_selector(Some(&["u1", "u2"])),
-        "jobset.sigs.k8s.io/jobset-uid in (u1,u2)"
+        kind.pod_keys(&held),
+        [("jobset.sigs.k8s.io/jobset-uid", Some("u1".to_string()))]
     );
-    assert_eq!(kind.pod_key(&held).as_deref(), Some("u1"));
 }
 
 #[test]
@@ -68,8 +67,10 @@ fn a_workflow_is_finished_by_its_phase_and_its_pods_carry_its_name() {
     for phase in ["Succeeded", "Failed", "Error"] {
         assert!(kind.is_finished(&wf(phase)), "{phase}");
     }
-    assert_eq!(kind.pod_key(&wf("Running")).as_deref(), Some("pipe"));
-    assert_eq!(kind.pods_selector(None), "workflows.argoproj.io/workflow");
+    assert_eq!(
+        kind.pod_keys(&wf("Running")),
+        [("workflows.argoproj.io/workflow", Some("pipe".to_string()))]
+    );
 }
 
 #[test]
@@ -233,4 +234,53 @@ fn a_jobsets_grace_period_is_the_longest_of_its_replicated_jobs_pods() {
         30
     );
     assert_eq!(kind.view(&with(json!([2]))).unwrap().grace_seconds, 2);
+}
+
+#[test]
+fn a_rayjobs_pods_are_its_clusters_and_its_submitters() {
+    let kind = builtin("rayjob").unwrap();
+    kind.validate().unwrap();
+    let ray = object(json!({
+        "metadata": {"name": "train", "uid": "r1"},
+        "spec": {"rayClusterSpec": {
+            "headGroupSpec": {"template": {"spec": {"terminationGracePeriodSeconds": 10}}},
+            "workerGroupSpecs": [{"template": {"spec": {"terminationGracePeriodSeconds": 45}}},
+                                 {"template": {"spec": {}}}]}},
+        "status": {"rayClusterName": "train-x7k2p"},
+    }));
+    assert_eq!(
+        kind.pod_keys(&ray),
+        [
+            ("ray.io/cluster", Some("train-x7k2p".to_string())),
+            ("batch.kubernetes.io/job-name", Some("train".to_string())),
+        ]
+    );
+    // The longest of the head's and the workers' (one of them unset: 30).
+    assert_eq!(kind.view(&ray).unwrap().grace_seconds, 45);
+    // Before it has a cluster, only its submitter's pods can be named.
+    let fresh = object(json!({"metadata": {"name": "train", "uid": "r1"}, "spec": {}}));
+    assert_eq!(kind.pod_keys(&fresh)[0], ("ray.io/cluster", None));
+}
+
+#[test]
+fn one_pod_link_or_a_list_and_a_path_link_needs_its_path() {
+    let one = "- {group: x.io, version: v1, kind: T, plural: ts, suspend: {path: spec.s}, finished: {conditions: [D]}, pods: {label: a}}";
+    let many = "- {group: x.io, version: v1, kind: T, plural: ts, suspend: {path: spec.s}, finished: {conditions: [D]}, pods: [{label: a, value: name}, {label: b, value: path, path: status.c}]}";
+    assert_eq!(
+        parse(&["k.yaml".into()], |_| Ok(one.into())).unwrap().kinds[0]
+            .pods
+            .len(),
+        1
+    );
+    assert_eq!(
+        parse(&["k.yaml".into()], |_| Ok(many.into()))
+            .unwrap()
+            .kinds[0]
+            .pods
+            .len(),
+        2
+    );
+    let pathless = "- {group: x.io, version: v1, kind: T, plural: ts, suspend: {path: spec.s}, finished: {conditions: [D]}, pods: {label: a, value: path}}";
+    let err = parse(&["k.yaml".into()], |_| Ok(pathless.into())).unwrap_err();
+    assert!(err.contains("value: path needs the path"), "{err}");
 }

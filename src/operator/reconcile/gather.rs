@@ -258,21 +258,28 @@ pub(super) async fn pods_left(
     Ok(live)
 }
 
-/// Keeps the pod-label value of each held workload whose pods carry its
-/// name, for when it is gone; forgets those no longer held.
+/// Keeps every pod-label value seen for each held workload whose pods
+/// carry its name or a field's value, for when it is gone or has moved
+/// on; forgets those no longer held.
 fn remember_pod_keys(
-    keys: &mut BTreeMap<String, (String, String)>,
+    keys: &mut BTreeMap<String, BTreeSet<(String, String)>>,
     held: &BTreeSet<String>,
     lost: &BTreeSet<String>,
     jobs: &BTreeMap<String, Object>,
 ) {
     keys.retain(|uid, _| held.contains(uid) || lost.contains(uid));
     for uid in held.union(lost) {
-        if let Some(Object::Other(kind, obj)) = jobs.get(uid)
-            && kind.pods.value == LabelValue::Name
-            && let Some(key) = kind.pod_key(obj)
-        {
-            keys.insert(uid.clone(), (kind.id(), key));
+        if let Some(Object::Other(kind, obj)) = jobs.get(uid) {
+            let seen: Vec<(String, String)> = kind
+                .pods
+                .iter()
+                .zip(kind.pod_keys(obj))
+                .filter(|(link, _)| link.value != LabelValue::Uid)
+                .filter_map(|(_, (label, key))| Some((label.to_string(), key?)))
+                .collect();
+            if !seen.is_empty() {
+                keys.entry(uid.clone()).or_default().extend(seen);
+            }
         }
     }
 }

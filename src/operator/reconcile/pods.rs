@@ -4,10 +4,12 @@
 //!
 //! A Job's pods, and those of kinds whose pods carry the workload's UID,
 //! are found by UID even once the workload is gone. Kinds whose pods carry
-//! its name are found by the name this process saw; a workload deleted
-//! before this process ever saw it (it started since) is vouched for by
-//! any live pod of its kind whose name is not that of a workload present:
-//! its slot may be kept longer than needed, never freed early.
+//! its name, or a field's value (a RayJob's cluster name, new after each
+//! suspension), are found by every value this process saw for it while it
+//! held a slot; a workload deleted before this process ever saw it (it
+//! started since) is vouched for by any live pod of its kind whose value
+//! is not that of a workload present: its slot may be kept longer than
+//! needed, never freed early.
 
 use super::*;
 use crate::operator::kinds::{KindSpec, LabelValue};
@@ -46,45 +48,57 @@ impl PodQuery {
 }
 
 /// The pod LISTs that tell which of `candidates` (UIDs of held slots)
-/// have pods that may run: one per kind that has any of them.
+/// have pods that may run: one per pod label concerned. `remembered`:
+/// the (label, value) pairs seen earlier for each workload whose pods
+/// carry its name or a field's value (`GroupLedger`'s `pod_keys`).
 pub(super) fn queries(
     candidates: &[&String],
     objects: &BTreeMap<String, Object>,
     kinds: &[Arc<KindSpec>],
-    remembered: &BTreeMap<String, (String, String)>,
+    remembered: &BTreeMap<String, BTreeSet<(String, String)>>,
 ) -> Vec<PodQuery> {
     // (label, label value if known, UID), grouped by label below.
     let mut wanted: Vec<(String, Option<String>, String)> = Vec::new();
     for uid in candidates {
-        match (objects.get(*uid), remembered.get(*uid)) {
-            (Some(Object::Job(_)), _) => wanted.push((
-                CONTROLLER_UID_LABEL.into(),
-                Some((*uid).clone()),
-                (*uid).clone(),
-            )),
+        let uid: &String = uid;
+        let seen = remembered.get(uid).into_iter().flatten();
+        match objects.get(uid) {
+            Some(Object::Job(_)) => {
+                wanted.push((CONTROLLER_UID_LABEL.into(), Some(uid.clone()), uid.clone()))
+            }
             // The Pod is its own pod: see `plain_pods_live`.
-            (Some(Object::Pod(_)), _) => {}
-            (Some(Object::Other(kind, obj)), _) => {
-                if let Some(key) = kind.pod_key(obj) {
-                    wanted.push((kind.pods.label.clone(), Some(key), (*uid).clone()));
+            Some(Object::Pod(_)) => {}
+            Some(Object::Other(kind, obj)) => {
+                for (label, key) in kind.pod_keys(obj) {
+                    if let Some(key) = key {
+                        wanted.push((label.to_string(), Some(key), uid.clone()));
+                    }
+                }
+                // A cluster it made before, whose pods may still stop.
+                for (label, key) in seen {
+                    wanted.push((label.clone(), Some(key.clone()), uid.clone()));
                 }
             }
-            (None, Some((kind_id, key))) => {
-                if let Some(kind) = kinds.iter().find(|k| &k.id() == kind_id) {
-                    wanted.push((kind.pods.label.clone(), Some(key.clone()), (*uid).clone()));
+            None if remembered.contains_key(uid) => {
+                for (label, key) in seen {
+                    wanted.push((label.clone(), Some(key.clone()), uid.clone()));
                 }
-            }
-            // Gone, and of a kind not known here: every kind's pods may
-            // be its own.
-            (None, None) => {
-                wanted.push((
-                    CONTROLLER_UID_LABEL.into(),
-                    Some((*uid).clone()),
-                    (*uid).clone(),
-                ));
+                // Its pods that carry its UID, whatever its kind.
                 for kind in kinds {
-                    let key = (kind.pods.value == LabelValue::Uid).then(|| (*uid).clone());
-                    wanted.push((kind.pods.label.clone(), key, (*uid).clone()));
+                    for link in kind.pods.iter().filter(|l| l.value == LabelValue::Uid) {
+                        wanted.push((link.label.clone(), Some(uid.clone()), uid.clone()));
+                    }
+                }
+            }
+            // Gone, and never seen by this process: a Job's pods by its UID,
+            // and every kind's pods may be its own.
+            None => {
+                wanted.push((CONTROLLER_UID_LABEL.into(), Some(uid.clone()), uid.clone()));
+                for kind in kinds {
+                    for link in &kind.pods {
+                        let key = (link.value == LabelValue::Uid).then(|| uid.clone());
+                        wanted.push((link.label.clone(), key, uid.clone()));
+                    }
                 }
             }
         }
@@ -109,11 +123,14 @@ pub(super) fn queries(
     }
     for q in out.iter_mut().filter(|q| !q.unknown.is_empty()) {
         for object in objects.values() {
-            if let Object::Other(kind, obj) = object
-                && kind.pods.label == q.label
-                && let Some(key) = kind.pod_key(obj)
-            {
-                q.present.insert(key);
+            if let Object::Other(kind, obj) = object {
+                for (label, key) in kind.pod_keys(obj) {
+                    if label == q.label
+                        && let Some(key) = key
+                    {
+                        q.present.insert(key);
+                    }
+                }
             }
         }
     }
@@ -234,8 +251,11 @@ mod tests {
         let kinds = [workflow.clone()];
         let objects: BTreeMap<String, Object> =
             [("w2".to_string(), other(&workflow, "running", "w2"))].into();
-        let remembered: BTreeMap<String, (String, String)> =
-            [("w1".to_string(), (workflow.id(), "pipe".to_string()))].into();
+        let remembered: BTreeMap<String, BTreeSet<(String, String)>> = [(
+            "w1".to_string(),
+            BTreeSet::from([(workflow.pods[0].label.clone(), "pipe".to_string())]),
+        )]
+        .into();
         let uids = ["w1".to_string()];
         let qs = queries(&[&uids[0]], &objects, &kinds, &remembered);
         assert_eq!(qs.len(), 1);
@@ -256,6 +276,38 @@ mod tests {
         assert_eq!(
             vouched(&qs[1], ["running", "pipe"]),
             BTreeSet::from(["w9".to_string()])
+        );
+    }
+
+    #[test]
+    fn a_rayjob_is_held_while_any_cluster_it_made_has_pods() {
+        let ray = Arc::new(builtin("rayjob").unwrap());
+        let obj: DynamicObject = serde_json::from_value(json!({
+            "metadata": {"name": "train", "uid": "r1"},
+            "status": {"rayClusterName": "train-new"},
+        }))
+        .unwrap();
+        let objects: BTreeMap<String, Object> =
+            [("r1".to_string(), Object::Other(ray.clone(), Arc::new(obj)))].into();
+        // It was suspended and resumed: its first cluster may still stop.
+        let remembered: BTreeMap<String, BTreeSet<(String, String)>> = [(
+            "r1".to_string(),
+            BTreeSet::from([("ray.io/cluster".to_string(), "train-old".to_string())]),
+        )]
+        .into();
+        let uid = "r1".to_string();
+        let qs = queries(&[&uid], &objects, &[ray], &remembered);
+        let selectors: Vec<String> = qs.iter().map(PodQuery::selector).collect();
+        assert_eq!(
+            selectors,
+            [
+                "ray.io/cluster in (train-new,train-old)",
+                "batch.kubernetes.io/job-name in (train)",
+            ]
+        );
+        assert_eq!(
+            vouched(&qs[0], ["train-old"]),
+            BTreeSet::from([uid.clone()])
         );
     }
 }
