@@ -74,16 +74,29 @@ fn may_run(pod: &Pod) -> bool {
     !matches!(phase, Some("Succeeded" | "Failed")) && !gated
 }
 
-fn keyed(label: &str, cluster: &str, pod: &Pod) -> Option<(JobKey, String)> {
-    // No label: each pod is a workload of its own (a plain Pod).
-    let job = match label {
-        "" => pod.uid()?,
-        _ => pod.labels().get(label)?.clone(),
+/// What names the workload a pod belongs to.
+#[derive(Clone)]
+enum Key {
+    /// The value of this label (a Job's UID, a JobSet's...).
+    Label(Arc<str>),
+    /// Each pod is a workload of its own (plain Pods).
+    PerPod,
+    /// Worked out from the pod (a RayJob's, whose pods differ).
+    By(KeyFn),
+}
+
+type KeyFn = Arc<dyn Fn(&Pod) -> Option<String> + Send + Sync>;
+
+fn keyed(key: &Key, cluster: &str, pod: &Pod) -> Option<(JobKey, String)> {
+    let job = match key {
+        Key::Label(label) => pod.labels().get(&**label)?.clone(),
+        Key::PerPod => pod.uid()?,
+        Key::By(f) => f(pod)?,
     };
     Some(((cluster.to_string(), job), pod.uid()?))
 }
 
-fn apply(map: &mut BTreeMap<JobKey, BTreeSet<String>>, label: &str, cluster: &str, pod: &Pod) {
+fn apply(map: &mut BTreeMap<JobKey, BTreeSet<String>>, label: &Key, cluster: &str, pod: &Pod) {
     let Some((job, uid)) = keyed(label, cluster, pod) else {
         return;
     };
@@ -107,8 +120,8 @@ fn remove(map: &mut BTreeMap<JobKey, BTreeSet<String>>, job: JobKey, uid: &str) 
 #[derive(Clone)]
 pub struct PodLog {
     state: Arc<Mutex<State>>,
-    /// The pod label whose value names the workload a pod belongs to.
-    label: Arc<str>,
+    /// What names the workload a pod belongs to.
+    key: Key,
 }
 
 impl Default for PodLog {
@@ -124,14 +137,26 @@ impl PodLog {
     pub fn by_label(label: &str) -> Self {
         PodLog {
             state: Arc::default(),
-            label: label.into(),
+            key: Key::Label(label.into()),
+        }
+    }
+
+    /// Counts workloads whose pods `key` names (`None`: not one of them);
+    /// watch the namespace's pods with [`watch_selected`](Self::watch_selected).
+    pub fn keyed_by(key: impl Fn(&Pod) -> Option<String> + Send + Sync + 'static) -> Self {
+        PodLog {
+            state: Arc::default(),
+            key: Key::By(Arc::new(key)),
         }
     }
 
     /// Counts plain Pods, each its own workload; watch them with
     /// [`watch_selected`](Self::watch_selected) and a selector.
     pub fn per_pod() -> Self {
-        PodLog::by_label("")
+        PodLog {
+            state: Arc::default(),
+            key: Key::PerPod,
+        }
     }
 
     /// Starts watching the Job pods of namespace `ns` in `cluster`.
@@ -143,10 +168,10 @@ impl PodLog {
     /// selector) picks, to leave out Jobs outside the limit under test.
     pub fn watch_selected(&self, client: Client, cluster: &str, ns: &str, selector: &str) {
         let api: Api<Pod> = Api::namespaced(client, ns);
-        let labels = match (self.label.is_empty(), selector.is_empty()) {
-            (_, true) => self.label.to_string(),
-            (true, false) => selector.to_string(),
-            (false, false) => format!("{},{selector}", self.label),
+        let labels = match (&self.key, selector.is_empty()) {
+            (Key::Label(label), true) => label.to_string(),
+            (Key::Label(label), false) => format!("{label},{selector}"),
+            (_, _) => selector.to_string(),
         };
         let config = watcher::Config::default().labels(&labels);
         let cluster = cluster.to_string();
@@ -166,7 +191,7 @@ impl PodLog {
             watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => Some(pod),
             _ => None,
         };
-        let label = &*self.label;
+        let label = &self.key;
         if let Some(pod) = pod
             && let Some((job, _)) = keyed(label, cluster, pod)
         {

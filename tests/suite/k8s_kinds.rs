@@ -198,8 +198,10 @@ async fn a_kind_described_by_its_administrator_is_gated_by_units_counted_on_pods
 fn shared_controller(which: &str, cp: &'static ControlPlane) {
     static JOBSET: OnceLock<Handle> = OnceLock::new();
     static ARGO: OnceLock<Handle> = OnceLock::new();
+    static KUBERAY: OnceLock<Handle> = OnceLock::new();
     match which {
         "jobset" => JOBSET.get_or_init(|| workloads::jobset::start(cp)),
+        "kuberay" => KUBERAY.get_or_init(|| workloads::kuberay::start(cp)),
         _ => ARGO.get_or_init(|| workloads::argo::start(cp)),
     };
 }
@@ -428,5 +430,89 @@ async fn a_kind_not_installed_is_reported_and_the_others_are_still_gated() {
         1,
         "said more than once: {log}"
     );
+    cp.kubectl_ok(&["delete", "mutatingwebhookconfiguration", &config]);
+}
+
+/// A RayJob of `group` whose submitter runs for `run_for`: a head and one
+/// worker (which run until the cluster is deleted), torn down once the job
+/// ends. Under kwok there is no Ray dashboard, so KubeRay marks it Failed
+/// ("AppFailed") once its submitter ends: finished either way.
+fn rayjob(ns: &str, name: &str, group: &str, run_for: &str) -> String {
+    let pod = |container: &str| {
+        format!(
+            r#"{{"spec": {{"terminationGracePeriodSeconds": 1, "containers": [{{"name": "{container}", "image": "rayproject/ray:2.46.0"}}]}}}}"#
+        )
+    };
+    format!(
+        r#"{{"apiVersion": "ray.io/v1", "kind": "RayJob",
+          "metadata": {{"name": "{name}", "namespace": "{ns}", "labels": {{"jobgate.dev/group": "{group}"}}}},
+          "spec": {{"shutdownAfterJobFinishes": true, "submissionMode": "K8sJobMode",
+            "entrypoint": "python -c 'print(1)'",
+            "submitterPodTemplate": {{"metadata": {{"annotations": {{"{RUN_FOR_ANNOTATION}": "{run_for}"}}}},
+              "spec": {{"restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+                "containers": [{{"name": "ray-job-submitter", "image": "rayproject/ray:2.46.0"}}]}}}},
+            "rayClusterSpec": {{"headGroupSpec": {{"rayStartParams": {{}}, "template": {head}}},
+              "workerGroupSpecs": [{{"groupName": "small", "replicas": 1, "minReplicas": 1, "maxReplicas": 1,
+                "rayStartParams": {{}}, "template": {worker}}}]}}}}}}"#,
+        head = pod("ray-head"),
+        worker = pod("ray-worker"),
+    )
+}
+
+/// RayJobs of a group at limit 1, counted on all their pods (the Ray
+/// cluster's head and worker, and the submitter's: one workload): each
+/// admitted in turn, and the next only once the last one's cluster has
+/// been torn down and its pods are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rayjobs_run_one_at_a_time_counted_on_their_clusters_pods() {
+    let bed = Bed::shared_held("kinds-ray").await;
+    let (cp, ns) = (&*bed.cp, bed.ns.as_str());
+    shared_controller("kuberay", jobgate_testkit::shared::held_cluster());
+    bed.group_with(
+        "rays",
+        1,
+        json!({"leaseSeconds": 20, "maxGracePeriodSeconds": 5}),
+    );
+    let names: Vec<String> = (0..3).map(|i| format!("ray-{i}")).collect();
+    // A pod belongs to the RayJob its cluster (`<rayjob>-<suffix>`) or its
+    // submitter Job (named after it) is named after.
+    let known = names.clone();
+    let pods = PodLog::keyed_by(move |pod| {
+        let labels = pod.metadata.labels.as_ref()?;
+        let owner = labels
+            .get("ray.io/cluster")
+            .and_then(|c| c.rsplit_once('-').map(|(name, _)| name.to_string()))
+            .or_else(|| labels.get("batch.kubernetes.io/job-name").cloned())?;
+        known.contains(&owner).then_some(owner)
+    });
+    pods.watch_selected(bed.kube.clone(), "one", ns, "");
+    let (controller, config) = with_webhook(&bed, "rayjob", &[("ray.io", "rayjobs")]).await;
+    for name in &names {
+        let out = cp.kubectl_stdin(&["create", "-f", "-"], &rayjob(ns, name, "rays", "3s"));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(field(cp, ns, "rayjob/ray-2", "{.spec.suspend}"), "true");
+    eventually(
+        Duration::from_secs(180),
+        "every RayJob finished",
+        || async {
+            let done = field(cp, ns, "rayjobs", "{.items[*].status.jobDeploymentStatus}");
+            let finished = done
+                .split_whitespace()
+                .filter(|s| matches!(*s, "Complete" | "Failed"))
+                .count();
+            (finished == names.len()).then_some(())
+        },
+    )
+    .await;
+    assert!(pods.max() <= 1, "over the limit: {}", pods.summary(1));
+    assert_eq!(pods.max(), 1, "nothing ran: {}", pods.summary(1));
+    bed.ledger_drains(&bed.key("rays")).await;
+    let log = controller.log_text();
+    assert!(!log.contains("panicked"), "the controller panicked: {log}");
     cp.kubectl_ok(&["delete", "mutatingwebhookconfiguration", &config]);
 }

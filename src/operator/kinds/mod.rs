@@ -433,10 +433,11 @@ pub fn builtin(name: &str) -> Option<KindSpec> {
                 ),
                 link("batch.kubernetes.io/job-name", LabelValue::Name, None),
             ],
-            // Its head's and its workers' pods.
+            // Its head's, its workers' and its submitter's pods.
             grace_period_path: Some(
                 "spec.rayClusterSpec.headGroupSpec.template.spec.terminationGracePeriodSeconds, \
-                 spec.rayClusterSpec.workerGroupSpecs.*.template.spec.terminationGracePeriodSeconds"
+                 spec.rayClusterSpec.workerGroupSpecs.*.template.spec.terminationGracePeriodSeconds, \
+                 spec.submitterPodTemplate.spec.terminationGracePeriodSeconds"
                     .into(),
             ),
             ..spec("ray.io", "v1", "RayJob", "rayjobs")

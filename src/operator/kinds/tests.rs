@@ -242,7 +242,7 @@ fn a_rayjobs_pods_are_its_clusters_and_its_submitters() {
     kind.validate().unwrap();
     let ray = object(json!({
         "metadata": {"name": "train", "uid": "r1"},
-        "spec": {"rayClusterSpec": {
+        "spec": {"submitterPodTemplate": {"spec": {"terminationGracePeriodSeconds": 5}}, "rayClusterSpec": {
             "headGroupSpec": {"template": {"spec": {"terminationGracePeriodSeconds": 10}}},
             "workerGroupSpecs": [{"template": {"spec": {"terminationGracePeriodSeconds": 45}}},
                                  {"template": {"spec": {}}}]}},
