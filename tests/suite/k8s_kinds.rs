@@ -4,7 +4,8 @@
 //! their real controllers (`testkit::workloads`), plain Pods behind a
 //! scheduling gate, and a kind jobgate has no description of (`BatchRun`,
 //! the tests' own, with its own controller) described as an administrator
-//! would.
+//! would. Each is counted on pods while its controller is killed
+//! (SIGKILL) and restarted in the middle (`crash`).
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -51,6 +52,14 @@ async fn with_webhook(
     (controller, name)
 }
 
+/// SIGKILL, and a new process a moment later: what a crash and a
+/// Deployment's restart do.
+async fn crash(controller: &mut ControllerProcess) {
+    controller.kill9();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    controller.restart();
+}
+
 fn field(cp: &ControlPlane, ns: &str, object: &str, path: &str) -> String {
     let out = cp.kubectl(&["get", "-n", ns, object, "-o", &format!("jsonpath={path}")]);
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -73,7 +82,7 @@ async fn create_pod(bed: &Bed, name: &str, group: &str, run_for: &str) {
 /// time at limit 2, counted on the pods themselves. Nobody but the
 /// controller can remove the gate: the webhook refuses a user's attempt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plain_pods_wait_behind_a_scheduling_gate_two_at_a_time() {
+async fn plain_pods_wait_behind_a_scheduling_gate_two_at_a_time_through_a_crash() {
     let bed = Bed::shared_held("kinds-pods").await;
     let (cp, ns) = (&*bed.cp, bed.ns.as_str());
     bed.group_with(
@@ -83,7 +92,7 @@ async fn plain_pods_wait_behind_a_scheduling_gate_two_at_a_time() {
     );
     let pods = PodLog::per_pod();
     pods.watch_selected(bed.kube.clone(), "one", ns, "jobgate.dev/group=gated");
-    let (controller, config) = with_webhook(&bed, "pod", &[("", "pods")]).await;
+    let (mut controller, config) = with_webhook(&bed, "pod", &[("", "pods")]).await;
 
     create_pod(&bed, "long-a", "gated", "6s").await;
     create_pod(&bed, "long-b", "gated", "6s").await;
@@ -120,6 +129,7 @@ async fn plain_pods_wait_behind_a_scheduling_gate_two_at_a_time() {
         refused.contains("only jobgate removes the scheduling gate"),
         "{refused}"
     );
+    crash(&mut controller).await;
 
     eventually(Duration::from_secs(90), "every Pod Succeeded", || async {
         let phases = field(cp, ns, "pods", "{.items[*].status.phase}");
@@ -144,7 +154,7 @@ async fn plain_pods_wait_behind_a_scheduling_gate_two_at_a_time() {
 /// from a field): created held by the webhook, run a few at a time within
 /// a limit of 3 units, counted on its pods, and every slot given back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_kind_described_by_its_administrator_is_gated_by_units_counted_on_pods() {
+async fn a_kind_described_by_its_administrator_is_gated_by_units_through_a_crash() {
     let bed = Bed::shared_held("kinds-custom").await;
     let (cp, ns) = (&*bed.cp, bed.ns.as_str());
     batchrun::install(cp);
@@ -158,7 +168,7 @@ async fn a_kind_described_by_its_administrator_is_gated_by_units_counted_on_pods
     std::fs::write(&description, batchrun::DESCRIPTION).unwrap();
     let pods = PodLog::by_label(batchrun::RUN_LABEL);
     pods.watch(bed.kube.clone(), "one", ns);
-    let (controller, config) = with_webhook(
+    let (mut controller, config) = with_webhook(
         &bed,
         &description.display().to_string(),
         &[("example.jobgate.dev", "batchruns")],
@@ -176,6 +186,7 @@ async fn a_kind_described_by_its_administrator_is_gated_by_units_counted_on_pods
     // the last one waits (the first ones take the 3 units).
     let held = field(cp, ns, "batchrun/run-5", "{.spec.control.hold}");
     assert_eq!(held, "true", "run-5 was created without being held");
+    crash(&mut controller).await;
     eventually(Duration::from_secs(120), "every BatchRun Done", || async {
         let phases = field(cp, ns, "batchruns", "{.items[*].status.phase}");
         (phases.split_whitespace().filter(|p| *p == "Done").count() == widths.len()).then_some(())
@@ -235,7 +246,7 @@ fn jobset(name: &str, group: &str, run_for: &str) -> serde_json::Value {
 /// middle. A JobSet's child Jobs are the JobSet's: jobgate does not gate
 /// them as Jobs of their own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jobsets_are_admitted_two_at_a_time_through_a_controller_kill() {
+async fn jobsets_are_admitted_two_at_a_time_through_a_crash() {
     let bed = Bed::shared_held("kinds-jobset").await;
     let (cp, ns) = (&*bed.cp, bed.ns.as_str());
     shared_controller("jobset", jobgate_testkit::shared::held_cluster());
@@ -266,9 +277,7 @@ async fn jobsets_are_admitted_two_at_a_time_through_a_controller_kill() {
         (pods.running() == 2).then_some(())
     })
     .await;
-    controller.kill9();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    controller.restart();
+    crash(&mut controller).await;
     eventually(
         Duration::from_secs(150),
         "every JobSet Completed",
@@ -312,7 +321,7 @@ async fn jobsets_are_admitted_two_at_a_time_through_a_controller_kill() {
 /// kubelet: `workloads::argo::finish_pod`), and the next admitted only once
 /// the last step's pod has stopped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn argo_workflows_run_one_at_a_time_counted_on_their_pods() {
+async fn argo_workflows_run_one_at_a_time_through_a_crash() {
     let bed = Bed::shared_held("kinds-argo").await;
     let (cp, ns) = (&*bed.cp, bed.ns.as_str());
     shared_controller("argo", jobgate_testkit::shared::held_cluster());
@@ -323,7 +332,7 @@ async fn argo_workflows_run_one_at_a_time_counted_on_their_pods() {
     );
     let pods = PodLog::by_label(workloads::argo::WORKFLOW_LABEL);
     pods.watch(bed.kube.clone(), "one", ns);
-    let (controller, config) =
+    let (mut controller, config) =
         with_webhook(&bed, "workflow", &[("argoproj.io", "workflows")]).await;
     let names: Vec<String> = (0..3).map(|i| format!("flow-{i}")).collect();
     for name in &names {
@@ -342,6 +351,7 @@ async fn argo_workflows_run_one_at_a_time_counted_on_their_pods() {
         );
     }
     assert_eq!(field(cp, ns, "workflow/flow-2", "{.spec.suspend}"), "true");
+    crash(&mut controller).await;
     // Each step's pod, once running, finishes after a moment.
     eventually(
         Duration::from_secs(180),
@@ -464,7 +474,7 @@ fn rayjob(ns: &str, name: &str, group: &str, run_for: &str) -> String {
 /// admitted in turn, and the next only once the last one's cluster has
 /// been torn down and its pods are gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rayjobs_run_one_at_a_time_counted_on_their_clusters_pods() {
+async fn rayjobs_run_one_at_a_time_counted_on_all_their_pods_through_a_crash() {
     let bed = Bed::shared_held("kinds-ray").await;
     let (cp, ns) = (&*bed.cp, bed.ns.as_str());
     shared_controller("kuberay", jobgate_testkit::shared::held_cluster());
@@ -486,7 +496,7 @@ async fn rayjobs_run_one_at_a_time_counted_on_their_clusters_pods() {
         known.contains(&owner).then_some(owner)
     });
     pods.watch_selected(bed.kube.clone(), "one", ns, "");
-    let (controller, config) = with_webhook(&bed, "rayjob", &[("ray.io", "rayjobs")]).await;
+    let (mut controller, config) = with_webhook(&bed, "rayjob", &[("ray.io", "rayjobs")]).await;
     for name in &names {
         let out = cp.kubectl_stdin(&["create", "-f", "-"], &rayjob(ns, name, "rays", "3s"));
         assert!(
@@ -496,6 +506,7 @@ async fn rayjobs_run_one_at_a_time_counted_on_their_clusters_pods() {
         );
     }
     assert_eq!(field(cp, ns, "rayjob/ray-2", "{.spec.suspend}"), "true");
+    crash(&mut controller).await;
     eventually(
         Duration::from_secs(180),
         "every RayJob finished",
