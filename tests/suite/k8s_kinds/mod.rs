@@ -22,6 +22,8 @@ use jobgate_testkit::testbed::free_port;
 use jobgate_testkit::webhook::Registration;
 use jobgate_testkit::workloads::{self, Handle};
 
+mod cut;
+
 /// The webhook registered for the bed's namespace, holding back Jobs and
 /// `kinds` (API group, plural), and a controller serving it that gates
 /// `workload_kinds` too. Returns the configuration's name, to delete it.
@@ -30,7 +32,20 @@ async fn with_webhook(
     workload_kinds: &str,
     kinds: &[(&str, &str)],
 ) -> (ControllerProcess, String) {
-    let (cp, ns) = (&*bed.cp, bed.ns.as_str());
+    with_webhook_as(bed, &bed.ns, "one", workload_kinds, kinds, &[]).await
+}
+
+/// [`with_webhook`] for namespace `ns`, as cluster `cluster`, with `extra`
+/// flags.
+async fn with_webhook_as(
+    bed: &Bed,
+    ns: &str,
+    cluster: &str,
+    workload_kinds: &str,
+    kinds: &[(&str, &str)],
+    extra: &[&str],
+) -> (ControllerProcess, String) {
+    let cp = &*bed.cp;
     let name = format!("jobgate-{ns}");
     let webhook = Registration {
         name: &name,
@@ -46,8 +61,9 @@ async fn with_webhook(
         format!("--workload-kinds={workload_kinds}"),
     ];
     flags.extend(webhook.controller_flags(ns));
+    flags.extend(extra.iter().map(|f| f.to_string()));
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let controller = ControllerProcess::start_with(cp, &bed.s3, "one", ns, true, &flags, "");
+    let controller = ControllerProcess::start_with(cp, &bed.s3, cluster, ns, true, &flags, "");
     webhook.ready(cp, &controller).await;
     (controller, name)
 }
@@ -67,6 +83,10 @@ fn field(cp: &ControlPlane, ns: &str, object: &str, path: &str) -> String {
 
 /// A plain Pod of `group` running for `run_for`.
 async fn create_pod(bed: &Bed, name: &str, group: &str, run_for: &str) {
+    create_pod_in(bed, &bed.ns, name, group, run_for).await;
+}
+
+async fn create_pod_in(bed: &Bed, ns: &str, name: &str, group: &str, run_for: &str) {
     let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
         "metadata": {"name": name, "labels": {"jobgate.dev/group": group},
                      "annotations": {RUN_FOR_ANNOTATION: run_for}},
@@ -74,7 +94,7 @@ async fn create_pod(bed: &Bed, name: &str, group: &str, run_for: &str) {
                  "containers": [{"name": "work", "image": "busybox"}]},
     }))
     .unwrap();
-    let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(bed.kube.clone(), &bed.ns);
+    let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(bed.kube.clone(), ns);
     api.create(&PostParams::default(), &pod).await.unwrap();
 }
 
