@@ -658,3 +658,29 @@ pub mod kuberay {
         handle
     }
 }
+
+/// The workload controllers of a test binary, each started once, on the
+/// binary's shared held cluster ([`crate::shared::held_cluster`]), and
+/// kept for the process: tests use namespaces of their own beside them.
+/// One control plane for all of them, not one each: a suite that starts
+/// four control planes at once on two cores slows every test in it.
+pub mod shared {
+    use std::sync::OnceLock;
+
+    use super::Handle;
+
+    pub fn jobset() -> &'static Handle {
+        static H: OnceLock<Handle> = OnceLock::new();
+        H.get_or_init(|| super::jobset::start(crate::shared::held_cluster()))
+    }
+
+    pub fn argo() -> &'static Handle {
+        static H: OnceLock<Handle> = OnceLock::new();
+        H.get_or_init(|| super::argo::start(crate::shared::held_cluster()))
+    }
+
+    pub fn kuberay() -> &'static Handle {
+        static H: OnceLock<Handle> = OnceLock::new();
+        H.get_or_init(|| super::kuberay::start(crate::shared::held_cluster()))
+    }
+}

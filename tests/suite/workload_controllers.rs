@@ -1,6 +1,7 @@
 //! The workload controllers of the test bed (`jobgate_testkit::workloads`):
-//! JobSet, Argo Workflows and KubeRay, each on a full control plane of its
-//! own (kube-controller-manager, kube-scheduler, kwok), each shown to act
+//! JobSet, Argo Workflows and KubeRay, each started once on the binary's
+//! shared held cluster (kube-controller-manager, kube-scheduler, kwok's
+//! held pods) and used in a namespace of each test's own, each shown to act
 //! on an object of its kind. Each test also pins down what a gate for that
 //! kind would rely on, on the pods the controller really created: the
 //! label that ties every pod to its object, what `spec.suspend` does to a
@@ -12,8 +13,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use jobgate_testkit::k8s::{ControlPlane, Pods, RUN_FOR_ANNOTATION};
-use jobgate_testkit::workloads::{argo, jobset, kuberay};
+use jobgate_testkit::k8s::{ControlPlane, RUN_FOR_ANNOTATION};
+use jobgate_testkit::workloads::{self, argo, jobset, kuberay};
+
+/// A namespace name of the test's own on the shared cluster.
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:06x}", rand::random::<u32>() & 0xff_ffff)
+}
 
 /// Pods of `ns` that `selector` picks, as JSON.
 fn pods(cp: &ControlPlane, ns: &str, selector: &str) -> Vec<Value> {
@@ -181,41 +187,41 @@ fn jobset_creates_jobs_and_pods_suspends_them_and_completes() {
     // Held pods: a pod runs for its run-for annotation (for good without
     // one) and a deleted one stays Terminating for its grace period, so a
     // JobSet can be suspended while its pods run.
-    let cp = ControlPlane::start_full_with(1, Pods::Held);
+    let cp = jobgate_testkit::shared::held_cluster();
     let started = Instant::now();
-    let controller = jobset::start(&cp);
+    let controller = workloads::shared::jobset();
     eprintln!(
         "jobset: started (CRDs, controller ready, garbage collector following) in {:?}",
         started.elapsed()
     );
-    let ns = "jobsets";
+    let ns = &unique("jobsets");
     cp.kubectl_ok(&["create", "namespace", ns]);
 
     // It acts: child Jobs, then their pods, then Completed when they end.
-    apply(&cp, &jobset_yaml(ns, "done", false, Some("3s")));
-    let uid = get(&cp, "jobset", ns, "done")["metadata"]["uid"]
+    apply(cp, &jobset_yaml(ns, "done", false, Some("3s")));
+    let uid = get(cp, "jobset", ns, "done")["metadata"]["uid"]
         .as_str()
         .unwrap()
         .to_string();
     let selector = format!("{}=done", jobset::NAME_LABEL);
     let jobs = until(
-        &cp,
-        &controller,
+        cp,
+        controller,
         "the JobSet's two Jobs",
         Duration::from_secs(60),
         || {
-            let jobs = list(&cp, "jobs", ns, &selector);
+            let jobs = list(cp, "jobs", ns, &selector);
             (jobs.len() == 2).then_some(jobs)
         },
     );
     assert_eq!(names(&jobs), ["done-workers-0", "done-workers-1"]);
     let running = until(
-        &cp,
-        &controller,
+        cp,
+        controller,
         "two running pods",
         Duration::from_secs(60),
         || {
-            let p = pods(&cp, ns, &selector);
+            let p = pods(cp, ns, &selector);
             (p.len() == 2 && p.iter().all(|p| phase(p) == "Running")).then_some(p)
         },
     );
@@ -226,12 +232,12 @@ fn jobset_creates_jobs_and_pods_suspends_them_and_completes() {
     // (3) Completed once every pod has succeeded.
     let started = Instant::now();
     let done = until(
-        &cp,
-        &controller,
+        cp,
+        controller,
         "JobSet condition Completed",
         Duration::from_secs(60),
         || {
-            let js = get(&cp, "jobset", ns, "done");
+            let js = get(cp, "jobset", ns, "done");
             condition_true(&js, "Completed").then_some(js)
         },
     );
@@ -245,30 +251,30 @@ fn jobset_creates_jobs_and_pods_suspends_them_and_completes() {
 
     // (2) Suspending a running JobSet suspends its Jobs, whose pods the Job
     // controller deletes; resuming starts new pods.
-    apply(&cp, &jobset_yaml(ns, "held", false, None));
+    apply(cp, &jobset_yaml(ns, "held", false, None));
     let selector = format!("{}=held", jobset::NAME_LABEL);
     let before = until(
-        &cp,
-        &controller,
+        cp,
+        controller,
         "two running pods",
         Duration::from_secs(60),
         || {
-            let p = pods(&cp, ns, &selector);
+            let p = pods(cp, ns, &selector);
             (p.len() == 2 && p.iter().all(|p| phase(p) == "Running")).then_some(p)
         },
     );
     let suspended_at = Instant::now();
-    patch(&cp, "jobset", ns, "held", r#"{"spec":{"suspend":true}}"#);
+    patch(cp, "jobset", ns, "held", r#"{"spec":{"suspend":true}}"#);
     // When each happens, watched together: every pod being deleted, the
     // condition Suspended, every pod gone.
     let (mut deleting, mut suspended, mut gone) = (None, None, None);
     until(
-        &cp,
-        &controller,
+        cp,
+        controller,
         "pods gone and JobSet Suspended",
         Duration::from_secs(60),
         || {
-            let p = pods(&cp, ns, &selector);
+            let p = pods(cp, ns, &selector);
             let now = Some(suspended_at.elapsed());
             if deleting.is_none() && live(&p).is_empty() {
                 deleting = now;
@@ -276,28 +282,28 @@ fn jobset_creates_jobs_and_pods_suspends_them_and_completes() {
             if gone.is_none() && p.is_empty() {
                 gone = now;
             }
-            if suspended.is_none() && condition_true(&get(&cp, "jobset", ns, "held"), "Suspended") {
+            if suspended.is_none() && condition_true(&get(cp, "jobset", ns, "held"), "Suspended") {
                 suspended = now;
             }
             (gone.is_some() && suspended.is_some()).then_some(())
         },
     );
     let (deleting, suspended, gone) = (deleting.unwrap(), suspended.unwrap(), gone.unwrap());
-    let jobs = list(&cp, "jobs", ns, &selector);
+    let jobs = list(cp, "jobs", ns, &selector);
     assert_eq!(jobs.len(), 2, "the Jobs stay, suspended");
     assert!(jobs.iter().all(|j| j["spec"]["suspend"] == true));
     eprintln!(
         "jobset: suspend on a running JobSet: its Jobs suspended; every pod deleting after {deleting:?}, condition Suspended after {suspended:?}, every pod gone after {gone:?} (grace period 2 s)"
     );
-    patch(&cp, "jobset", ns, "held", r#"{"spec":{"suspend":false}}"#);
+    patch(cp, "jobset", ns, "held", r#"{"spec":{"suspend":false}}"#);
     let resumed_at = Instant::now();
     let after = until(
-        &cp,
-        &controller,
+        cp,
+        controller,
         "new running pods",
         Duration::from_secs(60),
         || {
-            let p = pods(&cp, ns, &selector);
+            let p = pods(cp, ns, &selector);
             (p.len() == 2 && p.iter().all(|p| phase(p) == "Running")).then_some(p)
         },
     );
@@ -308,20 +314,20 @@ fn jobset_creates_jobs_and_pods_suspends_them_and_completes() {
     );
 
     // (4) Created suspended: Jobs are created, suspended, and no pod.
-    apply(&cp, &jobset_yaml(ns, "parked", true, None));
+    apply(cp, &jobset_yaml(ns, "parked", true, None));
     let selector = format!("{}=parked", jobset::NAME_LABEL);
     until(
-        &cp,
-        &controller,
+        cp,
+        controller,
         "suspended Jobs",
         Duration::from_secs(60),
         || {
-            let jobs = list(&cp, "jobs", ns, &selector);
+            let jobs = list(cp, "jobs", ns, &selector);
             (jobs.len() == 2 && jobs.iter().all(|j| j["spec"]["suspend"] == true)).then_some(())
         },
     );
-    assert_no_pods_for(&cp, ns, &selector, Duration::from_secs(5));
-    let parked = get(&cp, "jobset", ns, "parked");
+    assert_no_pods_for(cp, ns, &selector, Duration::from_secs(5));
+    let parked = get(cp, "jobset", ns, "parked");
     assert!(condition_true(&parked, "Suspended"), "{}", parked["status"]);
     eprintln!("jobset: created suspended: two suspended Jobs, no pod in 5 s, condition Suspended");
 }
@@ -362,29 +368,29 @@ fn workflow_phase(cp: &ControlPlane, ns: &str, name: &str) -> String {
 
 #[test]
 fn argo_workflow_runs_its_pods_and_succeeds_when_each_pod_reports() {
-    let cp = ControlPlane::start_full();
+    let cp = jobgate_testkit::shared::held_cluster();
     let started = Instant::now();
-    let controller = argo::start(&cp);
+    let controller = workloads::shared::argo();
     eprintln!(
         "argo: started (CRDs, controller ready, garbage collector following) in {:?}",
         started.elapsed()
     );
-    let ns = "workflows";
+    let ns = &unique("workflows");
     cp.kubectl_ok(&["create", "namespace", ns]);
 
-    apply(&cp, &workflow_yaml(ns, "flow", false));
-    let uid = get(&cp, "workflow", ns, "flow")["metadata"]["uid"]
+    apply(cp, &workflow_yaml(ns, "flow", false));
+    let uid = get(cp, "workflow", ns, "flow")["metadata"]["uid"]
         .as_str()
         .unwrap()
         .to_string();
     let selector = format!("{}=flow", argo::WORKFLOW_LABEL);
     let first = until(
-        &cp,
-        &controller,
+        cp,
+        controller,
         "the first step's pod running",
         Duration::from_secs(60),
         || {
-            let p = pods(&cp, ns, &selector);
+            let p = pods(cp, ns, &selector);
             (p.len() == 1 && phase(&p[0]) == "Running").then(|| p[0].clone())
         },
     );
@@ -410,21 +416,21 @@ fn argo_workflow_runs_its_pods_and_succeeds_when_each_pod_reports() {
     // Under kwok alone the pod runs for good: nothing ends a pod that no
     // Job owns, so the Workflow stays Running.
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(phase(&pods(&cp, ns, &selector)[0]), "Running");
-    assert_eq!(workflow_phase(&cp, ns, "flow"), "Running");
+    assert_eq!(phase(&pods(cp, ns, &selector)[0]), "Running");
+    assert_eq!(workflow_phase(cp, ns, "flow"), "Running");
 
     // (2) Suspending a running Workflow leaves its running pod alone and
     // creates no further pod: the next step waits for the resume.
-    patch(&cp, "workflow", ns, "flow", r#"{"spec":{"suspend":true}}"#);
+    patch(cp, "workflow", ns, "flow", r#"{"spec":{"suspend":true}}"#);
     std::thread::sleep(Duration::from_secs(2));
-    argo::finish_pod(&cp, ns, name(&first));
+    argo::finish_pod(cp, ns, name(&first));
     until(
-        &cp,
-        &controller,
+        cp,
+        controller,
         "the first step Succeeded",
         Duration::from_secs(30),
         || {
-            let wf = get(&cp, "workflow", ns, "flow");
+            let wf = get(cp, "workflow", ns, "flow");
             wf["status"]["nodes"]
                 .as_object()
                 .into_iter()
@@ -435,7 +441,7 @@ fn argo_workflow_runs_its_pods_and_succeeds_when_each_pod_reports() {
     );
     let end = Instant::now() + Duration::from_secs(5);
     while Instant::now() < end {
-        let p = pods(&cp, ns, &selector);
+        let p = pods(cp, ns, &selector);
         assert_eq!(
             names(&p),
             [name(&first)],
@@ -443,19 +449,19 @@ fn argo_workflow_runs_its_pods_and_succeeds_when_each_pod_reports() {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
-    assert_eq!(workflow_phase(&cp, ns, "flow"), "Running");
+    assert_eq!(workflow_phase(cp, ns, "flow"), "Running");
     eprintln!(
         "argo: suspend on a running Workflow: its running pod is not deleted; no next pod in 5 s after the step ended; phase stays Running"
     );
-    patch(&cp, "workflow", ns, "flow", r#"{"spec":{"suspend":false}}"#);
+    patch(cp, "workflow", ns, "flow", r#"{"spec":{"suspend":false}}"#);
     let resumed_at = Instant::now();
     let second = until(
-        &cp,
-        &controller,
+        cp,
+        controller,
         "the second step's pod",
         Duration::from_secs(30),
         || {
-            live(&pods(&cp, ns, &selector))
+            live(&pods(cp, ns, &selector))
                 .into_iter()
                 .find(|p| name(p) != name(&first) && phase(p) == "Running")
         },
@@ -466,15 +472,15 @@ fn argo_workflow_runs_its_pods_and_succeeds_when_each_pod_reports() {
     );
 
     // (3) Succeeded once each pod has ended and its task result reports.
-    argo::finish_pod(&cp, ns, name(&second));
+    argo::finish_pod(cp, ns, name(&second));
     let started = Instant::now();
     let wf = until(
-        &cp,
-        &controller,
+        cp,
+        controller,
         "Workflow Succeeded",
         Duration::from_secs(60),
         || {
-            let wf = get(&cp, "workflow", ns, "flow");
+            let wf = get(cp, "workflow", ns, "flow");
             (wf["status"]["phase"] == "Succeeded").then_some(wf)
         },
     );
@@ -494,40 +500,40 @@ fn argo_workflow_runs_its_pods_and_succeeds_when_each_pod_reports() {
     // Nor does shutdown delete them: the Workflow fails at once and the
     // controller signals each container through `pods/exec` (argoexec
     // kill), which under kwok reaches no kubelet; the pod runs on.
-    apply(&cp, &workflow_yaml(ns, "stopped", false));
+    apply(cp, &workflow_yaml(ns, "stopped", false));
     let selector = format!("{}=stopped", argo::WORKFLOW_LABEL);
     until(
-        &cp,
-        &controller,
+        cp,
+        controller,
         "a running pod",
         Duration::from_secs(60),
         || {
-            let p = pods(&cp, ns, &selector);
+            let p = pods(cp, ns, &selector);
             (p.len() == 1 && phase(&p[0]) == "Running").then_some(())
         },
     );
     let stopped_at = Instant::now();
     patch(
-        &cp,
+        cp,
         "workflow",
         ns,
         "stopped",
         r#"{"spec":{"shutdown":"Terminate"}}"#,
     );
     let stopped = until(
-        &cp,
-        &controller,
+        cp,
+        controller,
         "Workflow finished",
         Duration::from_secs(30),
         || {
-            let wf = get(&cp, "workflow", ns, "stopped");
+            let wf = get(cp, "workflow", ns, "stopped");
             matches!(wf["status"]["phase"].as_str(), Some("Failed" | "Error")).then_some(wf)
         },
     );
     let finished = stopped_at.elapsed();
     until(
-        &cp,
-        &controller,
+        cp,
+        controller,
         "the containers signalled",
         Duration::from_secs(30),
         || {
@@ -537,7 +543,7 @@ fn argo_workflow_runs_its_pods_and_succeeds_when_each_pod_reports() {
         },
     );
     std::thread::sleep(Duration::from_secs(3));
-    let p = live(&pods(&cp, ns, &selector));
+    let p = live(&pods(cp, ns, &selector));
     assert!(p.len() == 1 && phase(&p[0]) == "Running", "{:?}", names(&p));
     eprintln!(
         "argo: spec.shutdown Terminate on a running Workflow: phase {} ({}) after {finished:?}; its pod not deleted (containers signalled through pods/exec, which kwok does not serve), still Running 3 s later",
@@ -545,23 +551,23 @@ fn argo_workflow_runs_its_pods_and_succeeds_when_each_pod_reports() {
     );
 
     // (4) Created suspended: no pod.
-    apply(&cp, &workflow_yaml(ns, "parked", true));
+    apply(cp, &workflow_yaml(ns, "parked", true));
     until(
-        &cp,
-        &controller,
+        cp,
+        controller,
         "the suspended Workflow seen",
         Duration::from_secs(30),
-        || (!workflow_phase(&cp, ns, "parked").is_empty()).then_some(()),
+        || (!workflow_phase(cp, ns, "parked").is_empty()).then_some(()),
     );
     assert_no_pods_for(
-        &cp,
+        cp,
         ns,
         &format!("{}=parked", argo::WORKFLOW_LABEL),
         Duration::from_secs(5),
     );
     eprintln!(
         "argo: created suspended: phase {}, no pod in 5 s",
-        workflow_phase(&cp, ns, "parked")
+        workflow_phase(cp, ns, "parked")
     );
 }
 
@@ -681,22 +687,22 @@ fn kuberay_rayjob_creates_its_cluster_and_submitter_and_suspends() {
     // Held pods: the submitter Job's pod runs until its run-for annotation
     // says (for good without it); head and worker pods, which no Job owns,
     // run for good either way.
-    let cp = ControlPlane::start_full_with(1, Pods::Held);
+    let cp = jobgate_testkit::shared::held_cluster();
     let started = Instant::now();
-    let controller = kuberay::start(&cp);
+    let controller = workloads::shared::kuberay();
     eprintln!(
         "kuberay: started (CRDs, controller ready, garbage collector following) in {:?}",
         started.elapsed()
     );
-    let ns = "rayjobs";
+    let ns = &unique("rayjobs");
     cp.kubectl_ok(&["create", "namespace", ns]);
 
-    apply(&cp, &rayjob_yaml(ns, "held", false, true, None));
-    let uid = get(&cp, "rayjob", ns, "held")["metadata"]["uid"]
+    apply(cp, &rayjob_yaml(ns, "held", false, true, None));
+    let uid = get(cp, "rayjob", ns, "held")["metadata"]["uid"]
         .as_str()
         .unwrap()
         .to_string();
-    let (cluster, cluster_pods, submitter) = rayjob_running(&cp, &controller, ns, "held");
+    let (cluster, cluster_pods, submitter) = rayjob_running(cp, controller, ns, "held");
     for pod in cluster_pods.iter().chain([&submitter]) {
         eprintln!(
             "kuberay: pod {} labels: {}",
@@ -726,7 +732,7 @@ fn kuberay_rayjob_creates_its_cluster_and_submitter_and_suspends() {
         submitter["metadata"]["labels"]["batch.kubernetes.io/job-name"],
         "held"
     );
-    let raycluster = get(&cp, "raycluster", ns, &cluster);
+    let raycluster = get(cp, "raycluster", ns, &cluster);
     assert_eq!(
         raycluster["metadata"]["labels"][kuberay::ORIGIN_NAME_LABEL],
         "held"
@@ -739,7 +745,7 @@ fn kuberay_rayjob_creates_its_cluster_and_submitter_and_suspends() {
         raycluster["metadata"]["ownerReferences"][0]["uid"],
         uid.as_str()
     );
-    let job = get(&cp, "job", ns, "held");
+    let job = get(cp, "job", ns, "held");
     assert_eq!(
         job["metadata"]["labels"][kuberay::ORIGIN_NAME_LABEL],
         "held"
@@ -750,17 +756,17 @@ fn kuberay_rayjob_creates_its_cluster_and_submitter_and_suspends() {
         raycluster["metadata"]["labels"]
     );
     let status = until(
-        &cp,
-        &controller,
+        cp,
+        controller,
         "RayJob Running",
         Duration::from_secs(30),
         || {
-            let s = rayjob_status(&cp, ns, "held");
+            let s = rayjob_status(cp, ns, "held");
             (s["jobDeploymentStatus"] == "Running").then_some(s)
         },
     );
     std::thread::sleep(Duration::from_secs(5));
-    let status_later = rayjob_status(&cp, ns, "held");
+    let status_later = rayjob_status(cp, ns, "held");
     eprintln!(
         "kuberay: with the submitter running: jobDeploymentStatus={} jobStatus={} (5 s later {} {})",
         status["jobDeploymentStatus"],
@@ -773,17 +779,17 @@ fn kuberay_rayjob_creates_its_cluster_and_submitter_and_suspends() {
     // (2) Suspending a running RayJob deletes its RayCluster and submitter
     // Job, and with them every pod; resuming creates a new RayCluster.
     let suspended_at = Instant::now();
-    patch(&cp, "rayjob", ns, "held", r#"{"spec":{"suspend":true}}"#);
+    patch(cp, "rayjob", ns, "held", r#"{"spec":{"suspend":true}}"#);
     // When each happens, watched together: every pod being deleted, the
     // status Suspended, every pod gone.
     let (mut deleting, mut suspended, mut gone) = (None, None, None);
     until(
-        &cp,
-        &controller,
+        cp,
+        controller,
         "pods gone and RayJob Suspended",
         Duration::from_secs(60),
         || {
-            let (c, s) = rayjob_pods(&cp, ns, "held", &cluster);
+            let (c, s) = rayjob_pods(cp, ns, "held", &cluster);
             let now = Some(suspended_at.elapsed());
             if deleting.is_none() && live(&c).is_empty() && live(&s).is_empty() {
                 deleting = now;
@@ -792,7 +798,7 @@ fn kuberay_rayjob_creates_its_cluster_and_submitter_and_suspends() {
                 gone = now;
             }
             if suspended.is_none()
-                && rayjob_status(&cp, ns, "held")["jobDeploymentStatus"] == "Suspended"
+                && rayjob_status(cp, ns, "held")["jobDeploymentStatus"] == "Suspended"
             {
                 suspended = now;
             }
@@ -800,14 +806,14 @@ fn kuberay_rayjob_creates_its_cluster_and_submitter_and_suspends() {
         },
     );
     let (deleting, suspended, gone) = (deleting.unwrap(), suspended.unwrap(), gone.unwrap());
-    assert!(list(&cp, "rayclusters", ns, "").is_empty());
-    assert!(list(&cp, "jobs", ns, "").is_empty());
+    assert!(list(cp, "rayclusters", ns, "").is_empty());
+    assert!(list(cp, "jobs", ns, "").is_empty());
     eprintln!(
         "kuberay: suspend on a running RayJob: RayCluster and submitter Job deleted; every pod deleting after {deleting:?}, status Suspended after {suspended:?}, every pod gone after {gone:?} (grace period 2 s)"
     );
-    patch(&cp, "rayjob", ns, "held", r#"{"spec":{"suspend":false}}"#);
+    patch(cp, "rayjob", ns, "held", r#"{"spec":{"suspend":false}}"#);
     let resumed_at = Instant::now();
-    let (new_cluster, _, _) = rayjob_running(&cp, &controller, ns, "held");
+    let (new_cluster, _, _) = rayjob_running(cp, controller, ns, "held");
     assert_ne!(new_cluster, cluster);
     eprintln!(
         "kuberay: resumed: new RayCluster {new_cluster} (was {cluster}), head, worker and submitter running after {:?}",
@@ -817,21 +823,21 @@ fn kuberay_rayjob_creates_its_cluster_and_submitter_and_suspends() {
     // KubeRay refuses to suspend a RayJob that keeps its cluster after the
     // job (shutdownAfterJobFinishes false): the RayJob turns
     // ValidationFailed, and its pods keep running.
-    apply(&cp, &rayjob_yaml(ns, "keeps", false, false, None));
-    let (keeps_cluster, _, _) = rayjob_running(&cp, &controller, ns, "keeps");
-    patch(&cp, "rayjob", ns, "keeps", r#"{"spec":{"suspend":true}}"#);
+    apply(cp, &rayjob_yaml(ns, "keeps", false, false, None));
+    let (keeps_cluster, _, _) = rayjob_running(cp, controller, ns, "keeps");
+    patch(cp, "rayjob", ns, "keeps", r#"{"spec":{"suspend":true}}"#);
     let status = until(
-        &cp,
-        &controller,
+        cp,
+        controller,
         "RayJob keeps ValidationFailed",
         Duration::from_secs(30),
         || {
-            let s = rayjob_status(&cp, ns, "keeps");
+            let s = rayjob_status(cp, ns, "keeps");
             (s["jobDeploymentStatus"] == "ValidationFailed").then_some(s)
         },
     );
     std::thread::sleep(Duration::from_secs(3));
-    let (c, s) = rayjob_pods(&cp, ns, "keeps", &keeps_cluster);
+    let (c, s) = rayjob_pods(cp, ns, "keeps", &keeps_cluster);
     assert_eq!((live(&c).len(), live(&s).len()), (2, 1));
     eprintln!(
         "kuberay: suspend with shutdownAfterJobFinishes false: jobDeploymentStatus={} message={}; its three pods still running 3 s later",
@@ -839,24 +845,24 @@ fn kuberay_rayjob_creates_its_cluster_and_submitter_and_suspends() {
     );
 
     // (4) Created suspended: no RayCluster, no submitter, no pod.
-    apply(&cp, &rayjob_yaml(ns, "parked", true, true, None));
+    apply(cp, &rayjob_yaml(ns, "parked", true, true, None));
     until(
-        &cp,
-        &controller,
+        cp,
+        controller,
         "RayJob parked Suspended",
         Duration::from_secs(30),
-        || (rayjob_status(&cp, ns, "parked")["jobDeploymentStatus"] == "Suspended").then_some(()),
+        || (rayjob_status(cp, ns, "parked")["jobDeploymentStatus"] == "Suspended").then_some(()),
     );
     let end = Instant::now() + Duration::from_secs(5);
     while Instant::now() < end {
         let clusters = list(
-            &cp,
+            cp,
             "rayclusters",
             ns,
             &format!("{}=parked", kuberay::ORIGIN_NAME_LABEL),
         );
         assert!(clusters.is_empty(), "{:?}", names(&clusters));
-        assert!(pods(&cp, ns, "batch.kubernetes.io/job-name=parked").is_empty());
+        assert!(pods(cp, ns, "batch.kubernetes.io/job-name=parked").is_empty());
         std::thread::sleep(Duration::from_millis(250));
     }
     eprintln!(
@@ -868,15 +874,15 @@ fn kuberay_rayjob_creates_its_cluster_and_submitter_and_suspends() {
     // through the API server's service proxy the operator's questions find
     // no endpoints (404, "job does not exist"), so once the submitter's pod
     // ends the RayJob fails.
-    apply(&cp, &rayjob_yaml(ns, "short", false, true, Some("1s")));
+    apply(cp, &rayjob_yaml(ns, "short", false, true, Some("1s")));
     let started = Instant::now();
     let status = until(
-        &cp,
-        &controller,
+        cp,
+        controller,
         "RayJob short finished",
         Duration::from_secs(120),
         || {
-            let s = rayjob_status(&cp, ns, "short");
+            let s = rayjob_status(cp, ns, "short");
             matches!(
                 s["jobDeploymentStatus"].as_str(),
                 Some("Complete" | "Failed")

@@ -220,7 +220,8 @@ async fn cut_east_off(kind: Kind) -> Cut {
     let cut = Instant::now();
     let mut east_stopped = None;
     let lease = Duration::from_secs(kind.group_spec()["leaseSeconds"].as_u64().unwrap_or(15));
-    while cut.elapsed() < lease + Duration::from_secs(40) && pods.running_in("west") < 2 {
+    // Bounded by progress, not timed: a loaded machine is slower.
+    while cut.elapsed() < lease + Duration::from_secs(120) && pods.running_in("west") < 2 {
         if east_stopped.is_none() && pods.running_in("east") == 0 {
             east_stopped = Some(cut.elapsed());
         }
@@ -242,7 +243,23 @@ async fn cut_east_off(kind: Kind) -> Cut {
         time_over: pods.time_over(2),
         east_stopped,
         summary: pods.summary(2),
-        logs: format!("{}\n----\n{}", east.log_text(), west.log_text()),
+        logs: format!(
+            "{}\n----\n{}\n----\n{}",
+            east.log_text(),
+            west.log_text(),
+            cp.kubectl(&[
+                "get",
+                "-n",
+                &west_ns,
+                "workflows,jobsets,rayjobs,batchruns,pods",
+                "-o",
+                "wide"
+            ])
+            .stdout
+            .iter()
+            .map(|b| *b as char)
+            .collect::<String>()
+        ),
     };
     proxy.partition(false);
     for config in [east_config, west_config] {

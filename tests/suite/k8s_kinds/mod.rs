@@ -7,7 +7,6 @@
 //! would. Each is counted on pods while its controller is killed
 //! (SIGKILL) and restarted in the middle (`crash`).
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use kube::api::{Api, PostParams};
@@ -20,7 +19,7 @@ use jobgate_testkit::operator::{Bed, ControllerProcess, create_job, eventually};
 use jobgate_testkit::pods::PodLog;
 use jobgate_testkit::testbed::free_port;
 use jobgate_testkit::webhook::Registration;
-use jobgate_testkit::workloads::{self, Handle};
+use jobgate_testkit::workloads;
 
 mod cut;
 
@@ -226,14 +225,11 @@ async fn a_kind_described_by_its_administrator_is_gated_by_units_through_a_crash
 
 /// The workload controllers run once per test binary on the shared held
 /// cluster, beside everything else on it: each watches its own kind only.
-fn shared_controller(which: &str, cp: &'static ControlPlane) {
-    static JOBSET: OnceLock<Handle> = OnceLock::new();
-    static ARGO: OnceLock<Handle> = OnceLock::new();
-    static KUBERAY: OnceLock<Handle> = OnceLock::new();
+fn shared_controller(which: &str, _cp: &'static ControlPlane) {
     match which {
-        "jobset" => JOBSET.get_or_init(|| workloads::jobset::start(cp)),
-        "kuberay" => KUBERAY.get_or_init(|| workloads::kuberay::start(cp)),
-        _ => ARGO.get_or_init(|| workloads::argo::start(cp)),
+        "jobset" => workloads::shared::jobset(),
+        "kuberay" => workloads::shared::kuberay(),
+        _ => workloads::shared::argo(),
     };
 }
 
