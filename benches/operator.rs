@@ -29,9 +29,12 @@ use jobgate_testkit::operator::{
     observe, prepare,
 };
 use jobgate_testkit::pods::PodLog;
+use jobgate_testkit::workloads;
 use jobgate_testkit::{SeaweedFs, bucket, seaweed};
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
+use kube::core::DynamicObject;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -81,6 +84,23 @@ struct Scenario {
     limit: u32,
     /// More controller flags.
     flags: &'static [&'static str],
+    /// Per group, besides its Jobs: JobSets (two replicated Jobs of one
+    /// pod each, one workload) and plain Pods, in one queue with the Jobs.
+    /// Full mode, jobgate only: JobSet's controller runs beside the
+    /// control plane.
+    others: Others,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+struct Others {
+    jobsets: usize,
+    pods: usize,
+}
+
+impl Others {
+    fn any(self) -> bool {
+        self.jobsets + self.pods > 0
+    }
 }
 
 /// What one scenario measured.
@@ -117,10 +137,11 @@ struct Timeline {
 
 /// Watches the Jobs of `NS` in one cluster and timestamps admissions and
 /// completions (names are unique across clusters: they carry the cluster).
-fn timestamp(kube: Client, start: Instant, timeline: Arc<Mutex<Timeline>>) {
+fn timestamp(kube: Client, start: Instant, timeline: Arc<Mutex<Timeline>>, selector: &str) {
     let api: Api<Job> = Api::namespaced(kube, NS);
+    let config = watcher::Config::default().labels(selector);
     tokio::spawn(async move {
-        let mut events = watcher(api, watcher::Config::default())
+        let mut events = watcher(api, config)
             .default_backoff()
             .applied_objects()
             .boxed();
@@ -139,6 +160,129 @@ fn timestamp(kube: Client, start: Instant, timeline: Arc<Mutex<Timeline>>) {
             }
         }
     });
+}
+
+/// [`timestamp`] for JobSets and plain Pods of the groups: admitted when
+/// let run (a JobSet's `spec.suspend` false, a Pod's gate gone), finished
+/// when a JobSet is Completed or Failed, a Pod Succeeded or Failed.
+fn timestamp_others(kube: Client, start: Instant, timeline: Arc<Mutex<Timeline>>) {
+    let record =
+        move |timeline: &Arc<Mutex<Timeline>>, name: String, running: bool, finished: bool| {
+            let now = start.elapsed();
+            let mut t = timeline.lock().unwrap();
+            let was = t.suspended.insert(name.clone(), !running);
+            if running && was != Some(false) && !t.admitted.contains_key(&name) {
+                t.admitted.insert(name.clone(), now);
+            }
+            if finished && !t.finished.contains_key(&name) {
+                t.finished.insert(name, now);
+            }
+        };
+    let sets: Api<DynamicObject> = Api::namespaced_with(
+        kube.clone(),
+        NS,
+        &jobgate::operator::kinds::builtin("jobset")
+            .expect("JobSet")
+            .api_resource(),
+    );
+    let (t, r) = (timeline.clone(), record);
+    tokio::spawn(async move {
+        let config = watcher::Config::default().labels("jobgate.dev/group");
+        let mut events = watcher(sets, config)
+            .default_backoff()
+            .applied_objects()
+            .boxed();
+        while let Some(Ok(set)) = events.next().await {
+            let running = set.data["spec"]["suspend"] != json!(true);
+            let finished = set.data["status"]["conditions"]
+                .as_array()
+                .is_some_and(|cs| {
+                    cs.iter().any(|c| {
+                        c["status"] == "True" && (c["type"] == "Completed" || c["type"] == "Failed")
+                    })
+                });
+            r(&t, set.name_any(), running, finished);
+        }
+    });
+    let pods: Api<Pod> = Api::namespaced(kube, NS);
+    tokio::spawn(async move {
+        let config = watcher::Config::default()
+            .labels("jobgate.dev/group,!batch.kubernetes.io/controller-uid");
+        let mut events = watcher(pods, config)
+            .default_backoff()
+            .applied_objects()
+            .boxed();
+        while let Some(Ok(pod)) = events.next().await {
+            let gated = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.scheduling_gates.as_ref())
+                .is_some_and(|g| !g.is_empty());
+            let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+            let finished = matches!(phase, Some("Succeeded" | "Failed"));
+            record(&timeline, pod.name_any(), !gated, finished);
+        }
+    });
+}
+
+/// Creates the JobSets and Pods of `names` (name, group, is a JobSet),
+/// held, 16 at a time; each pod runs for a hold time.
+async fn create_others(kube: &Client, names: Vec<(String, String, bool)>) {
+    const PARALLEL: usize = 16;
+    let sets: Api<DynamicObject> = Api::namespaced_with(
+        kube.clone(),
+        NS,
+        &jobgate::operator::kinds::builtin("jobset")
+            .expect("JobSet")
+            .api_resource(),
+    );
+    let pods: Api<Pod> = Api::namespaced(kube.clone(), NS);
+    futures::stream::iter(names)
+        .map(|(name, group, jobset)| {
+            let (sets, pods) = (sets.clone(), pods.clone());
+            async move {
+                let hold = HOLD_MS.0 + rand::random::<u64>() % (HOLD_MS.1 - HOLD_MS.0 + 1);
+                let pod_spec = json!({
+                    "restartPolicy": "Never",
+                    "terminationGracePeriodSeconds": 0,
+                    "containers": [{"name": "work", "image": "busybox", "command": ["sleep", "inf"]}],
+                });
+                let annotations = json!({RUN_FOR_ANNOTATION: format!("{hold}ms")});
+                let labels = json!({"jobgate.dev/group": group});
+                if jobset {
+                    // Defaulted as JobSet's webhook would (none runs here).
+                    let set: DynamicObject = serde_json::from_value(json!({
+                        "apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet",
+                        "metadata": {"name": name, "labels": labels},
+                        "spec": {
+                            "suspend": true,
+                            "successPolicy": {"operator": "All"},
+                            "startupPolicy": {"startupPolicyOrder": "AnyOrder"},
+                            "network": {"enableDNSHostnames": true, "publishNotReadyAddresses": true},
+                            "replicatedJobs": [{"name": "w", "replicas": 2, "template": {"spec": {
+                                "parallelism": 1, "completions": 1, "completionMode": "Indexed", "backoffLimit": 0,
+                                "template": {"metadata": {"annotations": annotations}, "spec": pod_spec},
+                            }}}],
+                        },
+                    }))
+                    .map_err(|e| e.to_string())?;
+                    sets.create(&PostParams::default(), &set).await.map(|_| ()).map_err(|e| e.to_string())
+                } else {
+                    let mut spec = pod_spec;
+                    spec["schedulingGates"] = json!([{"name": "jobgate.dev/slot"}]);
+                    let pod: Pod = serde_json::from_value(json!({
+                        "metadata": {"name": name, "labels": labels, "annotations": annotations},
+                        "spec": spec,
+                    }))
+                    .map_err(|e| e.to_string())?;
+                    pods.create(&PostParams::default(), &pod).await.map(|_| ()).map_err(|e| e.to_string())
+                }
+            }
+        })
+        .buffer_unordered(PARALLEL)
+        .try_collect::<Vec<()>>()
+        .await
+        .unwrap_or_else(|e| panic!("creating JobSets and Pods: {e}"));
 }
 
 /// One cluster of the scenario.
@@ -258,12 +402,49 @@ async fn run(sc: &Scenario, scale: f64, max_run: Duration, s3: &SeaweedFs) -> Fi
     }
     // Watched from before the first Job is created: without a limit, Jobs
     // run as soon as they are.
+    // JobSet's controller, when the work has JobSets: it takes half a
+    // minute to start (see `workloads::jobset::start`), before the clock.
+    let _jobset_controllers: Vec<workloads::Handle> = if sc.others.jobsets > 0 {
+        clusters
+            .iter()
+            .map(|c| tokio::task::block_in_place(|| workloads::jobset::start(&c.cp)))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let start = Instant::now();
     let timeline = Arc::new(Mutex::new(Timeline::default()));
     let checker = AdmissionLog::default();
-    let pods = PodLog::default();
+    // With other kinds, a JobSet's pods count as one workload, a plain
+    // Pod as one of its own, a Job's pods as their Job.
+    let pods = if sc.others.any() {
+        PodLog::keyed_by(|pod| {
+            let labels = pod.metadata.labels.as_ref()?;
+            labels
+                .get(workloads::jobset::UID_LABEL)
+                .or_else(|| labels.get("batch.kubernetes.io/controller-uid"))
+                .cloned()
+                .or_else(|| {
+                    labels
+                        .contains_key("jobgate.dev/group")
+                        .then(|| pod.uid())
+                        .flatten()
+                })
+        })
+    } else {
+        PodLog::default()
+    };
+    // Only the work itself: a JobSet's Jobs are not the group's.
+    let selector = match sc.system {
+        System::Jobgate => "jobgate.dev/group",
+        System::Kueue(_) => "kueue.x-k8s.io/queue-name",
+        System::Unlimited => "",
+    };
     for c in &clusters {
-        timestamp(c.kube.clone(), start, timeline.clone());
+        timestamp(c.kube.clone(), start, timeline.clone(), selector);
+        if sc.others.any() {
+            timestamp_others(c.kube.clone(), start, timeline.clone());
+        }
         match sc.mode {
             Mode::StandIn => observe(
                 c.kube.clone(),
@@ -272,6 +453,7 @@ async fn run(sc: &Scenario, scale: f64, max_run: Duration, s3: &SeaweedFs) -> Fi
                 checker.clone(),
                 Some(Sim::new(HOLD_MS)),
             ),
+            Mode::Full if sc.others.any() => pods.watch_selected(c.kube.clone(), &c.name, NS, ""),
             Mode::Full => pods.watch(c.kube.clone(), &c.name, NS),
         }
     }
@@ -291,10 +473,24 @@ async fn run(sc: &Scenario, scale: f64, max_run: Duration, s3: &SeaweedFs) -> Fi
             }
         }
         create_jobs(&c.kube, names, sc.mode, sc.system).await;
+        if sc.others.any() {
+            let mut others = Vec::new();
+            for g in &groups {
+                let kinds = std::iter::repeat_n(("set", true), sc.others.jobsets)
+                    .chain(std::iter::repeat_n(("pod", false), sc.others.pods));
+                for (i, (what, jobset)) in kinds.enumerate() {
+                    let name = format!("{}-{g}-{what}-{i:05}", c.name);
+                    owner.insert(name.clone(), g.clone());
+                    *per_group.entry(g.clone()).or_default() += 1;
+                    others.push((name, g.clone(), jobset));
+                }
+            }
+            create_others(&c.kube, others).await;
+        }
     }
     let jobs = owner.len();
     eprintln!(
-        "  {}: created {jobs} Jobs in {:.1?}",
+        "  {}: created {jobs} workloads in {:.1?}",
         sc.name,
         created.elapsed()
     );
@@ -307,6 +503,9 @@ async fn run(sc: &Scenario, scale: f64, max_run: Duration, s3: &SeaweedFs) -> Fi
                 let ns = format!("--namespace={NS}");
                 let mut flags = vec![cluster.as_str(), ns.as_str(), "--leader-elect=false"];
                 flags.extend(sc.flags);
+                if sc.others.any() {
+                    flags.push("--workload-kinds=jobset,pod");
+                }
                 ControllerProcess::start_plain(&c.cp, s3, &flags, &c.name)
             })
             .collect(),
@@ -576,6 +775,7 @@ fn scenarios() -> Vec<Scenario> {
         jobs_per_group: jobs,
         limit,
         flags: &[],
+        others: Others::default(),
     };
     use Mode::{Full, StandIn};
     use System::{Jobgate, Kueue, Unlimited};
@@ -636,6 +836,22 @@ fn scenarios() -> Vec<Scenario> {
             jobs_per_group: 500,
             limit: 10,
             flags: &[],
+            others: Others::default(),
+        },
+        // One group's queue across kinds: the Jobs of full-1k-limit-100,
+        // and 200 JobSets and 200 plain Pods among them.
+        Scenario {
+            others: Others {
+                jobsets: 200,
+                pods: 200,
+            },
+            ..one(
+                "mixed-full-1k-jobs-200-jobsets-200-pods-limit-100",
+                Jobgate,
+                Full,
+                1_000,
+                100,
+            )
         },
     ]
 }
