@@ -476,8 +476,9 @@ async fn run(sc: &Scenario, scale: f64, max_run: Duration, s3: &SeaweedFs) -> Fi
         if sc.others.any() {
             let mut others = Vec::new();
             for g in &groups {
-                let kinds = std::iter::repeat_n(("set", true), sc.others.jobsets)
-                    .chain(std::iter::repeat_n(("pod", false), sc.others.pods));
+                let scaled = |n: usize| ((n as f64 * scale).round() as usize).max(1);
+                let kinds = std::iter::repeat_n(("set", true), scaled(sc.others.jobsets))
+                    .chain(std::iter::repeat_n(("pod", false), scaled(sc.others.pods)));
                 for (i, (what, jobset)) in kinds.enumerate() {
                     let name = format!("{}-{g}-{what}-{i:05}", c.name);
                     owner.insert(name.clone(), g.clone());

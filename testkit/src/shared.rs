@@ -33,7 +33,7 @@ extern "C" fn clean_up_at_exit() {
 /// Runs `start` on a thread that never ends and leaks what it returns, so
 /// that it lives (and its processes run) until the process exits.
 /// `stop` runs at the exit.
-fn keep<T: Send + Sync + 'static>(
+pub(crate) fn keep<T: Send + Sync + 'static>(
     what: &'static str,
     start: impl FnOnce() -> T + Send + 'static,
     stop: fn(&'static T),

@@ -669,18 +669,40 @@ pub mod shared {
 
     use super::Handle;
 
+    /// Started on a thread that lives as long as the process (see
+    /// `crate::shared::keep`): a child dies with the thread that started
+    /// it (`die_with_parent`), and a test's thread ends with the test.
+    fn kept(what: &'static str, start: fn() -> Handle) -> &'static Handle {
+        crate::shared::keep(what, start, |h| {
+            let pid = nix::unistd::Pid::from_raw(h.pid() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        })
+    }
+
     pub fn jobset() -> &'static Handle {
-        static H: OnceLock<Handle> = OnceLock::new();
-        H.get_or_init(|| super::jobset::start(crate::shared::held_cluster()))
+        static H: OnceLock<&'static Handle> = OnceLock::new();
+        H.get_or_init(|| {
+            kept("JobSet controller", || {
+                super::jobset::start(crate::shared::held_cluster())
+            })
+        })
     }
 
     pub fn argo() -> &'static Handle {
-        static H: OnceLock<Handle> = OnceLock::new();
-        H.get_or_init(|| super::argo::start(crate::shared::held_cluster()))
+        static H: OnceLock<&'static Handle> = OnceLock::new();
+        H.get_or_init(|| {
+            kept("Argo workflow-controller", || {
+                super::argo::start(crate::shared::held_cluster())
+            })
+        })
     }
 
     pub fn kuberay() -> &'static Handle {
-        static H: OnceLock<Handle> = OnceLock::new();
-        H.get_or_init(|| super::kuberay::start(crate::shared::held_cluster()))
+        static H: OnceLock<&'static Handle> = OnceLock::new();
+        H.get_or_init(|| {
+            kept("KubeRay operator", || {
+                super::kuberay::start(crate::shared::held_cluster())
+            })
+        })
     }
 }

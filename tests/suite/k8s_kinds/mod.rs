@@ -370,7 +370,7 @@ async fn argo_workflows_run_one_at_a_time_through_a_crash() {
     crash(&mut controller).await;
     // Each step's pod, once running, finishes after a moment.
     eventually(
-        Duration::from_secs(180),
+        Duration::from_secs(300),
         "every Workflow Succeeded",
         || async {
             let running = field(
@@ -524,7 +524,7 @@ async fn rayjobs_run_one_at_a_time_counted_on_all_their_pods_through_a_crash() {
     assert_eq!(field(cp, ns, "rayjob/ray-2", "{.spec.suspend}"), "true");
     crash(&mut controller).await;
     eventually(
-        Duration::from_secs(180),
+        Duration::from_secs(300),
         "every RayJob finished",
         || async {
             let done = field(cp, ns, "rayjobs", "{.items[*].status.jobDeploymentStatus}");
