@@ -13,10 +13,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
-use super::crd::{
-    ADMITTED_AT_ANNOTATION, KUEUE_QUEUE_LABEL, PRIORITY_ANNOTATION, SLOTS_ANNOTATION,
-};
-use super::workload::WorkloadView;
+use super::crd::{ADMITTED_AT_ANNOTATION, KUEUE_QUEUE_LABEL};
+use super::workload::{WorkloadView, created_of, priority_of, slots_of};
 
 /// The scheduling gate that holds a labelled Pod until it has a slot.
 pub const GATE: &str = "jobgate.dev/slot";
@@ -60,16 +58,8 @@ pub fn view(pod: &Pod) -> Option<WorkloadView> {
     Some(WorkloadView {
         uid: pod.uid()?,
         name: pod.name_any(),
-        created: pod
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map(|t| t.0.to_string())
-            .unwrap_or_default(),
-        priority: annotations
-            .get(PRIORITY_ANNOTATION)
-            .and_then(|p| p.trim().parse().ok())
-            .unwrap_or(0),
+        created: created_of(&pod.metadata),
+        priority: priority_of(annotations),
         suspended: is_gated(pod),
         admitted: annotations.contains_key(ADMITTED_AT_ANNOTATION),
         finished: is_finished(pod),
@@ -81,10 +71,7 @@ pub fn view(pod: &Pod) -> Option<WorkloadView> {
             .as_ref()
             .and_then(|s| s.termination_grace_period_seconds)
             .unwrap_or(DEFAULT_GRACE_SECONDS),
-        slots: annotations
-            .get(SLOTS_ANNOTATION)
-            .map_or(Some(1), |n| n.trim().parse().ok())
-            .unwrap_or(0),
+        slots: slots_of(annotations),
         in_kueue: pod.labels().contains_key(KUEUE_QUEUE_LABEL),
     })
 }

@@ -6,10 +6,8 @@
 use k8s_openapi::api::batch::v1::Job;
 use kube::ResourceExt;
 
-use super::crd::{
-    ADMITTED_AT_ANNOTATION, KUEUE_QUEUE_LABEL, PRIORITY_ANNOTATION, SLOTS_ANNOTATION,
-};
-use super::workload::{Workload, WorkloadView};
+use super::crd::{ADMITTED_AT_ANNOTATION, KUEUE_QUEUE_LABEL};
+use super::workload::{Workload, WorkloadView, created_of, priority_of, slots_of};
 
 /// Kubernetes' `terminationGracePeriodSeconds` when a pod spec sets none.
 const DEFAULT_GRACE_SECONDS: i64 = 30;
@@ -38,17 +36,8 @@ pub fn job_view(job: &Job) -> Option<WorkloadView> {
     Some(WorkloadView {
         uid: job.uid()?,
         name: job.name_any(),
-        created: job
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map(|t| t.0.to_string())
-            .unwrap_or_default(),
-        priority: job
-            .annotations()
-            .get(PRIORITY_ANNOTATION)
-            .and_then(|p| p.trim().parse().ok())
-            .unwrap_or(0),
+        created: created_of(&job.metadata),
+        priority: priority_of(job.annotations()),
         suspended: job.spec.as_ref().and_then(|s| s.suspend) == Some(true),
         admitted: is_admitted(job),
         finished: is_finished(job),
@@ -59,11 +48,7 @@ pub fn job_view(job: &Job) -> Option<WorkloadView> {
             .and_then(|s| s.template.spec.as_ref())
             .and_then(|s| s.termination_grace_period_seconds)
             .unwrap_or(DEFAULT_GRACE_SECONDS),
-        slots: job
-            .annotations()
-            .get(SLOTS_ANNOTATION)
-            .map_or(Some(1), |n| n.trim().parse().ok())
-            .unwrap_or(0),
+        slots: slots_of(job.annotations()),
         in_kueue: job.labels().contains_key(KUEUE_QUEUE_LABEL),
     })
 }

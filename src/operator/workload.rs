@@ -15,7 +15,7 @@ use kube::Resource;
 use kube::api::Patch;
 use kube::core::{ApiResource, DynamicObject};
 
-use super::crd::ADMITTED_AT_ANNOTATION;
+use super::crd::{ADMITTED_AT_ANNOTATION, PRIORITY_ANNOTATION, SLOTS_ANNOTATION};
 use super::gated_pods;
 use super::kinds::KindSpec;
 
@@ -66,6 +66,32 @@ impl WorkloadView {
             in_kueue: false,
         }
     }
+}
+
+/// `jobgate.dev/priority`; 0 when absent or not a number. The same for
+/// every kind.
+pub fn priority_of(annotations: &BTreeMap<String, String>) -> i32 {
+    annotations
+        .get(PRIORITY_ANNOTATION)
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// `jobgate.dev/slots`: 1 when absent, 0 when not a positive integer (the
+/// plan refuses it).
+pub fn slots_of(annotations: &BTreeMap<String, String>) -> u32 {
+    annotations
+        .get(SLOTS_ANNOTATION)
+        .map_or(Some(1), |n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Its creation time as a sortable RFC 3339 string.
+pub fn created_of(meta: &ObjectMeta) -> String {
+    meta.creation_timestamp
+        .as_ref()
+        .map(|t| t.0.to_string())
+        .unwrap_or_default()
 }
 
 /// A kind of workload jobgate admits.

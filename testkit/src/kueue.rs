@@ -280,8 +280,9 @@ impl Drop for Kueue {
     }
 }
 
-/// A self-signed certificate for 127.0.0.1 as `dir/tls.crt` and `tls.key`.
-fn write_certificate(dir: &Path) {
+/// A self-signed certificate for 127.0.0.1 as `dir/tls.crt` and `tls.key`
+/// (also for the workload controllers' servers, `workloads`).
+pub(crate) fn write_certificate(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
     let params =
@@ -292,8 +293,9 @@ fn write_certificate(dir: &Path) {
     std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
 }
 
-/// A plain HTTP GET on loopback; `None` if nothing answers.
-fn http_get(port: u16, path: &str) -> Option<String> {
+/// A plain HTTP GET on loopback: the status line and body, or `None` if
+/// nothing answers.
+pub(crate) fn http_get(port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;

@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 use jobgate::process::die_with_parent;
 
 use crate::k8s::ControlPlane;
+use crate::kueue::{http_get, write_certificate};
 use crate::testbed::{self, free_port};
 
 /// A workload controller's process; killed on drop.
@@ -270,31 +271,6 @@ fn work_dir(cp: &ControlPlane, name: &str) -> PathBuf {
     let dir = cp.dir.path().join(name);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-/// A self-signed certificate for 127.0.0.1 as `dir/tls.crt` and `tls.key`.
-fn write_certificate(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let params =
-        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-            .unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    std::fs::write(dir.join("tls.crt"), cert.pem()).unwrap();
-    std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
-}
-
-/// A plain HTTP GET on loopback: the status line and body, or `None` if
-/// nothing answers.
-fn http_get(port: u16, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out)
 }
 
 /// Whether a controller-runtime health endpoint answers 200.

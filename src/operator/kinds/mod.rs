@@ -13,10 +13,8 @@ use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::crd::{
-    ADMITTED_AT_ANNOTATION, KUEUE_QUEUE_LABEL, PRIORITY_ANNOTATION, SLOTS_ANNOTATION,
-};
-use super::workload::WorkloadView;
+use super::crd::{ADMITTED_AT_ANNOTATION, KUEUE_QUEUE_LABEL};
+use super::workload::{WorkloadView, created_of, priority_of, slots_of};
 
 /// Kubernetes' `terminationGracePeriodSeconds` when a pod spec sets none.
 const DEFAULT_GRACE_SECONDS: i64 = 30;
@@ -266,16 +264,8 @@ impl KindSpec {
         Some(WorkloadView {
             uid: obj.uid()?,
             name: obj.name_any(),
-            created: obj
-                .metadata
-                .creation_timestamp
-                .as_ref()
-                .map(|t| t.0.to_string())
-                .unwrap_or_default(),
-            priority: annotations
-                .get(PRIORITY_ANNOTATION)
-                .and_then(|p| p.trim().parse().ok())
-                .unwrap_or(0),
+            created: created_of(&obj.metadata),
+            priority: priority_of(annotations),
             suspended: self.is_suspended(obj),
             admitted: annotations.contains_key(ADMITTED_AT_ANNOTATION),
             finished: self.is_finished(obj),
@@ -309,10 +299,7 @@ impl KindSpec {
                 .and_then(Value::as_u64)
                 .and_then(|n| u32::try_from(n).ok())
                 .unwrap_or(0),
-            _ => annotations
-                .get(SLOTS_ANNOTATION)
-                .map_or(Some(1), |n| n.trim().parse().ok())
-                .unwrap_or(0),
+            _ => slots_of(annotations),
         }
     }
 

@@ -56,17 +56,7 @@ impl Kind {
             Kind::Workflow => (PodLog::by_label(workloads::argo::WORKFLOW_LABEL), ""),
             Kind::BatchRun => (PodLog::by_label(batchrun::RUN_LABEL), ""),
             Kind::Pod => (PodLog::per_pod(), "jobgate.dev/group=shared"),
-            Kind::RayJob => (
-                PodLog::keyed_by(move |pod| {
-                    let labels = pod.metadata.labels.as_ref()?;
-                    let owner = labels
-                        .get("ray.io/cluster")
-                        .and_then(|c| c.rsplit_once('-').map(|(n, _)| n.to_string()))
-                        .or_else(|| labels.get("batch.kubernetes.io/job-name").cloned())?;
-                    names.contains(&owner).then_some(owner)
-                }),
-                "",
-            ),
+            Kind::RayJob => (rayjob_pods(names), ""),
         }
     }
 

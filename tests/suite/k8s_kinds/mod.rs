@@ -485,6 +485,20 @@ fn rayjob(ns: &str, name: &str, group: &str, run_for: &str) -> String {
     )
 }
 
+/// The pod checker for RayJobs `names`: a pod belongs to the RayJob its
+/// cluster (`<rayjob>-<suffix>`) or its submitter Job (named after it) is
+/// named after, so that all of a RayJob's pods count as one workload.
+fn rayjob_pods(names: Vec<String>) -> PodLog {
+    PodLog::keyed_by(move |pod| {
+        let labels = pod.metadata.labels.as_ref()?;
+        let owner = labels
+            .get("ray.io/cluster")
+            .and_then(|c| c.rsplit_once('-').map(|(name, _)| name.to_string()))
+            .or_else(|| labels.get("batch.kubernetes.io/job-name").cloned())?;
+        names.contains(&owner).then_some(owner)
+    })
+}
+
 /// RayJobs of a group at limit 1, counted on all their pods (the Ray
 /// cluster's head and worker, and the submitter's: one workload): each
 /// admitted in turn, and the next only once the last one's cluster has
@@ -500,17 +514,7 @@ async fn rayjobs_run_one_at_a_time_counted_on_all_their_pods_through_a_crash() {
         json!({"leaseSeconds": 20, "maxGracePeriodSeconds": 5}),
     );
     let names: Vec<String> = (0..3).map(|i| format!("ray-{i}")).collect();
-    // A pod belongs to the RayJob its cluster (`<rayjob>-<suffix>`) or its
-    // submitter Job (named after it) is named after.
-    let known = names.clone();
-    let pods = PodLog::keyed_by(move |pod| {
-        let labels = pod.metadata.labels.as_ref()?;
-        let owner = labels
-            .get("ray.io/cluster")
-            .and_then(|c| c.rsplit_once('-').map(|(name, _)| name.to_string()))
-            .or_else(|| labels.get("batch.kubernetes.io/job-name").cloned())?;
-        known.contains(&owner).then_some(owner)
-    });
+    let pods = rayjob_pods(names.clone());
     pods.watch_selected(bed.kube.clone(), "one", ns, "");
     let (mut controller, config) = with_webhook(&bed, "rayjob", &[("ray.io", "rayjobs")]).await;
     for name in &names {
