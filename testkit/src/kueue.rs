@@ -121,35 +121,8 @@ impl Kueue {
     pub fn start(cp: &ControlPlane, ns: &str, limit: u32, tuning: KueueTuning) -> Kueue {
         let bin = testbed::binary("kueue").unwrap_or_else(|e| panic!("{e}"));
         let crds = testbed::cache_dir().join("kueue-crds");
-        // The Workload CRD is too big for a client-side apply.
-        cp.kubectl_ok(&["apply", "--server-side", "-f", &crds.display().to_string()]);
-        for crd in [
-            "workloads",
-            "clusterqueues",
-            "localqueues",
-            "resourceflavors",
-        ] {
-            // A CRD just created has no conditions yet, which kubectl wait
-            // reports as an error rather than waiting for.
-            let name = format!("crd/{crd}.kueue.x-k8s.io");
-            let start = Instant::now();
-            while !cp
-                .kubectl(&[
-                    "wait",
-                    "--for=condition=Established",
-                    "--timeout=10s",
-                    &name,
-                ])
-                .status
-                .success()
-            {
-                assert!(
-                    start.elapsed() < Duration::from_secs(60),
-                    "{name} not established after 60 s"
-                );
-                std::thread::sleep(Duration::from_millis(500));
-            }
-        }
+        // Server-side: the Workload CRD is too big for a client-side apply.
+        crate::workloads::apply_crds(cp, &crds);
         let dir = cp.dir.path().join("kueue");
         let certs = dir.join("certs");
         write_certificate(&certs);

@@ -133,7 +133,7 @@ fn crd_dir(name: &str, target: &str) -> PathBuf {
 /// Applies every CRD in `dir` server-side (Argo's full CRDs are far over
 /// the size of the annotation a client-side apply writes) and waits until
 /// each is Established.
-fn apply_crds(cp: &ControlPlane, dir: &Path) {
+pub(crate) fn apply_crds(cp: &ControlPlane, dir: &Path) {
     let out = cp.kubectl_ok(&[
         "apply",
         "--server-side",
