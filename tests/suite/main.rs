@@ -13,6 +13,7 @@ mod chart_support;
 mod cli;
 mod cli_errors;
 mod helm_chart;
+mod helm_kinds;
 mod helm_production;
 mod k8s_clusters;
 mod k8s_controller;
