@@ -32,13 +32,7 @@ pub(super) fn timestamp_others(kube: Client, start: Instant, timeline: Arc<Mutex
                 t.finished.insert(name, now);
             }
         };
-    let sets: Api<DynamicObject> = Api::namespaced_with(
-        kube.clone(),
-        NS,
-        &jobgate::operator::kinds::builtin("jobset")
-            .expect("JobSet")
-            .api_resource(),
-    );
+    let sets = jobsets(kube);
     let (t, r) = (timeline.clone(), record);
     tokio::spawn(async move {
         let config = watcher::Config::default().labels("jobgate.dev/group");
@@ -79,17 +73,17 @@ pub(super) fn timestamp_others(kube: Client, start: Instant, timeline: Arc<Mutex
     });
 }
 
+/// The JobSets of the benchmark's namespace.
+fn jobsets(kube: &Client) -> Api<DynamicObject> {
+    let kind = jobgate::operator::kinds::builtin("jobset").expect("JobSet");
+    Api::namespaced_with(kube.clone(), NS, &kind.api_resource())
+}
+
 /// Creates the JobSets and Pods of `names` (name, group, is a JobSet),
 /// held, 16 at a time; each pod runs for a hold time.
 pub(super) async fn create_others(kube: &Client, names: Vec<(String, String, bool)>) {
     const PARALLEL: usize = 16;
-    let sets: Api<DynamicObject> = Api::namespaced_with(
-        kube.clone(),
-        NS,
-        &jobgate::operator::kinds::builtin("jobset")
-            .expect("JobSet")
-            .api_resource(),
-    );
+    let sets = jobsets(kube);
     let pods: Api<Pod> = Api::namespaced(kube.clone(), NS);
     futures::stream::iter(names)
         .map(|(name, group, jobset)| {
