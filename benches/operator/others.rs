@@ -32,7 +32,7 @@ pub(super) fn timestamp_others(kube: Client, start: Instant, timeline: Arc<Mutex
                 t.finished.insert(name, now);
             }
         };
-    let sets = jobsets(kube);
+    let sets = jobsets(&kube);
     let (t, r) = (timeline.clone(), record);
     tokio::spawn(async move {
         let config = watcher::Config::default().labels("jobgate.dev/group");
