@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # Builds the pinned test-bed binaries into a cache directory, once.
-# Usage: scripts/testbed.sh [seaweedfs|kubernetes|kubelet|etcd|kwok|k8s|node|helm|promtool|workloads|jobset|argo|kuberay|kueue|all]
+# Usage: scripts/testbed.sh [seaweedfs|stores|fake-gcs|azurite|moto|kubernetes|kubelet|etcd|kwok|k8s|node|helm|promtool|workloads|jobset|argo|kuberay|kueue|all]
 #        (default: seaweedfs)
 #   seaweedfs   the S3 server (weed) the tests use
+#   stores      fake-gcs + azurite + moto: the other stores' emulators, which
+#               the conformance suite and doctor run against (cold: about 5 minutes)
+#   fake-gcs    fake-gcs-server, the GCS emulator (Go module proxy)
+#   azurite     Azurite's blob service, the Azure Storage emulator (npm)
+#   moto        moto's server mode, an S3 that answers as AWS does (PyPI)
 #   k8s         kubernetes + etcd + kwok: the control plane for operator tests
 #   kubelet     the kubelet, for tests that run real containers
 #   node        kubelet plus the Debian packages a real node needs (containerd,
@@ -33,6 +38,9 @@ JOBSET_VERSION="v0.11.1"
 # ever runs against a loopback control plane here, never in anything shipped.
 ARGO_VERSION="v4.0.5"
 KUBERAY_VERSION="v1.6.0"
+FAKE_GCS_VERSION="v1.56.1"
+AZURITE_VERSION="3.37.0"
+MOTO_VERSION="5.2.6"
 # Prometheus 3.x's Go module version (v0.3XX.Y is Prometheus 3.XX.Y).
 PROMETHEUS_VERSION="v0.316.0"
 # Parallel Go compile jobs; the machine has two cores.
@@ -226,6 +234,47 @@ build_kuberay() {
 
 build_workloads() { build_jobset; build_argo; build_kuberay; }
 
+build_fake_gcs() {
+  if built fake-gcs-server "$FAKE_GCS_VERSION"; then log "fake-gcs-server $FAKE_GCS_VERSION already built"; return; fi
+  log "building fake-gcs-server $FAKE_GCS_VERSION ..."
+  wrapped_build fake-gcs-server github.com/fsouza/fake-gcs-server "$FAKE_GCS_VERSION" \
+    github.com/fsouza/fake-gcs-server
+  mark fake-gcs-server "$FAKE_GCS_VERSION"
+  log "built $BIN/fake-gcs-server"
+}
+
+# launcher NAME TARGET: an executable in $BIN that runs TARGET with the
+# arguments it is given (the emulators that are scripts, not binaries).
+launcher() {
+  printf '#!/bin/sh\nexec %s "$@"\n' "$2" > "$BIN/$1"
+  chmod +x "$BIN/$1"
+}
+
+build_azurite() {
+  if built azurite-blob "$AZURITE_VERSION"; then log "azurite-blob $AZURITE_VERSION already installed"; return; fi
+  log "installing azurite $AZURITE_VERSION (npm) ..."
+  local d="$CACHE/azurite"
+  rm -rf "$d"; mkdir -p "$d"
+  npm install --prefix "$d" --no-audit --no-fund --loglevel=error "azurite@$AZURITE_VERSION" >&2
+  launcher azurite-blob "$d/node_modules/.bin/azurite-blob"
+  mark azurite-blob "$AZURITE_VERSION"
+  log "installed $BIN/azurite-blob"
+}
+
+build_moto() {
+  if built moto_server "$MOTO_VERSION"; then log "moto_server $MOTO_VERSION already installed"; return; fi
+  log "installing moto $MOTO_VERSION (PyPI) ..."
+  local d="$CACHE/moto"
+  rm -rf "$d"
+  python3 -m venv "$d"
+  "$d/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" >&2
+  launcher moto_server "$d/bin/moto_server"
+  mark moto_server "$MOTO_VERSION"
+  log "installed $BIN/moto_server"
+}
+
+build_stores() { build_fake_gcs; build_azurite; build_moto; }
+
 build_helm() {
   if built helm "$HELM_VERSION"; then log "helm $HELM_VERSION already built"; return; fi
   log "building helm $HELM_VERSION ..."
@@ -262,6 +311,10 @@ build_promtool() {
 what="${1:-seaweedfs}"
 case "$what" in
   seaweedfs) build_seaweedfs ;;
+  stores) build_stores ;;
+  fake-gcs) build_fake_gcs ;;
+  azurite) build_azurite ;;
+  moto) build_moto ;;
   kubernetes) build_kubernetes ;;
   etcd) build_etcd ;;
   kwok) build_kwok ;;
@@ -275,7 +328,7 @@ case "$what" in
   argo) build_argo ;;
   kuberay) build_kuberay ;;
   kueue) build_kueue ;;
-  all) build_seaweedfs; build_etcd; build_kwok; build_kubernetes; build_kubelet; build_helm; build_promtool; build_workloads ;;
-  *) echo "usage: $0 [seaweedfs|kubernetes|kubelet|etcd|kwok|k8s|node|helm|promtool|workloads|jobset|argo|kuberay|kueue|all]" >&2; exit 2 ;;
+  all) build_seaweedfs; build_stores; build_etcd; build_kwok; build_kubernetes; build_kubelet; build_helm; build_promtool; build_workloads ;;
+  *) echo "usage: $0 [seaweedfs|stores|fake-gcs|azurite|moto|kubernetes|kubelet|etcd|kwok|k8s|node|helm|promtool|workloads|jobset|argo|kuberay|kueue|all]" >&2; exit 2 ;;
 esac
 log "done; binaries in $BIN"

@@ -8,7 +8,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::error::{Error, Result};
-use crate::store::{DynStore, FileStore, LedgerUrl, S3Options, S3Store};
+use crate::store::{
+    AzureOptions, AzureStore, DynStore, FileStore, GcsOptions, GcsStore, LedgerUrl, S3Options,
+    S3Store,
+};
 
 mod controller;
 mod doctor;
@@ -94,14 +97,19 @@ enum Command {
     Guard(crate::process::GuardArgs),
 }
 
-/// Where the ledger is and how to reach it. The usual AWS environment
-/// (AWS_REGION, AWS_ENDPOINT_URL, AWS_PROFILE, AWS_ACCESS_KEY_ID, ...) applies.
+/// Where the ledger is and how to reach it. Each cloud's usual environment
+/// applies: AWS_REGION, AWS_ENDPOINT_URL, AWS_PROFILE, ... for S3;
+/// GOOGLE_APPLICATION_CREDENTIALS and STORAGE_EMULATOR_HOST for GCS;
+/// AZURE_CLIENT_ID, AZURE_TENANT_ID, AZURE_FEDERATED_TOKEN_FILE,
+/// AZURE_STORAGE_ACCOUNT_KEY, ... for Azure.
 #[derive(Debug, Args, Clone)]
 pub struct StoreArgs {
-    /// s3://BUCKET/KEY or file:///PATH
+    /// s3://BUCKET/KEY, gs://BUCKET/KEY, az://ACCOUNT/CONTAINER/KEY or file:///PATH
     #[arg(long, env = "JOBGATE_LEDGER", default_value_t = default_ledger())]
     ledger: String,
-    /// S3 endpoint for S3-compatible stores (default: AWS, or AWS_ENDPOINT_URL).
+    /// The store's endpoint when it is not the cloud's own: an
+    /// S3-compatible store (default: AWS, or AWS_ENDPOINT_URL), a GCS
+    /// emulator, or an Azure blob service URL.
     #[arg(long = "endpoint-url", value_name = "URL")]
     endpoint: Option<String>,
     /// AWS region (default: AWS_REGION / profile, else us-east-1).
@@ -135,6 +143,22 @@ impl StoreArgs {
                     ..Default::default()
                 };
                 Arc::new(S3Store::connect(bucket, &opts).await)
+            }
+            LedgerUrl::Gcs { bucket, .. } => {
+                let opts = GcsOptions {
+                    endpoint: self.endpoint.clone(),
+                    ..Default::default()
+                };
+                Arc::new(GcsStore::connect(bucket, &opts)?)
+            }
+            LedgerUrl::Azure {
+                account, container, ..
+            } => {
+                let opts = AzureOptions {
+                    endpoint: self.endpoint.clone(),
+                    ..Default::default()
+                };
+                Arc::new(AzureStore::connect(account, container, &opts)?)
             }
             LedgerUrl::File { dir, .. } => {
                 if self.ledger == default_ledger() {

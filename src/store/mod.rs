@@ -8,14 +8,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub mod azure;
 mod counting;
 mod file;
+pub mod gcs;
 mod memory;
 pub mod s3;
 mod url;
 
+pub use azure::{AzureOptions, AzureStore};
 pub use counting::{CountingStore, RequestCounts};
 pub use file::FileStore;
+pub use gcs::{GcsOptions, GcsStore};
 pub use memory::MemoryStore;
 pub use s3::{S3Options, S3Store};
 pub use url::{LedgerUrl, UrlError};

@@ -24,6 +24,7 @@ pub mod pty;
 pub mod seaweedfs;
 pub mod seed;
 pub mod shared;
+pub mod stores;
 pub mod tcpproxy;
 pub mod testbed;
 pub mod webhook;

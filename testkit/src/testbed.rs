@@ -37,6 +37,9 @@ pub fn binary(name: &str) -> Result<PathBuf, String> {
 fn build_target(name: &str) -> &'static str {
     match name {
         "weed" => "seaweedfs",
+        "fake-gcs-server" => "fake-gcs",
+        "azurite-blob" => "azurite",
+        "moto_server" => "moto",
         "helm" => "helm",
         "promtool" => "promtool",
         "kubelet" => "kubelet",

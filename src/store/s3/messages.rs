@@ -209,7 +209,7 @@ pub(super) fn imds_forbidden(err: &(dyn std::error::Error + 'static)) -> bool {
 
 /// The error and its sources, including the error inside each I/O error
 /// (whose own `source()` skips it).
-pub(super) fn source_chain<'a>(
+pub(crate) fn source_chain<'a>(
     err: &'a (dyn std::error::Error + 'static),
 ) -> Vec<&'a (dyn std::error::Error + 'static)> {
     let mut chain = Vec::new();
@@ -229,14 +229,14 @@ pub(super) fn source_chain<'a>(
 }
 
 /// The deepest error's message, which names the concrete failure, shortened.
-pub(super) fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
     let chain = source_chain(err);
     let last = chain.last().map_or_else(String::new, |e| e.to_string());
     brief(&last)
 }
 
 /// One line of at most 100 characters: the result goes inside a sentence.
-pub(super) fn brief(text: &str) -> String {
+pub(crate) fn brief(text: &str) -> String {
     const MAX: usize = 100;
     let line = text.lines().next().unwrap_or("").trim();
     if line.chars().count() <= MAX {

@@ -23,9 +23,11 @@ pub mod ca;
 mod messages;
 
 use messages::{
-    Cause, Target, classify_service, context, credentials_problem, endpoint_name, innermost,
-    read_denied,
+    Cause, Target, classify_service, context, credentials_problem, endpoint_name, read_denied,
 };
+/// One line naming an error's innermost cause, shared with the other
+/// backends' messages.
+pub(crate) use messages::{innermost, source_chain};
 
 /// How to reach the store. Unset fields fall back to the standard AWS
 /// configuration chain (`AWS_REGION`, `AWS_ENDPOINT_URL`, profiles, IRSA, ...).
