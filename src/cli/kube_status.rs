@@ -4,7 +4,6 @@
 //! discrepancy, is decided purely in `operator::inspect`.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
@@ -16,11 +15,12 @@ use tracing::debug;
 use super::StoreArgs;
 use crate::error::{Error, Result};
 use crate::ledger::Ledger;
+use crate::operator::crd::StoreKind;
 use crate::operator::crd::{ConcurrencyGroup, GROUP_LABEL};
 use crate::operator::inspect::{AgentHint, ClusterView, cluster_view};
-use crate::operator::ledgers::credentials_from_secret;
+use crate::operator::ledgers::{Reach, credentials_from_secret, open_store};
 use crate::semaphore::read_ledger;
-use crate::store::{DynStore, S3Options, S3Store};
+use crate::store::DynStore;
 
 /// Where the group is. Only with GROUP.
 #[derive(Debug, Args, Clone)]
@@ -80,7 +80,7 @@ pub async fn read(kube: &KubeArgs, store: &StoreArgs, name: &str) -> Result<Grou
         Some(cluster) => AgentHint::ClusterName(cluster.clone()),
         None => kube_system_uid(&client).await,
     };
-    let url = format!("s3://{}/{}", group.spec.ledger.bucket, group.ledger_key());
+    let url = format!("{}/{}", group.spec.ledger.place(), group.ledger_key());
     let ledger = match read_group_ledger(&client, &group, &ns, store).await {
         Ok(Some(ledger)) => Ok(ledger),
         Ok(None) => Err(format!(
@@ -139,18 +139,18 @@ async fn read_group_ledger(
         }
         None => None,
     };
-    let opts = S3Options {
-        endpoint: store.endpoint.clone().or_else(|| spec.endpoint.clone()),
-        region: store.region.clone().or_else(|| spec.region.clone()),
-        force_path_style: store.path_style.or(spec.force_path_style),
-        access_key_id: creds.as_ref().map(|c| c.access_key_id.clone()),
-        secret_access_key: creds.map(|c| c.secret_access_key),
+    let reach = Reach {
+        endpoint: store.endpoint.clone(),
+        region: store.region.clone(),
+        path_style: store.path_style,
         // A status is asked for by someone waiting for it.
         connect_timeout: Some(Duration::from_secs(5)),
         request_timeout: Some(Duration::from_secs(15)),
     };
-    crate::store::s3::ca::from_env().map_err(Error::Io)?;
-    let s3: DynStore = Arc::new(S3Store::connect(&spec.bucket, &opts).await);
+    if spec.store.unwrap_or_default() == StoreKind::S3 {
+        crate::store::s3::ca::from_env().map_err(Error::Io)?;
+    }
+    let s3: DynStore = open_store(spec, creds.as_ref(), &reach).await?;
     Ok(read_ledger(&s3, &group.ledger_key()).await?.map(|(l, _)| l))
 }
 

@@ -4,20 +4,75 @@
 //! groups in one namespace cannot make the controller read, create or
 //! rewrite ledgers that belong to another namespace (pure, unit-tested).
 //!
-//! A template is `s3://BUCKET/PREFIX`: `BUCKET` is a bucket name or `*`
-//! (any bucket); `PREFIX` may hold `{namespace}` and `{name}` (the group's
-//! namespace and name), each at most once per path segment. A `PREFIX`
-//! that ends in `/` allows every key below it; otherwise it allows that one
-//! key. Without any `--allowed-ledger` the default is
-//! [`DEFAULT_TEMPLATE`], which keeps the default key
-//! (`jobgate/<namespace>/<name>.json`) allowed. The S3 endpoint is not part
-//! of a location.
+//! A template is `s3://BUCKET/PREFIX`, `gs://BUCKET/PREFIX` or
+//! `az://ACCOUNT/CONTAINER/PREFIX`: each of `BUCKET`, `ACCOUNT` and
+//! `CONTAINER` is a name or `*` (any); `PREFIX` may hold `{namespace}` and
+//! `{name}` (the group's namespace and name), each at most once per path
+//! segment. A `PREFIX` that ends in `/` allows every key below it;
+//! otherwise it allows that one key. A template allows only its own store.
+//! Without any `--allowed-ledger` the default is [`DEFAULT_TEMPLATES`],
+//! which keeps the default key (`jobgate/<namespace>/<name>.json`) allowed
+//! in any bucket of any of the three. The endpoint is not part of a
+//! location.
 
 use std::fmt;
 
-/// The allowlist when the admin gives none: any bucket, keys under the
-/// group's own namespace.
-pub const DEFAULT_TEMPLATE: &str = "s3://*/jobgate/{namespace}/";
+/// The allowlist when the admin gives none: any bucket of any store, keys
+/// under the group's own namespace.
+pub const DEFAULT_TEMPLATES: [&str; 3] = [
+    "s3://*/jobgate/{namespace}/",
+    "gs://*/jobgate/{namespace}/",
+    "az://*/*/jobgate/{namespace}/",
+];
+
+/// Which kind of store a location is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    S3,
+    Gcs,
+    Azure,
+}
+
+impl Scheme {
+    fn prefix(self) -> &'static str {
+        match self {
+            Scheme::S3 => "s3://",
+            Scheme::Gcs => "gs://",
+            Scheme::Azure => "az://",
+        }
+    }
+}
+
+/// Where a ledger lives, short of its key: the store and its bucket (for
+/// Azure, the account and the container).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    pub scheme: Scheme,
+    /// `[bucket]`, or `[account, container]` on Azure.
+    pub names: Vec<String>,
+}
+
+impl Place {
+    pub fn s3(bucket: &str) -> Place {
+        Place {
+            scheme: Scheme::S3,
+            names: vec![bucket.to_string()],
+        }
+    }
+}
+
+/// An S3 bucket, as most locations are.
+impl From<&str> for Place {
+    fn from(bucket: &str) -> Place {
+        Place::s3(bucket)
+    }
+}
+
+impl fmt::Display for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", self.scheme.prefix(), self.names.join("/"))
+    }
+}
 
 const NAMESPACE: &str = "{namespace}";
 const NAME: &str = "{name}";
@@ -35,8 +90,9 @@ pub struct TemplateError {
 pub struct Template {
     /// As given, for messages.
     raw: String,
-    /// `None`: any bucket.
-    bucket: Option<String>,
+    scheme: Scheme,
+    /// One per name of a [`Place`]; `None`: any.
+    names: Vec<Option<String>>,
     /// The key part, with placeholders; empty for a whole bucket.
     path: String,
 }
@@ -47,23 +103,39 @@ impl Template {
             template: raw.to_string(),
             why: why.to_string(),
         };
-        let rest = raw.strip_prefix("s3://").ok_or_else(|| {
-            fail("it must start with s3://, as in s3://my-bucket/jobgate/{namespace}/")
-        })?;
-        let Some((bucket, path)) = rest.split_once('/') else {
-            return Err(fail(
-                "it names no key prefix; end it with / to allow the whole bucket (s3://BUCKET/) or give one (s3://BUCKET/jobgate/{namespace}/)",
-            ));
+        let (scheme, rest) = [Scheme::S3, Scheme::Gcs, Scheme::Azure]
+            .into_iter()
+            .find_map(|s| raw.strip_prefix(s.prefix()).map(|rest| (s, rest)))
+            .ok_or_else(|| {
+                fail("it must start with s3://, gs:// or az://, as in s3://my-bucket/jobgate/{namespace}/")
+            })?;
+        let count = if scheme == Scheme::Azure { 2 } else { 1 };
+        let mut parts = rest.splitn(count + 1, '/');
+        let names: Vec<&str> = parts.by_ref().take(count).collect();
+        let Some(path) = parts.next() else {
+            return Err(fail(match scheme {
+                Scheme::Azure => {
+                    "it names no key prefix; end it with / to allow the whole container (az://ACCOUNT/CONTAINER/) or give one (az://ACCOUNT/CONTAINER/jobgate/{namespace}/)"
+                }
+                _ => {
+                    "it names no key prefix; end it with / to allow the whole bucket (s3://BUCKET/) or give one (s3://BUCKET/jobgate/{namespace}/)"
+                }
+            }));
         };
-        let bucket = match bucket {
-            "*" => None,
-            b if valid_bucket(b) => Some(b.to_string()),
-            _ => {
-                return Err(fail(
-                    "the bucket must be * (any bucket) or an S3 bucket name (3 to 63 lowercase letters, digits, dots and hyphens)",
-                ));
-            }
-        };
+        let names = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| match *n {
+                "*" => Ok(None),
+                n if valid_name(scheme, i, n) => Ok(Some(n.to_string())),
+                _ => Err(fail(match (scheme, i) {
+                    (Scheme::S3, _) => "the bucket must be * (any bucket) or an S3 bucket name (3 to 63 lowercase letters, digits, dots and hyphens)",
+                    (Scheme::Gcs, _) => "the bucket must be * (any bucket) or a GCS bucket name (3 to 63 lowercase letters, digits, dots, hyphens and underscores)",
+                    (Scheme::Azure, 0) => "the account must be * (any account) or a storage account name (3 to 24 lowercase letters and digits)",
+                    (Scheme::Azure, _) => "the container must be * (any container) or a container name (3 to 63 lowercase letters, digits and hyphens)",
+                })),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         if path.starts_with('/') {
             return Err(fail(
                 "the key prefix starts with /, which no key does; write s3://BUCKET/PREFIX with a single slash",
@@ -105,7 +177,8 @@ impl Template {
         }
         Ok(Template {
             raw: raw.to_string(),
-            bucket,
+            scheme,
+            names,
             path: path.to_string(),
         })
     }
@@ -115,8 +188,15 @@ impl Template {
         self.path.replace(NAMESPACE, namespace).replace(NAME, name)
     }
 
-    fn admits(&self, bucket: &str, key: &str, namespace: &str, name: &str) -> bool {
-        if self.bucket.as_deref().is_some_and(|b| b != bucket) {
+    fn admits(&self, place: &Place, key: &str, namespace: &str, name: &str) -> bool {
+        if self.scheme != place.scheme
+            || self.names.len() != place.names.len()
+            || self
+                .names
+                .iter()
+                .zip(&place.names)
+                .any(|(want, got)| want.as_ref().is_some_and(|w| w != got))
+        {
             return false;
         }
         let want = self.expand(namespace, name);
@@ -149,18 +229,17 @@ pub struct Allowlist {
 impl Default for Allowlist {
     fn default() -> Self {
         Allowlist {
-            templates: vec![Template {
-                raw: DEFAULT_TEMPLATE.to_string(),
-                bucket: None,
-                path: "jobgate/{namespace}/".to_string(),
-            }],
+            templates: DEFAULT_TEMPLATES
+                .iter()
+                .filter_map(|t| Template::parse(t).ok())
+                .collect(),
             default: true,
         }
     }
 }
 
 impl Allowlist {
-    /// The admin's templates; none at all means [`DEFAULT_TEMPLATE`].
+    /// The admin's templates; none at all means [`DEFAULT_TEMPLATES`].
     pub fn parse<S: AsRef<str>>(templates: &[S]) -> Result<Allowlist, TemplateError> {
         if templates.is_empty() {
             return Ok(Allowlist::default());
@@ -175,17 +254,18 @@ impl Allowlist {
         })
     }
 
-    /// Whether the group `namespace/name` may use `s3://bucket/key`; if not,
-    /// one sentence that says which location was refused and what is
-    /// allowed.
+    /// Whether the group `namespace/name` may use the ledger `key` in
+    /// `place`; if not, one sentence that says which location was refused
+    /// and what is allowed.
     pub fn allowed(
         &self,
-        bucket: &str,
+        place: impl Into<Place>,
         key: &str,
         namespace: &str,
         name: &str,
     ) -> Result<(), String> {
-        let location = format!("s3://{bucket}/{key}");
+        let place = place.into();
+        let location = format!("{place}/{key}");
         if let Some(why) = unsafe_key(key) {
             return Err(format!(
                 "ledger {location} is refused: its key {why}; use a plain key such as jobgate/{namespace}/{name}.json"
@@ -206,17 +286,33 @@ impl Allowlist {
         if self
             .templates
             .iter()
-            .any(|t| t.admits(bucket, key, namespace, name))
+            .any(|t| t.admits(&place, key, namespace, name))
         {
             return Ok(());
         }
-        let allowed: Vec<String> = self
+        // The templates of this store, if any; otherwise every one.
+        let same: Vec<&Template> = self
             .templates
             .iter()
+            .filter(|t| t.scheme == place.scheme)
+            .collect();
+        let shown = if same.is_empty() {
+            self.templates.iter().collect()
+        } else {
+            same
+        };
+        let allowed: Vec<String> = shown
+            .iter()
             .map(|t| {
+                let names: Vec<&str> = t
+                    .names
+                    .iter()
+                    .map(|n| n.as_deref().unwrap_or("*"))
+                    .collect();
                 format!(
-                    "s3://{}/{}",
-                    t.bucket.as_deref().unwrap_or("*"),
+                    "{}{}/{}",
+                    t.scheme.prefix(),
+                    names.join("/"),
                     t.expand(namespace, name)
                 )
             })
@@ -262,12 +358,22 @@ fn unsafe_key(key: &str) -> Option<&'static str> {
     None
 }
 
-fn valid_bucket(b: &str) -> bool {
-    (3..=63).contains(&b.len())
-        && b.bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
-        && b.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && b.ends_with(|c: char| c.is_ascii_alphanumeric())
+/// Whether `n` can be the `index`th name of a place in `scheme`, by each
+/// store's naming rules.
+fn valid_name(scheme: Scheme, index: usize, n: &str) -> bool {
+    let plain = |extra: &[u8], len: std::ops::RangeInclusive<usize>| {
+        len.contains(&n.len())
+            && n.bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || extra.contains(&c))
+            && n.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && n.ends_with(|c: char| c.is_ascii_alphanumeric())
+    };
+    match (scheme, index) {
+        (Scheme::S3, _) => plain(b".-", 3..=63),
+        (Scheme::Gcs, _) => plain(b".-_", 3..=63),
+        (Scheme::Azure, 0) => plain(b"", 3..=24),
+        (Scheme::Azure, _) => plain(b"-", 3..=63),
+    }
 }
 
 #[cfg(test)]
@@ -286,7 +392,7 @@ mod tests {
     fn the_default_allows_keys_under_the_groups_own_namespace_in_any_bucket() {
         let a = Allowlist::default();
         assert_eq!(a, list(&[]));
-        assert_eq!(a, list(&[DEFAULT_TEMPLATE]).with_default_flag());
+        assert_eq!(a, list(&DEFAULT_TEMPLATES).with_default_flag());
         // The default key of `ledger_key()`.
         assert_eq!(
             a.allowed("b", "jobgate/team-a/etl.json", "team-a", "etl"),
@@ -423,7 +529,14 @@ mod tests {
     #[test]
     fn bad_templates_get_one_sentence_each() {
         for (template, says) in [
-            ("jobgate-ledgers/jobgate/", "must start with s3://"),
+            (
+                "jobgate-ledgers/jobgate/",
+                "must start with s3://, gs:// or az://",
+            ),
+            ("gs://Bad/x/", "a GCS bucket name"),
+            ("az://acct/box", "the whole container"),
+            ("az://Acct_1/box/x/", "storage account name"),
+            ("az://acct/B/x/", "container name"),
             ("s3://jobgate-ledgers", "end it with /"),
             ("s3://Bad_Bucket/x/", "the bucket must be"),
             ("s3://b/x/", "the bucket must be"),
@@ -452,6 +565,68 @@ mod tests {
         let a = list(&["s3://bkt/tenants/ns-{namespace}/"]);
         assert!(a.allowed("bkt", "tenants/ns-a/g.json", "a", "g").is_ok());
         assert!(a.allowed("bkt", "tenants/ns-ab/g.json", "a", "g").is_err());
+    }
+
+    #[test]
+    fn each_template_allows_only_its_own_store() {
+        let gcs = |b: &str| Place {
+            scheme: Scheme::Gcs,
+            names: vec![b.into()],
+        };
+        let az = |a: &str, c: &str| Place {
+            scheme: Scheme::Azure,
+            names: vec![a.into(), c.into()],
+        };
+        let a = list(&["gs://ledgers_1/jobgate/{namespace}/", "az://acct/*/t/"]);
+        assert!(
+            a.allowed(gcs("ledgers_1"), "jobgate/ns/g.json", "ns", "g")
+                .is_ok()
+        );
+        assert!(
+            a.allowed(gcs("other"), "jobgate/ns/g.json", "ns", "g")
+                .is_err()
+        );
+        // The same bucket name in S3 is another bucket.
+        assert!(
+            a.allowed("ledgers_1", "jobgate/ns/g.json", "ns", "g")
+                .is_err()
+        );
+        assert!(a.allowed(az("acct", "box"), "t/x.json", "ns", "g").is_ok());
+        assert!(
+            a.allowed(az("other", "box"), "t/x.json", "ns", "g")
+                .is_err()
+        );
+        let why = a
+            .allowed(az("other", "box"), "t/x.json", "ns", "g")
+            .unwrap_err();
+        assert!(
+            why.contains("ledger az://other/box/t/x.json is not allowed"),
+            "{why}"
+        );
+        assert!(why.contains("only az://acct/*/t/"), "{why}");
+    }
+
+    #[test]
+    fn the_default_allows_every_store() {
+        let a = Allowlist::default();
+        let gcs = Place {
+            scheme: Scheme::Gcs,
+            names: vec!["b".into()],
+        };
+        let az = Place {
+            scheme: Scheme::Azure,
+            names: vec!["acct".into(), "box".into()],
+        };
+        assert!(
+            a.allowed(gcs.clone(), "jobgate/ns/g.json", "ns", "g")
+                .is_ok()
+        );
+        assert!(
+            a.allowed(az.clone(), "jobgate/ns/g.json", "ns", "g")
+                .is_ok()
+        );
+        assert!(a.allowed(gcs, "jobgate/other/g.json", "ns", "g").is_err());
+        assert!(a.allowed(az, "elsewhere/g.json", "ns", "g").is_err());
     }
 
     impl Allowlist {

@@ -2,6 +2,8 @@
 //! YAML in `crds/` is generated from these types by `jobgate crd`.
 
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
+
+use super::allowlist::{Place, Scheme};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -175,14 +177,28 @@ pub enum ControllerLossPolicy {
 #[x_kube(validation = Rule::new("!has(self.endpoint) || self.endpoint.startsWith('http://') || self.endpoint.startsWith('https://')").message("endpoint must be an http:// or https:// URL"))]
 #[x_kube(validation = Rule::new("!has(self.key) || !self.key.matches('(^|/)[.][.](/|$)')").message("key must not have a '..' segment: S3 keys are not paths, so it would name a different object than it seems").field_path(".key"))]
 #[x_kube(validation = Rule::new("self.bucket == oldSelf.bucket && has(self.key) == has(oldSelf.key) && (!has(self.key) || self.key == oldSelf.key)").message("bucket and key cannot change: the Jobs running under the old ledger would not be counted in the new one. To move a group, suspend it, let its Jobs end, delete it and create it anew"))]
+#[x_kube(validation = Rule::new("(has(self.store) ? self.store : 'S3') == (has(oldSelf.store) ? oldSelf.store : 'S3') && has(self.account) == has(oldSelf.account) && (!has(self.account) || self.account == oldSelf.account)").message("store and account cannot change: the Jobs running under the old ledger would not be counted in the new one. To move a group, suspend it, let its Jobs end, delete it and create it anew"))]
+#[x_kube(validation = Rule::new("has(self.store) && self.store == 'Azure' ? has(self.account) : !has(self.account)").message("account names the Azure storage account: set it with store: Azure, and only then"))]
+#[x_kube(validation = Rule::new("!has(self.credentialsSecretRef) || !has(self.store) || self.store == 'S3'").message("credentialsSecretRef holds S3 keys: GCS and Azure ledgers are reached with the controller's own identity (GKE Workload Identity, AKS workload identity or managed identity)"))]
+#[x_kube(validation = Rule::new("!self.bucket.contains('_') || (has(self.store) && self.store == 'GCS')").message("only GCS bucket names may hold '_'"))]
 pub struct LedgerSpec {
-    /// The S3 bucket (3 to 63 lowercase letters, digits, dots and hyphens).
-    /// Bucket and key must be a location the controller allows
-    /// (`--allowed-ledger`, the chart's allowedLedgers); by default any
-    /// bucket, with a key under `jobgate/<namespace>/`. Cannot be changed.
+    /// Which store holds the ledger: S3 (AWS S3 or an S3-compatible store,
+    /// the default), GCS (Google Cloud Storage, through its JSON API) or
+    /// Azure (Azure Blob Storage). Cannot be changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreKind>,
+    /// The Azure storage account (with store: Azure only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 3, max = 24), regex(pattern = r"^[a-z0-9]+$"))]
+    pub account: Option<String>,
+    /// The bucket (on Azure, the container): 3 to 63 lowercase letters,
+    /// digits, dots and hyphens, and underscores on GCS. Bucket and key
+    /// must be a location the controller allows (`--allowed-ledger`, the
+    /// chart's allowedLedgers); by default any bucket, with a key under
+    /// `jobgate/<namespace>/`. Cannot be changed.
     #[schemars(
         length(min = 3, max = 63),
-        regex(pattern = r"^[a-z0-9][a-z0-9.\-]*[a-z0-9]$")
+        regex(pattern = r"^[a-z0-9][a-z0-9._\-]*[a-z0-9]$")
     )]
     pub bucket: String,
     /// The object key (1 to 1024 characters, no '..' segment). Default:
@@ -195,10 +211,13 @@ pub struct LedgerSpec {
     /// (AWS_REGION, or its AWS profile).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
-    /// Endpoint of an S3-compatible store, e.g. `https://s3.example.com`.
-    /// Default: AWS S3 (or the controller's AWS_ENDPOINT_URL). It may change
-    /// to another address of the same store; pointing it at another store
-    /// moves the group, which is not supported.
+    /// The store's endpoint when it is not the cloud's own: an S3-compatible
+    /// store (e.g. `https://s3.example.com`; default AWS S3, or the
+    /// controller's AWS_ENDPOINT_URL), a GCS JSON API address (default
+    /// Google's, or the controller's STORAGE_EMULATOR_HOST), or an Azure
+    /// blob service URL (default `https://ACCOUNT.blob.core.windows.net`).
+    /// It may change to another address of the same store; pointing it at
+    /// another store moves the group, which is not supported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
     /// Address the bucket as `<endpoint>/<bucket>` rather than
@@ -207,10 +226,42 @@ pub struct LedgerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub force_path_style: Option<bool>,
     /// A Secret in the group's own namespace (never another) with
-    /// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`. Default: the controller's own AWS credentials
-    /// (IRSA, EKS Pod Identity, ...).
+    /// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`, for S3 only.
+    /// Default: the controller's own identity (IRSA or EKS Pod Identity;
+    /// for GCS and Azure, always: GKE Workload Identity, AKS workload
+    /// identity or managed identity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretRef>,
+}
+
+/// Which kind of store a ledger is in.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum StoreKind {
+    #[default]
+    S3,
+    #[serde(rename = "GCS")]
+    Gcs,
+    Azure,
+}
+
+impl LedgerSpec {
+    /// Where the ledger lives, short of its key.
+    pub fn place(&self) -> Place {
+        match self.store.unwrap_or_default() {
+            StoreKind::S3 => Place::s3(&self.bucket),
+            StoreKind::Gcs => Place {
+                scheme: Scheme::Gcs,
+                names: vec![self.bucket.clone()],
+            },
+            StoreKind::Azure => Place {
+                scheme: Scheme::Azure,
+                names: vec![
+                    self.account.clone().unwrap_or_default(),
+                    self.bucket.clone(),
+                ],
+            },
+        }
+    }
 }
 
 /// A Secret in the group's namespace.

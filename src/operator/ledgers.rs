@@ -11,9 +11,12 @@ use k8s_openapi::api::core::v1::Secret;
 use tracing::info;
 
 use crate::semaphore::{Config, Permit, Semaphore};
-use crate::store::{Condition, DynStore, ETag, Fetched, S3Options, S3Store, Store, StoreError};
+use crate::store::{
+    AzureOptions, AzureStore, Condition, DynStore, ETag, Fetched, GcsOptions, GcsStore, S3Options,
+    S3Store, Store, StoreError,
+};
 
-use super::crd::ConcurrencyGroup;
+use super::crd::{ConcurrencyGroup, LedgerSpec, StoreKind};
 use super::effects::Told;
 use super::metrics::Metrics;
 
@@ -110,27 +113,79 @@ type GroupId = (String, String);
 /// conditional writes before the first one ([`Ledgers::get`]).
 #[async_trait]
 pub trait OpenStore: Send + Sync {
-    async fn open(&self, group: &ConcurrencyGroup, creds: Option<&Credentials>) -> DynStore;
+    async fn open(
+        &self,
+        group: &ConcurrencyGroup,
+        creds: Option<&Credentials>,
+    ) -> Result<DynStore, StoreError>;
 }
 
-/// The controller's stores: S3, or the S3-compatible store the group's
-/// ledger spec names.
-pub struct S3Stores;
+/// The controller's stores: S3 (or an S3-compatible store), GCS or Azure,
+/// as the group's ledger spec names.
+pub struct CloudStores;
 
 #[async_trait]
-impl OpenStore for S3Stores {
-    async fn open(&self, group: &ConcurrencyGroup, creds: Option<&Credentials>) -> DynStore {
-        let ledger = &group.spec.ledger;
-        let opts = S3Options {
-            endpoint: ledger.endpoint.clone(),
-            region: ledger.region.clone(),
-            force_path_style: ledger.force_path_style,
-            access_key_id: creds.map(|c| c.access_key_id.clone()),
-            secret_access_key: creds.map(|c| c.secret_access_key.clone()),
-            ..Default::default()
-        };
-        Arc::new(S3Store::connect(&ledger.bucket, &opts).await)
+impl OpenStore for CloudStores {
+    async fn open(
+        &self,
+        group: &ConcurrencyGroup,
+        creds: Option<&Credentials>,
+    ) -> Result<DynStore, StoreError> {
+        open_store(&group.spec.ledger, creds, &Reach::default()).await
     }
+}
+
+/// How to reach a ledger's store beyond its spec: what `jobgate status`
+/// takes from its command line (each field overrides the spec's).
+#[derive(Debug, Clone, Default)]
+pub struct Reach {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub path_style: Option<bool>,
+    pub connect_timeout: Option<Duration>,
+    pub request_timeout: Option<Duration>,
+}
+
+/// The store a ledger spec names; shared with `jobgate status`, which must
+/// read the ledger the way the controller does.
+pub async fn open_store(
+    spec: &LedgerSpec,
+    creds: Option<&Credentials>,
+    reach: &Reach,
+) -> Result<DynStore, StoreError> {
+    let endpoint = reach.endpoint.clone().or_else(|| spec.endpoint.clone());
+    Ok(match spec.store.unwrap_or_default() {
+        StoreKind::S3 => {
+            let opts = S3Options {
+                endpoint,
+                region: reach.region.clone().or_else(|| spec.region.clone()),
+                force_path_style: reach.path_style.or(spec.force_path_style),
+                access_key_id: creds.map(|c| c.access_key_id.clone()),
+                secret_access_key: creds.map(|c| c.secret_access_key.clone()),
+                connect_timeout: reach.connect_timeout,
+                request_timeout: reach.request_timeout,
+            };
+            Arc::new(S3Store::connect(&spec.bucket, &opts).await)
+        }
+        StoreKind::Gcs => {
+            let opts = GcsOptions {
+                endpoint,
+                connect_timeout: reach.connect_timeout,
+                request_timeout: reach.request_timeout,
+            };
+            Arc::new(GcsStore::connect(&spec.bucket, &opts)?)
+        }
+        StoreKind::Azure => {
+            let opts = AzureOptions {
+                endpoint,
+                access_key: None,
+                connect_timeout: reach.connect_timeout,
+                request_timeout: reach.request_timeout,
+            };
+            let account = spec.account.as_deref().unwrap_or_default();
+            Arc::new(AzureStore::connect(account, &spec.bucket, &opts)?)
+        }
+    })
 }
 
 pub struct Ledgers {
@@ -169,9 +224,9 @@ pub struct LedgerSettings {
 }
 
 impl Default for Ledgers {
-    /// Ledgers in S3, as the groups' specs say.
+    /// Ledgers in the stores the groups' specs name.
     fn default() -> Self {
-        Ledgers::with_stores(Arc::new(S3Stores))
+        Ledgers::with_stores(Arc::new(CloudStores))
     }
 }
 
@@ -202,7 +257,7 @@ impl Ledgers {
         let fence_after = spec.fence_after(settings.leader_lease).ok();
         let fingerprint = format!(
             "{}|{key}|{:?}|{:?}|{:?}|{}|{:?}|{:?}",
-            spec.ledger.bucket,
+            spec.ledger.place(),
             spec.ledger.region,
             spec.ledger.endpoint,
             spec.ledger.force_path_style,
@@ -220,7 +275,11 @@ impl Ledgers {
         // Built without holding the lock: connecting and probing a store
         // that does not answer must not hold up the other groups.
         let store: DynStore = Arc::new(TimedStore {
-            inner: self.stores.open(group, creds.as_ref()).await,
+            inner: self
+                .stores
+                .open(group, creds.as_ref())
+                .await
+                .map_err(crate::Error::from)?,
             metrics: metrics.clone(),
         });
         // Refuse a store that would not enforce the limit, before any write.

@@ -26,6 +26,7 @@ mod k8s_leader;
 mod k8s_operate;
 mod k8s_resume;
 mod k8s_status;
+mod k8s_stores;
 mod lease;
 mod monitoring;
 mod run_terminal;

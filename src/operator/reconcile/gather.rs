@@ -35,7 +35,7 @@ pub(super) async fn gather(
     // credentials Secret read nor a single S3 request made for it, so that
     // naming another tenant's ledger reveals and changes nothing.
     ctx.allowlist
-        .allowed(&group.spec.ledger.bucket, &group.ledger_key(), ns, name)
+        .allowed(group.spec.ledger.place(), &group.ledger_key(), ns, name)
         .map_err(Error::LedgerNotAllowed)?;
     let gl = match credentials(group, ns, ctx).await {
         Ok(creds) => ctx
