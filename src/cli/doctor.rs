@@ -9,12 +9,24 @@ use crate::error::Result;
 pub struct DoctorArgs {
     #[command(flatten)]
     store: StoreArgs,
+    /// Writers in each concurrent probe; exactly one may win.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(2..=256))]
+    racers: u16,
+    /// Races per concurrent probe. A store that checks and then writes
+    /// without a lock lets two writers win only now and then; more rounds
+    /// give it more chances to show.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    rounds: u16,
 }
 
 pub async fn doctor(args: DoctorArgs) -> Result<u8> {
     let (store, url) = args.store.open().await?;
     println!("checking {url}");
-    let probes = crate::doctor::run(&store, url.key()).await;
+    let racing = crate::doctor::Racing {
+        racers: usize::from(args.racers),
+        rounds: usize::from(args.rounds),
+    };
+    let probes = crate::doctor::run(&store, url.key(), racing).await;
     for p in &probes {
         println!(
             "  {}  {}: {}",

@@ -25,6 +25,7 @@ pub mod seaweedfs;
 pub mod seed;
 pub mod shared;
 pub mod stores;
+pub mod stripper;
 pub mod tcpproxy;
 pub mod testbed;
 pub mod webhook;

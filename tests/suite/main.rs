@@ -12,6 +12,7 @@
 mod chart_support;
 mod cli;
 mod cli_errors;
+mod doctor_stores;
 mod helm_chart;
 mod helm_kinds;
 mod helm_production;
