@@ -18,12 +18,13 @@ test: testbed
 e2e: testbed node
 	cargo test --test e2e
 
-# SeaweedFS, etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubelet, kubectl, kwok, helm, promtool and three workload controllers (JobSet,
-# Argo Workflows, KubeRay), pinned, into ~/.cache/jobgate/testbed (cold: about
-# 30 minutes on 2 cores: 17 without promtool, which took 2m19s cold, and the
-# workload controllers, which took 2m44s, 3m58s and 2m32s with empty Go caches;
-# then seconds). No root.
+# SeaweedFS, the other stores' emulators (fake-gcs-server, Azurite, moto),
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
+# kubectl, kwok, helm, promtool and three workload controllers (JobSet, Argo
+# Workflows, KubeRay), pinned, into ~/.cache/jobgate/testbed (cold: about 35
+# minutes on 2 cores: 17 without promtool, which took 2m19s cold, the
+# workload controllers, which took 2m44s, 3m58s and 2m32s with empty Go
+# caches, and the emulators, about 5 minutes; then seconds). No root.
 testbed:
 	scripts/testbed.sh all
 
