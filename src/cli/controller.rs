@@ -24,11 +24,13 @@ pub struct ControllerArgs {
     /// Watch ConcurrencyGroups and Jobs in this namespace only (default: all).
     #[arg(long, env = "JOBGATE_NAMESPACE")]
     namespace: Option<String>,
-    /// A ledger location groups may use, as s3://BUCKET/PREFIX (repeat
-    /// for more). BUCKET may be * (any bucket); PREFIX may hold {namespace}
-    /// and {name} (the group's), and allows every key below it when it
-    /// ends in /, else that one key. Groups elsewhere are not admitted and
-    /// nothing of theirs is read. Default: s3://*/jobgate/{namespace}/.
+    /// A ledger location groups may use, as s3://BUCKET/PREFIX,
+    /// gs://BUCKET/PREFIX or az://ACCOUNT/CONTAINER/PREFIX (repeat for
+    /// more). Each name may be * (any); PREFIX may hold {namespace} and
+    /// {name} (the group's), and allows every key below it when it ends in
+    /// /, else that one key. Groups elsewhere are not admitted and nothing
+    /// of theirs is read. Default: keys under jobgate/{namespace}/ in any
+    /// bucket of any store.
     #[arg(long = "allowed-ledger", value_name = "TEMPLATE")]
     allowed_ledgers: Vec<String>,
     /// How often to look for free slots while Jobs wait.

@@ -13,5 +13,6 @@ mod k8s_helm_install;
 mod k8s_pods;
 mod k8s_rbac;
 mod k8s_real_node;
+mod k8s_stores;
 mod k8s_tenants;
 mod k8s_webhook;
