@@ -497,6 +497,31 @@ pub async fn read_ledger(s3: &SeaweedFs, bucket: &str, key: &str) -> Option<jobg
     Some(ledger)
 }
 
+/// `Some` once the ledger at `key` in `store` exists and holds no slot (for
+/// [`eventually`]).
+pub async fn drained(store: &jobgate::store::DynStore, key: &str) -> Option<()> {
+    match jobgate::semaphore::read_ledger(store, key).await {
+        Ok(Some((ledger, _))) if ledger.holders.is_empty() => Some(()),
+        _ => None,
+    }
+}
+
+/// How many Jobs in `ns` have a succeeded pod.
+pub fn succeeded_jobs(cp: &ControlPlane, ns: &str) -> usize {
+    let out = cp.kubectl(&[
+        "get",
+        "jobs",
+        "-n",
+        ns,
+        "-o",
+        r#"jsonpath={range .items[*]}{.status.succeeded}{" "}{end}"#,
+    ]);
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter(|s| *s != "0")
+        .count()
+}
+
 /// Agent `taker` evicts `agent` from the ledger at `key` and takes one slot
 /// as holder `holder`, in one conditional write: what another cluster does
 /// once it has watched `agent`'s renewals stand still for its lease (so

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use jobgate::store::DynStore;
 use jobgate_testkit::k8s::ControlPlane;
 use jobgate_testkit::node::BUSYBOX_IMAGE;
 use jobgate_testkit::operator::{
-    ControllerProcess, GroupSpec, apply_group_with, client, eventually, install_crd,
+    ControllerProcess, GroupSpec, apply_group_with, client, drained, eventually, install_crd,
+    succeeded_jobs,
 };
 use jobgate_testkit::pods::PodLog;
 use jobgate_testkit::stores::{self, AZURITE_ACCOUNT, Azurite, FakeGcs};
@@ -26,28 +26,6 @@ fn job(ns: &str, name: &str) -> String {
     format!(
         "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels:\n    jobgate.dev/group: etl\nspec:\n  suspend: true\n  backoffLimit: 0\n  template:\n    spec:\n      restartPolicy: Never\n      hostNetwork: true\n      terminationGracePeriodSeconds: 1\n      containers:\n        - name: work\n          image: {BUSYBOX_IMAGE}\n          imagePullPolicy: Never\n          command: [\"sleep\", \"3\"]\n"
     )
-}
-
-fn succeeded(cp: &ControlPlane, ns: &str) -> usize {
-    let out = cp.kubectl(&[
-        "get",
-        "jobs",
-        "-n",
-        ns,
-        "-o",
-        r#"jsonpath={range .items[*]}{.status.succeeded}{" "}{end}"#,
-    ]);
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter(|s| *s == "1")
-        .count()
-}
-
-async fn drained(store: &DynStore, key: &str) -> Option<()> {
-    match jobgate::semaphore::read_ledger(store, key).await {
-        Ok(Some((l, _))) if l.holders.is_empty() => Some(()),
-        _ => None,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,7 +98,7 @@ async fn real_jobs_run_under_ledgers_in_gcs_and_azure() {
     );
     for (ns, _, _) in &groups {
         eventually(Duration::from_secs(180), "every Job succeeded", || async {
-            (succeeded(&cp, ns) == JOBS).then_some(())
+            (succeeded_jobs(&cp, ns) == JOBS).then_some(())
         })
         .await;
     }

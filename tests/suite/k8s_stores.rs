@@ -10,7 +10,8 @@ use serde_json::json;
 
 use jobgate::store::DynStore;
 use jobgate_testkit::operator::{
-    Bed, ControllerProcess, GroupSpec, apply_group_with, create_held_job, eventually,
+    Bed, ControllerProcess, GroupSpec, apply_group_with, create_held_job, drained, eventually,
+    succeeded_jobs,
 };
 use jobgate_testkit::pods::PodLog;
 use jobgate_testkit::stores::{self, AZURITE_ACCOUNT, Azurite, FakeGcs};
@@ -62,23 +63,11 @@ async fn admits_under_the_limit(
     );
     let key = bed.key("etl");
     eventually(Duration::from_secs(120), "every Job complete", || async {
-        let out = cp.kubectl(&[
-            "get",
-            "jobs",
-            "-n",
-            ns,
-            "-o",
-            r#"jsonpath={range .items[*]}{.status.succeeded}{" "}{end}"#,
-        ]);
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        (text.split_whitespace().filter(|s| *s == "1").count() == JOBS).then_some(())
+        (succeeded_jobs(cp, ns) == JOBS).then_some(())
     })
     .await;
-    eventually(Duration::from_secs(30), "an empty ledger", || async {
-        match jobgate::semaphore::read_ledger(&store, &key).await {
-            Ok(Some((l, _))) if l.holders.is_empty() => Some(()),
-            _ => None,
-        }
+    eventually(Duration::from_secs(30), "an empty ledger", || {
+        drained(&store, &key)
     })
     .await;
     assert!(
