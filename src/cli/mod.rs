@@ -49,7 +49,7 @@ pub use crate::version::VERSION;
 #[command(
     name = "jobgate",
     version = VERSION.as_str(),
-    about = "At most N jobs at once, anywhere: a semaphore on one S3 object"
+    about = "At most N jobs at once, anywhere: a semaphore on one object in S3, GCS or Azure"
 )]
 pub struct Cli {
     #[command(subcommand)]

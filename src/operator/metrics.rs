@@ -207,7 +207,7 @@ impl Metrics {
         );
         r.register(
             "s3_request_duration_seconds",
-            "S3 request latency by operation",
+            "Ledger store (S3, GCS or Azure) request latency by operation",
             m.s3_latency.clone(),
         );
         r.register(
@@ -233,7 +233,7 @@ impl Metrics {
         );
         r.register(
             "s3_requests",
-            "S3 requests by operation and outcome (conflict: a compare-and-swap lost; ambiguous: may have been applied)",
+            "Ledger store (S3, GCS or Azure) requests by operation and outcome (conflict: a compare-and-swap lost; ambiguous: may have been applied)",
             m.s3_requests.clone(),
         );
         r.register(
