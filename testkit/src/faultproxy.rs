@@ -172,15 +172,29 @@ async fn forward(
     Some(Response::from_parts(parts, Full::new(body)))
 }
 
-async fn handle(
-    req: Request<Incoming>,
+/// What every connection's requests share: where to forward, what to
+/// inject, and what to count.
+struct Shared {
     client: Upstream,
-    upstream: Arc<String>,
+    upstream: String,
     faults: Faults,
     counts: Arc<FaultCounts>,
     partitioned: Arc<AtomicBool>,
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
     mut orders: tokio::sync::watch::Receiver<Orders>,
 ) -> Result<Response<Full<Bytes>>, Dropped> {
+    let Shared {
+        client,
+        upstream,
+        faults,
+        counts,
+        partitioned,
+    } = &*shared;
+    let faults = *faults;
     counts.requests.fetch_add(1, Ordering::Relaxed);
     if partitioned.load(Ordering::SeqCst) {
         // Like a network partition: the request goes nowhere and nothing
@@ -196,7 +210,7 @@ async fn handle(
     }
     if is_put && orders.borrow().holds.put_answers {
         counts.held.fetch_add(1, Ordering::Relaxed);
-        let answer = forward(&client, &upstream, parts, body).await;
+        let answer = forward(client, upstream, parts, body).await;
         until(&mut orders, |h| h.put_answers).await;
         return Ok(answer.unwrap_or_else(|| s3_error(StatusCode::BAD_GATEWAY, "InternalError")));
     }
@@ -208,7 +222,7 @@ async fn handle(
     };
     if is_put && hit(faults.drop_after_apply) {
         counts.dropped_after_apply.fetch_add(1, Ordering::Relaxed);
-        let _ = forward(&client, &upstream, parts, body).await;
+        let _ = forward(client, upstream, parts, body).await;
         return Err(Dropped);
     }
     if hit(faults.error_500_before) {
@@ -217,7 +231,7 @@ async fn handle(
     }
     if is_put && hit(faults.error_503_after) {
         counts.error_503_after.fetch_add(1, Ordering::Relaxed);
-        let _ = forward(&client, &upstream, parts, body).await;
+        let _ = forward(client, upstream, parts, body).await;
         return Ok(s3_error(StatusCode::SERVICE_UNAVAILABLE, "SlowDown"));
     }
     if is_put && hit(faults.conflict_409) {
@@ -229,7 +243,7 @@ async fn handle(
         tokio::time::sleep(faults.delay_by).await;
     }
     let read = matches!(parts.method, Method::GET | Method::HEAD);
-    match forward(&client, &upstream, parts, body).await {
+    match forward(client, upstream, parts, body).await {
         Some(resp)
             if read
                 && resp.status() == StatusCode::NOT_FOUND
@@ -247,36 +261,24 @@ impl FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let endpoint = format!("http://{}", listener.local_addr().expect("proxy addr"));
         let counts = Arc::new(FaultCounts::default());
-        let client: Upstream = Client::builder(TokioExecutor::new()).build_http();
-        let upstream = Arc::new(upstream.trim_end_matches('/').to_string());
-        let task_counts = counts.clone();
         let partitioned = Arc::new(AtomicBool::new(false));
-        let task_partitioned = partitioned.clone();
+        let shared = Arc::new(Shared {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            upstream: upstream.trim_end_matches('/').to_string(),
+            faults,
+            counts: counts.clone(),
+            partitioned: partitioned.clone(),
+        });
         let (orders, orders_rx) = tokio::sync::watch::channel(Orders::default());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (client, upstream, counts, partitioned, orders) = (
-                    client.clone(),
-                    upstream.clone(),
-                    task_counts.clone(),
-                    task_partitioned.clone(),
-                    orders_rx.clone(),
-                );
+                let (shared, orders) = (shared.clone(), orders_rx.clone());
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| {
-                        handle(
-                            req,
-                            client.clone(),
-                            upstream.clone(),
-                            faults,
-                            counts.clone(),
-                            partitioned.clone(),
-                            orders.clone(),
-                        )
-                    });
+                    let service =
+                        service_fn(move |req| handle(req, shared.clone(), orders.clone()));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
