@@ -6,10 +6,16 @@
 //! write lands, its client waits), or the reads of one object signed with
 //! one access key; and it can answer reads of missing objects with 403, as
 //! AWS does for callers without `s3:ListBucket`.
+//!
+//! Started with a [`Profile`], it also answers as a remote S3 would: every
+//! request waits a sampled service time (and the network's delay each
+//! way), some are refused as a busy S3 refuses them, and it records the
+//! latencies it made ([`LatencyLog`]).
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -35,6 +41,269 @@ pub struct Faults {
     /// Any request: wait `delay` before forwarding.
     pub delay: f64,
     pub delay_by: Duration,
+}
+
+/// A log-normal distribution of durations, given by its median and its
+/// 99th percentile (object-store latencies are roughly log-normal: most
+/// requests near the median, a long tail to the right).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LogNormal {
+    pub median: Duration,
+    pub p99: Duration,
+}
+
+/// The standard normal's 99th percentile.
+const Z99: f64 = 2.326_347_874;
+
+impl LogNormal {
+    /// Always zero.
+    pub const ZERO: LogNormal = LogNormal {
+        median: Duration::ZERO,
+        p99: Duration::ZERO,
+    };
+
+    /// The spread of the underlying normal: ln(p99 / median) / z(0.99).
+    pub fn sigma(&self) -> f64 {
+        let (median, p99) = (self.median.as_secs_f64(), self.p99.as_secs_f64());
+        if median <= 0.0 || p99 <= median {
+            return 0.0;
+        }
+        (p99 / median).ln() / Z99
+    }
+
+    /// The draw for two uniforms in [0, 1), by Box–Muller (`rand_distr` is
+    /// not in the tree; two uniforms are all a normal needs). Pure, so its
+    /// percentiles are unit tested.
+    pub fn at(&self, u1: f64, u2: f64) -> Duration {
+        if self.median.is_zero() {
+            return Duration::ZERO;
+        }
+        // 1 - u1 is in (0, 1]: its logarithm is finite.
+        let z = (-2.0 * (1.0 - u1).ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+        self.median.mul_f64((self.sigma() * z).exp())
+    }
+
+    /// One random draw.
+    pub fn sample(&self) -> Duration {
+        self.at(rand::random(), rand::random())
+    }
+}
+
+/// How the proxy answers in time and refusals: a store far away, busy, or
+/// neither. Figures, their sources and which are assumptions: see
+/// [`Profile::AWS_S3_STANDARD`] and docs/benchmarks.md ("N clusters on one
+/// ledger, at AWS S3 latency").
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Profile {
+    pub name: &'static str,
+    /// The store's time for a GET (and HEAD).
+    pub get: LogNormal,
+    /// The store's time for a PUT (and any other write).
+    pub put: LogNormal,
+    /// The network's delay each way, added before forwarding and again
+    /// before answering.
+    pub one_way: Duration,
+    /// Any request: 503 SlowDown, without forwarding (nothing lands).
+    pub slow_down: f64,
+    /// A PUT that finds another PUT to the same key in flight at the proxy:
+    /// 409 ConditionalRequestConflict, without forwarding.
+    pub conflict_in_flight: f64,
+}
+
+impl Profile {
+    /// Loopback: no added time, nothing refused. What [`FaultProxy::start`] uses.
+    pub const NONE: Profile = Profile {
+        name: "none",
+        get: LogNormal::ZERO,
+        put: LogNormal::ZERO,
+        one_way: Duration::ZERO,
+        slow_down: 0.0,
+        conflict_in_flight: 0.0,
+    };
+
+    /// S3 Standard, one region, the client in the same region.
+    ///
+    /// - PUT (conditional, a few KiB): median 60 ms. C. Douglas,
+    ///   "Conditional Operations in Object Stores" (Jan 2026,
+    ///   <https://cdouglas.github.io/posts/2026/01/conditional>) measured
+    ///   58–68 ms per compare-and-set and 14.7–15.3 successful CAS/s on one
+    ///   S3 Standard object. p99 250 ms: an assumption (no published p99
+    ///   for conditional PUTs); it gives a log-normal of σ ≈ 0.61, whose
+    ///   mean (≈ 72 ms) stays near the top of Douglas's range.
+    /// - GET (a few KiB): median 20 ms. AWS's performance guidelines say
+    ///   small requests' median latencies are "often in the tens of
+    ///   milliseconds" ("Best Practices Design Patterns: Optimizing Amazon
+    ///   S3 Performance", Timeouts and Retries for Latency-Sensitive
+    ///   Applications); J. Snyder, "Observations about S3" (2023,
+    ///   <https://josnyder.com/blog/2023/s3_observations.html>) measured
+    ///   about 15 ms to first byte on an open connection. p99 100 ms: an
+    ///   assumption.
+    /// - The log-normal shape: an assumption, as in A. Gutglick, "So you
+    ///   want to use Object Storage" (SpiralDB, 2025).
+    /// - 503 SlowDown on 0.1% of requests: an assumption. AWS answers it
+    ///   to sustained rates above about 5,000 requests/s on a few objects,
+    ///   or while it scales a prefix (same guidelines); a ledger sees tens
+    ///   of requests/s, so this is background noise, not throttling.
+    /// - 409 ConditionalRequestConflict on 10% of PUTs that find another
+    ///   PUT to the same key in flight: an assumption. The S3 user guide
+    ///   ("conditional writes") documents the 409 for a conditional write
+    ///   that overlaps a conflicting operation and says to re-read and
+    ///   retry, but publishes no rate. Overlapping ledger writes race on
+    ///   the same ETag, so at most one of them can win anyway; the 409
+    ///   mostly changes which answer a loser gets, and now and then makes
+    ///   one lose that would have won (pessimistic).
+    pub const AWS_S3_STANDARD: Profile = Profile {
+        name: "aws-s3-standard",
+        get: LogNormal {
+            median: Duration::from_millis(20),
+            p99: Duration::from_millis(100),
+        },
+        put: LogNormal {
+            median: Duration::from_millis(60),
+            p99: Duration::from_millis(250),
+        },
+        one_way: Duration::ZERO,
+        slow_down: 0.001,
+        conflict_in_flight: 0.1,
+    };
+
+    /// [`Profile::AWS_S3_STANDARD`] with the client in another region:
+    /// 70 ms each way (140 ms more on every request). An assumption of
+    /// the order of us-east-1 to ap-northeast-1, about 145 ms round trip
+    /// in published inter-region measurements (cloudping.co); us-east-1 to
+    /// eu-west-1 is about half that.
+    pub const AWS_CROSS_REGION: Profile = Profile {
+        name: "aws-cross-region",
+        one_way: Duration::from_millis(70),
+        ..Profile::AWS_S3_STANDARD
+    };
+
+    /// The profile called `name`, as in [`Profile::name`].
+    pub fn by_name(name: &str) -> Option<Profile> {
+        [
+            Profile::NONE,
+            Profile::AWS_S3_STANDARD,
+            Profile::AWS_CROSS_REGION,
+        ]
+        .into_iter()
+        .find(|p| p.name == name)
+    }
+
+    fn service(&self, op: Op) -> LogNormal {
+        match op {
+            Op::Get => self.get,
+            Op::Put => self.put,
+        }
+    }
+
+    fn adds_nothing(&self) -> bool {
+        *self == Profile::NONE
+    }
+}
+
+/// Requests as the store's latency tells them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Op {
+    /// GET and HEAD.
+    Get,
+    /// PUT and any other method.
+    Put,
+}
+
+impl Op {
+    fn of(method: &Method) -> Op {
+        match *method {
+            Method::GET | Method::HEAD => Op::Get,
+            _ => Op::Put,
+        }
+    }
+}
+
+/// What a proxy started with a profile made of each request's time
+/// (nothing is recorded without one).
+#[derive(Debug, Default)]
+pub struct LatencyLog {
+    /// The profile's draws of the store's time (without the network's).
+    sampled: Mutex<BTreeMap<Op, Vec<Duration>>>,
+    /// From the request's arrival to its answer: the draw, the network's
+    /// delay both ways and SeaweedFS's own time (what a client sees, but
+    /// for loopback).
+    observed: Mutex<BTreeMap<Op, Vec<Duration>>>,
+}
+
+impl LatencyLog {
+    fn push(map: &Mutex<BTreeMap<Op, Vec<Duration>>>, op: Op, d: Duration) {
+        map.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(op)
+            .or_default()
+            .push(d);
+    }
+
+    fn get(map: &Mutex<BTreeMap<Op, Vec<Duration>>>, op: Op) -> Vec<Duration> {
+        map.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&op)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The profile's draws for `op`'s requests so far, in order.
+    pub fn sampled(&self, op: Op) -> Vec<Duration> {
+        Self::get(&self.sampled, op)
+    }
+
+    /// Arrival to answer for `op`'s requests answered so far, in order.
+    pub fn observed(&self, op: Op) -> Vec<Duration> {
+        Self::get(&self.observed, op)
+    }
+}
+
+/// PUTs in flight at the proxy, by path.
+#[derive(Debug, Default)]
+struct InFlight(Mutex<HashMap<String, usize>>);
+
+impl InFlight {
+    /// Counts a PUT to `path` in flight until the guard is dropped (also
+    /// when the client goes away first); returns the guard and how many
+    /// others were in flight.
+    fn enter(self: &Arc<Self>, path: &str) -> InFlightGuard {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(path.to_string())
+            .or_default() += 1;
+        InFlightGuard {
+            of: self.clone(),
+            path: path.to_string(),
+        }
+    }
+
+    fn others(&self, path: &str) -> usize {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(path)
+            .map_or(0, |n| n.saturating_sub(1))
+    }
+}
+
+struct InFlightGuard {
+    of: Arc<InFlight>,
+    path: String,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        let mut map = self.of.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.path) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.path);
+            }
+        }
+    }
 }
 
 /// What the proxy holds back until told otherwise (see [`FaultProxy::hold`]).
@@ -94,6 +363,10 @@ pub struct FaultCounts {
     pub delayed: AtomicU64,
     /// Requests held (see [`Holds`]) so far.
     pub held: AtomicU64,
+    /// The profile's 503 SlowDown answers.
+    pub slow_down: AtomicU64,
+    /// The profile's 409 answers to PUTs that overlapped another.
+    pub conflict_in_flight: AtomicU64,
 }
 
 impl FaultCounts {
@@ -104,6 +377,8 @@ impl FaultCounts {
             &self.error_503_after,
             &self.conflict_409,
             &self.delayed,
+            &self.slow_down,
+            &self.conflict_in_flight,
         ]
         .iter()
         .map(|c| c.load(Ordering::Relaxed))
@@ -114,6 +389,10 @@ impl FaultCounts {
 pub struct FaultProxy {
     pub endpoint: String,
     pub counts: Arc<FaultCounts>,
+    /// How it answers in time (see [`FaultProxy::start_with_profile`]).
+    pub profile: Profile,
+    /// The latencies it made (with a profile).
+    pub latencies: Arc<LatencyLog>,
     partitioned: Arc<AtomicBool>,
     orders: tokio::sync::watch::Sender<Orders>,
     task: tokio::task::JoinHandle<()>,
@@ -180,6 +459,9 @@ struct Shared {
     faults: Faults,
     counts: Arc<FaultCounts>,
     partitioned: Arc<AtomicBool>,
+    profile: Profile,
+    latencies: Arc<LatencyLog>,
+    in_flight: Arc<InFlight>,
 }
 
 async fn handle(
@@ -187,14 +469,15 @@ async fn handle(
     shared: Arc<Shared>,
     mut orders: tokio::sync::watch::Receiver<Orders>,
 ) -> Result<Response<Full<Bytes>>, Dropped> {
+    let arrived = Instant::now();
     let Shared {
         client,
         upstream,
-        faults,
         counts,
         partitioned,
+        profile,
+        ..
     } = &*shared;
-    let faults = *faults;
     counts.requests.fetch_add(1, Ordering::Relaxed);
     if partitioned.load(Ordering::SeqCst) {
         // Like a network partition: the request goes nowhere and nothing
@@ -214,6 +497,52 @@ async fn handle(
         until(&mut orders, |h| h.put_answers).await;
         return Ok(answer.unwrap_or_else(|| s3_error(StatusCode::BAD_GATEWAY, "InternalError")));
     }
+    if profile.adds_nothing() {
+        return faulty(&shared, &orders, parts, body).await;
+    }
+    // The store's time is split evenly around the moment the request is
+    // forwarded (a write lands half-way through its latency): what a
+    // competing writer can slip in before or after it depends on that.
+    let op = Op::of(&parts.method);
+    let service = profile.service(op).sample();
+    let before = profile.one_way + service / 2;
+    let after = profile.one_way + (service - service / 2);
+    let path = parts.uri.path().to_string();
+    let _in_flight = is_put.then(|| shared.in_flight.enter(&path));
+    tokio::time::sleep(before).await;
+    let answer = if rand::random::<f64>() < profile.slow_down {
+        counts.slow_down.fetch_add(1, Ordering::Relaxed);
+        Ok(s3_error(StatusCode::SERVICE_UNAVAILABLE, "SlowDown"))
+    } else if is_put
+        && shared.in_flight.others(&path) > 0
+        && rand::random::<f64>() < profile.conflict_in_flight
+    {
+        counts.conflict_in_flight.fetch_add(1, Ordering::Relaxed);
+        Ok(s3_error(StatusCode::CONFLICT, "ConditionalRequestConflict"))
+    } else {
+        faulty(&shared, &orders, parts, body).await
+    };
+    tokio::time::sleep(after).await;
+    LatencyLog::push(&shared.latencies.sampled, op, service);
+    LatencyLog::push(&shared.latencies.observed, op, arrived.elapsed());
+    answer
+}
+
+/// The random faults of [`Faults`], then forwarding.
+async fn faulty(
+    shared: &Shared,
+    orders: &tokio::sync::watch::Receiver<Orders>,
+    parts: hyper::http::request::Parts,
+    body: Bytes,
+) -> Result<Response<Full<Bytes>>, Dropped> {
+    let Shared {
+        client,
+        upstream,
+        faults,
+        counts,
+        ..
+    } = shared;
+    let is_put = parts.method == Method::PUT;
     let roll: f64 = rand::random();
     let mut edge = 0.0;
     let mut hit = |p: f64| {
@@ -258,16 +587,32 @@ async fn handle(
 
 impl FaultProxy {
     pub async fn start(upstream: &str, faults: Faults) -> FaultProxy {
+        FaultProxy::start_with_profile(upstream, faults, Profile::NONE).await
+    }
+
+    /// Like [`FaultProxy::start`], every request also answered as `profile`
+    /// says (its latency and refusals come before `faults`' random faults;
+    /// held requests skip it), and its latencies recorded in
+    /// [`FaultProxy::latencies`].
+    pub async fn start_with_profile(
+        upstream: &str,
+        faults: Faults,
+        profile: Profile,
+    ) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let endpoint = format!("http://{}", listener.local_addr().expect("proxy addr"));
         let counts = Arc::new(FaultCounts::default());
         let partitioned = Arc::new(AtomicBool::new(false));
+        let latencies = Arc::new(LatencyLog::default());
         let shared = Arc::new(Shared {
             client: Client::builder(TokioExecutor::new()).build_http(),
             upstream: upstream.trim_end_matches('/').to_string(),
             faults,
             counts: counts.clone(),
             partitioned: partitioned.clone(),
+            profile,
+            latencies: latencies.clone(),
+            in_flight: Arc::default(),
         });
         let (orders, orders_rx) = tokio::sync::watch::channel(Orders::default());
         let task = tokio::spawn(async move {
@@ -288,6 +633,8 @@ impl FaultProxy {
         FaultProxy {
             endpoint,
             counts,
+            profile,
+            latencies,
             partitioned,
             orders,
             task,
@@ -309,5 +656,81 @@ impl FaultProxy {
     /// unanswered), or heals the cut.
     pub fn partition(&self, cut: bool) {
         self.partitioned.store(cut, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn quantile(sorted: &[Duration], q: f64) -> Duration {
+        sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+    }
+
+    #[test]
+    fn log_normal_draws_have_the_median_and_p99_asked_for() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for d in [Profile::AWS_S3_STANDARD.put, Profile::AWS_S3_STANDARD.get] {
+            let mut v: Vec<Duration> = (0..200_000)
+                .map(|_| d.at(rng.random(), rng.random()))
+                .collect();
+            v.sort();
+            let near = |got: Duration, want: Duration, tol: f64| {
+                let r = got.as_secs_f64() / want.as_secs_f64();
+                assert!((1.0 - tol..=1.0 + tol).contains(&r), "{got:?} vs {want:?}");
+            };
+            near(quantile(&v, 0.5), d.median, 0.02);
+            near(quantile(&v, 0.99), d.p99, 0.05);
+        }
+    }
+
+    #[test]
+    fn zero_and_degenerate_distributions() {
+        assert_eq!(LogNormal::ZERO.at(0.3, 0.7), Duration::ZERO);
+        // No tail: always the median (also for the extreme uniforms).
+        let flat = LogNormal {
+            median: Duration::from_millis(5),
+            p99: Duration::from_millis(5),
+        };
+        assert_eq!(flat.at(0.0, 0.0), Duration::from_millis(5));
+        assert_eq!(flat.at(0.999_999, 0.5), Duration::from_millis(5));
+    }
+
+    #[test]
+    fn profiles_by_name() {
+        assert_eq!(Profile::by_name("none"), Some(Profile::NONE));
+        assert_eq!(
+            Profile::by_name("aws-s3-standard"),
+            Some(Profile::AWS_S3_STANDARD)
+        );
+        let cross = Profile::by_name("aws-cross-region").expect("known");
+        assert_eq!(cross.one_way, Duration::from_millis(70));
+        assert_eq!(
+            Profile {
+                name: Profile::AWS_S3_STANDARD.name,
+                one_way: Duration::ZERO,
+                ..cross
+            },
+            Profile::AWS_S3_STANDARD
+        );
+        assert_eq!(Profile::by_name("s3"), None);
+        assert!(Profile::NONE.adds_nothing());
+        assert!(!Profile::AWS_S3_STANDARD.adds_nothing());
+    }
+
+    #[test]
+    fn puts_in_flight_are_counted_until_answered_or_abandoned() {
+        let f = Arc::new(InFlight::default());
+        let a = f.enter("/b/k");
+        assert_eq!(f.others("/b/k"), 0);
+        let b = f.enter("/b/k");
+        let other = f.enter("/b/other");
+        assert_eq!(f.others("/b/k"), 1);
+        assert_eq!(f.others("/b/other"), 0);
+        drop(a);
+        assert_eq!(f.others("/b/k"), 0);
+        drop((b, other));
+        assert!(f.0.lock().unwrap().is_empty());
     }
 }
