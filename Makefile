@@ -1,5 +1,5 @@
 # The front door. CI runs `make lint`, `make test`, then `make e2e`.
-.PHONY: test e2e testbed node unit lint lint-docker demo bench bench-operator soak image playground
+.PHONY: test e2e testbed node unit lint lint-docker demo bench bench-operator bench-clusters soak image playground
 
 # What a contributor runs after every change: unit and property tests, the
 # store conformance suite, the CLI, the chart, and the controller's core
@@ -68,6 +68,14 @@ bench-operator:
 	scripts/testbed.sh all
 	scripts/testbed.sh kueue
 	JOBGATE_BENCH_SCALE=$(or $(SCALE),1) JOBGATE_BENCH_ONLY=$(ONLY) cargo bench --bench operator
+
+# N clusters (1 to 50) sharing one group's ledger through S3 at AWS
+# latency (the fault proxy's aws-s3-standard profile, and one run at
+# aws-cross-region); a table for docs/benchmarks.md. About 8 minutes.
+# ONLY=1,10,cross picks runs; SECS sets the measuring window (default 40).
+bench-clusters:
+	scripts/testbed.sh seaweedfs
+	JOBGATE_BENCH_ONLY=$(ONLY) JOBGATE_BENCH_SECS=$(or $(SECS),40) cargo bench --bench clusters
 
 # The controller image without Docker: the release binary on a minimal root
 # filesystem, as an OCI archive to import into containerd (charts/jobgate/README.md).
