@@ -8,7 +8,10 @@
 //! latency profile (`aws-s3-standard`; one run at `aws-cross-region`). No
 //! Kubernetes API is in the loop: each cluster's deep queue of Jobs is
 //! modelled by enough waiters (a fresh holder each, held 0.3–1.5 s, then
-//! released) that every cluster alone could fill the limit.
+//! released) that every cluster alone could fill the limit. Two
+//! diagnostic runs (2 and 10 clusters) turn the controller's recorded waits
+//! off, to show what deferring free slots to the cluster holding fewer
+//! costs.
 //!
 //! Knobs: `JOBGATE_BENCH_SECS` (measuring window per run, default 40),
 //! `JOBGATE_BENCH_WARMUP_SECS` (before it, default 8),
@@ -16,7 +19,8 @@
 //! default 60, one `--poll-idle`), `JOBGATE_BENCH_WAITERS` (per cluster,
 //! default limit + 10), `JOBGATE_BENCH_CROSS_N` (clusters in the
 //! cross-region run, default 10), `JOBGATE_BENCH_ONLY` (comma-separated
-//! cluster counts, `cross` for the cross-region run).
+//! cluster counts, `cross` for the cross-region run, `2-nowait` and
+//! `10-nowait` for the diagnostic runs).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -92,8 +96,9 @@ impl<S: Store> Store for Races<S> {
 /// The settings the controller gives a group's ledger client
 /// (`operator::ledgers::Ledgers::get`), for a group with the CRD's
 /// defaults (leaseSeconds 60, maxGracePeriodSeconds 30) and the command
-/// line's (`--poll-waiting 2s`).
-fn controller_config(cluster: usize) -> Config {
+/// line's (`--poll-waiting 2s`). `record_wait` is the controller's (true)
+/// but in the diagnostic runs (see [`Run::record_wait`]).
+fn controller_config(cluster: usize, record_wait: bool) -> Config {
     let spec: ConcurrencyGroupSpec = serde_json::from_value(serde_json::json!({
         "limit": LIMIT,
         "ledger": {"bucket": "bench"},
@@ -112,7 +117,7 @@ fn controller_config(cluster: usize) -> Config {
     cfg.limit = Some(spec.limit);
     cfg.poll = POLL_WAITING;
     cfg.release_orphans = false;
-    cfg.record_wait = true;
+    cfg.record_wait = record_wait;
     cfg.instance = Some(format!("cluster uid-of-{name}"));
     cfg
 }
@@ -214,11 +219,27 @@ async fn waiter(
 struct Run {
     profile: Profile,
     clusters: usize,
+    /// The controller's setting. Off only in the diagnostic runs, to show
+    /// what recording waits (and so deferring free slots to the cluster
+    /// that holds fewer) costs: without it nothing is fair between
+    /// clusters.
+    record_wait: bool,
+}
+
+impl Run {
+    fn label(&self) -> String {
+        if self.record_wait {
+            self.profile.name.to_string()
+        } else {
+            format!("{}, waits not recorded (diagnostic)", self.profile.name)
+        }
+    }
 }
 
 /// What one run measured.
 struct Figures {
-    profile: &'static str,
+    profile: String,
+    record_wait: bool,
     clusters: usize,
     waiters: usize,
     admissions: u64,
@@ -288,7 +309,11 @@ async fn run(
             },
             counts.clone(),
         ));
-        sems.push(Arc::new(Semaphore::new(store, &key, controller_config(c))));
+        sems.push(Arc::new(Semaphore::new(
+            store,
+            &key,
+            controller_config(c, r.record_wait),
+        )));
     }
     let log = Arc::new(Log::default());
     let intervals = Arc::new(IntervalLog::default());
@@ -314,6 +339,23 @@ async fn run(
     let after = Snap::of(&counts, &lost);
     for t in tasks {
         let _ = t.await;
+    }
+    // A request withdrawn at `stop` while its grant was being written
+    // leaves a slot held for nobody: the controller keeps such slots
+    // (release_orphans is off) until its next pass, which releases the
+    // holders no admitted Job stands behind. That pass, for every cluster.
+    for (c, sem) in sems.iter().enumerate() {
+        let agent = controller_config(c, r.record_wait).agent;
+        match sem.snapshot().await {
+            Ok(ledger) => {
+                for holder in ledger.holders_of(&agent) {
+                    if let Err(e) = sem.release(holder).await {
+                        log.error(e);
+                    }
+                }
+            }
+            Err(e) => log.error(e),
+        }
     }
 
     // Freed→admitted: each admission paired with the oldest unpaired
@@ -348,7 +390,8 @@ async fn run(
     };
     let ((put_p50, put_p99), (get_p50, get_p99)) = (lat(Op::Put), lat(Op::Get));
     let figures = Figures {
-        profile: r.profile.name,
+        profile: r.label(),
+        record_wait: r.record_wait,
         clusters: r.clusters,
         waiters,
         admissions,
@@ -448,13 +491,24 @@ async fn main() {
         .map(|clusters| Run {
             profile: Profile::AWS_S3_STANDARD,
             clusters,
+            record_wait: true,
         })
         .collect();
     if wanted("cross") {
         runs.push(Run {
             profile: Profile::AWS_CROSS_REGION,
             clusters: cross_n,
+            record_wait: true,
         });
+    }
+    for clusters in [2usize, 10] {
+        if wanted(&format!("{clusters}-nowait")) {
+            runs.push(Run {
+                profile: Profile::AWS_S3_STANDARD,
+                clusters,
+                record_wait: false,
+            });
+        }
     }
 
     let server = seaweed().await;
@@ -465,7 +519,7 @@ async fn main() {
         eprintln!(
             "running {} clusters at {} ({} waiters each, {:.0} s warm-up, {:.0} s window)",
             r.clusters,
-            r.profile.name,
+            r.label(),
             waiters,
             warmup.as_secs_f64(),
             window.as_secs_f64()
@@ -499,6 +553,10 @@ async fn main() {
     let mut rows = Vec::new();
     for (f, idle_task) in results {
         let idle = idle_task.await.expect("the idle measurement");
+        eprintln!(
+            "  idle, {} clusters at {}: {} GETs, {} PUTs in {:.0} s",
+            f.clusters, f.profile, idle.counts.gets, idle.counts.puts, idle.secs
+        );
         rows.push((f, idle));
     }
 
@@ -563,8 +621,9 @@ async fn main() {
     }
     println!();
     let find = |n: usize| {
-        rows.iter()
-            .find(|(f, _)| f.profile == Profile::AWS_S3_STANDARD.name && f.clusters == n)
+        rows.iter().find(|(f, _)| {
+            f.record_wait && f.profile == Profile::AWS_S3_STANDARD.name && f.clusters == n
+        })
     };
     println!("Targets:");
     if let Some((f, _)) = find(1) {
