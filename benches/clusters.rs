@@ -8,10 +8,10 @@
 //! latency profile (`aws-s3-standard`; one run at `aws-cross-region`). No
 //! Kubernetes API is in the loop: each cluster's deep queue of Jobs is
 //! modelled by enough waiters (a fresh holder each, held 0.3–1.5 s, then
-//! released) that every cluster alone could fill the limit. Two
-//! diagnostic runs (2 and 10 clusters) turn the controller's recorded waits
-//! off, to show what deferring free slots to the cluster holding fewer
-//! costs.
+//! released) that every cluster alone could fill the limit. Three
+//! diagnostic runs (2, 10 and 50 clusters) turn the controller's recorded
+//! waits off, to show what deferring free slots to the cluster holding
+//! fewer costs, and where the object itself stops scaling without it.
 //!
 //! Knobs: `JOBGATE_BENCH_SECS` (measuring window per run, default 40),
 //! `JOBGATE_BENCH_WARMUP_SECS` (before it, default 8),
@@ -19,8 +19,8 @@
 //! default 60, one `--poll-idle`), `JOBGATE_BENCH_WAITERS` (per cluster,
 //! default limit + 10), `JOBGATE_BENCH_CROSS_N` (clusters in the
 //! cross-region run, default 10), `JOBGATE_BENCH_ONLY` (comma-separated
-//! cluster counts, `cross` for the cross-region run, `2-nowait` and
-//! `10-nowait` for the diagnostic runs).
+//! cluster counts, `cross` for the cross-region run, `2-nowait`,
+//! `10-nowait` and `50-nowait` for the diagnostic runs).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -501,7 +501,7 @@ async fn main() {
             record_wait: true,
         });
     }
-    for clusters in [2usize, 10] {
+    for clusters in [2usize, 10, 50] {
         if wanted(&format!("{clusters}-nowait")) {
             runs.push(Run {
                 profile: Profile::AWS_S3_STANDARD,
@@ -654,6 +654,37 @@ async fn main() {
             "- two clusters, <= $1 per million Jobs: ${cost:.2} ({})",
             if cost <= 1.0 { "met" } else { "missed" }
         );
+    }
+    // Where one ledger stops scaling: the first cluster count whose rate
+    // falls below 90% of the one-cluster rate, with and without recorded
+    // waits.
+    let one = find(1).map(|(f, _)| f.admissions as f64 / f.secs);
+    for record_wait in [true, false] {
+        let series: Vec<&Figures> = rows
+            .iter()
+            .map(|(f, _)| f)
+            .filter(|f| {
+                f.record_wait == record_wait
+                    && f.profile.starts_with(Profile::AWS_S3_STANDARD.name)
+                    && f.clusters > 1
+            })
+            .collect();
+        if let (Some(one), false) = (one, series.is_empty()) {
+            let stops = series
+                .iter()
+                .find(|f| f.admissions as f64 / f.secs < 0.9 * one)
+                .map_or("not within the cluster counts run".to_string(), |f| {
+                    format!("{} clusters", f.clusters)
+                });
+            println!(
+                "- one ledger stops scaling (below 90% of one cluster's {one:.1}/s), {}: {stops}",
+                if record_wait {
+                    "the controller's settings"
+                } else {
+                    "waits not recorded"
+                }
+            );
+        }
     }
     eprintln!("took {:.0} s", began.elapsed().as_secs_f64());
     for (f, _) in &rows {
