@@ -71,7 +71,8 @@ bench-operator:
 
 # N clusters (1 to 50) sharing one group's ledger through S3 at AWS
 # latency (the fault proxy's aws-s3-standard profile, and one run at
-# aws-cross-region); a table for docs/benchmarks.md. About 8 minutes.
+# aws-cross-region); a table for docs/benchmarks.md. About 10 minutes
+# after the release build.
 # ONLY=1,10,cross picks runs; SECS sets the measuring window (default 40).
 bench-clusters:
 	scripts/testbed.sh seaweedfs
