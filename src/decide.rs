@@ -170,9 +170,14 @@ pub fn apply(current: &Ledger, batch: &Batch) -> Outcome {
     // Fairness between agents: an agent that frees a slot and asks for its
     // next holder in the same write would otherwise keep the slot for ever.
     // So an agent ranks by the slots it held before this write's releases
-    // (plus what it gains in it), and a free slot goes first to waiting
-    // agents that hold fewer. Equal holdings race as usual (first write
-    // wins), so agents that each want one slot never wait for each other.
+    // (plus what it gains in it), and leaves free for each waiting agent
+    // that holds fewer as many slots as bring it up to that rank (or all
+    // it waits for, if fewer). Only the gap is left: leaving a poorer
+    // agent's whole queue would hold every free slot back from an agent
+    // one slot ahead, and with deep queues in two clusters the slots would
+    // sit idle until the poorer one's next write. Equal holdings race as
+    // usual (first write wins), so agents that each want one slot never
+    // wait for each other.
     //
     // Everything here counts units of the limit: a holder takes `slots`.
     let held_by = |ledger: &Ledger, agent: &str| ledger.used_by(agent);
@@ -204,13 +209,7 @@ pub fn apply(current: &Ledger, batch: &Batch) -> Outcome {
             }
             continue;
         }
-        // Defer only as far as the agents ahead could use the free slots: a
-        // stale wait must not keep more slots idle than it asked for.
-        let ahead: usize = rivals
-            .iter()
-            .filter(|(held, _)| *held < my_rank)
-            .map(|(_, waiting)| waiting)
-            .sum();
+        let ahead = left_for_poorer(&rivals, my_rank);
         let weight = batch.slots.get(holder).copied().unwrap_or(1).max(1);
         if weight > next.limit {
             out.waiting.push(holder.clone());
@@ -281,6 +280,17 @@ pub fn apply(current: &Ledger, batch: &Batch) -> Outcome {
         out.next = Some(next);
     }
     out
+}
+
+/// The free slots a writer ranked `my_rank` leaves to waiting agents
+/// (`(held, waiting)` each): to each that holds fewer, the gap up to that
+/// rank, but never more than it waits for (a stale wait must not keep more
+/// slots idle than it asked for).
+fn left_for_poorer(rivals: &[(usize, usize)], my_rank: usize) -> usize {
+    rivals
+        .iter()
+        .map(|&(held, waiting)| waiting.min(my_rank.saturating_sub(held)))
+        .sum()
 }
 
 /// The instance named in this agent's entry when it is not the batch's own.
@@ -641,6 +651,62 @@ mod tests {
         let out = acquire(&l, "a", &["a1", "a2", "a3"]);
         assert_eq!(out.granted.len(), 2, "{out:?}");
         assert_eq!(out.waiting, vec!["a3".to_string()]);
+    }
+
+    #[test]
+    fn a_writer_leaves_a_poorer_agent_only_the_gap_to_its_own_rank() {
+        assert_eq!(left_for_poorer(&[(49, 60)], 51), 2);
+        assert_eq!(
+            left_for_poorer(&[(49, 1)], 51),
+            1,
+            "no more than it waits for"
+        );
+        assert_eq!(
+            left_for_poorer(&[(51, 60), (50, 60)], 50),
+            0,
+            "none to richer or equal"
+        );
+        assert_eq!(left_for_poorer(&[(0, 100), (10, 5)], 20), 25);
+    }
+
+    #[test]
+    fn two_deep_queues_one_slot_apart_keep_reusing_their_slots() {
+        // a holds 5 and b 4, both with deep recorded queues: a frees two
+        // and asks for more. It leaves b the one slot b is behind and takes
+        // the other back in the same write, instead of leaving both idle
+        // until b writes.
+        let mut l = Ledger::new(9);
+        let a: Vec<String> = (0..5).map(|i| format!("a{i}")).collect();
+        let b: Vec<String> = (0..4).map(|i| format!("b{i}")).collect();
+        let more = |p: &str| (10..40).map(|i| format!("{p}{i}")).collect::<Vec<_>>();
+        let with_more = |held: &[String], agent: &str| -> Vec<String> {
+            held.iter().cloned().chain(more(agent)).collect()
+        };
+        for (agent, acquires) in [
+            ("a", a.clone()),
+            ("b", with_more(&b, "b")),
+            ("a", with_more(&a, "a")),
+        ] {
+            let mut batch = batch(agent);
+            batch.acquires = acquires;
+            l = apply(&l, &batch).next.unwrap();
+        }
+        assert!(
+            l.agents["a"].waiting > 0 && l.agents["b"].waiting > 0,
+            "{l:?}"
+        );
+        assert_eq!((l.used_by("a"), l.used_by("b")), (5, 4));
+        let mut swap = batch("a");
+        swap.releases = vec!["a0".into(), "a1".into()];
+        swap.acquires = more("a");
+        let out = apply(&l, &swap);
+        assert_eq!(out.granted.len(), 1, "{out:?}");
+        let l = out.next.unwrap();
+        assert_eq!((l.used_by("a"), l.free()), (4, 1));
+        // b takes the slot left to it.
+        let mut ask = batch("b");
+        ask.acquires = more("b");
+        assert_eq!(apply(&l, &ask).granted.len(), 1);
     }
 
     #[test]
