@@ -134,10 +134,10 @@ impl Profile {
     ///   small requests' median latencies are "often in the tens of
     ///   milliseconds" ("Best Practices Design Patterns: Optimizing Amazon
     ///   S3 Performance", Timeouts and Retries for Latency-Sensitive
-    ///   Applications); J. Snyder, "Observations about S3" (2023,
-    ///   <https://josnyder.com/blog/2023/s3_observations.html>) measured
-    ///   about 15 ms to first byte on an open connection. p99 100 ms: an
-    ///   assumption.
+    ///   Applications); Quickwit, "S3 Express speculations" (2023,
+    ///   <https://quickwit.io/blog/s3-express-speculations>): up to about
+    ///   30 ms to the first byte of a GET, 80 ms tails "rather common".
+    ///   p99 100 ms: an assumption.
     /// - The log-normal shape: an assumption, as in A. Gutglick, "So you
     ///   want to use Object Storage" (SpiralDB, 2025).
     /// - 503 SlowDown on 0.1% of requests: an assumption. AWS answers it
@@ -168,10 +168,11 @@ impl Profile {
     };
 
     /// [`Profile::AWS_S3_STANDARD`] with the client in another region:
-    /// 70 ms each way (140 ms more on every request). An assumption of
-    /// the order of us-east-1 to ap-northeast-1, about 145 ms round trip
-    /// in published inter-region measurements (cloudping.co); us-east-1 to
-    /// eu-west-1 is about half that.
+    /// 70 ms each way (140 ms more on every request): an assumption, of
+    /// the order of a round trip between US and Asian regions. A measured
+    /// comparison: uploads from Lambda in us-east-1 took 60–133 ms to S3
+    /// in us-east-1 and 300–550 ms to us-west-2 (K. Chen, "How I Analyze
+    /// S3 Upload Latency Issues", 2020, <https://kkc.github.io/2020/03/16/s3-latency/>).
     pub const AWS_CROSS_REGION: Profile = Profile {
         name: "aws-cross-region",
         one_way: Duration::from_millis(70),
