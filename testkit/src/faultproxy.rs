@@ -171,8 +171,8 @@ impl Profile {
     /// 70 ms each way (140 ms more on every request): an assumption, of
     /// the order of a round trip between US and Asian regions. A measured
     /// comparison: uploads from Lambda in us-east-1 took 60–133 ms to S3
-    /// in us-east-1 and 300–550 ms to us-west-2 (K. Chen, "How I Analyze
-    /// S3 Upload Latency Issues", 2020, <https://kkc.github.io/2020/03/16/s3-latency/>).
+    /// in us-east-1 and 300–550 ms to us-west-2 ("How I Analyze
+    /// S3 Upload Latency Issues", kkc.github.io, 2020, <https://kkc.github.io/2020/03/16/s3-latency/>).
     pub const AWS_CROSS_REGION: Profile = Profile {
         name: "aws-cross-region",
         one_way: Duration::from_millis(70),
