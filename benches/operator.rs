@@ -22,6 +22,7 @@ use futures::{StreamExt, TryStreamExt};
 use jobgate_testkit::bench::{
     Seen, cost_per_million_jobs, freed_to_admitted, metric_sum, quantile, rate,
 };
+use jobgate_testkit::faultproxy::{FaultProxy, Faults, Profile};
 use jobgate_testkit::k8s::{ControlPlane, Pods, RUN_FOR_ANNOTATION};
 use jobgate_testkit::kueue::{self, Kueue, KueueTuning};
 use jobgate_testkit::operator::{
@@ -92,6 +93,10 @@ struct Scenario {
     /// Full mode, jobgate only: JobSet's controller runs beside the
     /// control plane.
     others: Others,
+    /// S3 at a distance: the groups' ledgers are reached through the fault
+    /// proxy at this latency profile (see benches/clusters.rs). `None`:
+    /// SeaweedFS on loopback, as every other scenario.
+    profile: Option<Profile>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
@@ -260,6 +265,16 @@ async fn run(sc: &Scenario, scale: f64, max_run: Duration, s3: &SeaweedFs) -> Fi
         clusters.push(start_cluster(&format!("c{i}"), sc.mode).await);
     }
     let bucket = bucket(s3).await;
+    // Kept until the run ends: the groups reach S3 through it.
+    let proxy = match sc.profile {
+        Some(profile) => {
+            Some(FaultProxy::start_with_profile(&s3.endpoint, Faults::default(), profile).await)
+        }
+        None => None,
+    };
+    let endpoint = proxy
+        .as_ref()
+        .map_or_else(|| s3.endpoint.clone(), |p| p.endpoint.clone());
     let groups: Vec<String> = (0..sc.groups).map(|g| format!("g{g}")).collect();
     if sc.system == System::Jobgate {
         for c in &clusters {
@@ -271,7 +286,7 @@ async fn run(sc: &Scenario, scale: f64, max_run: Duration, s3: &SeaweedFs) -> Fi
                         ns: NS,
                         limit: sc.limit,
                         bucket: &bucket,
-                        endpoint: &s3.endpoint,
+                        endpoint: &endpoint,
                         key: None,
                         secret: None,
                     },
@@ -657,6 +672,7 @@ fn scenarios() -> Vec<Scenario> {
         limit,
         flags: &[],
         others: Others::default(),
+        profile: None,
     };
     use Mode::{Full, StandIn};
     use System::{Jobgate, Kueue, Unlimited};
@@ -718,6 +734,20 @@ fn scenarios() -> Vec<Scenario> {
             limit: 10,
             flags: &[],
             others: Others::default(),
+            profile: None,
+        },
+        // The same work through one real controller, and through two real
+        // controllers sharing one group, with S3 at AWS S3 Standard's
+        // latency (as benches/clusters.rs; its agents stand in for more).
+        Scenario {
+            profile: Some(Profile::AWS_S3_STANDARD),
+            ..one("aws-depth-2k-limit-100", Jobgate, StandIn, 2_000, 100)
+        },
+        Scenario {
+            name: "aws-two-clusters-depth-2k-limit-100",
+            clusters: 2,
+            profile: Some(Profile::AWS_S3_STANDARD),
+            ..one("", Jobgate, StandIn, 2_000, 100)
         },
         // One group's queue across kinds: the Jobs of full-1k-limit-100,
         // and 200 JobSets and 200 plain Pods among them.
