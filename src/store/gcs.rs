@@ -207,9 +207,7 @@ fn classify(bucket: &str, base: &str, status: StatusCode, body: &str, wrote: boo
         412 => StoreError::Conflict("generation precondition failed".into()),
         // GCS answers 409 to concurrent writes of one object at times.
         409 => StoreError::Conflict("a concurrent write of the object".into()),
-        404 if body.to_ascii_lowercase().contains("bucket") => {
-            StoreError::NoSuchBucket(bucket.to_string())
-        }
+        404 if names_missing_bucket(body) => StoreError::NoSuchBucket(bucket.to_string()),
         404 => StoreError::Missing,
         401 => StoreError::AccessDenied(format!(
             "{base} rejected the credentials: refresh them, or check the Workload Identity binding"
@@ -223,6 +221,15 @@ fn classify(bucket: &str, base: &str, status: StatusCode, body: &str, wrote: boo
         429 | 500..=599 => StoreError::Unavailable(format!("{base} answered {status}")),
         _ => StoreError::Other(format!("{base} answered {status}")),
     }
+}
+
+/// Whether a 404's body says the bucket, not the object, is missing: GCS's
+/// "The specified bucket does not exist." or fake-gcs-server's "bucket not
+/// found". Not any mention of "bucket": a missing object's message names
+/// its bucket ("No such object: my-bucket/key").
+fn names_missing_bucket(body: &str) -> bool {
+    let text = body.to_ascii_lowercase();
+    text.contains("specified bucket does not exist") || text.contains("bucket not found")
 }
 
 /// The `generation` of an upload's JSON answer, or of a read's header.
@@ -295,10 +302,11 @@ impl Store for GcsStore {
             .map_err(|e| self.transport(e, true))?;
         if !resp.status().is_success() {
             return Err(match self.refused(resp, true).await {
-                // A generation precondition on a missing object fails as a
-                // precondition on GCS; keep the distinction where it shows.
+                // A create has nothing to find but the bucket (a failed
+                // generation precondition is 412), whatever the 404 says:
+                // fake-gcs-server's is a bare "Not Found".
                 StoreError::Missing if condition == Condition::Create => {
-                    StoreError::Conflict("create raced".into())
+                    StoreError::NoSuchBucket(self.bucket.clone())
                 }
                 other => other,
             });
@@ -375,8 +383,26 @@ mod tests {
         assert!(matches!(c(412, "", true), StoreError::Conflict(_)));
         assert_eq!(c(404, "No such object", false), StoreError::Missing);
         assert_eq!(
-            c(404, "The specified bucket does not exist", true),
+            c(404, "The specified bucket does not exist.", true),
             StoreError::NoSuchBucket("b".into())
+        );
+        assert_eq!(
+            c(
+                404,
+                r#"{"error":{"code":404,"message":"bucket not found"}}"#,
+                false
+            ),
+            StoreError::NoSuchBucket("b".into())
+        );
+        // A missing object's message names its bucket, which may itself
+        // hold the word: still a missing object.
+        assert_eq!(
+            c(
+                404,
+                "No such object: my-jobgate-bucket/jobgate/etl.json",
+                false
+            ),
+            StoreError::Missing
         );
         assert!(matches!(c(503, "", true), StoreError::Ambiguous(_)));
         assert!(matches!(c(503, "", false), StoreError::Unavailable(_)));

@@ -90,3 +90,40 @@ async fn doctor_refuses_an_s3_store_without_preconditions() {
     let ledger = format!("s3://{bucket}/jobgate/doctor.json");
     assert_refused(doctor(&ledger, &proxy.endpoint, &env));
 }
+
+/// What a GCS user gets wrong first: a bucket that does not exist is named
+/// as such (fake-gcs-server's 404 says only "Not Found"), and a ledger not
+/// created yet in a bucket whose name holds "bucket" reads as not created,
+/// not as a missing bucket (GCS's message names the object's bucket).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcs_tells_a_missing_bucket_from_a_missing_ledger() {
+    let server = stores::start(FakeGcs::start).await;
+    let bucket = format!("{}-bucket", stores::name());
+    server.create_bucket(&bucket).await.unwrap();
+    let endpoint = ["--endpoint-url", server.0.endpoint.as_str()];
+    let run = |ledger: &str| {
+        let mut args = vec!["run", "--ledger", ledger, "--limit", "1"];
+        args.extend(endpoint);
+        args.extend(["--", "true"]);
+        tokio::task::block_in_place(|| jobgate(&args, &[]))
+    };
+    let out = run("gs://no-such-bucket-here/jobgate/x.json");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert_eq!(
+        err.trim(),
+        "jobgate: error: bucket or directory \"no-such-bucket-here\" does not exist"
+    );
+    let ledger = format!("gs://{bucket}/jobgate/x.json");
+    let mut status = vec!["status", "--ledger", ledger.as_str()];
+    status.extend(endpoint);
+    let out = tokio::task::block_in_place(|| jobgate(&status, &[]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not exist yet"), "{err}");
+    let out = run(&ledger);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
